@@ -1,0 +1,230 @@
+"""Typed configuration: one pydantic model per YAML section, loaded by `load_config`.
+
+The schema is the documentation: every field has a type, a default and a description, and
+`socrates-ray <command> --help` prints them. Unknown keys are errors that name the dotted path.
+Overrides are `key.sub=value` strings whose value is parsed as YAML (`ingest.max_length=256`,
+`data.settings=[unseen_studies]`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks"]
+
+# Used by everyone who runs the released Socrates models; train and serve with the same one
+# (Qwen's chat template otherwise inserts its own default system prompt).
+DEFAULT_SYSTEM_PROMPT = (
+    "You are simulating a survey respondent. Answer exactly as instructed, following the "
+    "specified response format without additional commentary."
+)
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are rejected, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = Field("demo", description="Run name; output goes to <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Folder (or shared path) that holds run folders.")
+    seed: int = Field(0, description="Seed for everything random in a run.")
+
+
+class SynthSection(Section):
+    studies: int = Field(30, ge=2, description="Number of synthetic studies.")
+    rows: int = Field(
+        12_000,
+        ge=100,
+        description="Approximate total rows to generate; 2_900_000 reaches SocSci210 scale "
+        "(generated study by study, never held in memory at once).",
+    )
+    rows_per_shard: int = Field(200_000, ge=100, description="Rows per Parquet shard written.")
+    seed: int = Field(0, description="Generator seed; the same seed gives byte-identical files.")
+    refusal_rate: float = Field(
+        0.005, ge=0, lt=0.5, description="Share of answers recorded as a refusal code (98)."
+    )
+    within_subject_share: float = Field(
+        0.5, ge=0, le=1, description="Share of studies where each participant sees several conditions."
+    )
+
+
+class DataSection(Section):
+    raw: str = Field(
+        "data/synth",
+        description="Folder or fsspec URL (e.g. hf://datasets/socratesft/SocSci210) holding the "
+        "SocSci210 Parquet shards and optionally metadata/*_mapping.json.",
+    )
+    prepared: str = Field("data/prepared", description="Output folder of `socrates-ray prepare`.")
+    settings: list[SplitSetting] = Field(
+        default_factory=lambda: ["unseen_studies", "unseen_conditions", "unseen_tasks"],
+        description="Split settings to prepare (each gets its own train/eval shards).",
+    )
+    unseen_study_fraction: float = Field(
+        0.19, gt=0, lt=1, description="Share of studies held out when no participant_mapping.json exists."
+    )
+    eval_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of conditions/tasks held out when no mapping file exists."
+    )
+    split_seed: int = Field(0, description="Seed for splits made without metadata files.")
+    rows_per_shard: int = Field(100_000, ge=100, description="Rows per prepared output shard.")
+    parallelism: int = Field(
+        0, ge=0, description="Ray tasks for prepare; 0 = one per input shard, 1 = no Ray at all."
+    )
+    refusal_codes: list[int] = Field(
+        default_factory=lambda: [97, 98, 99, 997, 998, 999, -99],
+        description="Codes that mean 'refused / don't know' when they fall outside a bounded scale.",
+    )
+
+
+class PromptSection(Section):
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System turn used in training and serving.")
+
+
+class TinyModelSection(Section):
+    hidden_size: int = Field(64, ge=8, description="Width of the tiny Qwen2 model.")
+    intermediate_size: int = Field(256, ge=8, description="MLP width.")
+    num_hidden_layers: int = Field(2, ge=1, description="Transformer layers.")
+    num_attention_heads: int = Field(4, ge=1, description="Query heads.")
+    num_key_value_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model accepts.")
+    vocab_size: int = Field(3000, ge=300, description="Target vocabulary of the offline BPE tokenizer.")
+    tokenizer_corpus_rows: int = Field(
+        3000, ge=10, description="Synthetic prompts the tokenizer is trained on."
+    )
+
+
+class ModelSection(Section):
+    source: Literal["tiny", "pretrained"] = Field(
+        "tiny",
+        description="tiny = build a small Qwen2 model + BPE tokenizer offline into `path`; "
+        "pretrained = load an existing Hugging Face folder (or hub id where a network exists) from `path`.",
+    )
+    path: str = Field("runs/tiny-model", description="Model folder (built there when source=tiny).")
+    tiny: TinyModelSection = Field(default_factory=TinyModelSection, description="Tiny model shape.")
+
+
+class IngestSection(Section):
+    max_length: int = Field(
+        1024, ge=32, description="Tokens per training row; samples longer than this are dropped and counted."
+    )
+    layout: Literal["pack", "pad_longest", "pad_max_length"] = Field(
+        "pack",
+        description="pack = several samples per fixed-length row (no cross-attention); "
+        "pad_longest = one sample per row padded to the longest in the batch; "
+        "pad_max_length = one sample per row padded to max_length.",
+    )
+    pack_window: int = Field(
+        512, ge=8, description="Samples buffered per packing decision (first-fit decreasing)."
+    )
+    tokenize_actors: int = Field(2, ge=1, description="CPU actors in the tokenizer pool.")
+    micro_batch_size: int = Field(4, ge=1, description="Rows per training micro batch.")
+    num_workers: int = Field(2, ge=1, description="Training workers the data is split across.")
+
+
+class Config(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    synth: SynthSection = Field(default_factory=SynthSection)
+    data: DataSection = Field(default_factory=DataSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "Config":
+        tiny = self.model.tiny
+        if tiny.hidden_size % tiny.num_attention_heads or tiny.num_attention_heads % tiny.num_key_value_heads:
+            raise ValueError(
+                "model.tiny: hidden_size must be divisible by num_attention_heads and "
+                f"num_attention_heads by num_key_value_heads (got {tiny.hidden_size}, "
+                f"{tiny.num_attention_heads}, {tiny.num_key_value_heads})"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the dotted path."""
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key.sub=value, e.g. ingest.max_length=512")
+    key, raw_value = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r}: empty key segment in {key!r}")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key (check the spelling; `socrates-ray --help-config` lists every key)")
+        else:
+            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults when path is None), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file {p} (expected a YAML file such as configs/demo.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top, got {type(loaded).__name__}")
+        tree, source = loaded, str(p)
+    for override in overrides:
+        apply_override(tree, override)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source + (" + overrides" if overrides else ""))) from None
+
+
+def dump_config(cfg: Config, folder: str | Path) -> Path:
+    """Write the resolved config as `config.yaml` into an output folder (every run keeps one)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "config.yaml"
+    target.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return target
+
+
+def describe_schema(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every leaf field: the --help text."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_schema(annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        rows.append((key, type_name, repr(default), field.description or ""))
+    return rows
