@@ -123,6 +123,12 @@ class IngestSection(Section):
         512, ge=8, description="Samples buffered per packing decision (first-fit decreasing)."
     )
     tokenize_actors: int = Field(2, ge=1, description="CPU actors in the tokenizer pool.")
+    cpus_per_task: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs each read task and tokenizer actor reserves; use a fraction on small "
+        "machines where training workers hold the whole CPUs (the demo uses 0.25).",
+    )
     micro_batch_size: int = Field(4, ge=1, description="Rows per training micro batch.")
     num_workers: int = Field(2, ge=1, description="Training workers the data is split across.")
 

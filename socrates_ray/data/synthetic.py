@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -491,6 +491,7 @@ def write_synthetic(
     seed: int,
     refusal_rate: float,
     within_subject_share: float,
+    log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Write a synthetic SocSci210 dataset to `out`; returns a summary (also written as JSON)."""
     root = Path(out)
@@ -514,6 +515,7 @@ def write_synthetic(
     for i, shard in enumerate(iter_shards(tables(), rows_per_shard)):
         pq.write_table(shard, root / "data" / f"train-{i:05d}-of-{n_shards:05d}.parquet")
         written += shard.num_rows
+        log(f"synth: shard {i + 1}/{n_shards} written ({written:,}/{total:,} rows)")
     for name, content in split_metadata(designs, rng).items():
         (root / "metadata" / name).write_text(json.dumps(content, indent=1))
     pq.write_table(pa.Table.from_pylist(all_cells), root / "ground_truth.parquet")

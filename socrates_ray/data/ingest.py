@@ -1,0 +1,185 @@
+"""The Ray Data ingest graph: prepared Parquet -> tokenized, packed rows -> equal worker shards.
+
+    read_parquet(prompt, answer)
+      -> map_batches(TokenizePack) in a CPU actor pool (tokenizer loaded once per actor)
+      -> streaming_split(num_workers, equal=True)   (Ray Train does this for `datasets=`)
+
+Every output row carries `num_tokens` and `num_samples` so statistics come from the rows the
+workers actually consume. `measure_ingest` runs the graph into `num_workers` concurrent
+consumers and reports tokens/s, padding and packing efficiency.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from socrates_ray.data.tokenize import Encoder, collate, pack_rows, single_rows
+
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("labels", pa.list_(pa.int32())),
+        pa.field("position_ids", pa.list_(pa.int32())),
+        pa.field("seq_ids", pa.list_(pa.int32())),
+        pa.field("num_tokens", pa.int64()),
+        pa.field("num_samples", pa.int64()),
+    ]
+)
+
+
+class IngestError(ValueError):
+    """Ingest input or settings that cannot work; says what to change."""
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class TokenizePack:
+    """Ray Data UDF: a batch of (prompt, answer) rows -> training rows (packed or one per sample)."""
+
+    def __init__(self, tokenizer_path: str, system_prompt: str, max_length: int, layout: str) -> None:
+        self.encoder = Encoder(load_tokenizer(tokenizer_path), system_prompt)
+        self.max_length, self.layout = max_length, layout
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        examples = self.encoder.encode(batch["prompt"].to_pylist(), batch["answer"].to_pylist())
+        fitting = [e for e in examples if len(e[0]) <= self.max_length]
+        if not fitting:
+            longest = max(len(e[0]) for e in examples)
+            raise IngestError(
+                f"ingest.max_length={self.max_length}: every sample in a batch of {len(examples)} is longer "
+                f"(longest {longest} tokens); raise ingest.max_length"
+            )
+        # Samples longer than max_length are left out here and show up in measure_ingest's
+        # samples_not_in_rows (samples_in comes from the prepared split's row count).
+        if self.layout == "pack":
+            rows = pack_rows(fitting, self.max_length, self.encoder.pad_id)
+        else:
+            rows = single_rows(fitting)
+        return pa.table(
+            {
+                "input_ids": [r.input_ids for r in rows],
+                "labels": [r.labels for r in rows],
+                "position_ids": [r.position_ids for r in rows],
+                "seq_ids": [r.seq_ids for r in rows],
+                "num_tokens": [r.num_tokens for r in rows],
+                "num_samples": [int(r.seq_ids.max()) for r in rows],
+            },
+            schema=ROW_SCHEMA,
+        )
+
+
+def build_ingest_dataset(
+    split_dir: str,
+    tokenizer_path: str,
+    system_prompt: str,
+    max_length: int,
+    layout: str,
+    pack_window: int,
+    tokenize_actors: int,
+    cpus_per_task: float,
+) -> Any:
+    """The lazy Ray Dataset of training rows for one prepared split folder."""
+    import ray.data
+
+    if not Path(split_dir).exists() and "://" not in split_dir:
+        raise IngestError(f"data.prepared: no prepared split at {split_dir}; run `socrates-ray prepare` first")
+    # Reads and tokenizer actors ask for cpus_per_task CPUs each: on a small machine where
+    # training workers hold whole CPUs, whole-CPU requests here would starve the reads forever.
+    ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], ray_remote_args={"num_cpus": cpus_per_task})
+    return ds.map_batches(
+        TokenizePack,
+        fn_constructor_kwargs={
+            "tokenizer_path": tokenizer_path,
+            "system_prompt": system_prompt,
+            "max_length": max_length,
+            "layout": layout,
+        },
+        batch_size=pack_window,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=tokenize_actors),
+        num_cpus=cpus_per_task,
+    )
+
+
+def collate_fn_for(pad_id: int, layout: str, max_length: int) -> Any:
+    """The `collate_fn` for `iter_torch_batches` matching a layout."""
+    pad_to = max_length if layout in ("pack", "pad_max_length") else None
+
+    def collate_fn(batch: dict[str, Any]) -> dict[str, Any]:
+        return collate(batch, pad_id, pad_to)
+
+    return collate_fn
+
+
+@dataclass
+class WorkerTally:
+    rows: int = 0
+    batches: int = 0
+    tokens: int = 0  # real (non-padding) tokens the model sees
+    slots: int = 0  # all positions, padding included
+    samples: int = 0
+    label_tokens: int = 0
+
+
+def consume(iterator: Any, micro_batch_size: int, collate_fn: Any, tally: WorkerTally) -> None:
+    """What a training worker does with its shard, minus the model: batch, collate, count."""
+    for batch in iterator.iter_torch_batches(batch_size=micro_batch_size, collate_fn=collate_fn, drop_last=True):
+        seq = batch["seq_ids"]
+        tally.rows += seq.shape[0]
+        tally.batches += 1
+        tally.slots += seq.numel()
+        tally.tokens += int((seq > 0).sum())
+        tally.samples += int(seq.max(dim=1).values.sum())
+        tally.label_tokens += int((batch["labels"] != -100).sum())
+
+
+def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn: Any, samples_in: int) -> dict[str, Any]:
+    """Run the dataset into `num_workers` equal streaming shards, consumed concurrently as Ray
+    Train workers would, and report throughput and padding."""
+    shards = ds.streaming_split(num_workers, equal=True)
+    tallies = [WorkerTally() for _ in shards]
+    start = time.perf_counter()
+    threads = [threading.Thread(target=consume, args=(it, micro_batch_size, collate_fn, t)) for it, t in zip(shards, tallies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    tokens = sum(t.tokens for t in tallies)
+    slots = sum(t.slots for t in tallies)
+    samples = sum(t.samples for t in tallies)
+    return {
+        "workers": num_workers,
+        "rows_per_worker": [t.rows for t in tallies],
+        "steps_per_worker": [t.batches for t in tallies],
+        "samples_in": samples_in,
+        "samples_in_rows": samples,
+        "samples_not_in_rows": samples_in - samples,
+        "tokens": tokens,
+        "label_tokens": sum(t.label_tokens for t in tallies),
+        "padding_fraction": round(1 - tokens / slots, 4) if slots else 0.0,
+        "non_padding_share": round(tokens / slots, 4) if slots else 0.0,
+        "samples_per_row": round(samples / max(1, sum(t.rows for t in tallies)), 2),
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
+    }
+
+
+def format_ingest(stats: dict[str, Any], layout: str) -> str:
+    return (
+        f"ingest ({layout}): {stats['tokens']:,} tokens in {stats['seconds']}s = {stats['tokens_per_s']:,.0f} tokens/s; "
+        f"non-padding {stats['non_padding_share']:.1%} (padding {stats['padding_fraction']:.1%}); "
+        f"{stats['samples_per_row']} samples/row; steps per worker {stats['steps_per_worker']}; "
+        f"{stats['samples_not_in_rows']:,} of {stats['samples_in']:,} samples not in any step "
+        "(longer than max_length, or in the rows equal splitting and drop_last leave out)"
+    )

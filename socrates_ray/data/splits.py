@@ -1,0 +1,206 @@
+"""The three split settings: unseen studies, unseen conditions, unseen tasks (pure).
+
+Splits come from SocSci210's metadata files when they exist, else they are drawn from a seed in
+the same shapes (PAPER.md section 3). The 75/25 files may list condition/task numbers or sample
+ids: each study's lists are checked against what the data holds and read as whichever they fit.
+
+Row assignment, per setting:
+- unseen_studies: participant_mapping "unseen" -> eval, "seen" -> train; a study in neither list
+  is quarantined (reason unknown_study) because no setting can place it;
+- unseen_conditions / unseen_tasks: rows of a mapped study whose condition (task) is listed under
+  "eval" -> eval; every other row -> train (unmapped studies train the model, as in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SETTING_FILES = {
+    "unseen_studies": "participant_mapping.json",
+    "unseen_conditions": "condition_mapping.json",
+    "unseen_tasks": "task_mapping.json",
+}
+SETTING_KEY = {"unseen_conditions": "condition_num", "unseen_tasks": "task_num"}
+
+
+class SplitError(ValueError):
+    """A split file that cannot be read or matched to the data."""
+
+
+@dataclass
+class StudyKeys:
+    """What pass 1 saw of one study: its condition numbers, task numbers and sample ids."""
+
+    conditions: set[int] = field(default_factory=set)
+    tasks: set[int] = field(default_factory=set)
+    sample_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Mapping75:
+    """One 75/25 file resolved: per study the eval values, and what they are."""
+
+    eval_values: dict[str, frozenset[int]]
+    train_values: dict[str, frozenset[int]]
+    unit: dict[str, Literal["num", "sample_id"]]
+
+
+@dataclass
+class Splits:
+    seen: frozenset[str]
+    unseen: frozenset[str]
+    conditions: Mapping75
+    tasks: Mapping75
+    sources: dict[str, str]
+    missing_studies: dict[str, list[str]]  # setting -> study ids named in a file but absent in the data
+
+    def known_study(self, study_id: str) -> bool:
+        return study_id in self.seen or study_id in self.unseen
+
+    def assign(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int) -> Literal["train", "eval"]:
+        """train or eval for one kept row under one setting."""
+        if setting == "unseen_studies":
+            return "eval" if study_id in self.unseen else "train"
+        mapping = self.conditions if setting == "unseen_conditions" else self.tasks
+        eval_values = mapping.eval_values.get(study_id)
+        if eval_values is None:
+            return "train"
+        if mapping.unit[study_id] == "sample_id":
+            return "eval" if sample_id in eval_values else "train"
+        value = condition_num if setting == "unseen_conditions" else task_num
+        return "eval" if value in eval_values else "train"
+
+    def manifest(self) -> dict[str, Any]:
+        """The split files as used (JSON-ready), for the prepared folder."""
+
+        def dump(m: Mapping75) -> dict[str, Any]:
+            return {
+                s: {"unit": m.unit[s], "train": sorted(m.train_values[s]), "eval": sorted(m.eval_values[s])}
+                for s in sorted(m.eval_values)
+            }
+
+        return {
+            "unseen_studies": {"seen": sorted(self.seen), "unseen": sorted(self.unseen)},
+            "unseen_conditions": dump(self.conditions),
+            "unseen_tasks": dump(self.tasks),
+            "sources": self.sources,
+            "missing_studies": self.missing_studies,
+        }
+
+
+def _parse_json(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SplitError(f"metadata/{name}: not valid JSON ({exc})") from None
+
+
+def resolve_participant_mapping(raw: Any, studies: dict[str, StudyKeys]) -> tuple[frozenset[str], frozenset[str], list[str]]:
+    name = SETTING_FILES["unseen_studies"]
+    if not isinstance(raw, dict) or not {"seen", "unseen"} <= set(raw):
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise SplitError(f"metadata/{name}: expected {{\"seen\": [study ids], \"unseen\": [study ids]}}, got keys {got}")
+    seen, unseen = frozenset(map(str, raw["seen"])), frozenset(map(str, raw["unseen"]))
+    both = seen & unseen
+    if both:
+        raise SplitError(f"metadata/{name}: studies listed as both seen and unseen: {sorted(both)[:5]}")
+    missing = sorted((seen | unseen) - set(studies))
+    return seen, unseen, missing
+
+
+def resolve_mapping75(raw: Any, setting: str, studies: dict[str, StudyKeys]) -> tuple[Mapping75, list[str]]:
+    """Read a condition/task mapping; decide per study whether lists hold numbers or sample ids."""
+    name = SETTING_FILES[setting]
+    if not isinstance(raw, dict):
+        raise SplitError(f"metadata/{name}: expected {{study_id: {{\"train\": [...], \"eval\": [...]}}}}, got {type(raw).__name__}")
+    mapping = Mapping75({}, {}, {})
+    missing: list[str] = []
+    for study_id, entry in raw.items():
+        if not isinstance(entry, dict) or not {"train", "eval"} <= set(entry):
+            raise SplitError(f"metadata/{name}: study {study_id!r} should map to {{\"train\": [...], \"eval\": [...]}}, got {entry!r:.80}")
+        if study_id not in studies:
+            missing.append(study_id)
+            continue
+        train = frozenset(int(v) for v in entry["train"])
+        evals = frozenset(int(v) for v in entry["eval"])
+        keys = studies[study_id]
+        numbers = keys.conditions if setting == "unseen_conditions" else keys.tasks
+        values = train | evals
+        if values <= numbers:
+            unit: Literal["num", "sample_id"] = "num"
+        elif values <= set(keys.sample_ids):
+            unit = "sample_id"
+        else:
+            what = "condition" if setting == "unseen_conditions" else "task"
+            stray = sorted(values - numbers)[:5]
+            raise SplitError(
+                f"metadata/{name}: study {study_id!r} lists values {stray} that are neither its "
+                f"{what} numbers {sorted(numbers)[:10]} nor its sample ids (first of them: "
+                f"{sorted(keys.sample_ids)[:5]}); the file looks like {_looks_like(values, numbers, keys.sample_ids)}. "
+                "Fix the file or drop the study from it."
+            )
+        mapping.eval_values[study_id] = evals
+        mapping.train_values[study_id] = train
+        mapping.unit[study_id] = unit
+    return mapping, sorted(missing)
+
+
+def _looks_like(values: frozenset[int], numbers: set[int], sample_ids: list[int]) -> str:
+    in_numbers = len(values & numbers)
+    in_samples = len(values & set(sample_ids))
+    if in_numbers >= in_samples:
+        return f"{in_numbers} of {len(values)} values match {('condition/task numbers')}"
+    return f"{in_samples} of {len(values)} values match sample ids"
+
+
+def draw_splits(studies: dict[str, StudyKeys], unseen_fraction: float, eval_fraction: float, seed: int) -> tuple[frozenset[str], frozenset[str], Mapping75, Mapping75]:
+    """Deterministic splits of the published shapes, for data without metadata files."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(studies)
+    order = rng.permutation(len(ids))
+    n_unseen = max(1, int(round(unseen_fraction * len(ids)))) if len(ids) > 1 else 0
+    unseen = frozenset(ids[i] for i in order[:n_unseen])
+    seen = frozenset(ids) - unseen
+
+    def draw(attr: str) -> Mapping75:
+        m = Mapping75({}, {}, {})
+        for study_id in ids:
+            values = sorted(getattr(studies[study_id], attr))
+            if len(values) < 2:
+                continue
+            shuffled = [values[i] for i in rng.permutation(len(values))]
+            k = max(1, int(round(eval_fraction * len(values))))
+            m.eval_values[study_id] = frozenset(shuffled[:k])
+            m.train_values[study_id] = frozenset(shuffled[k:])
+            m.unit[study_id] = "num"
+        return m
+
+    return seen, unseen, draw("conditions"), draw("tasks")
+
+
+def build_splits(
+    metadata: dict[str, str | None],
+    studies: dict[str, StudyKeys],
+    unseen_fraction: float,
+    eval_fraction: float,
+    seed: int,
+) -> Splits:
+    """Combine metadata files (text or None per file name) with seeded draws for missing ones."""
+    seen, unseen, cond_drawn, task_drawn = draw_splits(studies, unseen_fraction, eval_fraction, seed)
+    sources = {s: f"drawn from data.split_seed={seed}" for s in SETTING_FILES}
+    missing: dict[str, list[str]] = {}
+    text = metadata.get(SETTING_FILES["unseen_studies"])
+    if text is not None:
+        seen, unseen, missing["unseen_studies"] = resolve_participant_mapping(_parse_json(text, SETTING_FILES["unseen_studies"]), studies)
+        sources["unseen_studies"] = f"metadata/{SETTING_FILES['unseen_studies']}"
+    resolved = {"unseen_conditions": cond_drawn, "unseen_tasks": task_drawn}
+    for setting in ("unseen_conditions", "unseen_tasks"):
+        text = metadata.get(SETTING_FILES[setting])
+        if text is not None:
+            resolved[setting], missing[setting] = resolve_mapping75(_parse_json(text, SETTING_FILES[setting]), setting, studies)
+            sources[setting] = f"metadata/{SETTING_FILES[setting]}"
+    return Splits(seen, unseen, resolved["unseen_conditions"], resolved["unseen_tasks"], sources, missing)

@@ -1,0 +1,169 @@
+"""Prompt/answer -> input_ids + labels, packing, and the collate that feeds the model (pure).
+
+A training example is the chat-templated prompt (system + user turn + the assistant header)
+followed by the answer tokens and the end-of-turn token. Labels are -100 everywhere except the
+answer and end-of-turn, so the loss is only on what the model must predict.
+
+Packing puts several examples into one fixed-length row (first-fit decreasing within a window).
+Each token carries the index of its example (`seq_ids`, 0 = padding) and a position that
+restarts at 0 per example; `packed_attention_mask` turns seq_ids into a block-diagonal causal
+mask so packed examples never attend to each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from socrates_ray.data.prompts import build_messages
+
+IGNORE_INDEX = -100
+_SENTINEL = "\u2063SOCRATES_PROMPT\u2063"
+
+
+@dataclass
+class Encoder:
+    """Encodes (prompt, answer) pairs with one tokenizer and system prompt.
+
+    Rendering the chat template is the slow part of tokenization, so the template is rendered
+    once around a sentinel and reused as head + prompt + tail; `__post_init__` checks that this
+    gives exactly what the template renders, and falls back to per-row rendering if not.
+    """
+
+    tokenizer: Any
+    system_prompt: str
+
+    def __post_init__(self) -> None:
+        render = self._render
+        head_tail = render(_SENTINEL).split(_SENTINEL)
+        probe = "Probe prompt\n- Age: 30\nOnly return 1 or 2."
+        self._fast = len(head_tail) == 2 and head_tail[0] + probe + head_tail[1] == render(probe)
+        self._head, self._tail = (head_tail if self._fast else ("", ""))
+        # End of turn: the first token the template puts after the assistant's content.
+        with_answer = self.tokenizer.apply_chat_template(
+            build_messages("p", self.system_prompt, "7"), tokenize=False
+        )
+        suffix = with_answer[len(render("p")) + len("7") :]
+        suffix_ids = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        if not with_answer.startswith(render("p")) or not suffix_ids:
+            raise ValueError(
+                "tokenizer chat template: the assistant turn must follow the generation prompt and end "
+                f"with an end-of-turn token (got suffix {suffix!r}); use a chat model's tokenizer"
+            )
+        self.eot_ids = suffix_ids[:1]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_ids[0]
+
+    def _render(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            build_messages(prompt, self.system_prompt), tokenize=False, add_generation_prompt=True
+        )
+
+    def prefix_text(self, prompt: str) -> str:
+        """The model input up to where the answer starts."""
+        return self._head + prompt + self._tail if self._fast else self._render(prompt)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer([self.prefix_text(p) for p in prompts], add_special_tokens=False)["input_ids"]
+
+    def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, labels) per example: prompt tokens unlabelled, answer + end-of-turn labelled."""
+        prefixes = self.encode_prompts(prompts)
+        answer_ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+        out = []
+        for prefix, answer in zip(prefixes, answer_ids):
+            target = answer + self.eot_ids
+            out.append((prefix + target, [IGNORE_INDEX] * len(prefix) + target))
+        return out
+
+
+@dataclass
+class Row:
+    """One training row before collation: one example (padded layouts) or several (packed)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    seq_ids: np.ndarray  # 1..k per example, 0 = padding
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.seq_ids > 0).sum())
+
+
+def single_rows(examples: Sequence[tuple[list[int], list[int]]]) -> list[Row]:
+    """One unpadded row per example (the pad layouts pad at collate time)."""
+    rows = []
+    for ids, labels in examples:
+        n = len(ids)
+        rows.append(Row(np.asarray(ids, np.int32), np.asarray(labels, np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.int32)))
+    return rows
+
+
+def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int) -> list[Row]:
+    """First-fit decreasing: longest examples first, each into the first row with room."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i][0])
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(max_length - n)
+    rows = []
+    for members in bins:
+        ids = np.full(max_length, pad_id, np.int32)
+        labels = np.full(max_length, IGNORE_INDEX, np.int32)
+        positions = np.zeros(max_length, np.int32)
+        seq = np.zeros(max_length, np.int32)
+        at = 0
+        for k, i in enumerate(members, start=1):
+            ex_ids, ex_labels = examples[i]
+            n = len(ex_ids)
+            ids[at : at + n] = ex_ids
+            labels[at : at + n] = ex_labels
+            positions[at : at + n] = np.arange(n)
+            seq[at : at + n] = k
+            at += n
+        rows.append(Row(ids, labels, positions, seq))
+    return rows
+
+
+def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+    """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch."""
+    import torch
+
+    lengths = [len(x) for x in batch["input_ids"]]
+    width = pad_to or max(lengths)
+    if max(lengths) > width:
+        raise ValueError(f"collate: a row of {max(lengths)} tokens exceeds pad_to={width}")
+    out = {}
+    for name, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("position_ids", 0), ("seq_ids", 0)):
+        arr = np.full((len(lengths), width), fill, np.int64)
+        for r, values in enumerate(batch[name]):
+            arr[r, : len(values)] = values
+        out[name] = torch.from_numpy(arr)
+    return out
+
+
+def packed_attention_mask(seq_ids: Any, dtype: Any = None) -> Any:
+    """(B, L) example indices -> (B, 1, L, L) additive mask: causal within an example, blocked
+    across examples and on padding. Padding rows attend to themselves only, so no row is all -inf
+    (which would give NaN in softmax)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    same = seq_ids[:, :, None] == seq_ids[:, None, :]
+    length = seq_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=seq_ids.device).tril()
+    allowed = same & causal & (seq_ids[:, :, None] > 0)
+    allowed |= torch.eye(length, dtype=torch.bool, device=seq_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None, :, :]

@@ -1,0 +1,111 @@
+"""Offline tiny model and tokenizer builders, used by tests and the demo.
+
+Nothing here downloads: the tokenizer is a byte-level BPE trained on synthetic SocSci-format
+prompts (digits split one per token, as Qwen2 does, so "100" is three tokens), with a Qwen-style
+chat template; the model is a randomly initialised Qwen2ForCausalLM, the production base's
+architecture class. Both are saved as an ordinary Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5's layout (<|im_start|>role\ncontent<|im_end|>\n) without its default system prompt.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+STAMP = "socrates_tiny.json"
+
+
+def synthetic_corpus(rows: int, seed: int = 0) -> Iterator[str]:
+    """Prompts and answers from the synthetic generator: the text the tiny model will see."""
+    from socrates_ray.data.synthetic import design_studies, generate_study, hash_id
+
+    rng = np.random.default_rng(seed)
+    studies = design_studies(max(4, rows // 200), rows, 0.5, rng)
+    yield DEFAULT_SYSTEM_PROMPT
+    produced = 0
+    for study in studies:
+        table, _ = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), 0.0)
+        for prompt, response in zip(table["prompt"].to_pylist(), table["response"].to_pylist()):
+            yield f"{prompt}\n{response}"
+            produced += 1
+            if produced >= rows:
+                return
+
+
+def build_tiny_tokenizer(corpus: Iterator[str], vocab_size: int):  # -> PreTrainedTokenizerFast
+    """Train a byte-level BPE tokenizer offline and wrap it with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, shape: TinyModelSection, seed: int = 0):  # -> Qwen2ForCausalLM
+    """A randomly initialised Qwen2 model sized by `shape`, matched to the tokenizer's ids."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def _fingerprint(shape: TinyModelSection, seed: int) -> str:
+    return hashlib.sha256(json.dumps([shape.model_dump(), seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_tiny_model(path: str | Path, shape: TinyModelSection, seed: int = 0) -> Path:
+    """Build the tiny model + tokenizer into `path` unless an identical one is already there."""
+    folder = Path(path)
+    stamp = folder / STAMP
+    fingerprint = _fingerprint(shape, seed)
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return folder
+    tokenizer = build_tiny_tokenizer(synthetic_corpus(shape.tokenizer_corpus_rows, seed), shape.vocab_size)
+    model = build_tiny_model(tokenizer, shape, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint, "shape": shape.model_dump(), "seed": seed}))
+    return folder

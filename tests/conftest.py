@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic dataset, the offline tiny model, a local Ray instance.
+
+Tests are hermetic: HF_HUB_OFFLINE=1 makes any accidental download fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path
+
+import pytest
+
+from socrates_ray.config import TinyModelSection
+from socrates_ray.data.synthetic import write_synthetic
+from socrates_ray.testing import ensure_tiny_model
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(out, studies=12, rows=3000, rows_per_shard=1000, seed=1, refusal_rate=0.0, within_subject_share=0.5)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelSection(tokenizer_corpus_rows=600), seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    # A test-owned instance: never attach to another cluster that happens to run here.
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

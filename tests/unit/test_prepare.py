@@ -1,0 +1,203 @@
+"""prepare on data with every kind of bad row: rows_in == rows_kept + rows_quarantined."""
+
+import copy
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from socrates_ray.cli import main
+from socrates_ray.config import load_config
+from socrates_ray.data.prepare import PrepareError, run_prepare
+from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA, REASONS
+from socrates_ray.data.splits import SplitError
+
+
+def _cfg(raw, prepared, *extra):
+    return load_config(None, [f"data.raw={raw}", f"data.prepared={prepared}", "data.parallelism=1", *extra])
+
+
+def _seven_point_row(rows):
+    return next(r for r in rows if "integer from 1 to 7" in r["stimuli"])
+
+
+def build_dirty_dataset(synth_dir: Path, out: Path) -> Counter:
+    """Copy the synthetic dataset and add bad rows of every kind; returns the expected reasons."""
+    shutil.copytree(synth_dir / "metadata", out / "metadata")
+    clean = pq.read_table(synth_dir / "data").to_pylist()
+    good, spare = clean[:2000], clean[2000:]
+    expected = Counter()
+    bad = []
+
+    def add(reason, row):
+        bad.append(row)
+        expected[reason] += 1
+
+    base = _seven_point_row(spare)
+    fresh = iter(r for r in spare if r["study_id"] == base["study_id"])
+
+    def variant(**changes):
+        row = copy.deepcopy(next(fresh))
+        row.update(changes)
+        return row
+
+    add("empty_prompt", variant(prompt="   "))
+    add("empty_prompt", variant(prompt=None))
+    add("empty_stimuli", variant(stimuli=None))
+    add("missing_response", variant(response=None))
+    seven = [r for r in spare if "integer from 1 to 7" in r["stimuli"]]
+    add("response_out_of_scale", {**copy.deepcopy(seven[0]), "response": 9})
+    add("refusal_code", {**copy.deepcopy(seven[1]), "response": 98})
+    add("duplicate_key", copy.deepcopy(good[5]))
+    add("missing_id", variant(sample_id=None))
+    add("missing_id", variant(study_id=""))
+    add("unknown_study", variant(study_id="zzzzz"))
+    add("prompt_stimuli_mismatch", variant(stimuli="A different question. Only return an integer from 1 to 7."))
+    add("missing_demographic", variant(demographic=None))
+    (out / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(good + bad, schema=RAW_SCHEMA), out / "data" / "a.parquet")
+
+    # A shard whose exporter wrote loose types: response/ids/age as text.
+    loose_demo = pa.struct([pa.field(f, pa.string()) for f in DEMOGRAPHIC_FIELDS])
+    loose_schema = pa.schema(
+        [pa.field(f.name, pa.string()) if f.name in ("response", "condition_num") else f for f in RAW_SCHEMA]
+    ).set(RAW_SCHEMA.get_field_index("demographic"), pa.field("demographic", loose_demo))
+    loose_rows = []
+    for r in spare[100:130]:  # clean rows, written as text: must be kept
+        row = copy.deepcopy(r)
+        row["response"], row["condition_num"] = str(row["response"]), str(row["condition_num"])
+        row["demographic"] = {k: None if v is None else str(v) for k, v in row["demographic"].items()}
+        loose_rows.append(row)
+    for reason, field, value in [
+        ("non_integer_response", "response", "3.5"),
+        ("non_integer_response", "response", "seven"),
+        ("non_integer_id", "condition_num", "B"),
+    ]:
+        loose_rows[len(loose_rows) - 1 - sum(expected[k] for k in ("non_integer_response", "non_integer_id"))][field] = value
+        expected[reason] += 1
+    loose_rows[0]["demographic"]["age"] = "thirty"
+    expected["non_integer_demographic"] += 1
+    pq.write_table(pa.Table.from_pylist(loose_rows, schema=loose_schema), out / "data" / "b.parquet")
+
+    # Shards whose demographic struct lacks a field, or has an extra one.
+    for name, fields, rows in (
+        ("c.parquet", [f for f in DEMOGRAPHIC_FIELDS if f != "ideology"], spare[200:210]),
+        ("d.parquet", [*DEMOGRAPHIC_FIELDS, "religion"], spare[210:215]),
+    ):
+        struct = pa.struct([pa.field(f, pa.int64() if f in ("age", "household_size") else pa.string()) for f in fields])
+        schema = RAW_SCHEMA.set(RAW_SCHEMA.get_field_index("demographic"), pa.field("demographic", struct))
+        shaped = []
+        for r in rows:
+            row = copy.deepcopy(r)
+            row["demographic"] = {f: row["demographic"].get(f) for f in fields}
+            shaped.append(row)
+        pq.write_table(pa.Table.from_pylist(shaped, schema=schema), out / "data" / name)
+        expected["demographic_fields"] += len(rows)
+    return expected
+
+
+def test_every_row_is_kept_or_quarantined_with_its_reason(tmp_path, synth_dir):
+    raw = tmp_path / "raw"
+    expected = build_dirty_dataset(synth_dir, raw)
+    assert len(expected) >= 10
+    summary = run_prepare(_cfg(raw, tmp_path / "prep"), log=lambda *_: None)
+    assert summary["rows_in"] == summary["rows_kept"] + summary["rows_quarantined"]
+    assert summary["rows_in"] == sum(pq.read_metadata(p).num_rows for p in (raw / "data").glob("*.parquet"))
+    assert summary["quarantine_reasons"] == dict(expected)
+    assert set(expected) <= set(REASONS)
+    quarantine = pq.read_table(tmp_path / "prep" / "quarantine").to_pylist()
+    assert Counter(q["reason"] for q in quarantine) == expected
+    # nothing lost: the raw row travels with its reason
+    bad = next(q for q in quarantine if q["reason"] == "response_out_of_scale")
+    assert json.loads(bad["row_json"])["response"] == 9
+    # the loose-typed clean rows were kept, as integers
+    kept = pq.read_table(tmp_path / "prep" / "unseen_studies").to_pylist()
+    assert len(kept) == summary["rows_kept"]
+    assert all(isinstance(r["response"], int) and r["answer"] == str(r["response"]) for r in kept)
+
+
+def test_outputs_hold_what_later_stages_need(tmp_path, synth_dir):
+    summary = run_prepare(_cfg(synth_dir, tmp_path / "prep"), log=lambda *_: None)
+    prep = tmp_path / "prep"
+    for setting in ("unseen_studies", "unseen_conditions", "unseen_tasks"):
+        for split in ("train", "eval"):
+            table = pq.read_table(prep / setting / split)
+            assert table.num_rows == summary["settings"][setting][split]["rows"] > 0
+        assert (prep / "splits" / f"{setting}.json").is_file()
+    cols = set(pq.read_schema(next((prep / "unseen_studies" / "train").glob("*.parquet"))).names)
+    assert {"study_id", "sample_id", "participant", "condition_num", "task_num", "demographic", "stimuli",
+            "prompt", "response", "answer", "scale_kind", "scale_low", "scale_high"} <= cols
+    assert summary["scale_coverage"]["share_cells_parsed"] == 1.0
+    assert summary["prompt_builder_match"] == 1.0
+    assert json.loads((prep / "summary.json").read_text()) == summary
+    assert (prep / "config.yaml").is_file()
+
+
+def test_splits_follow_the_metadata_files(tmp_path, synth_dir):
+    run_prepare(_cfg(synth_dir, tmp_path / "prep"), log=lambda *_: None)
+    prep = tmp_path / "prep"
+    unseen = set(json.loads((synth_dir / "metadata" / "participant_mapping.json").read_text())["unseen"])
+    assert set(pq.read_table(prep / "unseen_studies" / "eval")["study_id"].to_pylist()) == unseen
+    assert not unseen & set(pq.read_table(prep / "unseen_studies" / "train")["study_id"].to_pylist())
+    mapping = json.loads((synth_dir / "metadata" / "condition_mapping.json").read_text())
+    for r in pq.read_table(prep / "unseen_conditions" / "eval", columns=["study_id", "condition_num"]).to_pylist():
+        assert r["condition_num"] in mapping[r["study_id"]]["eval"]
+    for r in pq.read_table(prep / "unseen_conditions" / "train", columns=["study_id", "condition_num"]).to_pylist():
+        assert r["study_id"] not in mapping or r["condition_num"] not in mapping[r["study_id"]]["eval"]
+
+
+def test_mapping_by_sample_ids_is_accepted_and_nonsense_is_explained(tmp_path, synth_dir):
+    raw = tmp_path / "raw"
+    shutil.copytree(synth_dir, raw)
+    table = pq.read_table(raw / "data", columns=["study_id", "sample_id", "task_num"]).to_pylist()
+    study = table[0]["study_id"]
+    ids = sorted(r["sample_id"] for r in table if r["study_id"] == study)
+    (raw / "metadata" / "task_mapping.json").write_text(json.dumps({study: {"train": ids[10:], "eval": ids[:10]}}))
+    run_prepare(_cfg(raw, tmp_path / "prep"), log=lambda *_: None)
+    evals = pq.read_table(tmp_path / "prep" / "unseen_tasks" / "eval", columns=["sample_id"])["sample_id"].to_pylist()
+    assert sorted(evals) == ids[:10]
+    (raw / "metadata" / "task_mapping.json").write_text(json.dumps({study: {"train": [123456], "eval": [654321]}}))
+    with pytest.raises(SplitError, match="neither its task numbers .* nor its sample ids"):
+        run_prepare(_cfg(raw, tmp_path / "prep2"), log=lambda *_: None)
+
+
+def test_without_metadata_splits_are_drawn_deterministically(tmp_path, synth_dir):
+    raw = tmp_path / "raw"
+    shutil.copytree(synth_dir / "data", raw / "data")
+    a = run_prepare(_cfg(raw, tmp_path / "a"), log=lambda *_: None)
+    b = run_prepare(_cfg(raw, tmp_path / "b"), log=lambda *_: None)
+    assert a["settings"] == b["settings"]
+    assert all(s["source"].startswith("drawn") for s in a["settings"].values())
+    assert a["settings"]["unseen_studies"]["eval"]["studies"] == round(0.19 * a["studies"])
+    assert (tmp_path / "a" / "splits" / "unseen_studies.json").read_text() == (tmp_path / "b" / "splits" / "unseen_studies.json").read_text()
+
+
+def test_rerun_replaces_previous_output(tmp_path, synth_dir):
+    cfg = _cfg(synth_dir, tmp_path / "prep")
+    first = run_prepare(cfg, log=lambda *_: None)
+    second = run_prepare(cfg, log=lambda *_: None)
+    assert pq.read_table(tmp_path / "prep" / "unseen_studies").num_rows == second["rows_kept"] == first["rows_kept"]
+
+
+def test_unreadable_inputs_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(PrepareError, match="does not exist.*socrates-ray synth"):
+        run_prepare(_cfg(tmp_path / "missing", tmp_path / "p"), log=lambda *_: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrepareError, match="no Parquet files"):
+        run_prepare(_cfg(tmp_path / "empty", tmp_path / "p"), log=lambda *_: None)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(PrepareError, match="x.parquet is not a readable Parquet file"):
+        run_prepare(_cfg(tmp_path / "broken", tmp_path / "p"), log=lambda *_: None)
+    (tmp_path / "narrow").mkdir()
+    pq.write_table(pa.table({"study_id": ["abcde"], "response": [1]}), tmp_path / "narrow" / "y.parquet")
+    with pytest.raises(PrepareError, match=r"lacks columns \['sample_id'"):
+        run_prepare(_cfg(tmp_path / "narrow", tmp_path / "p"), log=lambda *_: None)
+    # through the CLI: exit code 2 and a one-line reason, no traceback
+    assert main(["prepare", f"data.raw={tmp_path / 'broken'}", f"data.prepared={tmp_path / 'p'}", "data.parallelism=1"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable Parquet file" in err and "Traceback" not in err

@@ -1,0 +1,99 @@
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from socrates_ray.data.prompts import build_prompt, parse_answer_scale
+from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA
+from socrates_ray.data.synthetic import ordinal_probs, write_synthetic
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").glob("*.parquet"))}
+
+
+def test_layout_schema_and_metadata(synth_dir):
+    shards = sorted((synth_dir / "data").glob("train-*-of-*.parquet"))
+    summary = json.loads((synth_dir / "synth_summary.json").read_text())
+    assert len(shards) == summary["shards"] == -(-summary["rows"] // 1000) >= 3
+    for shard in shards:
+        assert pq.read_schema(shard).equals(RAW_SCHEMA)
+        assert pq.read_metadata(shard).num_rows <= 1000
+    mapping = json.loads((synth_dir / "metadata" / "participant_mapping.json").read_text())
+    assert set(mapping) == {"seen", "unseen"} and mapping["unseen"] and not set(mapping["seen"]) & set(mapping["unseen"])
+    cond = json.loads((synth_dir / "metadata" / "condition_mapping.json").read_text())
+    assert all(set(v) == {"train", "eval"} and v["eval"] for v in cond.values())
+
+
+def test_same_seed_same_bytes(tmp_path, synth_dir):
+    write_synthetic(tmp_path, studies=12, rows=3000, rows_per_shard=1000, seed=1, refusal_rate=0.0, within_subject_share=0.5)
+    assert _digest(tmp_path) == _digest(synth_dir)
+    write_synthetic(tmp_path, studies=12, rows=3000, rows_per_shard=1000, seed=2, refusal_rate=0.0, within_subject_share=0.5)
+    assert _digest(tmp_path) != _digest(synth_dir)
+
+
+def test_rows_look_like_socsci210(synth_dir):
+    table = pq.read_table(synth_dir / "data")
+    rows = table.to_pylist()
+    # prompts are exactly the builder's output, study ids 5 characters, keys unique per study
+    assert all(r["prompt"] == build_prompt(r["demographic"], r["stimuli"]) for r in rows[:500])
+    assert all(len(r["study_id"]) == 5 for r in rows)
+    assert len({(r["study_id"], r["sample_id"]) for r in rows}) == len(rows)
+    # all 16 demographic fields, with some nulls but never all
+    nulls = Counter(k for r in rows for k in DEMOGRAPHIC_FIELDS if r["demographic"][k] is None)
+    assert 0 < nulls["gender"] < 0.1 * len(rows)
+    assert set(DEMOGRAPHIC_FIELDS) == set(rows[0]["demographic"])
+    # varied scales, phrased several ways, plus open-ended amounts
+    scales = Counter((s.kind, s.low, s.high) for s in map(parse_answer_scale, {r["stimuli"] for r in rows}))
+    sizes = {hi - lo + 1 for kind, lo, hi in scales if kind == "bounded"}
+    assert {2, 5, 7}.issubset(sizes) and len(sizes) >= 4
+    assert all(kind != "unknown" for kind, _, _ in scales)
+    # within-subject repeats: one participant answers the same task under several conditions
+    per_person_task = Counter((r["study_id"], r["participant"], r["task_num"]) for r in rows)
+    assert max(per_person_task.values()) > 1
+
+
+def test_truth_is_a_distribution_and_matches_samples(synth_dir):
+    truth = pq.read_table(synth_dir / "ground_truth.parquet").to_pylist()
+    assert all(abs(sum(c["probs"]) - 1) < 1e-9 for c in truth)
+    table = pq.read_table(synth_dir / "data")
+    big = max(truth, key=lambda c: c["participants"] / len(c["options"]))
+    mask = pc.and_(
+        pc.and_(pc.equal(table["study_id"], big["study_id"]), pc.equal(table["condition_num"], big["condition_num"])),
+        pc.equal(table["task_num"], big["task_num"]),
+    )
+    answers = table.filter(mask)["response"].to_numpy()
+    empirical = np.array([(answers == o).mean() for o in big["options"]])
+    # total variation between the sample and its true distribution shrinks like 1/sqrt(n)
+    assert 0.5 * np.abs(empirical - np.array(big["probs"])).sum() < 2.5 * np.sqrt(len(big["options"]) / len(answers))
+
+
+def test_framing_moves_answers_the_same_way_across_topics(synth_dir):
+    """The structure unseen studies are learnable from: framing words push every topic alike."""
+    truth = pq.read_table(synth_dir / "ground_truth.parquet").to_pylist()
+    by_frame = {}
+    for c in truth:
+        mean = float(np.dot(c["options"], c["probs"]) - c["scale_low"]) / (c["scale_high"] - c["scale_low"])
+        by_frame.setdefault(c["frame"], []).append(mean)
+    means = {f: np.mean(v) for f, v in by_frame.items()}
+    assert {"economic_cost", "moral_duty"} <= set(means)
+    assert means["moral_duty"] > means["economic_cost"]
+
+
+def test_ordinal_probs_rows_sum_to_one_and_shift_with_utility():
+    p = ordinal_probs(np.array([-2.0, 0.0, 2.0]), 7)
+    assert np.allclose(p.sum(axis=1), 1)
+    expected = p @ np.arange(7)
+    assert expected[0] < expected[1] < expected[2]
+
+
+def test_size_knob_streams_shards(tmp_path):
+    summary = write_synthetic(tmp_path, studies=20, rows=20000, rows_per_shard=4000, seed=3, refusal_rate=0.01, within_subject_share=0.5)
+    shards = sorted((tmp_path / "data").glob("*.parquet"))
+    assert len(shards) == summary["shards"] >= 5
+    assert sum(pq.read_metadata(s).num_rows for s in shards) == summary["rows"]
+    assert abs(summary["rows"] - 20000) < 0.2 * 20000
+    assert 98 in set(pq.read_table(tmp_path / "data", columns=["response"])["response"].to_pylist())
