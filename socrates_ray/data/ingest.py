@@ -95,7 +95,7 @@ def build_ingest_dataset(
         raise IngestError(f"data.prepared: no prepared split at {split_dir}; run `socrates-ray prepare` first")
     # Reads and tokenizer actors ask for cpus_per_task CPUs each: on a small machine where
     # training workers hold whole CPUs, whole-CPU requests here would starve the reads forever.
-    ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], ray_remote_args={"num_cpus": cpus_per_task})
+    ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
     return ds.map_batches(
         TokenizePack,
         fn_constructor_kwargs={
@@ -112,13 +112,18 @@ def build_ingest_dataset(
 
 
 def collate_fn_for(pad_id: int, layout: str, max_length: int) -> Any:
-    """The `collate_fn` for `iter_torch_batches` matching a layout."""
-    pad_to = max_length if layout in ("pack", "pad_max_length") else None
+    """The `collate_fn` for `iter_torch_batches` matching a layout (packed and pad_max_length
+    rows are max_length wide; pad_longest pads to the longest row of each batch)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
 
-    def collate_fn(batch: dict[str, Any]) -> dict[str, Any]:
-        return collate(batch, pad_id, pad_to)
+    class Collate(NumpyBatchCollateFn):
+        def __init__(self, pad_id: int, pad_to: int | None) -> None:
+            self.pad_id, self.pad_to = pad_id, pad_to
 
-    return collate_fn
+        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+            return collate(batch, self.pad_id, self.pad_to)
+
+    return Collate(pad_id, max_length if layout in ("pack", "pad_max_length") else None)
 
 
 @dataclass
@@ -148,13 +153,23 @@ def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn:
     Train workers would, and report throughput and padding."""
     shards = ds.streaming_split(num_workers, equal=True)
     tallies = [WorkerTally() for _ in shards]
+    errors: list[BaseException] = []
+
+    def worker(it: Any, tally: WorkerTally) -> None:
+        try:
+            consume(it, micro_batch_size, collate_fn, tally)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
     start = time.perf_counter()
-    threads = [threading.Thread(target=consume, args=(it, micro_batch_size, collate_fn, t)) for it, t in zip(shards, tallies)]
+    threads = [threading.Thread(target=worker, args=(it, t)) for it, t in zip(shards, tallies)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
+    if errors:
+        raise unwrap_ingest_error(errors[0])
     tokens = sum(t.tokens for t in tallies)
     slots = sum(t.slots for t in tallies)
     samples = sum(t.samples for t in tallies)
@@ -173,6 +188,19 @@ def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn:
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
     }
+
+
+def unwrap_ingest_error(exc: BaseException) -> BaseException:
+    """The IngestError inside a Ray task failure, if there is one, so users read one line."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, IngestError):
+            return IngestError(str(cause))
+        if cause.__cause__ is None and "IngestError: " in str(cause):
+            message = str(cause).split("IngestError: ", 1)[1].splitlines()[0]
+            return IngestError(message)
+        cause = cause.__cause__
+    return exc
 
 
 def format_ingest(stats: dict[str, Any], layout: str) -> str:

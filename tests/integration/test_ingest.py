@@ -1,0 +1,73 @@
+"""The Ray Data ingest graph and the demo entry point, on a local Ray instance (CPU)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from socrates_ray.cli import main
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
+from socrates_ray.data.ingest import IngestError, build_ingest_dataset, collate_fn_for, measure_ingest
+from socrates_ray.data.prepare import run_prepare
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("prepared")
+    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1"]), log=lambda *_: None)
+    return out
+
+
+def _run(prepared, tiny_model, layout, max_length=1024, workers=2):
+    split = str(prepared / "unseen_studies" / "train")
+    n = pq.read_table(split, columns=["answer"]).num_rows
+    ds = build_ingest_dataset(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, max_length, layout, 128, 2, 0.25)
+    return n, measure_ingest(ds, workers, 2, collate_fn_for(0, layout, max_length), n)
+
+
+def test_packed_ingest_gives_equal_shards_and_little_padding(ray_local, prepared, tiny_model):
+    n, packed = _run(prepared, tiny_model, "pack")
+    assert len(set(packed["steps_per_worker"])) == 1 and packed["steps_per_worker"][0] > 0
+    assert packed["samples_per_row"] > 2
+    # equal split + drop_last may leave out less than one micro batch of rows per worker
+    assert 0 <= packed["samples_not_in_rows"] < 2 * 2 * 2 * packed["samples_per_row"] + 1
+    _, padded = _run(prepared, tiny_model, "pad_max_length")
+    assert padded["non_padding_share"] < 0.5 < packed["non_padding_share"]
+    assert abs(padded["tokens"] - packed["tokens"]) / padded["tokens"] < 0.01
+
+
+def test_pad_longest_and_shard_count(ray_local, prepared, tiny_model):
+    n, stats = _run(prepared, tiny_model, "pad_longest", workers=3)
+    assert len(stats["steps_per_worker"]) == 3 and len(set(stats["steps_per_worker"])) == 1
+    assert stats["samples_per_row"] == 1.0 and stats["non_padding_share"] > 0.8
+
+
+def test_too_short_max_length_is_a_clear_error(ray_local, prepared, tiny_model):
+    with pytest.raises(IngestError, match=r"ingest.max_length=40: every sample"):
+        _run(prepared, tiny_model, "pack", max_length=40)
+
+
+def test_demo_runs_what_exists_and_says_what_does_not(ray_local, tmp_path, tiny_model, capsys):
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        f"data.raw={tmp_path}/synth",
+        f"data.prepared={tmp_path}/prepared",
+        "synth.rows=1500",
+        "synth.studies=8",
+        "synth.rows_per_shard=600",
+        f"model.path={tiny_model}",
+        "model.tiny.tokenizer_corpus_rows=600",
+        "ingest.max_length=1024",
+    ]
+    assert main(["demo", "--config", "configs/demo.yaml", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "not built yet" in out and "rows in" in out and "tokens/s" in out
+    run = tmp_path / "demo"
+    assert (run / "config.yaml").is_file()
+    stats = json.loads((run / "ingest_stats.json").read_text())
+    assert stats["tokens"] > 0 and len(set(stats["steps_per_worker"])) == 1
+    summary = json.loads((tmp_path / "prepared" / "summary.json").read_text())
+    assert summary["rows_in"] == summary["rows_kept"] + summary["rows_quarantined"]
+    assert len(list((tmp_path / "synth" / "data").glob("*.parquet"))) >= 3

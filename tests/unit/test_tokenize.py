@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+from socrates_ray.data.prompts import build_messages
+from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder, collate, pack_rows, packed_attention_mask, single_rows
+
+PROMPTS = [
+    "You are a survey respondent with the following demographic profile:\n- Age: 40\n\nRead the question. Only return an integer from 1 to 7.",
+    "You are a survey respondent with the following demographic profile:\n- Age: 71\n- Gender: Female\n\nHow many dollars? Only return an integer representing dollars.",
+    "Short one. Only return 1 if Yes or 2 if No.",
+    "You are a survey respondent.\n- Party Id: Strong Republican\nOn a scale from 0 to 100, only return the number.",
+]
+ANSWERS = ["5", "250", "1", "100"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def encoder(tokenizer):
+    return Encoder(tokenizer, DEFAULT_SYSTEM_PROMPT)
+
+
+def test_prefix_equals_the_chat_template(encoder, tokenizer):
+    for p in PROMPTS:
+        expected = tokenizer.apply_chat_template(build_messages(p, DEFAULT_SYSTEM_PROMPT), tokenize=False, add_generation_prompt=True)
+        assert encoder.prefix_text(p) == expected
+
+
+def test_loss_only_on_answer_and_end_of_turn(encoder, tokenizer):
+    for (ids, labels), answer in zip(encoder.encode(PROMPTS, ANSWERS), ANSWERS):
+        assert len(ids) == len(labels)
+        labelled = [t for t in labels if t != IGNORE_INDEX]
+        assert tokenizer.decode(labelled) == answer + "<|im_end|>"
+        # labelled tokens are exactly the tail of the input
+        assert ids[-len(labelled):] == labelled
+        assert all(t == IGNORE_INDEX for t in labels[: -len(labelled)])
+    # multi-digit answers are several tokens (digits split), all labelled
+    ids, labels = encoder.encode([PROMPTS[0]], ["100"])[0]
+    assert sum(t != IGNORE_INDEX for t in labels) == 4
+
+
+def test_packing_keeps_every_example_whole(encoder):
+    examples = encoder.encode(PROMPTS * 5, ANSWERS * 5)
+    longest = max(len(e[0]) for e in examples)
+    rows = pack_rows(examples, 3 * longest, encoder.pad_id)
+    assert len(rows) < len(examples)
+    assert sum(r.num_tokens for r in rows) == sum(len(e[0]) for e in examples)
+    recovered = []
+    for r in rows:
+        assert len(r.input_ids) == 3 * longest
+        for k in range(1, r.seq_ids.max() + 1):
+            idx = np.flatnonzero(r.seq_ids == k)
+            assert (np.diff(idx) == 1).all() and (r.position_ids[idx] == np.arange(len(idx))).all()
+            recovered.append((r.input_ids[idx].tolist(), r.labels[idx].tolist()))
+        assert (r.labels[r.seq_ids == 0] == IGNORE_INDEX).all()
+    assert sorted(recovered) == sorted((list(a), list(b)) for a, b in examples)
+
+
+def test_packed_examples_do_not_attend_to_each_other(encoder, tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    examples = encoder.encode(PROMPTS, ANSWERS)
+    rows = pack_rows(examples, sum(len(e[0]) for e in examples) + 7, encoder.pad_id)
+    assert len(rows) == 1 and rows[0].seq_ids.max() == len(PROMPTS)
+    batch = collate({k: [getattr(r, k) for r in rows] for k in ("input_ids", "labels", "position_ids", "seq_ids")}, encoder.pad_id)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["seq_ids"]), position_ids=batch["position_ids"]).logits[0]
+        for k, (ids, _) in enumerate(examples, start=1):
+            alone = model(input_ids=torch.tensor([ids])).logits[0]
+            idx = torch.from_numpy(np.flatnonzero(rows[0].seq_ids == k))
+            torch.testing.assert_close(packed[idx], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_collate_pads_to_longest_or_to_max_length(encoder):
+    rows = single_rows(encoder.encode(PROMPTS, ANSWERS))
+    batch = {k: [getattr(r, k) for r in rows] for k in ("input_ids", "labels", "position_ids", "seq_ids")}
+    longest = max(len(r.input_ids) for r in rows)
+    out = collate(batch, encoder.pad_id)
+    assert out["input_ids"].shape == (4, longest)
+    assert int((out["seq_ids"] > 0).sum()) == sum(len(r.input_ids) for r in rows)
+    assert (out["labels"][out["seq_ids"] == 0] == IGNORE_INDEX).all()
+    assert collate(batch, encoder.pad_id, pad_to=longest + 10)["input_ids"].shape == (4, longest + 10)
+    with pytest.raises(ValueError, match="exceeds pad_to"):
+        collate(batch, encoder.pad_id, pad_to=longest - 1)
+
+
+def test_tiny_model_folder_is_an_ordinary_hf_model(tiny_model):
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tiny_model).model_type == "qwen2"
+    assert (tiny_model / "model.safetensors").is_file() and (tiny_model / "tokenizer.json").is_file()
