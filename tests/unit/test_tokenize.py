@@ -70,10 +70,12 @@ def test_packed_examples_do_not_attend_to_each_other(encoder, tiny_model):
     batch = collate({k: [getattr(r, k) for r in rows] for k in ("input_ids", "labels", "position_ids", "seq_ids")}, encoder.pad_id)
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["seq_ids"]), position_ids=batch["position_ids"]).logits[0]
-        for k, (ids, _) in enumerate(examples, start=1):
+        for k in range(1, len(PROMPTS) + 1):
+            idx = np.flatnonzero(rows[0].seq_ids == k)
+            ids = rows[0].input_ids[idx].tolist()
+            assert ids in [e[0] for e in examples]
             alone = model(input_ids=torch.tensor([ids])).logits[0]
-            idx = torch.from_numpy(np.flatnonzero(rows[0].seq_ids == k))
-            torch.testing.assert_close(packed[idx], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(packed[torch.from_numpy(idx)], alone, atol=1e-4, rtol=1e-4)
 
 
 def test_collate_pads_to_longest_or_to_max_length(encoder):
