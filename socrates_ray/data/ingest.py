@@ -95,7 +95,10 @@ def build_ingest_dataset(
         raise IngestError(f"data.prepared: no prepared split at {split_dir}; run `socrates-ray prepare` first")
     # Reads and tokenizer actors ask for cpus_per_task CPUs each: on a small machine where
     # training workers hold whole CPUs, whole-CPU requests here would starve the reads forever.
+    # Parquet reads yield few, large blocks (a small split is one block, which one actor would
+    # tokenize alone); streaming repartition into packing-window-sized blocks feeds every actor.
     ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
+    ds = ds.repartition(target_num_rows_per_block=pack_window)
     return ds.map_batches(
         TokenizePack,
         fn_constructor_kwargs={

@@ -108,6 +108,19 @@ INTROS = (
     "Consider the following proposal: {topic}.",
 )
 
+# Topic-neutral background sentences: studies use 0-4 of them, so vignettes (and prompts) vary
+# in length the way real studies' stimuli do.
+CONTEXT = (
+    "This survey is part of a national study of public opinion.",
+    "Please read the following information carefully before answering.",
+    "If passed, the proposal would take effect at the start of next year.",
+    "Similar measures have already been adopted in several other countries, with mixed results.",
+    "The cost would be shared between the federal government and the states.",
+    "Independent analysts disagree about how large the effects of the proposal would be.",
+    "The debate has received a great deal of attention in newspapers and on television over the past few months.",
+    "Supporters and opponents have both spent heavily on advertising about the issue.",
+)
+
 # Task templates: (question, scale spec key, direction: +1 asks for support, -1 for opposition).
 QUESTIONS: tuple[tuple[str, int], ...] = (
     ("How much do you support or oppose this proposal?", 1),
@@ -204,6 +217,7 @@ class Study:
     lean: float
     age_slope: float
     intro: str
+    context: str
     frames: list[tuple[str, str, float]]  # (frame name, sentence, effect) per condition
     tasks: list[Task]
     within_subject: bool
@@ -255,6 +269,7 @@ def design_studies(n_studies: int, target_rows: int, within_share: float, rng: n
                 lean=lean,
                 age_slope=age_slope,
                 intro=INTROS[rng.integers(len(INTROS))].format(topic=topic),
+                context=" ".join(CONTEXT[i] for i in sorted(rng.choice(len(CONTEXT), size=int(rng.integers(0, 5)), replace=False))),
                 frames=frames,
                 tasks=tasks,
                 within_subject=within,
@@ -301,7 +316,7 @@ def format_sentence(task: Task) -> tuple[str, bool]:
 
 def stimulus_text(study: Study, condition: int, task: Task) -> str:
     frame_sentence = study.frames[condition][1]
-    vignette = f"{study.intro} {frame_sentence}".strip()
+    vignette = " ".join(part for part in (study.context, study.intro, frame_sentence) if part)
     return f"{vignette}\n\n{format_sentence(task)[0]}"
 
 
