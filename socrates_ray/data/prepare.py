@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
-from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, REQUIRED_COLUMNS, as_int, validate_row
+from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, REQUIRED_COLUMNS, as_int, check_demographic, validate_row
 from socrates_ray.data.splits import SETTING_FILES, Splits, StudyKeys, build_splits
 
 KEY_COLUMNS = ("study_id", "sample_id", "condition_num", "task_num")
@@ -123,7 +123,7 @@ def _open_parquet(fs: fsspec.AbstractFileSystem, path: str) -> pq.ParquetFile:
     if missing:
         raise PrepareError(
             f"data.raw: {path} lacks columns {missing} (has {sorted(names)}); "
-            f"expected SocSci210's columns {list(REQUIRED_COLUMNS)} (+ optional reasoning)"
+            f"expected SocSci210's columns {list(REQUIRED_COLUMNS)} (+ optional reasoning and prompt)"
         )
     return pf
 
@@ -224,6 +224,7 @@ def prepare_file(
     }
     quarantine = _Sink(out / "quarantine", stem, QUARANTINE_SCHEMA, rows_per_shard)
     pf = _open_parquet(fs, path)
+    has_prompt = "prompt" in pf.schema_arrow.names
     row_index = 0
     for batch in pf.iter_batches(batch_size=8192):
         kept: dict[str, list[dict[str, Any]]] = {k: [] for k in sinks}
@@ -231,6 +232,11 @@ def prepare_file(
         for row in batch.to_pylist():
             stats.rows_in += 1
             stimuli = row.get("stimuli")
+            if not has_prompt and isinstance(stimuli, str):
+                # Build the prompt the dataset lacks; with an unusable demographic, leave the bare
+                # stimulus so validation names the demographic, not the prompt, as the reason.
+                _, demo = check_demographic(row.get("demographic"))
+                row["prompt"] = build_prompt(demo, stimuli) if demo is not None else stimuli
             scale = parse_answer_scale(stimuli) if isinstance(stimuli, str) and stimuli.strip() else None
             reason, clean = validate_row(row, scale, refusal_codes)
             if reason is None and row_index in duplicate_rows:
@@ -386,6 +392,8 @@ def run_prepare(cfg: Config, log: Any = print) -> dict[str, Any]:
             _remove_tree(out / sub)
     out.mkdir(parents=True, exist_ok=True)
     log(f"prepare: {len(files)} shard(s) under {cfg.data.raw} -> {out}")
+    if "prompt" not in _open_parquet(fs, files[0]).schema_arrow.names:
+        log("prepare: no `prompt` column; building prompts from demographic + stimuli in SocSci210's format")
     studies, duplicates = scan_keys(fs, files)
     metadata = read_metadata(fs, root)
     splits = build_splits(metadata, studies, cfg.data.unseen_study_fraction, cfg.data.eval_fraction, cfg.data.split_seed)

@@ -8,6 +8,7 @@ string `age`, a demographic struct with a missing field).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,8 @@ RAW_SCHEMA = pa.schema(
         pa.field("study_id", pa.string()),
     ]
 )
-REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in RAW_SCHEMA if f.name != "reasoning")
+# `reasoning` is optional; so is `prompt`, which prepare then builds from demographic + stimuli.
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in RAW_SCHEMA if f.name not in ("reasoning", "prompt"))
 
 # One reason per quarantined row; the summary counts each.
 REASONS: dict[str, str] = {
@@ -115,6 +117,14 @@ def check_demographic(demo: Any) -> tuple[str | None, dict[str, Any] | None]:
     """(reason, normalised demographic). The struct must have exactly the 16 published fields."""
     if demo is None:
         return "missing_demographic", None
+    # Other exporters: an Arrow map (a list of (key, value) pairs) or a JSON object string.
+    if isinstance(demo, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in demo):
+        demo = dict(demo)
+    elif isinstance(demo, str):
+        try:
+            demo = json.loads(demo)
+        except json.JSONDecodeError:
+            return "demographic_fields", None
     if not isinstance(demo, dict):
         return "demographic_fields", None
     if set(demo) != set(DEMOGRAPHIC_FIELDS):

@@ -201,3 +201,32 @@ def test_unreadable_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["prepare", f"data.raw={tmp_path / 'broken'}", f"data.prepared={tmp_path / 'p'}", "data.parallelism=1"]) == 2
     err = capsys.readouterr().err
     assert "not a readable Parquet file" in err and "Traceback" not in err
+
+
+def test_a_dataset_exported_by_someone_else(tmp_path, synth_dir):
+    """One file, no metadata, no prompt column, demographic as JSON text, float responses,
+    an extra column: prepare keeps the rows, builds SocSci210 prompts and draws the splits."""
+    rows = pq.read_table(synth_dir / "data").to_pylist()[:400]
+    table = pa.table(
+        {
+            "study_id": [r["study_id"] for r in rows],
+            "sample_id": [r["sample_id"] for r in rows],
+            "participant": [r["participant"] for r in rows],
+            "condition_num": [r["condition_num"] for r in rows],
+            "task_num": [r["task_num"] for r in rows],
+            "demographic": [json.dumps(r["demographic"]) for r in rows],
+            "stimuli": [r["stimuli"] for r in rows],
+            "response": [float(r["response"]) for r in rows],
+            "notes": ["exported by hand"] * len(rows),
+        }
+    )
+    (tmp_path / "theirs").mkdir()
+    pq.write_table(table, tmp_path / "theirs" / "socsci_export.parquet")
+    lines = []
+    summary = run_prepare(_cfg(tmp_path / "theirs", tmp_path / "prep"), log=lines.append)
+    assert summary["rows_kept"] == len(rows) and summary["rows_quarantined"] == 0
+    assert any("no `prompt` column" in line for line in lines)
+    kept = pq.read_table(tmp_path / "prep" / "unseen_studies").to_pylist()
+    by_key = {(r["study_id"], r["sample_id"]): r for r in rows}
+    assert all(k["prompt"] == by_key[(k["study_id"], k["sample_id"])]["prompt"] for k in kept)
+    assert summary["settings"]["unseen_studies"]["source"].startswith("drawn")
