@@ -133,6 +133,50 @@ class IngestSection(Section):
     num_workers: int = Field(2, ge=1, description="Training workers the data is split across.")
 
 
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear for every linear layer but the head."
+    )
+
+
+class TrainSection(Section):
+    finetuning: Literal["lora", "full"] = Field(
+        "lora", description="lora = train a peft adapter; full = train every parameter (the paper's recipe)."
+    )
+    setting: SplitSetting = Field("unseen_studies", description="Which prepared split setting to train on.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 2/3).")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    lr: float = Field(1.0e-4, gt=0, description="Peak learning rate (the paper: 1e-5 for full SFT).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    grad_accum: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    epochs: int = Field(1, ge=1, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: epochs).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
+    eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
+    eval_batches: int = Field(20, ge=1, description="Micro batches per worker in one eval pass.")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (and one at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept.")
+    keep_by: Literal["latest", "eval_loss"] = Field("latest", description="Keep the latest k, or the best k by eval loss.")
+    storage_path: str = Field(
+        "runs", description="Where runs live: a local/NFS folder or s3://... (multi-node runs need shared storage)."
+    )
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the latest checkpoint.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each training worker reserves.")
+    fault_kill_rank: int | None = Field(
+        None, description="Test aid: this rank exits hard at fault_kill_step, once per run (see README)."
+    )
+    fault_kill_step: int | None = Field(None, ge=1, description="Test aid: the optimizer step at which to die.")
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     synth: SynthSection = Field(default_factory=SynthSection)
@@ -140,6 +184,7 @@ class Config(Section):
     prompt: PromptSection = Field(default_factory=PromptSection)
     model: ModelSection = Field(default_factory=ModelSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
+    train: TrainSection = Field(default_factory=TrainSection)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "Config":

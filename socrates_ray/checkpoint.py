@@ -1,0 +1,81 @@
+"""Checkpoint layout, ZeRO-3-safe export, and resume state.
+
+One checkpoint folder (Ray merges every worker's files into it):
+
+    checkpoint_000040/
+      ds/                  DeepSpeed state for exact resume: each rank's optimizer partition,
+                           the (trainable) module weights, scheduler and step counters
+      latest               DeepSpeed's pointer to the `ds` tag
+      state.json           step, epoch, micro batches done in the epoch, tokens seen
+      export/              what users load: a PEFT adapter (LoRA) or a consolidated HF model in
+                           safetensors (full finetuning)
+
+Every function here that touches parameters is collective: all ranks call it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DS_TAG = "ds"
+STATE_FILE = "state.json"
+EXPORT_DIR = "export"
+
+
+@dataclass
+class TrainState:
+    """Where a run is; restored on resume so no optimizer step is repeated."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro batches of `epoch` already trained
+    tokens: int = 0  # real tokens trained on, all ranks
+
+    def save(self, folder: Path) -> None:
+        (folder / STATE_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, folder: Path) -> "TrainState":
+        return cls(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def save_checkpoint(engine: Any, folder: Path, state: TrainState, finetuning: str, rank: int, tokenizer: Any) -> None:
+    """Write DeepSpeed state, the resume state and the export into `folder` (collective)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # LoRA: the frozen base is reloaded from the model path, so only trainable weights are kept.
+    engine.save_checkpoint(str(folder), tag=DS_TAG, exclude_frozen_parameters=finetuning == "lora")
+    if rank == 0:
+        state.save(folder)
+    export_model(engine, folder / EXPORT_DIR, finetuning, rank, tokenizer)
+
+
+def export_model(engine: Any, out: Path, finetuning: str, rank: int, tokenizer: Any) -> None:
+    """LoRA: a PEFT adapter folder; full: a consolidated HF model in safetensors (collective)."""
+    import deepspeed
+
+    model = engine.module
+    zero3 = engine.zero_optimization_stage() == 3
+    if finetuning == "lora":
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        # Under ZeRO-3 each rank holds a slice: a plain save_pretrained writes EMPTY tensors.
+        # Every rank must enter the gather; only rank 0 writes.
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None, enabled=zero3):
+            if rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(str(out), safe_serialization=True)
+    else:
+        state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else model.state_dict()
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+    if rank == 0:
+        tokenizer.save_pretrained(str(out))
+
+
+def load_checkpoint(engine: Any, folder: Path, finetuning: str) -> TrainState:
+    """Restore DeepSpeed state (collective) and return the resume state."""
+    engine.load_checkpoint(str(folder), tag=DS_TAG, load_module_strict=finetuning != "lora")
+    return TrainState.load(folder)

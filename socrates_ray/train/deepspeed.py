@@ -1,0 +1,62 @@
+"""The only place a DeepSpeed config dict is built (pure: no DeepSpeed import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_ds_config(
+    *,
+    zero_stage: int,
+    offload_optimizer: bool,
+    offload_params: bool,
+    bf16: bool,
+    micro_batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float,
+    warmup_steps: int,
+    total_steps: int,
+    on_gpu: bool,
+) -> dict[str, Any]:
+    """A DeepSpeed config for one run. Global batch = micro x accumulation x workers."""
+    if offload_params and zero_stage != 3:
+        raise ValueError(f"train.offload_params needs train.zero_stage=3 (got {zero_stage})")
+    if offload_optimizer and zero_stage < 1:
+        raise ValueError("train.offload_optimizer needs train.zero_stage >= 1")
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if zero_stage == 3:
+        # Full-finetuning export gathers a consolidated state dict on rank 0.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},  # fp16 loss scaling is fragile on CPU; bf16 or fp32 only
+        "optimizer": {
+            "type": "AdamW",
+            # torch's AdamW on CPU: DeepSpeed's fused Adam is a CUDA kernel.
+            "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": weight_decay, "torch_adam": not on_gpu},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(1, total_steps),
+                "warmup_num_steps": max(1, warmup_steps),  # DeepSpeed rejects 0
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": 0.0,
+                "warmup_type": "linear",
+            },
+        },
+        "steps_per_print": 10**9,  # our own progress line replaces DeepSpeed's
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,239 @@
+"""train_loop_per_worker: THE training loop (one per Ray Train worker, driving a DeepSpeed engine).
+
+Reads top to bottom: set up -> restore -> for each micro batch: forward, backward, step ->
+at optimizer-step boundaries: log, eval, checkpoint, fault injection -> final checkpoint.
+
+Rules it keeps (STACK_NOTES.md):
+- every collective (all_reduce, DeepSpeed step, checkpoint gather, ray.train.report) is made by
+  every rank the same number of times;
+- every rank trains the same number of micro batches: the shards are equal and, as a guard, ranks
+  agree each step (all_reduce MIN) that all of them still have a batch, so none waits forever;
+- side effects (metrics file, TensorBoard, progress line) happen on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from socrates_ray.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
+from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
+from socrates_ray.train.model import count_parameters, load_model_for_training
+
+
+def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
+    """Mean loss over the batch's label tokens; packed examples never attend to each other."""
+    device = engine.device
+    mask = packed_attention_mask(batch["seq_ids"].to(device), dtype)
+    out = engine(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=mask,
+        position_ids=batch["position_ids"].to(device),
+        labels=batch["labels"].to(device),
+    )
+    return out.loss
+
+
+def all_have_batch(batch: Any, device: Any) -> bool:
+    """True only if every rank still has a batch (a collective: every rank calls it each step)."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if batch is None else 1], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def all_sum(values: list[float], device: Any) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any) -> float:
+    """Token-weighted eval loss over up to max_batches micro batches per rank (collective)."""
+    import torch
+
+    engine.eval()
+    loss_sum = count = 0.0
+    batches = iter(shard.iter_torch_batches(batch_size=micro, collate_fn=collate_fn, drop_last=True))
+    with torch.no_grad():
+        for _ in range(max_batches):
+            batch = next(batches, None)
+            if not all_have_batch(batch, engine.device):
+                break
+            n = int((batch["labels"] != IGNORE_INDEX).sum())
+            loss_sum += float(forward_loss(engine, batch, dtype)) * n
+            count += n
+    engine.train()
+    loss_sum, count = all_sum([loss_sum, count], engine.device)
+    return loss_sum / count if count else float("nan")
+
+
+class RunLog:
+    """Rank 0's metrics: JSONL + TensorBoard in the run folder, and a progress line."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl = (folder / "metrics.jsonl").open("a")
+        self.tb = SummaryWriter(str(folder / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self.tb.add_scalar(key, value, record["step"])
+        self.tb.flush()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Config is plain data (built by trainer.build_trainer); see that function for the keys."""
+    if not config["use_gpu"]:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import ray.train
+    import torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(config["torch_threads"])
+    deepspeed.init_distributed(dist_backend="nccl" if config["use_gpu"] else "gloo")
+    ds_config = config["ds_config"]
+    bf16 = ds_config["bf16"]["enabled"]
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    tokenizer = load_tokenizer(config["model_path"])
+
+    # --- model and engine ---------------------------------------------------------------------
+    model, _keepalive = load_model_for_training(
+        config["model_path"], config["finetuning"], config["lora_r"], config["lora_alpha"],
+        config["lora_dropout"], config["lora_targets"], ds_config, bf16, config["gradient_checkpointing"],
+    )
+    trainable, total = count_parameters(model)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+    run_dir = Path(config["run_dir"])
+    log = RunLog(run_dir, rank == 0)
+
+    # --- restore ------------------------------------------------------------------------------
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(engine, Path(folder), config["finetuning"])
+    if rank == 0:
+        print(
+            f"[socrates_ray] rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
+            f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
+            f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
+            f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps"
+            + (f"; resumed at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if checkpoint else ""),
+            flush=True,
+        )
+
+    collate_fn = collate_fn_for(config["pad_id"], config["layout"], config["max_length"])
+    train_shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("eval")
+    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    last_checkpoint_step = state.step if checkpoint else -1
+
+    def checkpoint_now(metrics: dict[str, Any]) -> None:
+        nonlocal last_checkpoint_step
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(engine, Path(tmp), state, config["finetuning"], rank, tokenizer)
+            # A barrier: Ray merges every rank's folder into checkpoint_<step> in storage.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"checkpoint_{state.step:06d}")
+        last_checkpoint_step = state.step
+
+    # --- train --------------------------------------------------------------------------------
+    window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
+    eval_loss = float("nan")
+    while state.step < config["total_steps"]:
+        batches = iter(train_shard.iter_torch_batches(batch_size=micro, collate_fn=collate_fn, drop_last=True))
+        for _ in range(state.micro_in_epoch):  # resume mid-epoch: skip what was already trained
+            next(batches, None)
+        trained_before = state.micro_in_epoch
+        while state.micro_in_epoch < config["micro_per_epoch"] and state.step < config["total_steps"]:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            window["wait"] += time.perf_counter() - t0
+            if not all_have_batch(batch, engine.device):
+                break
+            loss = forward_loss(engine, batch, dtype)
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            state.micro_in_epoch += 1
+            labels = int((batch["labels"] != IGNORE_INDEX).sum())
+            window["loss"] += float(loss) * labels
+            window["labels"] += labels
+            window["tokens"] += int((batch["seq_ids"] > 0).sum())
+            window["slots"] += batch["seq_ids"].numel()
+            if not boundary:
+                continue
+            state.step += 1
+            loss_sum, label_count, tokens, slots, wait = all_sum(
+                [window["loss"], window["labels"], window["tokens"], window["slots"], window["wait"]], engine.device
+            )
+            seconds = time.perf_counter() - window["start"]
+            state.tokens += int(tokens)
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": loss_sum / label_count if label_count else float("nan"),
+                "lr": engine.get_lr()[0],
+                "tokens_per_s": tokens / seconds,
+                "non_padding_share": tokens / slots if slots else 0.0,
+                "step_time_s": seconds,
+                "data_wait_s": wait / world,
+                "tokens": state.tokens,
+            }
+            window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
+            last = state.step >= config["total_steps"]
+            if state.step % config["eval_every"] == 0 or last:
+                eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
+                record["eval_loss"] = eval_loss
+            log.write(record)
+            if rank == 0:
+                print(
+                    f"[socrates_ray] step {state.step}/{config['total_steps']} loss {record['loss']:.4f}"
+                    + (f" eval_loss {eval_loss:.4f}" if "eval_loss" in record else "")
+                    + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s",
+                    flush=True,
+                )
+            if state.step % config["checkpoint_every"] == 0 and not last:
+                checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss})
+            if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
+                marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
+                if not marker.exists():  # once per run, so the retried attempt gets past it
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.touch()
+                    print(f"[socrates_ray] fault injection: rank {rank} exits at step {state.step}", flush=True)
+                    os._exit(1)
+        if state.micro_in_epoch == trained_before and state.step < config["total_steps"]:
+            raise RuntimeError(f"rank {rank}: the training shard gave no batch in epoch {state.epoch}; is the split empty?")
+        if state.micro_in_epoch >= config["micro_per_epoch"] or state.step < config["total_steps"]:
+            state.epoch += 1
+            state.micro_in_epoch = 0
+    if last_checkpoint_step != state.step:
+        if math.isnan(eval_loss):  # no eval since this attempt started
+            eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
+        checkpoint_now({"step": state.step, "eval_loss": eval_loss, "final": True})

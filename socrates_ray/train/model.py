@@ -1,0 +1,51 @@
+"""Load the base model and tokenizer for training, and add LoRA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_model_for_training(
+    path: str,
+    finetuning: str,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lora_targets: list[str] | str,
+    ds_config: dict[str, Any],
+    bf16: bool,
+    gradient_checkpointing: bool,
+) -> tuple[Any, Any]:
+    """(model, keepalive). Under ZeRO-3 the HfDeepSpeedConfig must exist (and stay alive) before
+    from_pretrained, so each rank loads only its partition instead of the whole model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if finetuning == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model, keepalive
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total); ZeRO-3 partitioned parameters report their full size in ds_numel."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,143 @@
+"""build_trainer(cfg) -> TorchTrainer: scaling, storage, failure handling, checkpoints, data.
+
+The run name is pinned (cfg.run.name), so re-running the same command finds
+<storage_path>/<name>/ and resumes from its latest checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from socrates_ray.config import Config
+from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
+from socrates_ray.data.tokenize import Encoder
+from socrates_ray.train.deepspeed import build_ds_config
+from socrates_ray.train.loop import train_loop_per_worker
+
+
+def storage_root(cfg: Config) -> str:
+    """Absolute local path (Ray Train needs one) or a URI such as s3://bucket/runs."""
+    path = cfg.train.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def run_folder(cfg: Config) -> Path:
+    """Where metrics.jsonl and TensorBoard files go: the run's folder on local/NFS storage."""
+    root = storage_root(cfg)
+    return Path(root) / cfg.run.name if "://" not in root else Path(cfg.run.output_dir).resolve() / cfg.run.name
+
+
+def plan_steps(rows: int, workers: int, micro: int, accum: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(micro batches per worker per epoch, optimizer steps in total) for equal shards."""
+    micro_per_epoch = (rows // workers) // micro
+    micro_per_epoch -= micro_per_epoch % accum  # an epoch ends on an optimizer-step boundary
+    total = epochs * (micro_per_epoch // accum)
+    if max_steps is not None:
+        total = min(total, max_steps) if total else max_steps
+    return micro_per_epoch, total
+
+
+def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
+    """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t, ing = cfg.train, cfg.ingest
+    split = Path(cfg.data.prepared) / t.setting
+    datasets = {
+        name: build_ingest_dataset(
+            str(split / name), model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
+            ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
+        )
+        for name in ("train", "eval")
+    }
+    rows = datasets["train"].count()
+    micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
+    if micro_per_epoch < t.grad_accum:
+        raise ValueError(
+            f"train: {rows} training rows give no full optimizer step with {ing.num_workers} workers x micro batch "
+            f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
+        )
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and t.use_gpu)
+    ds_config = build_ds_config(
+        zero_stage=t.zero_stage,
+        offload_optimizer=t.offload_optimizer,
+        offload_params=t.offload_params,
+        bf16=bf16,
+        micro_batch_size=ing.micro_batch_size,
+        grad_accum=t.grad_accum,
+        world_size=ing.num_workers,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        warmup_steps=int(t.warmup_ratio * total),
+        total_steps=total,
+        on_gpu=t.use_gpu,
+    )
+    log(
+        f"train: {rows:,} packed rows -> {micro_per_epoch} micro batches per worker per epoch, {total} optimizer steps; "
+        f"global batch {ds_config['train_batch_size']} rows = micro {ing.micro_batch_size} x accumulation {t.grad_accum} "
+        f"x {ing.num_workers} workers"
+    )
+    loop_config = {
+        "model_path": str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
+        "finetuning": t.finetuning,
+        "lora_r": t.lora.r,
+        "lora_alpha": t.lora.alpha,
+        "lora_dropout": t.lora.dropout,
+        "lora_targets": t.lora.target_modules,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "ds_config": ds_config,
+        "use_gpu": t.use_gpu,
+        "seed": cfg.run.seed,
+        "torch_threads": max(1, int(t.cpus_per_worker)),
+        "pad_id": Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id,
+        "layout": ing.layout,
+        "max_length": ing.max_length,
+        "micro_per_epoch": micro_per_epoch,
+        "total_steps": total,
+        "eval_every": t.eval_every,
+        "eval_batches": t.eval_batches,
+        "checkpoint_every": t.checkpoint_every,
+        "run_dir": str(run_folder(cfg)),
+        "fault_kill_rank": t.fault_kill_rank,
+        "fault_kill_step": t.fault_kill_step,
+    }
+    keep_best = t.keep_by == "eval_loss"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ing.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_root(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute="eval_loss" if keep_best else None,
+                checkpoint_score_order="min",
+            ),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if not t.use_gpu else None,
+        ),
+        datasets=datasets,
+        # Same order every run, so skipping the micro batches already trained resumes exactly.
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+
+
+def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
+    """Build and fit; returns Ray's Result (its .checkpoint is the latest)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    trainer = build_trainer(cfg, model_path, log)
+    result = trainer.fit()
+    log(f"train: finished; latest checkpoint {result.checkpoint.path if result.checkpoint else None}; metrics {run_folder(cfg) / 'metrics.jsonl'}")
+    return result
