@@ -79,3 +79,27 @@ def load_checkpoint(engine: Any, folder: Path, finetuning: str) -> TrainState:
     """Restore DeepSpeed state (collective) and return the resume state."""
     engine.load_checkpoint(str(folder), tag=DS_TAG, load_module_strict=finetuning != "lora")
     return TrainState.load(folder)
+
+
+def is_complete(folder: Path, world_size: int) -> bool:
+    """True when every rank's DeepSpeed files, the resume state and the export are in `folder`."""
+    ds = folder / DS_TAG
+    if not ((folder / STATE_FILE).is_file() and (folder / EXPORT_DIR).is_dir() and ds.is_dir()):
+        return False
+    names = [p.name for p in ds.iterdir()]
+    return all(any(n.startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names) for r in range(world_size))
+
+
+def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -> Path | None:
+    """The checkpoint to resume from: Ray's latest registered one, or a newer complete folder.
+
+    Ray Train registers a reported checkpoint when its controller next polls the workers; a
+    worker that dies in between leaves a checkpoint that is fully in storage but unknown to Ray,
+    and resuming from the older registered one would train those steps again.
+    """
+    candidates = [registered] if registered is not None else []
+    if run_dir.is_dir():
+        candidates += [p for p in run_dir.glob("checkpoint_0*") if is_complete(p, world_size)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: TrainState.load(p).step)

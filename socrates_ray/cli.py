@@ -17,8 +17,8 @@ from typing import Any, Callable
 from socrates_ray.config import Config, ConfigError, describe_schema, dump_config, load_config
 
 NOT_BUILT_YET = (
-    "finetuning (Ray Train + DeepSpeed + LoRA), the Ray Serve endpoint and the evaluation "
-    "against the paper's metrics are not built yet (issues 3 and 4); the demo stops after ingest."
+    "the Ray Serve endpoint, batch simulation and the evaluation against the paper's metrics "
+    "are not built yet (issue 4); the demo stops after finetuning."
 )
 
 
@@ -31,6 +31,29 @@ def schema_help() -> str:
         if description:
             lines.extend(textwrap.wrap(description, 96, initial_indent=" " * (width + 4), subsequent_indent=" " * (width + 4)))
     return "\n".join(lines)
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local instance with enough logical CPUs.
+
+    A local run reserves whole or fractional CPUs for training workers, for the train and eval
+    tokenizer pools and for Ray Data's file listing (one whole CPU, not configurable). On a
+    2-core laptop that exceeds the cores, and Ray would wait forever for the listing task; the
+    local instance therefore gets max(cores, what the run reserves) logical CPUs. The cores are
+    shared: the data side mostly idles while the workers compute.
+    """
+    import math
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    ing, t = cfg.ingest, cfg.train
+    reserved = ing.num_workers * t.cpus_per_worker + 2 * ing.tokenize_actors * ing.cpus_per_task + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), log_to_driver=True, include_dashboard=False)
 
 
 def cmd_synth(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +91,6 @@ def cmd_build_tiny(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     import pyarrow.parquet as pq
-    import ray
 
     from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, format_ingest, load_tokenizer, measure_ingest
     from socrates_ray.data.tokenize import Encoder
@@ -79,8 +101,7 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"data.prepared: {split_dir} does not exist; run `socrates-ray prepare --config ...` first (or pick --split setting/train|eval)")
     samples_in = pq.ParquetDataset(split_dir).read(columns=["answer"]).num_rows
     pad_id = Encoder(load_tokenizer(path), cfg.prompt.system_prompt).pad_id
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    ensure_ray(cfg)
     ing = cfg.ingest
     ds = build_ingest_dataset(split_dir, path, cfg.prompt.system_prompt, ing.max_length, ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task)
     stats = measure_ingest(ds, ing.num_workers, ing.micro_batch_size, collate_fn_for(pad_id, ing.layout, ing.max_length), samples_in)
@@ -91,25 +112,57 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return stats
 
 
+def cmd_train(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from socrates_ray.train.trainer import run_folder, run_training
+
+    path = model_path(cfg)
+    split = Path(cfg.data.prepared) / cfg.train.setting
+    for part in ("train", "eval"):
+        if not (split / part).exists():
+            raise ConfigError(f"data.prepared: {split / part} does not exist; run `socrates-ray prepare --config ...` first (train.setting={cfg.train.setting})")
+    ensure_ray(cfg)
+    dump_config(cfg, run_folder(cfg))
+    import ray.train
+
+    try:
+        result = run_training(cfg, path)
+    except ray.train.TrainingFailedError as exc:
+        first_lines = " ".join(str(exc).split("\n")[:3])
+        raise TrainError(
+            f"training failed after train.max_failures={cfg.train.max_failures} retries ({first_lines}); "
+            f"run the same command again to resume from the latest checkpoint in {run_folder(cfg)}"
+        ) from None
+    return {"checkpoint": result.checkpoint.path if result.checkpoint else None, "run_dir": str(run_folder(cfg))}
+
+
+class TrainError(RuntimeError):
+    """A run that failed for good (its retries spent)."""
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     out = cfg.run_dir
     dump_config(cfg, out)
     print(f"demo: run folder {out}")
     synth = cmd_synth(cfg, argparse.Namespace(out=cfg.data.raw))
     prepared = cmd_prepare(cfg, args)
-    ingest = cmd_ingest(cfg, argparse.Namespace(split="unseen_studies/train"))
+    ingest = cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
+    trained = cmd_train(cfg, args)
     print(f"demo: {NOT_BUILT_YET}")
-    result = {"synth": synth, "prepare": prepared, "ingest": ingest, "not_built_yet": NOT_BUILT_YET}
-    (out / "demo_summary.json").write_text(json.dumps(result, indent=1))
-    print(f"demo: summaries in {out}/ (config.yaml, ingest_stats.json, demo_summary.json) and {cfg.data.prepared}/summary.json")
+    result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "not_built_yet": NOT_BUILT_YET}
+    (out / "demo_summary.json").write_text(json.dumps(result, indent=1, default=str))
+    print(
+        f"demo: summaries in {out}/ (config.yaml, ingest_stats.json, demo_summary.json), {cfg.data.prepared}/summary.json; "
+        f"training metrics and checkpoints in {trained['run_dir']}"
+    )
     return result
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {
-    "demo": (cmd_demo, "run the whole flow on the embedded default (synthetic data, tiny model)"),
+    "demo": (cmd_demo, "run the whole flow on the embedded default: synthetic data, tiny model, 2 CPU workers"),
     "synth": (cmd_synth, "write a synthetic SocSci210-format dataset with known true distributions"),
     "prepare": (cmd_prepare, "validate, quarantine, split and prompt-build raw SocSci210 shards"),
     "ingest": (cmd_ingest, "tokenize + pack a prepared split with Ray Data and report throughput and padding"),
+    "train": (cmd_train, "finetune with Ray Train + DeepSpeed (LoRA or full); re-running the same command resumes"),
     "build-tiny": (cmd_build_tiny, "build the offline tiny Qwen2 model and tokenizer into model.path"),
 }
 
@@ -143,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, PrepareError, SplitError, IngestError) as exc:
+    except (ConfigError, PrepareError, SplitError, IngestError, TrainError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -150,6 +150,9 @@ class TrainSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 2/3).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
+    zero3_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3: parameters smaller than this stay whole on every rank (DeepSpeed default 1e5); 0 partitions all."
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
     lr: float = Field(1.0e-4, gt=0, description="Peak learning rate (the paper: 1e-5 for full SFT).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")

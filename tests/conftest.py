@@ -38,6 +38,7 @@ def ray_local():
 
     # A test-owned instance: never attach to another cluster that happens to run here.
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # 4 logical CPUs on 2 cores, as `socrates-ray` itself starts them (see cli.ensure_ray).
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

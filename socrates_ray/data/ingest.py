@@ -97,6 +97,8 @@ def build_ingest_dataset(
     # training workers hold whole CPUs, whole-CPU requests here would starve the reads forever.
     # Parquet reads yield few, large blocks (a small split is one block, which one actor would
     # tokenize alone); streaming repartition into packing-window-sized blocks feeds every actor.
+    # Progress bars from every split coordinator would flood a training log; progress is ours.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
     ds = ds.repartition(target_num_rows_per_block=pack_window)
     return ds.map_batches(

@@ -20,6 +20,7 @@ def build_ds_config(
     warmup_steps: int,
     total_steps: int,
     on_gpu: bool,
+    persistence_threshold: int | None = None,
 ) -> dict[str, Any]:
     """A DeepSpeed config for one run. Global batch = micro x accumulation x workers."""
     if offload_params and zero_stage != 3:
@@ -34,6 +35,8 @@ def build_ds_config(
     if zero_stage == 3:
         # Full-finetuning export gathers a consolidated state dict on rank 0.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if persistence_threshold is not None:
+            zero["stage3_param_persistence_threshold"] = persistence_threshold
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,

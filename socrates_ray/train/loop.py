@@ -13,15 +13,17 @@ Rules it keeps (STACK_NOTES.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from socrates_ray.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from socrates_ray.checkpoint import TrainState, load_checkpoint, newest_checkpoint, save_checkpoint
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.model import count_parameters, load_model_for_training
@@ -136,16 +138,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # --- restore ------------------------------------------------------------------------------
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_checkpoint(engine, Path(folder), config["finetuning"])
+    with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as registered:
+        resume_from = newest_checkpoint(run_dir, world, Path(registered) if registered else None)
+        if resume_from is not None:
+            state = load_checkpoint(engine, resume_from, config["finetuning"])
     if rank == 0:
         print(
             f"[socrates_ray] rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
             f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps"
-            + (f"; resumed at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if checkpoint else ""),
+            + (f"; resumed from {resume_from.name} at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if resume_from else ""),
             flush=True,
         )
 
@@ -153,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval")
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
-    last_checkpoint_step = state.step if checkpoint else -1
+    last_checkpoint_step = state.step if resume_from else -1
 
     def checkpoint_now(metrics: dict[str, Any]) -> None:
         nonlocal last_checkpoint_step
@@ -190,8 +193,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not boundary:
                 continue
             state.step += 1
-            loss_sum, label_count, tokens, slots, wait = all_sum(
-                [window["loss"], window["labels"], window["tokens"], window["slots"], window["wait"]], engine.device
+            # Peak resident memory of this worker process so far (Linux reports KiB).
+            peak = [0.0] * world
+            peak[rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            loss_sum, label_count, tokens, slots, wait, *peak = all_sum(
+                [window["loss"], window["labels"], window["tokens"], window["slots"], window["wait"], *peak], engine.device
             )
             seconds = time.perf_counter() - window["start"]
             state.tokens += int(tokens)
@@ -205,8 +211,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "step_time_s": seconds,
                 "data_wait_s": wait / world,
                 "tokens": state.tokens,
+                "peak_rss_mb_per_rank": [round(m, 1) for m in peak],
             }
-            window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
             last = state.step >= config["total_steps"]
             if state.step % config["eval_every"] == 0 or last:
                 eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
@@ -228,6 +234,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     marker.touch()
                     print(f"[socrates_ray] fault injection: rank {rank} exits at step {state.step}", flush=True)
                     os._exit(1)
+            # The next step's clock starts here, so eval and checkpoint time never count as step time.
+            window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
         if state.micro_in_epoch == trained_before and state.step < config["total_steps"]:
             raise RuntimeError(f"rank {rank}: the training shard gave no batch in epoch {state.epoch}; is the split empty?")
         if state.micro_in_epoch >= config["micro_per_epoch"] or state.step < config["total_steps"]:

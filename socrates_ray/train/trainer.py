@@ -76,6 +76,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         warmup_steps=int(t.warmup_ratio * total),
         total_steps=total,
         on_gpu=t.use_gpu,
+        persistence_threshold=t.zero3_persistence_threshold,
     )
     log(
         f"train: {rows:,} packed rows -> {micro_per_epoch} micro batches per worker per epoch, {total} optimizer steps; "
@@ -132,11 +133,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
 
 
 def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
-    """Build and fit; returns Ray's Result (its .checkpoint is the latest)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    """Build and fit on the connected Ray instance; returns Ray's Result (.checkpoint = latest)."""
     trainer = build_trainer(cfg, model_path, log)
     result = trainer.fit()
     log(f"train: finished; latest checkpoint {result.checkpoint.path if result.checkpoint else None}; metrics {run_folder(cfg) / 'metrics.jsonl'}")

@@ -1,11 +1,8 @@
 """The Ray Data ingest graph and the demo entry point, on a local Ray instance (CPU)."""
 
-import json
-
 import pyarrow.parquet as pq
 import pytest
 
-from socrates_ray.cli import main
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
 from socrates_ray.data.ingest import IngestError, build_ingest_dataset, collate_fn_for, measure_ingest
 from socrates_ray.data.prepare import run_prepare
@@ -47,27 +44,3 @@ def test_pad_longest_and_shard_count(ray_local, prepared, tiny_model):
 def test_too_short_max_length_is_a_clear_error(ray_local, prepared, tiny_model):
     with pytest.raises(IngestError, match=r"ingest.max_length=40: every sample"):
         _run(prepared, tiny_model, "pack", max_length=40)
-
-
-def test_demo_runs_what_exists_and_says_what_does_not(ray_local, tmp_path, tiny_model, capsys):
-    overrides = [
-        f"run.output_dir={tmp_path}",
-        f"data.raw={tmp_path}/synth",
-        f"data.prepared={tmp_path}/prepared",
-        "synth.rows=1500",
-        "synth.studies=8",
-        "synth.rows_per_shard=600",
-        f"model.path={tiny_model}",
-        "model.tiny.tokenizer_corpus_rows=600",
-        "ingest.max_length=1024",
-    ]
-    assert main(["demo", "--config", "configs/demo.yaml", *overrides]) == 0
-    out = capsys.readouterr().out
-    assert "not built yet" in out and "rows in" in out and "tokens/s" in out
-    run = tmp_path / "demo"
-    assert (run / "config.yaml").is_file()
-    stats = json.loads((run / "ingest_stats.json").read_text())
-    assert stats["tokens"] > 0 and len(set(stats["steps_per_worker"])) == 1
-    summary = json.loads((tmp_path / "prepared" / "summary.json").read_text())
-    assert summary["rows_in"] == summary["rows_kept"] + summary["rows_quarantined"]
-    assert len(list((tmp_path / "synth" / "data").glob("*.parquet"))) >= 3

@@ -1,0 +1,155 @@
+"""Training benchmark, from one run:
+
+1. tokens/s of socrates_ray (Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, LoRA) against a
+   plain single-process peft + torch loop with 2 threads on the same model, the same packed rows
+   and the same global batch;
+2. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
+   partitioning (tens of millions of parameters).
+
+    python bench/train.py                   # ~6 minutes on 2 cores
+    python bench/train.py --steps 40 --hidden 768
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pyarrow.parquet as pq
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
+from socrates_ray.data.ingest import load_tokenizer
+from socrates_ray.data.prepare import run_prepare
+from socrates_ray.data.synthetic import write_synthetic
+from socrates_ray.data.tokenize import Encoder, collate, pack_rows, packed_attention_mask
+from socrates_ray.testing import build_tiny_model, ensure_tiny_model
+
+COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
+
+
+def plain_loop(model_path: str, split: str, steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
+    """The baseline: one process, peft LoRA + torch AdamW, the same packed rows per step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
+    table = pq.read_table(split, columns=["prompt", "answer"])
+    examples = encoder.encode(table["prompt"].to_pylist(), table["answer"].to_pylist())
+    rows = pack_rows([e for e in examples if len(e[0]) <= max_length], max_length, encoder.pad_id)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path),
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
+    tokens, timed = 0, 0.0
+    for step in range(steps):
+        chunk = rows[step * rows_per_step : (step + 1) * rows_per_step]
+        batch = collate({k: [getattr(r, k) for r in chunk] for k in COLUMNS}, encoder.pad_id, max_length)
+        start = time.perf_counter()
+        loss = model(
+            input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["seq_ids"]),
+            position_ids=batch["position_ids"], labels=batch["labels"],
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        if step >= 2:  # the first steps warm up allocators and threads in both setups
+            timed += time.perf_counter() - start
+            tokens += int((batch["seq_ids"] > 0).sum())
+    return {"tokens": tokens, "seconds": round(timed, 2), "tokens_per_s": round(tokens / timed, 1)}
+
+
+def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: list[str]) -> list[dict]:
+    from socrates_ray.train.trainer import run_training
+
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            f"run.name={name}", f"train.storage_path={work / 'runs'}", f"data.prepared={prepared}",
+            f"model.path={model_path}", "model.source=pretrained", "train.eval_every=100000",
+            "train.checkpoint_every=100000", "train.eval_batches=1", "train.warmup_ratio=0.0",
+            *overrides,
+        ],
+    )
+    result = run_training(cfg, model_path, log=lambda *_: None)
+    if result.error is not None:
+        raise RuntimeError(f"{name} failed: {result.error}")
+    return [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--micro", type=int, default=2, help="rows per worker per step")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=512, help="width of the memory-test model")
+    parser.add_argument("--layers", type=int, default=8, help="layers of the memory-test model")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    import ray
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
+    print(f"bench/train: workdir {work}; {os.cpu_count()} CPUs")
+    write_synthetic(work / "synth", studies=20, rows=6000, rows_per_shard=3000, seed=0, refusal_rate=0.0, within_subject_share=0.5)
+    prepared = work / "prepared"
+    run_prepare(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={prepared}", "data.settings=[unseen_studies]"]), log=lambda *_: None)
+    tiny = str(ensure_tiny_model(work / "tiny", TinyModelSection(), seed=0))
+    split = str(prepared / "unseen_studies" / "train")
+    lr = 2.0e-3
+
+    base = plain_loop(tiny, split, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
+    print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in {base['seconds']}s, steps 3-{args.steps})")
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    common = [f"train.max_steps={args.steps}", f"ingest.micro_batch_size={args.micro}", f"ingest.max_length={args.max_length}", f"train.lr={lr}"]
+    records = ray_run(work, "speed", tiny, prepared, [*common, "train.cpus_per_worker=1", "train.zero_stage=2"])
+    timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
+    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
+    seconds = sum(r["step_time_s"] for r in timed)
+    ours = tokens / seconds
+    print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU : {ours:,.0f} tokens/s ({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval)")
+    print(f"ratio socrates_ray / plain loop: {ours / base['tokens_per_s']:.2f} (target >= 0.8)")
+
+    shape = TinyModelSection(
+        hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=8, num_key_value_heads=4,
+    )
+    medium = work / "medium"
+    if not (medium / "config.json").exists():
+        tokenizer = load_tokenizer(tiny)
+        model = build_tiny_model(tokenizer, shape, seed=0)
+        model.save_pretrained(medium)
+        tokenizer.save_pretrained(medium)
+    params = sum(p.numel() for p in build_tiny_model(load_tokenizer(tiny), shape).parameters())
+    print(f"memory model: Qwen2 {args.layers} layers x {args.hidden} wide = {params / 1e6:.1f}M parameters, full finetuning, fp32")
+    memory = {}
+    for stage in (2, 3):
+        records = ray_run(work, f"mem-z{stage}", str(medium), prepared, [
+            "train.max_steps=4", "ingest.micro_batch_size=1", "ingest.max_length=512", "train.finetuning=full",
+            f"train.zero_stage={stage}", "train.lr=1.0e-5",
+        ])
+        memory[stage] = records[-1]["peak_rss_mb_per_rank"]
+        print(f"ZeRO-{stage}: peak resident memory per worker {', '.join(f'{m:,.0f} MiB' for m in memory[stage])}")
+    z2, z3 = max(memory[2]), max(memory[3])
+    print(f"ZeRO-3 / ZeRO-2 peak per worker: {z3 / z2:.2f} ({z2 - z3:,.0f} MiB less per worker with ZeRO-3)")
+    out = {"plain": base, "socrates_ray_tokens_per_s": ours, "ratio": ours / base["tokens_per_s"], "memory_mib": memory, "memory_model_params": params}
+    (work / "bench_train.json").write_text(json.dumps(out, indent=1))
+    print(f"results: {work / 'bench_train.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Ray Train + DeepSpeed finetuning on CPU: 2 gloo workers, the tiny offline model."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from socrates_ray.cli import main
+from socrates_ray.config import load_config
+from socrates_ray.data.prepare import run_prepare
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("prepared-train")
+    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1", "data.settings=[unseen_studies]"]), log=lambda *_: None)
+    return out
+
+
+def train(tmp_path, prepared, tiny_model, name, *overrides):
+    args = [
+        "train", "--config", "configs/demo.yaml",
+        f"run.name={name}", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
+        f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
+        "ingest.max_length=1024", "ingest.micro_batch_size=2", "train.max_steps=8", "train.warmup_ratio=0.0",
+        "train.lr=5.0e-3", "train.eval_every=4", "train.eval_batches=2", "train.checkpoint_every=2",
+        *overrides,
+    ]
+    return main(args)
+
+
+def metrics(tmp_path, name):
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest_state(tmp_path, name):
+    folders = sorted((tmp_path / name).glob("checkpoint_0*"))
+    return folders[-1], json.loads((folders[-1] / "state.json").read_text())
+
+
+def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, tmp_path, prepared, tiny_model):
+    assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2") == 0
+    assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0") == 0
+    z2, z3 = metrics(tmp_path, "z2"), metrics(tmp_path, "z3")
+    assert [m["step"] for m in z2] == list(range(1, 9)) == [m["step"] for m in z3]
+    for run in (z2, z3):
+        assert run[-1]["loss"] < run[0]["loss"] - 0.3
+        assert run[-1]["eval_loss"] < run[3]["eval_loss"] + 1e-6
+        assert all(m["tokens_per_s"] > 0 and 0 < m["non_padding_share"] <= 1 for m in run)
+    # same seed, same data: the stages compute the same first losses
+    assert z2[0]["loss"] == pytest.approx(z3[0]["loss"], abs=1e-4)
+    assert z2[1]["loss"] == pytest.approx(z3[1]["loss"], abs=1e-3)
+    assert (tmp_path / "z2" / "tensorboard").is_dir()
+    # keep_checkpoints=2: only the latest two remain (Ray deletes older ones in the background)
+    deadline = time.time() + 30
+    while len(list((tmp_path / "z2").glob("checkpoint_0*"))) > 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert [p.name for p in sorted((tmp_path / "z2").glob("checkpoint_0*"))] == ["checkpoint_000006", "checkpoint_000008"]
+
+
+PROBE = textwrap.dedent(
+    """
+    import sys, torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    model = PeftModel.from_pretrained(base, sys.argv[2]).eval()
+    ids = torch.arange(5, 45).reshape(2, 20)
+    with torch.no_grad():
+        torch.save(model(input_ids=ids).logits, sys.argv[3])
+    """
+)
+
+
+def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_local, tmp_path, prepared, tiny_model):
+    if not (tmp_path / "z3").exists():
+        assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0", "train.max_steps=4") == 0
+    folder, state = latest_state(tmp_path, "z3")
+    from safetensors.torch import load_file
+
+    adapter = load_file(folder / "export" / "adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
+    assert any("lora_B" in k and t.abs().sum() > 0 for k, t in adapter.items())  # it trained
+    # The trained weights, independently: consolidated from the ZeRO-3 optimizer partitions.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="ds", exclude_frozen_parameters=True)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    missing = set(trained) - set(model.state_dict())
+    assert not missing
+    model.load_state_dict(trained, strict=False)
+    ids = torch.arange(5, 45).reshape(2, 20)
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+    out = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", PROBE, str(tiny_model), str(folder / "export"), str(out)], check=True)
+    torch.testing.assert_close(torch.load(out), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_killed_worker_run_finishes_from_last_checkpoint(ray_local, tmp_path, prepared, tiny_model):
+    assert train(tmp_path, prepared, tiny_model, "kill", "train.fault_kill_rank=1", "train.fault_kill_step=5", "train.max_failures=1") == 0
+    steps = [m["step"] for m in metrics(tmp_path, "kill")]
+    assert (tmp_path / "kill" / "fault_fired_step5_rank1").exists()
+    # steps 1-5, crash, restore checkpoint 4, steps 5-8: only step 5 (< checkpoint_every) trained twice
+    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8]
+    assert latest_state(tmp_path, "kill")[1]["step"] == 8
+
+
+def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path, prepared, tiny_model):
+    crash = ("train.fault_kill_rank=0", "train.fault_kill_step=3", "train.max_failures=0")
+    assert train(tmp_path, prepared, tiny_model, "again", *crash) == 2  # failed for good: exit 2
+    assert latest_state(tmp_path, "again")[1]["step"] == 2
+    assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # same command: resumes at step 2
+    assert [m["step"] for m in metrics(tmp_path, "again")] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
+    assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # finished: nothing to redo
+    assert len(metrics(tmp_path, "again")) == 9
+    assert latest_state(tmp_path, "again")[1]["step"] == 8
+
+
+def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared, tiny_model):
+    assert train(tmp_path, prepared, tiny_model, "full", "train.finetuning=full", "train.zero_stage=3",
+                 "train.zero3_persistence_threshold=0", "train.max_steps=4", "train.lr=1.0e-3") == 0
+    from transformers import AutoModelForCausalLM
+
+    folder, state = latest_state(tmp_path, "full")
+    assert state["step"] == 4
+    tuned = AutoModelForCausalLM.from_pretrained(folder / "export")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    moved = [n for (n, p), q in zip(tuned.named_parameters(), base.parameters()) if not torch.equal(p, q)]
+    assert len(moved) > 5
+    assert all(p.numel() > 0 for p in tuned.parameters())
+    losses = [m["loss"] for m in metrics(tmp_path, "full")]
+    assert losses[-1] < losses[0]
