@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -97,13 +98,18 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=512, help="width of the memory-test model")
     parser.add_argument("--layers", type=int, default=8, help="layers of the memory-test model")
+    parser.add_argument("--memory-finetuning", choices=["lora", "full"], default="lora", help="path used for the memory comparison")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory comparison")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
     import ray
 
+    # 4 logical CPUs on a 2-core machine, as `socrates-ray` starts them (cli.ensure_ray).
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
     print(f"bench/train: workdir {work}; {os.cpu_count()} CPUs")
+    shutil.rmtree(work / "runs", ignore_errors=True)  # pinned run names would resume old runs
     write_synthetic(work / "synth", studies=20, rows=6000, rows_per_shard=3000, seed=0, refusal_rate=0.0, within_subject_share=0.5)
     prepared = work / "prepared"
     run_prepare(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={prepared}", "data.settings=[unseen_studies]"]), log=lambda *_: None)
@@ -111,42 +117,42 @@ def main() -> None:
     split = str(prepared / "unseen_studies" / "train")
     lr = 2.0e-3
 
-    base = plain_loop(tiny, split, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
-    print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in {base['seconds']}s, steps 3-{args.steps})")
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     common = [f"train.max_steps={args.steps}", f"ingest.micro_batch_size={args.micro}", f"ingest.max_length={args.max_length}", f"train.lr={lr}"]
-    records = ray_run(work, "speed", tiny, prepared, [*common, "train.cpus_per_worker=1", "train.zero_stage=2"])
-    timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
-    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
-    seconds = sum(r["step_time_s"] for r in timed)
-    ours = tokens / seconds
-    print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU : {ours:,.0f} tokens/s ({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval)")
-    print(f"ratio socrates_ray / plain loop: {ours / base['tokens_per_s']:.2f} (target >= 0.8)")
-
+    speed = {}
+    if not args.skip_speed:
+        base = plain_loop(tiny, split, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
+        print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in {base['seconds']}s, steps 3-{args.steps})")
+        records = ray_run(work, "speed", tiny, prepared, [*common, "train.cpus_per_worker=1", "train.zero_stage=2"])
+        timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
+        tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
+        seconds = sum(r["step_time_s"] for r in timed)
+        ours = tokens / seconds
+        print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU : {ours:,.0f} tokens/s ({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval)")
+        print(f"ratio socrates_ray / plain loop: {ours / base['tokens_per_s']:.2f} (target >= 0.8)")
+        speed = {"plain": base, "socrates_ray_tokens_per_s": ours, "ratio": ours / base["tokens_per_s"]}
     shape = TinyModelSection(
         hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=8, num_key_value_heads=4,
     )
-    medium = work / "medium"
+    medium = work / f"medium-{args.layers}x{args.hidden}"
     if not (medium / "config.json").exists():
         tokenizer = load_tokenizer(tiny)
         model = build_tiny_model(tokenizer, shape, seed=0)
         model.save_pretrained(medium)
         tokenizer.save_pretrained(medium)
     params = sum(p.numel() for p in build_tiny_model(load_tokenizer(tiny), shape).parameters())
-    print(f"memory model: Qwen2 {args.layers} layers x {args.hidden} wide = {params / 1e6:.1f}M parameters, full finetuning, fp32")
+    print(f"memory model: Qwen2 {args.layers} layers x {args.hidden} wide = {params / 1e6:.1f}M parameters, {args.memory_finetuning} finetuning, fp32")
     memory = {}
     for stage in (2, 3):
         records = ray_run(work, f"mem-z{stage}", str(medium), prepared, [
-            "train.max_steps=4", "ingest.micro_batch_size=1", "ingest.max_length=512", "train.finetuning=full",
+            "train.max_steps=3", "ingest.micro_batch_size=1", "ingest.max_length=512", f"train.finetuning={args.memory_finetuning}",
             f"train.zero_stage={stage}", "train.lr=1.0e-5",
         ])
         memory[stage] = records[-1]["peak_rss_mb_per_rank"]
         print(f"ZeRO-{stage}: peak resident memory per worker {', '.join(f'{m:,.0f} MiB' for m in memory[stage])}")
     z2, z3 = max(memory[2]), max(memory[3])
     print(f"ZeRO-3 / ZeRO-2 peak per worker: {z3 / z2:.2f} ({z2 - z3:,.0f} MiB less per worker with ZeRO-3)")
-    out = {"plain": base, "socrates_ray_tokens_per_s": ours, "ratio": ours / base["tokens_per_s"], "memory_mib": memory, "memory_model_params": params}
+    out = {**speed, "memory_mib": memory, "memory_model_params": params, "memory_finetuning": args.memory_finetuning}
     (work / "bench_train.json").write_text(json.dumps(out, indent=1))
     print(f"results: {work / 'bench_train.json'}")
 

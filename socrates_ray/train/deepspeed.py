@@ -21,6 +21,7 @@ def build_ds_config(
     total_steps: int,
     on_gpu: bool,
     persistence_threshold: int | None = None,
+    hidden_size: int | None = None,
 ) -> dict[str, Any]:
     """A DeepSpeed config for one run. Global batch = micro x accumulation x workers."""
     if offload_params and zero_stage != 3:
@@ -28,6 +29,13 @@ def build_ds_config(
     if offload_optimizer and zero_stage < 1:
         raise ValueError("train.offload_optimizer needs train.zero_stage >= 1")
     zero: dict[str, Any] = {"stage": zero_stage}
+    if hidden_size is not None and zero_stage >= 2:
+        # Buckets sized to the model (the values Hugging Face's "auto" picks): DeepSpeed's fixed
+        # defaults (5e8 / 5e7 elements) allocate more than a small model's own weights.
+        zero["reduce_bucket_size"] = hidden_size * hidden_size
+        if zero_stage == 3:
+            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+            zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if offload_params:

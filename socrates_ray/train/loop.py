@@ -129,9 +129,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config["lora_dropout"], config["lora_targets"], ds_config, bf16, config["gradient_checkpointing"],
     )
     trainable, total = count_parameters(model)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
+    rss_engine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     run_dir = Path(config["run_dir"])
     log = RunLog(run_dir, rank == 0)
 
@@ -147,7 +149,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"[socrates_ray] rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
             f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
-            f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps"
+            f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps; "
+            f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"
             + (f"; resumed from {resume_from.name} at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if resume_from else ""),
             flush=True,
         )

@@ -29,6 +29,13 @@ def run_folder(cfg: Config) -> Path:
     return Path(root) / cfg.run.name if "://" not in root else Path(cfg.run.output_dir).resolve() / cfg.run.name
 
 
+def model_hidden_size(model_path: str) -> int | None:
+    """The model's hidden size from its config (sizes DeepSpeed's buckets), if it has one."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path).to_dict().get("hidden_size")
+
+
 def plan_steps(rows: int, workers: int, micro: int, accum: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
     """(micro batches per worker per epoch, optimizer steps in total) for equal shards."""
     micro_per_epoch = (rows // workers) // micro
@@ -77,6 +84,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         total_steps=total,
         on_gpu=t.use_gpu,
         persistence_threshold=t.zero3_persistence_threshold,
+        hidden_size=model_hidden_size(model_path),
     )
     log(
         f"train: {rows:,} packed rows -> {micro_per_epoch} micro batches per worker per epoch, {total} optimizer steps; "
