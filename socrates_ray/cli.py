@@ -71,6 +71,9 @@ def cmd_synth(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_prepare(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from socrates_ray.data.prepare import run_prepare
 
+    if cfg.data.parallelism != 1:
+        ensure_ray(cfg)  # started here, Ray must already have the CPUs later stages reserve
+
     return run_prepare(cfg)
 
 
@@ -143,6 +146,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     out = cfg.run_dir
     dump_config(cfg, out)
     print(f"demo: run folder {out}")
+    ensure_ray(cfg)
     synth = cmd_synth(cfg, argparse.Namespace(out=cfg.data.raw))
     prepared = cmd_prepare(cfg, args)
     ingest = cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
