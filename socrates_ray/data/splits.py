@@ -153,7 +153,7 @@ def _looks_like(values: frozenset[int], numbers: set[int], sample_ids: list[int]
     in_numbers = len(values & numbers)
     in_samples = len(values & set(sample_ids))
     if in_numbers >= in_samples:
-        return f"{in_numbers} of {len(values)} values match {('condition/task numbers')}"
+        return f"{in_numbers} of {len(values)} values match condition/task numbers"
     return f"{in_samples} of {len(values)} values match sample ids"
 
 
