@@ -151,7 +151,8 @@ def main() -> None:
         memory[stage] = records[-1]["peak_rss_mb_per_rank"]
         print(f"ZeRO-{stage}: peak resident memory per worker {', '.join(f'{m:,.0f} MiB' for m in memory[stage])}")
     z2, z3 = max(memory[2]), max(memory[3])
-    print(f"ZeRO-3 / ZeRO-2 peak per worker: {z3 / z2:.2f} ({z2 - z3:,.0f} MiB less per worker with ZeRO-3)")
+    verdict = f"{z2 - z3:,.0f} MiB less" if z3 < z2 else f"{z3 - z2:,.0f} MiB MORE (model too small to show partitioning?)"
+    print(f"ZeRO-3 / ZeRO-2 peak per worker: {z3 / z2:.2f} ({verdict} per worker with ZeRO-3)")
     out = {**speed, "memory_mib": memory, "memory_model_params": params, "memory_finetuning": args.memory_finetuning}
     (work / "bench_train.json").write_text(json.dumps(out, indent=1))
     print(f"results: {work / 'bench_train.json'}")

@@ -16,10 +16,6 @@ from typing import Any, Callable
 
 from socrates_ray.config import Config, ConfigError, describe_schema, dump_config, load_config
 
-NOT_BUILT_YET = (
-    "the Ray Serve endpoint, batch simulation and the evaluation against the paper's metrics "
-    "are not built yet (issue 4); the demo stops after finetuning."
-)
 
 
 def schema_help() -> str:
@@ -142,7 +138,79 @@ class TrainError(RuntimeError):
     """A run that failed for good (its retries spent)."""
 
 
+def resolve_adapter_path(cfg: Config) -> str | None:
+    """evaluate.adapter_path, else the newest export of this run's training."""
+    from socrates_ray.eval_job import newest_adapter
+    from socrates_ray.train.trainer import run_folder
+
+    if cfg.evaluate.adapter_path:
+        if not (Path(cfg.evaluate.adapter_path) / "adapter_config.json").is_file():
+            raise ConfigError(f"evaluate.adapter_path: {cfg.evaluate.adapter_path} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)")
+        return cfg.evaluate.adapter_path
+    return newest_adapter(run_folder(cfg))
+
+
+def cmd_serve(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """Deploy the Serve app and keep serving until interrupted."""
+    from socrates_ray.serve.app import start_serve
+
+    path = model_path(cfg)
+    adapter = resolve_adapter_path(cfg)
+    if adapter and "finetuned" not in cfg.serve.adapters:
+        cfg.serve.adapters = {**cfg.serve.adapters, "finetuned": adapter}
+    ensure_ray(cfg)
+    print(f"serve: base model {path}; adapters {cfg.serve.adapters or '-'}{'; adapters_dir ' + cfg.serve.adapters_dir if cfg.serve.adapters_dir else ''}")
+    url = start_serve(cfg, path, blocking=False)
+    print(f"serve: listening on {url} (POST /v1/predict, POST /v1/chat/completions, GET /v1/models, GET /healthz); Ctrl-C stops")
+    if args.no_block:
+        return {"url": url}
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return {"url": url}
+
+
+def cmd_simulate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from socrates_ray.simulate import load_eval_rows, run_simulation
+
+    path = model_path(cfg)
+    ensure_ray(cfg)
+    rows = load_eval_rows(cfg.data.prepared, args.setting, cfg.simulate.max_per_cell, cfg.run.seed)
+    out = Path(args.out) if args.out else cfg.run_dir / "simulate" / args.setting
+    target = run_simulation(rows, out, cfg.simulate, path, cfg.prompt.system_prompt, token=_token(cfg))
+    return {"predictions": str(target)}
+
+
+def _token(cfg: Config) -> str | None:
+    return os.environ.get(cfg.serve.auth_token_env) if cfg.serve.auth_token_env else None
+
+
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from socrates_ray.eval_job import run_evaluation
+
+    path = model_path(cfg)
+    adapter = resolve_adapter_path(cfg)
+    if adapter is None:
+        print("evaluate: no finetuned adapter (evaluate.adapter_path unset, no checkpoint export in the run); base model only")
+    ensure_ray(cfg)
+    endpoint = cfg.simulate.endpoint if cfg.simulate.backend == "http" else None
+    return run_evaluation(cfg, path, adapter, endpoint=endpoint, token=_token(cfg))
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """synth -> prepare -> ingest stats -> finetune -> Serve -> evaluate base and finetuned over HTTP."""
+    import time
+
+    from socrates_ray.eval_job import run_evaluation
+    from socrates_ray.serve.app import start_serve
+
+    started = time.time()
     out = cfg.run_dir
     dump_config(cfg, out)
     print(f"demo: run folder {out}")
@@ -151,13 +219,30 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     prepared = cmd_prepare(cfg, args)
     ingest = cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
     trained = cmd_train(cfg, args)
-    print(f"demo: {NOT_BUILT_YET}")
-    result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "not_built_yet": NOT_BUILT_YET}
+    path = model_path(cfg)
+    adapter = resolve_adapter_path(cfg)
+    cfg.serve.adapters = {**cfg.serve.adapters, "finetuned": adapter}
+    url = start_serve(cfg, path)
+    print(f"demo: Serve app up at {url}; evaluating base and finetuned through HTTP")
+    try:
+        results = run_evaluation(cfg, path, adapter, endpoint=url, token=_token(cfg))
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+    verdicts = []
+    for setting, r in results["settings"].items():
+        w = {k: v["wasserstein"] for k, v in r["models"].items()}
+        uniform = r["baselines"]["uniform"]["wasserstein"]
+        verdicts.append(
+            f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} ({(w['base'] - w['finetuned']) / w['base']:+.1%} of base) "
+            f"vs uniform {uniform:.4f} ({(uniform - w['finetuned']) / uniform:+.1%} of uniform)"
+        )
+    result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "evaluate": results,
+              "seconds": round(time.time() - started, 1)}
     (out / "demo_summary.json").write_text(json.dumps(result, indent=1, default=str))
-    print(
-        f"demo: summaries in {out}/ (config.yaml, ingest_stats.json, demo_summary.json), {cfg.data.prepared}/summary.json; "
-        f"training metrics and checkpoints in {trained['run_dir']}"
-    )
+    print("demo: " + "\ndemo: ".join(verdicts))
+    print(f"demo: done in {time.time() - started:,.0f}s; report {results['report']}; training run {trained['run_dir']}")
     return result
 
 
@@ -167,6 +252,9 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {
     "prepare": (cmd_prepare, "validate, quarantine, split and prompt-build raw SocSci210 shards"),
     "ingest": (cmd_ingest, "tokenize + pack a prepared split with Ray Data and report throughput and padding"),
     "train": (cmd_train, "finetune with Ray Train + DeepSpeed (LoRA or full); re-running the same command resumes"),
+    "serve": (cmd_serve, "deploy the Ray Serve HTTP app: base model + adapters, batching, OpenAI-compatible chat"),
+    "simulate": (cmd_simulate, "predict a split's eval rows (exact distributions or sampling) into Parquet; resumable"),
+    "evaluate": (cmd_evaluate, "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots"),
     "build-tiny": (cmd_build_tiny, "build the offline tiny Qwen2 model and tokenizer into model.path"),
 }
 
@@ -185,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. ingest.max_length=512")
         if name == "synth":
             p.add_argument("--out", default=None, help="output folder (default: data.raw)")
+        if name == "serve":
+            p.add_argument("--no-block", action="store_true", help="deploy and return (the app keeps running on the cluster)")
+        if name == "simulate":
+            p.add_argument("--setting", default="unseen_studies", help="split setting whose eval rows to simulate")
+            p.add_argument("--out", default=None, help="output folder (default: <run>/simulate/<setting>)")
         if name == "ingest":
             p.add_argument("--split", default="unseen_studies/train", help="<setting>/<train|eval> under data.prepared")
     return parser
@@ -196,11 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     from socrates_ray.data.ingest import IngestError
     from socrates_ray.data.prepare import PrepareError
     from socrates_ray.data.splits import SplitError
+    from socrates_ray.score import ScoreError
+    from socrates_ray.simulate import SimulateError
 
     try:
         cfg = load_config(args.config, args.overrides)
         COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, PrepareError, SplitError, IngestError, TrainError) as exc:
+    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks"]
+SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
 
 # Used by everyone who runs the released Socrates models; train and serve with the same one
 # (Qwen's chat template otherwise inserts its own default system prompt).
@@ -63,7 +63,8 @@ class DataSection(Section):
     prepared: str = Field("data/prepared", description="Output folder of `socrates-ray prepare`.")
     settings: list[SplitSetting] = Field(
         default_factory=lambda: ["unseen_studies", "unseen_conditions", "unseen_tasks"],
-        description="Split settings to prepare (each gets its own train/eval shards).",
+        description="Split settings to prepare (each gets its own train/eval shards). all_settings trains on the "
+        "rows every setting trains on (its eval = rows any setting holds out): one model, evaluable on every setting.",
     )
     unseen_study_fraction: float = Field(
         0.19, gt=0, lt=1, description="Share of studies held out when no participant_mapping.json exists."
@@ -180,6 +181,76 @@ class TrainSection(Section):
     fault_kill_step: int | None = Field(None, ge=1, description="Test aid: the optimizer step at which to die.")
 
 
+class AutoscalingSection(Section):
+    min_replicas: int = Field(1, ge=0, description="Replicas kept up when idle.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Ongoing requests per replica the autoscaler aims for.")
+
+
+class ServeSection(Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 on a cluster head).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field("socrates", description="Serve application name.")
+    route_prefix: str = Field("/", description="Route prefix of the app.")
+    adapters_dir: str | None = Field(
+        None, description="Folder whose sub-folders are PEFT adapters, addressed by name (default: none)."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="Extra adapters as name -> folder (e.g. a training run's export)."
+    )
+    max_loaded_adapters: int = Field(8, ge=1, description="Adapters kept loaded per replica (LRU beyond this).")
+    max_batch_size: int = Field(16, ge=1, description="Requests merged into one forward pass by @serve.batch.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= max_batch_size so batches fill).")
+    autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection, description="Replica autoscaling.")
+    num_cpus: float = Field(1, gt=0, description="CPUs per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 on a GPU cluster).")
+    auth_token_env: str | None = Field(
+        None, description="Environment variable holding a bearer token; when set, requests need 'Authorization: Bearer <token>'."
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_n: int = Field(64, ge=1, description="Largest n (samples per request).")
+    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens per request.")
+    max_length: int = Field(2048, ge=64, description="Context cap in tokens (also bounded by the model).")
+
+
+class SimulateSection(Section):
+    mode: Literal["exact", "sample"] = Field("exact", description="Exact answer distributions or paper-style sampling.")
+    backend: Literal["local", "http"] = Field(
+        "local", description="local: model replicas in a Ray actor pool; http: call the running Serve app."
+    )
+    endpoint: str = Field("http://127.0.0.1:8000", description="Serve app URL for backend=http.")
+    adapter: str | None = Field(None, description="Adapter name (http) to simulate with; null = base model.")
+    adapter_path: str | None = Field(None, description="Adapter folder (local backend); null = base model.")
+    replicas: int = Field(1, ge=1, description="Model replicas (actors) for backend=local; HTTP clients for http.")
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs per replica.")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica.")
+    batch_size: int = Field(16, ge=1, description="Rows per scoring call.")
+    temperature: float = Field(1.0, ge=0, description="Exact mode: temperature applied to the option distribution.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Exact mode: nucleus cut of the option distribution.")
+    sample_temperature: float = Field(0.6, ge=0, description="Sample mode temperature (the paper's 0.6).")
+    sample_top_p: float = Field(0.9, gt=0, le=1, description="Sample mode top_p (the paper's 0.9).")
+    max_new_tokens: int = Field(32, ge=1, description="Sample mode: new tokens per answer.")
+    max_per_cell: int | None = Field(
+        None, ge=2, description="Keep at most this many rows per (study, condition, task) cell (a quick look); null = all."
+    )
+
+
+class EvaluateSection(Section):
+    settings: list[Literal["unseen_studies", "unseen_conditions", "unseen_tasks"]] = Field(
+        default_factory=lambda: ["unseen_studies", "unseen_conditions", "unseen_tasks"],
+        description="Split settings to evaluate (each on its eval split).",
+    )
+    adapter_path: str | None = Field(
+        None, description="Finetuned adapter folder; default: the export of the run's newest checkpoint."
+    )
+    floor_resamples: int = Field(20, ge=1, description="Bootstrap draws for the empirical floor.")
+    parity_fields: list[str] = Field(
+        default_factory=lambda: ["gender", "party_id", "ideology", "education"],
+        description="Demographic fields of the subgroup-gap (demographic parity) metric.",
+    )
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     synth: SynthSection = Field(default_factory=SynthSection)
@@ -188,6 +259,9 @@ class Config(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+    simulate: SimulateSection = Field(default_factory=SimulateSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "Config":

@@ -347,7 +347,7 @@ def summarize(total: FileStats, splits: Splits, settings: list[str], files: int,
                 }
                 for split in ("train", "eval")
             }
-            | {"source": splits.sources[s]}
+            | {"source": splits.sources.get(s, "rows every other setting trains on (train) / holds out (eval)")}
             for s in settings
         },
         "split_files_name_absent_studies": splits.missing_studies,

@@ -62,7 +62,13 @@ class Splits:
         return study_id in self.seen or study_id in self.unseen
 
     def assign(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int) -> Literal["train", "eval"]:
-        """train or eval for one kept row under one setting."""
+        """train or eval for one kept row under one setting.
+
+        all_settings: train only on rows that every setting trains on, so one model can be
+        evaluated on the eval split of each setting without having seen any of it."""
+        if setting == "all_settings":
+            each = (self.assign(s, study_id, sample_id, condition_num, task_num) for s in SETTING_FILES)
+            return "train" if all(split == "train" for split in each) else "eval"
         if setting == "unseen_studies":
             return "eval" if study_id in self.unseen else "train"
         mapping = self.conditions if setting == "unseen_conditions" else self.tasks

@@ -105,8 +105,28 @@ class RunLog:
         self.tb.flush()
 
 
+def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc hand large freed buffers straight back to the OS.
+
+    ZeRO-3 gathers each layer's full parameters, uses them, and frees them. glibc's default
+    *dynamic* mmap threshold rises after the first such free, so later gathers land on the heap
+    and are never returned: the worker's resident memory then grows to the full model and ZeRO-3
+    ends up using more host RAM than ZeRO-2 (measured: 2.1-2.4 GiB vs 1.7 GiB on a 152M model).
+    Fixing the thresholds (the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_) keeps each
+    gather's memory only as long as it is used. False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Config is plain data (built by trainer.build_trainer); see that function for the keys."""
+    return_freed_memory_to_os()
     if not config["use_gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed

@@ -9,7 +9,7 @@ from socrates_ray.cli import main
 pytestmark = pytest.mark.ray
 
 
-def test_demo_runs_what_exists_and_says_what_does_not(ray_local, tmp_path, tiny_model, capsys):
+def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, capsys):
     overrides = [
         f"run.output_dir={tmp_path}",
         f"train.storage_path={tmp_path}",
@@ -25,10 +25,12 @@ def test_demo_runs_what_exists_and_says_what_does_not(ray_local, tmp_path, tiny_
         "train.eval_every=3",
         "train.eval_batches=2",
         "train.checkpoint_every=3",
+        "serve.port=8124",
+        "simulate.max_per_cell=6",
     ]
     assert main(["demo", "--config", "configs/demo.yaml", *overrides]) == 0
     out = capsys.readouterr().out
-    assert "not built yet" in out and "rows in" in out and "tokens/s" in out
+    assert "rows in" in out and "tokens/s" in out and "| unseen_studies |" in out and "demo: unseen_conditions: finetuned" in out
     run = tmp_path / "demo"
     assert (run / "config.yaml").is_file()
     stats = json.loads((run / "ingest_stats.json").read_text())
@@ -39,3 +41,18 @@ def test_demo_runs_what_exists_and_says_what_does_not(ray_local, tmp_path, tiny_
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 7))
     assert (run / "checkpoint_000006" / "export" / "adapter_model.safetensors").is_file()
+    # served, simulated over HTTP, evaluated: predictions, metrics, report and plots on disk
+    eval_dir = run / "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    for setting in ("unseen_studies", "unseen_conditions"):
+        models = metrics["settings"][setting]["models"]
+        assert set(models) == {"base", "finetuned"} and models["finetuned"]["mode"] == "exact"
+        assert models["finetuned"]["cells"] > 0 and 0 <= models["finetuned"]["wasserstein"] <= 1
+        assert metrics["settings"][setting]["baselines"]["true_floor"]["wasserstein"] is not None
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(eval_dir / setting / "finetuned" / "predictions.parquet")
+        for column in ("study_id", "sample_id", "condition_num", "task_num", "participant", "response", "prediction", "options", "probs"):
+            assert column in table.column_names
+        assert (eval_dir / f"{setting}_studies.png").stat().st_size > 1000
+    assert "![per study]" in (eval_dir / "report.md").read_text()

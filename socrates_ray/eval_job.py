@@ -1,0 +1,86 @@
+"""The evaluation job: for each split setting, simulate the base model and the finetuned adapter on
+the setting's eval rows (in-process replicas or through the Serve app), score both with
+evaluate.py against the uniform guess and the floors, and write report.py's outputs.
+
+Outputs in <run>/eval/: <setting>/<base|finetuned>/predictions.parquet (resumable parts beside
+it), metrics.json, report.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from socrates_ray.config import Config
+from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
+from socrates_ray.report import results_table, write_report
+from socrates_ray.simulate import SimulateError, load_eval_rows, run_simulation
+
+
+def newest_adapter(run_dir: Path) -> str | None:
+    """The exported adapter of the newest checkpoint in a training run folder."""
+    found = sorted(glob.glob(str(run_dir / "checkpoint_*" / "export" / "adapter_config.json")))
+    return os.path.dirname(found[-1]) if found else None
+
+
+def load_truth(raw: str) -> dict[tuple[str, int, int], tuple[list[int], list[float]]] | None:
+    """The synthetic data's true distribution per cell, if the raw folder has one."""
+    path = Path(raw) / "ground_truth.parquet"
+    if not path.is_file():
+        return None
+    return {
+        (r["study_id"], r["condition_num"], r["task_num"]): (r["options"], r["probs"])
+        for r in pq.read_table(path, columns=["study_id", "condition_num", "task_num", "options", "probs"]).to_pylist()
+    }
+
+
+def run_evaluation(
+    cfg: Config, model_path: str, adapter_path: str | None, log: Callable[[str], None] = print,
+    endpoint: str | None = None, token: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate base (and finetuned, when an adapter is given) on every configured setting.
+
+    endpoint: evaluate through the running Serve app (the adapter must be registered there as
+    'finetuned'); None: in-process replicas."""
+    out = cfg.run_dir / "eval"
+    truth = load_truth(cfg.data.raw)
+    fields = list(cfg.evaluate.parity_fields)
+    results: dict[str, Any] = {"model": model_path, "adapter": adapter_path, "mode": cfg.simulate.mode, "settings": {}}
+    finetuned_tables: dict[str, Any] = {}
+    trained_on = cfg.train.setting
+    for setting in cfg.evaluate.settings:
+        if adapter_path and trained_on not in (setting, "all_settings"):
+            log(f"evaluate: warning: the adapter was trained on train.setting={trained_on}, whose train split overlaps "
+                f"{setting}'s eval split; its {setting} numbers are optimistic (train on all_settings to avoid this)")
+        rows = load_eval_rows(cfg.data.prepared, setting, cfg.simulate.max_per_cell, cfg.run.seed)
+        models: dict[str, Any] = {}
+        for name, adapter in (("base", None), ("finetuned", adapter_path)):
+            if name == "finetuned" and adapter is None:
+                continue
+            sim = cfg.simulate.model_copy(update={
+                "adapter_path": adapter,
+                "backend": "http" if endpoint else "local",
+                "endpoint": endpoint or cfg.simulate.endpoint,
+                "adapter": None if adapter is None else "finetuned",
+            })
+            log(f"evaluate: {setting}: {name} model on {rows.num_rows:,} rows")
+            table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token))
+            cells = group_cells(table.to_pylist(), fields)
+            models[name] = model_metrics(cells)
+            if name == "finetuned":
+                finetuned_tables[setting] = table
+        baselines = baseline_metrics(cells, truth, cfg.evaluate.floor_resamples, cfg.run.seed)
+        results["settings"][setting] = {"rows": rows.num_rows, "models": models, "baselines": baselines,
+                                        "comparison": compare(models, baselines)}
+    report = write_report(results, out, finetuned_tables)
+    log("evaluate: Wasserstein distance, lower is better (PAPER.md section 5)\n" + results_table(results))
+    log(f"evaluate: report {report}, metrics {out / 'metrics.json'}")
+    results["report"] = str(report)
+    return results
+
+
+__all__ = ["run_evaluation", "newest_adapter", "SimulateError"]

@@ -1,0 +1,283 @@
+"""The paper's evaluation metrics over prediction tables (pure: numpy + scipy, no Ray, no model).
+
+A prediction table has one row per human answer: study_id, condition_num, task_num, sample_id,
+participant, response (the human), prediction (one model answer, null when unparsable) and, in
+exact mode, options + probs (the participant's full predicted distribution); demographic for the
+subgroup metric. Definitions follow PAPER.md section 5:
+
+- per (study, condition, task) cell, rescale with the human min/max of the cell, clip model
+  answers to [0, 1]; skip cells with < 2 human answers or max == min;
+- Wasserstein per cell (scipy.stats.wasserstein_distance), then macro average: cells -> study ->
+  overall; individual accuracy 1 - mean(|m - h| / (max - min)), averaged the same way;
+- exact mode: the Wasserstein between the humans and the mixture of every participant's full
+  distribution, and the expected accuracy under it; the sampled variant uses `prediction`;
+- uniform guess: every option of the cell's scale equally likely (open-ended cells: uniform on
+  the human range); empirical floor: humans vs a bootstrap resample of themselves; true floor
+  (synthetic data): humans vs the true distribution of the cell.
+
+Subgroup gap error (socrates_ray's documented stand-in for the paper's undefined "demographic
+parity difference"): in each cell and for each demographic field, the gap is the spread (max -
+min) of the mean rescaled answer across that field's groups (groups with >= 3 participants, at
+least 2 groups). The error is |model gap - human gap|, averaged over fields and cells, then macro
+averaged like the Wasserstein. Lower is better; 0 means the model reproduces how much subgroups
+differ, not just the overall distribution.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+from scipy.stats import wasserstein_distance
+
+CellKey = tuple[str, int, int]
+MIN_GROUP = 3
+
+
+@dataclass
+class Cell:
+    key: CellKey
+    human: np.ndarray
+    predicted: list[int | None]
+    options: list[list[int]] | None = None
+    probs: list[list[float]] | None = None
+    groups: dict[str, list[Any]] = field(default_factory=dict)
+    scale: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def lo(self) -> float:
+        return float(self.human.min())
+
+    @property
+    def span(self) -> float:
+        return float(self.human.max() - self.human.min())
+
+    def scorable(self) -> bool:
+        return len(self.human) >= 2 and self.span > 0
+
+    def rescale(self, values: np.ndarray) -> np.ndarray:
+        return np.clip((np.asarray(values, dtype=np.float64) - self.lo) / self.span, 0.0, 1.0)
+
+
+def group_cells(rows: Iterable[dict[str, Any]], parity_fields: list[str] = ()) -> dict[CellKey, Cell]:
+    """Prediction rows -> cells, keeping row order within a cell."""
+    raw: dict[CellKey, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["study_id"], int(r["condition_num"]), int(r["task_num"]))
+        c = raw[key]
+        c["human"].append(r["response"])
+        c["predicted"].append(r.get("prediction"))
+        if r.get("probs") is not None:
+            c["options"].append(list(r["options"]))
+            c["probs"].append(list(r["probs"]))
+        demo = r.get("demographic") or {}
+        for f in parity_fields:
+            c[f"g:{f}"].append(demo.get(f) if isinstance(demo, dict) else None)
+        c["scale"] = [(r.get("scale_low"), r.get("scale_high"))]
+    cells = {}
+    for key, c in raw.items():
+        exact = len(c["probs"]) == len(c["human"]) and len(c["human"]) > 0
+        cells[key] = Cell(
+            key=key, human=np.asarray(c["human"], dtype=np.float64), predicted=c["predicted"],
+            options=c["options"] if exact else None, probs=c["probs"] if exact else None,
+            groups={f: c[f"g:{f}"] for f in parity_fields}, scale=c["scale"][0],
+        )
+    return cells
+
+
+# --- per-cell metrics ----------------------------------------------------------------------------
+def w_sampled(cell: Cell) -> tuple[float | None, int]:
+    """(Wasserstein of the sampled answers, unparsable count); None when no answer parsed."""
+    m = np.asarray([p for p in cell.predicted if p is not None], dtype=np.float64)
+    bad = len(cell.predicted) - len(m)
+    if len(m) == 0:
+        return None, bad
+    return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(m))), bad
+
+
+def _mixture(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
+    """Every participant's distribution pooled: (rescaled option values, weights summing to 1)."""
+    values = np.concatenate([cell.rescale(np.asarray(o)) for o in cell.options])  # type: ignore[union-attr]
+    weights = np.concatenate([np.asarray(p, dtype=np.float64) for p in cell.probs]) / len(cell.probs)  # type: ignore[arg-type]
+    return values, weights
+
+
+def w_exact(cell: Cell) -> float:
+    values, weights = _mixture(cell)
+    return float(wasserstein_distance(cell.rescale(cell.human), values, v_weights=weights))
+
+
+def accuracy_sampled(cell: Cell) -> float | None:
+    pairs = [(h, m) for h, m in zip(cell.human, cell.predicted) if m is not None]
+    if not pairs:
+        return None
+    return 1.0 - float(np.mean([abs(m - h) / cell.span for h, m in pairs]))
+
+
+def accuracy_exact(cell: Cell) -> float:
+    """Expected individual accuracy under each participant's distribution."""
+    errors = [
+        float(np.dot(np.asarray(p), np.abs(np.asarray(o, dtype=np.float64) - h))) / cell.span
+        for h, o, p in zip(cell.human, cell.options, cell.probs)  # type: ignore[arg-type]
+    ]
+    return 1.0 - float(np.mean(errors))
+
+
+def uniform_support(cell: Cell) -> np.ndarray:
+    """The uniform guess's support: the scale's options, or 101 points over the human range."""
+    low, high = cell.scale
+    if low is not None and high is not None and high > low and high - low <= 1000:
+        return np.arange(low, high + 1, dtype=np.float64)
+    return np.linspace(cell.lo, cell.lo + cell.span, 101)
+
+
+def w_uniform(cell: Cell) -> float:
+    return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(uniform_support(cell))))
+
+
+def accuracy_uniform(cell: Cell) -> float:
+    support = uniform_support(cell)
+    return 1.0 - float(np.mean(np.abs(cell.human[:, None] - support[None, :]))) / cell.span
+
+
+def w_floor(cell: Cell, rng: np.random.Generator, draws: int) -> float:
+    """Humans vs a same-size bootstrap resample of themselves: what sampling noise alone costs."""
+    hs = cell.rescale(cell.human)
+    return float(np.mean([wasserstein_distance(hs, rng.choice(hs, size=len(hs), replace=True)) for _ in range(draws)]))
+
+
+def w_true(cell: Cell, options: list[int], probs: list[float]) -> float:
+    return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(np.asarray(options)), v_weights=np.asarray(probs)))
+
+
+def _expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:
+    if exact:
+        return [float(np.dot(p, cell.rescale(np.asarray(o)))) for o, p in zip(cell.options, cell.probs)]  # type: ignore[arg-type]
+    return [None if m is None else float(cell.rescale(np.asarray([m]))[0]) for m in cell.predicted]
+
+
+def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
+    """Mean over fields of |model gap - human gap| (see the module docstring); None if no field has 2 groups."""
+    hs = cell.rescale(cell.human)
+    ms = _expected_rescaled(cell, exact)
+    errors = []
+    for values in cell.groups.values():
+        members: dict[Any, list[int]] = defaultdict(list)
+        for i, v in enumerate(values):
+            if v is not None and ms[i] is not None:
+                members[v].append(i)
+        groups = [ix for ix in members.values() if len(ix) >= MIN_GROUP]
+        if len(groups) < 2:
+            continue
+        human_means = [float(np.mean(hs[ix])) for ix in groups]
+        model_means = [float(np.mean([ms[i] for i in ix])) for ix in groups]
+        errors.append(abs((max(model_means) - min(model_means)) - (max(human_means) - min(human_means))))
+    return float(np.mean(errors)) if errors else None
+
+
+# --- aggregation -----------------------------------------------------------------------------------
+def macro(per_cell: dict[CellKey, float | None]) -> float | None:
+    """Cells -> study means -> mean over studies (cells with None are left out)."""
+    studies: dict[str, list[float]] = defaultdict(list)
+    for (study, _, _), value in per_cell.items():
+        if value is not None:
+            studies[study].append(value)
+    if not studies:
+        return None
+    return float(np.mean([np.mean(v) for v in studies.values()]))
+
+
+def per_study(per_cell: dict[CellKey, float | None]) -> dict[str, float]:
+    studies: dict[str, list[float]] = defaultdict(list)
+    for (study, _, _), value in per_cell.items():
+        if value is not None:
+            studies[study].append(value)
+    return {s: float(np.mean(v)) for s, v in sorted(studies.items())}
+
+
+def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:
+    """Every metric of one model's predictions, on its scorable cells."""
+    scorable = {k: c for k, c in cells.items() if c.scorable()}
+    exact = bool(scorable) and all(c.probs is not None for c in scorable.values())
+    sampled = {k: w_sampled(c) for k, c in scorable.items()}
+    w_s = {k: v[0] for k, v in sampled.items()}
+    out: dict[str, Any] = {
+        "cells": len(scorable),
+        "cells_skipped": len(cells) - len(scorable),
+        "rows": int(sum(len(c.human) for c in scorable.values())),
+        "unparsable": int(sum(v[1] for v in sampled.values())),
+        "wasserstein_sampled": macro(w_s),
+        "accuracy_sampled": macro({k: accuracy_sampled(c) for k, c in scorable.items()}),
+        "subgroup_gap_error": macro({k: subgroup_gap_error(c, exact) for k, c in scorable.items()}),
+        "mode": "exact" if exact else "sample",
+    }
+    if exact:
+        w_e = {k: w_exact(c) for k, c in scorable.items()}
+        out["wasserstein_exact"] = macro(w_e)
+        out["accuracy_exact"] = macro({k: accuracy_exact(c) for k, c in scorable.items()})
+        out["per_cell"] = {"|".join(map(str, k)): v for k, v in w_e.items()}
+        out["per_study"] = per_study(w_e)
+    else:
+        out["per_cell"] = {"|".join(map(str, k)): v for k, v in w_s.items()}
+        out["per_study"] = per_study(w_s)
+    out["wasserstein"] = out["wasserstein_exact"] if exact else out["wasserstein_sampled"]
+    out["accuracy"] = out["accuracy_exact"] if exact else out["accuracy_sampled"]
+    return out
+
+
+def baseline_metrics(
+    cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None, draws: int, seed: int = 0
+) -> dict[str, Any]:
+    """Uniform guess, empirical floor and (synthetic data) the true-distribution floor."""
+    rng = np.random.default_rng(seed)
+    scorable = {k: c for k, c in cells.items() if c.scorable()}
+    out: dict[str, Any] = {
+        "uniform": {
+            "wasserstein": macro({k: w_uniform(c) for k, c in scorable.items()}),
+            "accuracy": macro({k: accuracy_uniform(c) for k, c in scorable.items()}),
+            "per_study": per_study({k: w_uniform(c) for k, c in scorable.items()}),
+        },
+        "floor": {"wasserstein": macro({k: w_floor(c, rng, draws) for k, c in scorable.items()}), "draws": draws},
+    }
+    if truth:
+        known = {k: w_true(c, *truth[k]) for k, c in scorable.items() if k in truth}
+        out["true_floor"] = {"wasserstein": macro(known), "cells": len(known)}
+    return out
+
+
+def relative(model: float | None, reference: float | None) -> float | None:
+    """(reference - model) / reference: the share by which the model lowers the reference's W."""
+    if model is None or not reference:
+        return None
+    return (reference - model) / reference
+
+
+def gap_closed(model: float | None, uniform: float | None, floor: float | None) -> float | None:
+    """(W_uniform - W_model) / (W_uniform - W_floor): the paper's scale-free comparison."""
+    if model is None or uniform is None or floor is None or uniform == floor:
+        return None
+    return (uniform - model) / (uniform - floor)
+
+
+def compare(models: dict[str, dict[str, Any]], baselines: dict[str, Any]) -> dict[str, Any]:
+    """Relative improvements with their denominators named, and the uniform-to-floor gap closed."""
+    uniform = baselines["uniform"]["wasserstein"]
+    floor = baselines.get("true_floor", baselines["floor"])["wasserstein"]
+    out: dict[str, Any] = {"floor_used_for_gap": "true_floor" if "true_floor" in baselines else "floor"}
+    for name, m in models.items():
+        out[name] = {
+            "improvement_over_uniform (denominator: W_uniform)": relative(m["wasserstein"], uniform),
+            "gap_closed (W_uniform - W) / (W_uniform - W_floor)": gap_closed(m["wasserstein"], uniform, floor),
+        }
+    if "base" in models and "finetuned" in models:
+        b, f = models["base"]["wasserstein"], models["finetuned"]["wasserstein"]
+        out["finetuned_vs_base"] = {
+            "improvement (denominator: W_base)": relative(f, b),
+            "improvement (denominator: W_finetuned)": None if not f or b is None else (b - f) / f,
+            "subgroup_gap_error_change (denominator: base)": relative(
+                models["finetuned"]["subgroup_gap_error"], models["base"]["subgroup_gap_error"]
+            ),
+        }
+    return out

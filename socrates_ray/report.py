@@ -1,0 +1,148 @@
+"""The evaluation's outputs: metrics.json, report.md and its PNG plots.
+
+Plots are what a researcher looks at first: human vs predicted answer histograms for the best
+and worst cells of the finetuned model, and the Wasserstein per study for base vs finetuned
+against the uniform guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """The paper-style table: one row per setting, uniform / base / finetuned / floor."""
+    lines = [
+        "| setting | cells | uniform | base | finetuned | floor (resampling) | floor (true dist.) | finetuned vs base | gap closed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setting, r in results["settings"].items():
+        b = r["baselines"]
+        models = r["models"]
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        rel = r["comparison"].get("finetuned_vs_base", {}).get("improvement (denominator: W_base)")
+        gap = r["comparison"].get("finetuned", {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)")
+        lines.append(
+            f"| {setting} | {models.get('finetuned', models.get('base', {})).get('cells', '-')} | {fmt(b['uniform']['wasserstein'])} | "
+            f"{fmt(models.get('base', {}).get('wasserstein'))} | {fmt(models.get('finetuned', {}).get('wasserstein'))} | "
+            f"{fmt(b['floor']['wasserstein'])} | {fmt(b.get('true_floor', {}).get('wasserstein'))} | "
+            f"{'-' if rel is None else f'{rel:+.1%}'} | {'-' if gap is None else f'{gap:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _hist(ax: Any, human: np.ndarray, options: np.ndarray, probs: np.ndarray, title: str) -> None:
+    lo, hi = int(min(human.min(), options.min())), int(max(human.max(), options.max()))
+    support = np.arange(lo, hi + 1)
+    h = np.array([(human == v).mean() for v in support])
+    m = np.array([probs[options == v].sum() for v in support])
+    ax.bar(support - 0.2, h, width=0.4, label="human")
+    ax.bar(support + 0.2, m, width=0.4, label="finetuned")
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks(support if len(support) <= 11 else support[:: max(1, len(support) // 10)])
+
+
+def plot_cells(predictions: Any, per_cell: dict[str, float], out: Path, k: int = 3) -> Path | None:
+    """Human vs predicted histograms of the k best and k worst cells (exact-mode predictions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not per_cell or "probs" not in predictions.column_names:
+        return None
+    ranked = sorted((v, c) for c, v in per_cell.items() if v is not None)
+    picks = [("best", c, v) for v, c in ranked[:k]] + [("worst", c, v) for v, c in ranked[-k:]]
+    rows = predictions.to_pylist()
+    fig, axes = plt.subplots(2, k, figsize=(4 * k, 6), squeeze=False)
+    for ax, (label, cell, w) in zip(axes.flat, picks):
+        study, cond, task = cell.split("|")
+        members = [r for r in rows if r["study_id"] == study and r["condition_num"] == int(cond) and r["task_num"] == int(task)]
+        if not members or members[0]["probs"] is None:
+            continue
+        options = np.asarray(members[0]["options"])
+        probs = np.mean([r["probs"] for r in members], axis=0)
+        _hist(ax, np.asarray([r["response"] for r in members]), options, probs, f"{label}: {study} c{cond} t{task}  W={w:.3f}")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: dict[str, float], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studies = sorted(set(base) | set(finetuned))
+    x = np.arange(len(studies))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(studies) + 2), 3.5))
+    ax.bar(x - 0.2, [base.get(s, np.nan) for s in studies], width=0.4, label="base")
+    ax.bar(x + 0.2, [finetuned.get(s, np.nan) for s in studies], width=0.4, label="finetuned")
+    ax.scatter(x, [uniform.get(s, np.nan) for s in studies], color="black", marker="_", s=200, label="uniform guess", zorder=3)
+    ax.set_xticks(x, studies, rotation=60, fontsize=7)
+    ax.set_ylabel("Wasserstein (lower is better)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, Any]) -> Path:
+    """metrics.json + report.md + plots in `folder`; `predictions` maps setting -> finetuned table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(results, default=float))
+    (folder / "metrics.json").write_text(json.dumps(slim, indent=1))
+    lines = [
+        "# socrates_ray evaluation",
+        "",
+        f"Model: `{results['model']}`; finetuned adapter: `{results.get('adapter')}`; mode: {results['mode']}.",
+        "Wasserstein per PAPER.md section 5 (cells rescaled by the human min/max, macro average cell -> study -> overall); "
+        "lower is better. *Gap closed* = (W_uniform - W_finetuned) / (W_uniform - W_floor), with the true-distribution "
+        "floor where the data is synthetic.",
+        "",
+        results_table(results),
+        "",
+    ]
+    for setting, r in results["settings"].items():
+        lines.append(f"## {setting}")
+        lines.append("")
+        for name, m in r["models"].items():
+            lines.append(
+                f"- **{name}**: W exact {m.get('wasserstein_exact', float('nan')):.4f}, W sampled {m['wasserstein_sampled'] or float('nan'):.4f}, "
+                f"accuracy {m['accuracy']:.4f}, subgroup gap error {m['subgroup_gap_error'] or float('nan'):.4f}, "
+                f"{m['unparsable']} unparsable of {m['rows']} rows"
+            )
+        lines.append(f"- uniform guess: W {r['baselines']['uniform']['wasserstein']:.4f}, accuracy {r['baselines']['uniform']['accuracy']:.4f}")
+        for name, c in r["comparison"].items():
+            if isinstance(c, dict):
+                lines.append(f"- {name}: " + ", ".join(f"{k} = {'-' if v is None else f'{v:+.3f}'}" for k, v in c.items()))
+        models = r["models"]
+        if "base" in models and "finetuned" in models:
+            png = plot_studies(models["base"]["per_study"], models["finetuned"]["per_study"], r["baselines"]["uniform"]["per_study"],
+                               folder / f"{setting}_studies.png", f"{setting}: Wasserstein per study")
+            lines.append(f"\n![per study]({png.name})\n")
+        if setting in predictions and "finetuned" in models:
+            png = plot_cells(predictions[setting], models["finetuned"]["per_cell"], folder / f"{setting}_cells.png")
+            if png:
+                lines.append(f"![best and worst cells]({png.name})\n")
+    lines += [
+        "## Definitions",
+        "",
+        "- *subgroup gap error* (socrates_ray's demographic parity measure): per cell and demographic field, the spread of "
+        "mean rescaled answers across groups (>= 3 people each); the error is |model spread - human spread|, averaged over "
+        "fields, then cells -> studies -> overall. Lower means subgroup differences are reproduced.",
+        "- *W exact*: humans vs the mixture of every participant's full predicted distribution; *W sampled*: one answer drawn "
+        "per participant (the paper's protocol when sampling).",
+    ]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,286 @@
+"""Answer distributions and sampled answers from a causal LM: the one scoring path shared by the
+Serve replicas and the batch simulation.
+
+Exact mode: for a bounded scale A..B every answer string ("1", "10", "100") is scored as a whole
+continuation *including the end-of-turn token*, so "1" and "10" are told apart. All options of a
+prompt go through ONE forward pass: the prompt is laid out once and every option is appended
+after it with a tree-shaped attention mask (each option sees the prompt and its own earlier
+tokens, never the other options), so the prompt's prefill is computed once and reused by every
+option. Several prompts are batched side by side.
+
+Sampling mode: the paper's protocol (temperature 0.6, top_p 0.9, up to 32 new tokens, parse the
+first integer, count unparsable answers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from socrates_ray.data.tokenize import Encoder
+
+PAPER_TEMPERATURE = 0.6
+PAPER_TOP_P = 0.9
+PAPER_MAX_NEW_TOKENS = 32
+_FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
+
+
+class ScoreError(ValueError):
+    """A request the scorer cannot serve (too long, unknown adapter, bad options)."""
+
+
+def parse_first_integer(text: str) -> int | None:
+    """The first integer in a generated answer ("I'd say 5." -> 5, "1,000" -> 1000), else None."""
+    match = _FIRST_INTEGER.search(text)
+    if match is None:
+        return None
+    digits = match.group(0).replace(",", "")
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
+def shape_distribution(logprobs: np.ndarray, temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
+    """Option log-probabilities -> probabilities: renormalised over the options, sharpened or
+    flattened by temperature, then cut to the smallest top set holding top_p of the mass."""
+    if temperature <= 0:
+        probs = np.zeros_like(logprobs, dtype=np.float64)
+        probs[int(np.argmax(logprobs))] = 1.0
+        return probs
+    z = np.asarray(logprobs, dtype=np.float64) / temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, top_p - 1e-12) + 1)]
+        cut = np.zeros_like(probs)
+        cut[keep] = probs[keep]
+        probs = cut / cut.sum()
+    return probs
+
+
+def option_layout(prefix: list[int], options: list[list[int]], eot: int) -> dict[str, list[int]]:
+    """One row holding the prompt followed by every option (each without its end-of-turn token).
+
+    Returns input_ids, position_ids, parent (for every token, the index of the token it may
+    attend back to last in the prompt/own option chain: -1 for prompt tokens) and, per option,
+    the (logit position, target token) pairs whose log-probabilities sum to the option's score."""
+    ids, pos, branch = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+    targets: list[list[tuple[int, int]]] = []
+    for k, option in enumerate(options, start=1):
+        pairs, previous = [], len(prefix) - 1
+        for depth, token in enumerate(option):
+            pairs.append((previous, token))
+            ids.append(token)
+            pos.append(len(prefix) + depth)
+            branch.append(k)
+            previous = len(ids) - 1
+        pairs.append((previous, eot))
+        targets.append(pairs)
+    return {"input_ids": ids, "position_ids": pos, "branch": branch, "targets": targets}
+
+
+def tree_attention_mask(branches: list[list[int]], length: int, dtype: Any) -> Any:
+    """(B, 1, L, L) additive mask: prompt tokens (branch 0) are causal; option tokens see the whole
+    prompt and the earlier tokens of their own option; padding (branch -1) sees only itself."""
+    import torch
+
+    b = torch.full((len(branches), length), -1, dtype=torch.long)
+    for row, branch in enumerate(branches):
+        b[row, : len(branch)] = torch.tensor(branch)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    q, k = b[:, :, None], b[:, None, :]
+    allowed = causal & (q >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(length, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+@dataclass
+class Scorer:
+    """A base model plus any number of LoRA adapters, scored one adapter at a time.
+
+    `adapter=None` is the base model (adapters disabled)."""
+
+    model_path: str
+    system_prompt: str
+    device: str = "cpu"
+    max_length: int = 2048
+    max_tokens_per_pass: int = 16384
+    adapters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from socrates_ray.data.ingest import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.encoder = Encoder(self.tokenizer, self.system_prompt)
+        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
+        self.context = min(self.max_length, self.model.config.max_position_embeddings)
+        self._peft = False
+        self._option_ids: dict[str, list[int]] = {}
+
+    # --- adapters -------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT adapter folder under `name` (idempotent)."""
+        if name in self.adapters:
+            return
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ScoreError(f"adapter {name!r}: no adapter_config.json in {path} (expected a PEFT adapter folder)")
+        from peft import PeftModel
+
+        if not self._peft:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            self._peft = True
+        else:
+            self.model.load_adapter(str(path), adapter_name=name)
+        self.adapters[name] = str(path)
+
+    def unload_adapter(self, name: str) -> None:
+        if name in self.adapters:
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+
+    def _use(self, adapter: str | None) -> Any:
+        """A context manager running the model with `adapter` (None: the base model)."""
+        import contextlib
+
+        if adapter is None:
+            return self.model.disable_adapter() if self._peft else contextlib.nullcontext()
+        if adapter not in self.adapters:
+            raise ScoreError(f"unknown adapter {adapter!r}; loaded: {sorted(self.adapters)}")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    # --- exact distributions --------------------------------------------------------------------
+    def _encode_option(self, text: str) -> list[int]:
+        if text not in self._option_ids:
+            self._option_ids[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._option_ids[text]
+
+    def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None) -> list[np.ndarray]:
+        """log P(option text + end of turn | prompt) for every option of every prompt."""
+        import torch
+
+        eot = self.encoder.eot_ids[0]
+        prefixes = self.encoder.encode_prompts(list(prompts))
+        layouts = []
+        for prompt_ids, opts in zip(prefixes, options):
+            if not opts:
+                raise ScoreError("exact scoring needs at least one option (a bounded answer scale)")
+            layout = option_layout(prompt_ids, [self._encode_option(str(o)) for o in opts], eot)
+            if len(layout["input_ids"]) > self.context:
+                raise ScoreError(
+                    f"prompt of {len(prompt_ids)} tokens plus {len(opts)} options is {len(layout['input_ids'])} tokens, "
+                    f"over the model's context of {self.context}; shorten the prompt or the scale"
+                )
+            layouts.append(layout)
+        results: list[np.ndarray] = [np.empty(0)] * len(layouts)
+        # Group prompts into passes of at most max_tokens_per_pass padded tokens, longest first.
+        order = sorted(range(len(layouts)), key=lambda i: -len(layouts[i]["input_ids"]))
+        start = 0
+        with torch.inference_mode(), self._use(adapter):
+            while start < len(order):
+                width = len(layouts[order[start]]["input_ids"])
+                count = max(1, self.max_tokens_per_pass // width)
+                chunk = order[start : start + count]
+                start += count
+                ids = torch.full((len(chunk), width), self.encoder.pad_id, dtype=torch.long)
+                pos = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    n = len(layouts[i]["input_ids"])
+                    ids[row, :n] = torch.tensor(layouts[i]["input_ids"])
+                    pos[row, :n] = torch.tensor(layouts[i]["position_ids"])
+                mask = tree_attention_mask([layouts[i]["branch"] for i in chunk], width, self.dtype)
+                logits = self.model(
+                    input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+                    attention_mask=mask.to(self.device), use_cache=False,
+                ).logits.float()
+                logp = torch.log_softmax(logits, dim=-1).cpu()
+                for row, i in enumerate(chunk):
+                    results[i] = np.array(
+                        [sum(float(logp[row, at, token]) for at, token in pairs) for pairs in layouts[i]["targets"]]
+                    )
+        return results
+
+    def distributions(
+        self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None,
+        temperature: float = 1.0, top_p: float = 1.0,
+    ) -> list[np.ndarray]:
+        """The model's probability of every option, per prompt (each sums to 1)."""
+        return [shape_distribution(lp, temperature, top_p) for lp in self.option_logprobs(prompts, options, adapter)]
+
+    # --- sampling -------------------------------------------------------------------------------
+    def generate(
+        self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        """Sample n continuations of each already-templated prefix text.
+
+        Returns per prefix n dicts: text, tokens, finish_reason ('stop' or 'length') and, with
+        logprobs, the chosen tokens' log-probabilities."""
+        import torch
+
+        eot = self.encoder.eot_ids[0]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
+        for ids in encoded:
+            if len(ids) + max_new_tokens > self.context:
+                raise ScoreError(
+                    f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {self.context}"
+                )
+        width = max(len(x) for x in encoded)
+        # Left padding, so every row's new tokens start at the same column.
+        ids = torch.full((len(encoded), width), self.encoder.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, x in enumerate(encoded):
+            ids[row, width - len(x) :] = torch.tensor(x)
+            attention[row, width - len(x) :] = 1
+        greedy = temperature <= 0
+        with torch.inference_mode(), self._use(adapter):
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
+                do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+                top_k=None, max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=eot,
+                pad_token_id=self.encoder.pad_id, output_scores=logprobs, return_dict_in_generate=True,
+            )
+        new = out.sequences[:, width:].cpu()
+        scores = None
+        if logprobs:
+            scores = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1).cpu()
+        results: list[list[dict[str, Any]]] = []
+        for row in range(new.shape[0]):
+            tokens = new[row].tolist()
+            stop = eot in tokens
+            kept = tokens[: tokens.index(eot)] if stop else tokens
+            item: dict[str, Any] = {
+                "text": self.tokenizer.decode(kept, skip_special_tokens=True),
+                "tokens": len(kept),
+                "finish_reason": "stop" if stop else "length",
+            }
+            if scores is not None:
+                item["logprobs"] = [
+                    {"token": self.tokenizer.decode([t]), "logprob": float(scores[row, j, t])} for j, t in enumerate(kept)
+                ]
+            if row % n == 0:
+                results.append([])
+            results[-1].append(item)
+        return results
+
+    def sample_answers(
+        self, prompts: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None,
+    ) -> list[list[int | None]]:
+        """The paper's protocol: sample, parse the first integer (None when there is none)."""
+        prefixes = [self.encoder.prefix_text(p) for p in prompts]
+        outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
+        return [[parse_first_integer(o["text"]) for o in row] for row in outs]

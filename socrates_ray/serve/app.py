@@ -1,0 +1,234 @@
+"""The Ray Serve HTTP app: build_app(cfg) -> serve.Application.
+
+Routes:
+  POST /v1/predict           persona + stimulus (or a full prompt) -> answer distribution and/or samples
+  POST /v1/chat/completions  an OpenAI-compatible subset (the `openai` client works unchanged)
+  GET  /v1/models            the base model and the adapters that can be named
+  GET  /healthz              liveness + batching counters
+
+Every client mistake is a 4xx JSON body {"error": {"message", "type", "param"}} and the replica
+keeps serving: malformed JSON and wrong fields (400), missing/bad bearer token (401), unknown
+adapter (404), bodies over serve.max_body_bytes (413).
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the request models as real
+# classes after Serve pickles the deployment (string annotations would not resolve there).
+
+import hmac
+import os
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from socrates_ray.config import Config, ServeSection
+from socrates_ray.data.prompts import build_messages, build_prompt, parse_answer_scale
+from socrates_ray.score import parse_first_integer
+from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, list_adapters
+
+MAX_OPTIONS = 1001
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(Strict):
+    persona: dict[str, Any] | None = Field(None, description="Demographic fields (SocSci210 names).")
+    stimulus: str | None = Field(None, min_length=1, description="Vignette + question + answer-format sentence.")
+    prompt: str | None = Field(None, min_length=1, description="A full prompt instead of persona + stimulus.")
+    adapter: str | None = Field(None, description="Adapter name; null or 'base' = the base model.")
+    mode: Literal["distribution", "sample"] = "distribution"
+    options: list[int] | None = Field(None, min_length=1, max_length=MAX_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
+    n: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(32, ge=1)
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    # Unknown OpenAI fields (user, seed, stream=false, ...) are ignored, as OpenAI-compatible servers do.
+    model: str = "base"
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1)
+    logprobs: bool = False
+    stream: bool = False
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": status}})
+
+
+def build_fastapi(cfg: ServeSection) -> FastAPI:
+    """The FastAPI app: error handlers, body-size and auth middleware (routes live on the deployment)."""
+    api = FastAPI(title="socrates_ray", docs_url="/docs")
+    # Read in the process that builds the app (where the user exported it), not in the replica.
+    token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else None
+    if token == "":
+        raise ValueError(f"serve.auth_token_env: the environment variable {cfg.auth_token_env} is empty or unset; export the token first")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":
+            return error(400, "request body is not valid JSON", param=None)
+        return error(400, f"{where or 'body'}: {first.get('msg', 'invalid')}", param=where or None)
+
+    @api.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            return error(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes} (serve.max_body_bytes)")
+        if token is not None and request.url.path != "/healthz":
+            if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+                return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'", "authentication_error")
+        return await call_next(request)
+
+    return api
+
+
+def build_app(cfg: Config, model_path: str) -> serve.Application:
+    """The Serve application for `cfg.serve`, serving the model at `model_path`."""
+    s = cfg.serve
+    api = build_fastapi(s)
+
+    @serve.deployment(
+        name="SocratesModel",
+        max_ongoing_requests=s.max_ongoing_requests,
+        autoscaling_config={
+            "min_replicas": s.autoscaling.min_replicas,
+            "max_replicas": s.autoscaling.max_replicas,
+            "target_ongoing_requests": s.autoscaling.target_ongoing_requests,
+        },
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+    )
+    @serve.ingress(api)
+    class SocratesModel:
+        def __init__(self, model_path: str, system_prompt: str, serve_cfg: dict[str, Any]) -> None:
+            self.cfg = ServeSection(**serve_cfg)
+            self.core = ModelCore(model_path, system_prompt, self.cfg)
+            self.system_prompt = system_prompt
+            self.model_name = os.path.basename(os.path.normpath(model_path))
+
+        async def _adapter(self, name: str | None) -> str | None:
+            return await self.core.ensure_adapter(name)
+
+        def _limits(self, n: int, max_tokens: int | None) -> None:
+            if n > self.cfg.max_n:
+                raise BadRequest(f"n={n} is over the limit of {self.cfg.max_n} (serve.max_n)")
+            if max_tokens is not None and max_tokens > self.cfg.max_tokens_limit:
+                raise BadRequest(f"max_tokens={max_tokens} is over the limit of {self.cfg.max_tokens_limit}")
+
+        def _fits(self, text: str, extra: int) -> None:
+            used = self.core.context_tokens(text) + extra
+            if used > self.core.scorer.context:
+                raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.scorer.context}; shorten the prompt")
+
+        @api.post("/v1/predict")
+        async def predict(self, req: PredictRequest) -> Any:
+            try:
+                self._limits(req.n, req.max_tokens if req.mode == "sample" else None)
+                if (req.prompt is None) == (req.stimulus is None):
+                    raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
+                prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
+                scale = parse_answer_scale(req.stimulus or prompt)
+                adapter = await self._adapter(req.adapter)
+                prefix = self.core.scorer.encoder.prefix_text(prompt)
+                body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
+                                        "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
+                if req.mode == "distribution":
+                    options = req.options or scale.options
+                    if not options:
+                        raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
+                                         "send 'options' or use mode 'sample' for open-ended amounts", )
+                    self._fits(prefix, 3 * len(options) + 1)
+                    probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
+                    body.update(options=list(options), probs=[float(p) for p in probs])
+                else:
+                    self._fits(prefix, req.max_tokens)
+                    outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
+                    answers = [parse_first_integer(o["text"]) for o in outs]
+                    body.update(samples=[o["text"] for o in outs], answers=answers,
+                                unparsable=sum(a is None for a in answers))
+                return body
+            except BadRequest as err:
+                return error(400, str(err))
+            except AdapterNotFound as err:
+                return error(404, str(err), "not_found_error", "adapter")
+
+        @api.post("/v1/chat/completions")
+        async def chat(self, req: ChatRequest) -> Any:
+            try:
+                if req.stream:
+                    raise BadRequest("stream=true is not supported; send stream=false")
+                max_tokens = req.max_completion_tokens or req.max_tokens or 16
+                self._limits(req.n, max_tokens)
+                adapter = await self._adapter(None if req.model in ("base", self.model_name) else req.model)
+                messages = [m.model_dump() for m in req.messages]
+                if messages[0]["role"] != "system":
+                    # The template would otherwise insert its own default system prompt (STACK_NOTES).
+                    messages = build_messages("", self.system_prompt)[:1] + messages
+                prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                self._fits(prefix, max_tokens)
+                outs = await self.core.submit(
+                    Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
+                )
+            except BadRequest as err:
+                return error(400, str(err))
+            except AdapterNotFound as err:
+                return error(404, str(err), "not_found_error", "model")
+            prompt_tokens = self.core.context_tokens(prefix)
+            choices = []
+            for i, o in enumerate(outs):
+                choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
+                                          "finish_reason": o["finish_reason"], "logprobs": None}
+                if req.logprobs:
+                    choice["logprobs"] = {"content": [
+                        {"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode()), "top_logprobs": []}
+                        for t in o["logprobs"]
+                    ]}
+                choices.append(choice)
+            completion = sum(o["tokens"] for o in outs)
+            return {
+                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": req.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+            }
+
+        @api.get("/v1/models")
+        async def models(self) -> Any:
+            names = ["base"] + list_adapters(self.cfg.adapters_dir, self.cfg.adapters)
+            return {"object": "list", "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "socrates_ray",
+                 "parent": None if n == "base" else "base"} for n in names
+            ]}
+
+        @api.get("/healthz")
+        async def healthz(self) -> Any:
+            return {"status": "ok", "model": self.model_name, "batches": self.core.batches,
+                    "batched_requests": self.core.batched_jobs, "loaded_adapters": sorted(self.core.scorer.adapters)}
+
+    return SocratesModel.bind(model_path, cfg.prompt.system_prompt, s.model_dump())
+
+
+def start_serve(cfg: Config, model_path: str, blocking: bool = False) -> str:
+    """Deploy the app on the running Ray cluster; returns its base URL."""
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg, model_path), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=blocking)
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    return f"http://{host}:{cfg.serve.port}"

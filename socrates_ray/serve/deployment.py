@@ -1,0 +1,169 @@
+"""The model inside one Serve replica: a base model, LoRA adapters multiplexed over it, and
+dynamic batching of concurrent requests.
+
+Requests arrive one per HTTP call; `@serve.batch` gathers those that arrive together (up to
+serve.max_batch_size, waiting at most serve.batch_wait_timeout_s) and the replica scores them in
+as few forward passes as it can: jobs are grouped by adapter and by kind (exact distribution or
+generation with the same sampling settings). The model runs in a worker thread so the event
+loop keeps accepting requests (and so batches fill) while a forward pass is running.
+
+Adapters: names resolve to folders under serve.adapters_dir or in serve.adapters; a bounded LRU
+(`serve.multiplexed`) keeps at most serve.max_loaded_adapters loaded per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from socrates_ray.config import ServeSection
+from socrates_ray.score import ScoreError, Scorer
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+BASE_NAMES = ("base",)
+
+
+class AdapterNotFound(LookupError):
+    """404: no adapter of that name."""
+
+
+class BadRequest(ValueError):
+    """400: a request the replica cannot serve as asked."""
+
+
+def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) -> Path:
+    """Adapter name -> its folder. Names that could leave the adapter folder are refused (400)."""
+    if not ADAPTER_NAME.match(name) or ".." in name:
+        raise BadRequest(
+            f"adapter name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+            "(no path separators, no '..')"
+        )
+    if name in extra:
+        return Path(extra[name])
+    if adapters_dir:
+        root = Path(adapters_dir).resolve()
+        folder = (root / name).resolve()
+        if folder.parent != root:
+            raise BadRequest(f"adapter name {name!r} resolves outside serve.adapters_dir")
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    raise AdapterNotFound(f"unknown adapter {name!r}; GET /v1/models lists the available ones")
+
+
+def list_adapters(adapters_dir: str | None, extra: dict[str, str]) -> list[str]:
+    names = set(extra)
+    if adapters_dir and Path(adapters_dir).is_dir():
+        names.update(p.parent.name for p in Path(adapters_dir).glob("*/adapter_config.json"))
+    return sorted(names)
+
+
+@dataclass
+class Job:
+    """One request's work: kind 'dist' (prompt + options) or 'gen' (templated prefix text)."""
+
+    kind: str
+    adapter: str | None
+    text: str
+    options: list[int] = field(default_factory=list)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    max_tokens: int = 32
+    logprobs: bool = False
+
+    def group(self) -> tuple:
+        if self.kind == "dist":
+            return ("dist", self.adapter, self.temperature, self.top_p)
+        return ("gen", self.adapter, self.temperature, self.top_p, self.n, self.max_tokens, self.logprobs)
+
+
+class _LoadedAdapter:
+    """What the multiplexer caches; deleting it (LRU eviction) unloads the adapter's weights."""
+
+    def __init__(self, scorer: Scorer, name: str, lock: threading.Lock) -> None:
+        self.scorer, self.name, self.lock = scorer, name, lock
+
+    def __del__(self) -> None:
+        with self.lock:
+            self.scorer.unload_adapter(self.name)
+
+
+class ModelCore:
+    """Scorer + multiplexed adapters + batching; owned by the ingress deployment."""
+
+    def __init__(self, model_path: str, system_prompt: str, cfg: ServeSection) -> None:
+        import torch
+
+        self.cfg = cfg
+        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.scorer = Scorer(model_path, system_prompt, device=device, max_length=cfg.max_length)
+        self.lock = threading.Lock()  # one forward pass / adapter switch at a time
+        self.batches = 0
+        self.batched_jobs = 0
+        self.run_batch.set_max_batch_size(cfg.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+        async def load(adapter_name: str) -> _LoadedAdapter:
+            path = resolve_adapter(adapter_name, cfg.adapters_dir, cfg.adapters)
+            with self.lock:
+                await asyncio.to_thread(self.scorer.load_adapter, adapter_name, path)
+            return _LoadedAdapter(self.scorer, adapter_name, self.lock)
+
+        self.get_adapter = serve.multiplexed(max_num_models_per_replica=cfg.max_loaded_adapters)(load)
+
+    async def ensure_adapter(self, name: str | None) -> str | None:
+        """None/'base' -> None (the base model); otherwise load (or reuse) the adapter."""
+        if name is None or name in BASE_NAMES:
+            return None
+        handle = await self.get_adapter(name)
+        return handle.name
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def run_batch(self, jobs: list[Job]) -> list[Any]:
+        self.batches += 1
+        self.batched_jobs += len(jobs)
+        return await asyncio.to_thread(self._run_sync, jobs)
+
+    def _run_sync(self, jobs: list[Job]) -> list[Any]:
+        """Group jobs so each group is one scorer call; a group's error goes to its jobs only."""
+        results: list[Any] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.group(), []).append(i)
+        with self.lock:
+            for key, idx in groups.items():
+                first = jobs[idx[0]]
+                try:
+                    if first.kind == "dist":
+                        out = self.scorer.distributions(
+                            [jobs[i].text for i in idx], [jobs[i].options for i in idx], first.adapter, first.temperature, first.top_p
+                        )
+                    else:
+                        out = self.scorer.generate(
+                            [jobs[i].text for i in idx], first.n, first.temperature, first.top_p,
+                            first.max_tokens, first.adapter, first.logprobs,
+                        )
+                    for i, value in zip(idx, out):
+                        results[i] = value
+                except ScoreError as err:
+                    # An adapter unloaded between lookup and use, or an over-long input: per job.
+                    for i in idx:
+                        results[i] = err
+        return results
+
+    async def submit(self, job: Job) -> Any:
+        result = await self.run_batch(job)
+        if isinstance(result, ScoreError):
+            raise BadRequest(str(result))
+        return result
+
+    def context_tokens(self, text: str) -> int:
+        return len(self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"])

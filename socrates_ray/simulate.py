@@ -1,0 +1,231 @@
+"""Batch simulation: rows (study, condition, task, persona, stimulus) -> predictions Parquet.
+
+A Ray Data job: the rows still to do flow through `map_batches` into a pool of model replicas
+(actors holding a Scorer, on CPUs or GPUs) or of HTTP clients calling the running Serve app. The
+driver writes each finished batch as its own Parquet part (atomically, by rename), so a killed
+job loses at most the batches in flight: re-running the same command skips every row whose
+(study_id, sample_id) is already in a part. Progress (rows, rate, ETA) is printed as parts land.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from socrates_ray.config import SimulateSection
+from socrates_ray.data.prompts import parse_answer_scale
+from socrates_ray.score import Scorer, parse_first_integer
+
+INPUT_COLUMNS = [
+    "study_id", "sample_id", "participant", "condition_num", "task_num", "demographic",
+    "stimuli", "prompt", "response", "scale_low", "scale_high",
+]
+PART_GLOB = "part-*.parquet"
+
+
+class SimulateError(ValueError):
+    """Bad simulation input (missing split, columns, endpoint)."""
+
+
+def load_eval_rows(prepared: str, setting: str, max_per_cell: int | None, seed: int = 0) -> pa.Table:
+    """The eval split of one setting; with max_per_cell, a seeded subsample of each cell."""
+    files = sorted(glob.glob(os.path.join(prepared, setting, "eval", "*.parquet")))
+    if not files:
+        raise SimulateError(
+            f"data.prepared: no eval Parquet files under {prepared}/{setting}/eval; run `socrates-ray prepare` "
+            f"with '{setting}' in data.settings first"
+        )
+    table = pq.read_table(files, columns=INPUT_COLUMNS)
+    if max_per_cell is None:
+        return table
+    rng = np.random.default_rng(seed)
+    keys = list(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist(), table["task_num"].to_pylist()))
+    by_cell: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_cell.setdefault(k, []).append(i)
+    keep = []
+    for rows in by_cell.values():
+        keep.extend(rows if len(rows) <= max_per_cell else sorted(rng.choice(rows, max_per_cell, replace=False).tolist()))
+    return table.take(pa.array(sorted(keep)))
+
+
+def draw(probs: np.ndarray, options: list[int], study_id: str, sample_id: int) -> int:
+    """One answer drawn from a participant's distribution, seeded by the row key (reproducible)."""
+    rng = np.random.default_rng(zlib.crc32(f"{study_id}/{sample_id}".encode()))
+    return int(options[int(rng.choice(len(options), p=probs / probs.sum()))])
+
+
+OUTPUT_FIELDS = [
+    pa.field("prediction", pa.int64()), pa.field("options", pa.list_(pa.int64())),
+    pa.field("probs", pa.list_(pa.float64())), pa.field("samples", pa.list_(pa.int64())),
+]
+KEPT_COLUMNS = ["study_id", "sample_id", "participant", "condition_num", "task_num", "response", "scale_low", "scale_high", "demographic"]
+
+
+def _finish(batch: pa.Table, results: list[dict[str, Any]]) -> pa.Table:
+    """The batch's key columns + prediction, options, probs, samples (typed, nulls where absent)."""
+    out = batch.select(KEPT_COLUMNS)
+    for f in OUTPUT_FIELDS:
+        out = out.append_column(f, pa.array([r.get(f.name) for r in results], type=f.type))
+    return out
+
+
+class LocalReplica:
+    """A Scorer inside a Ray actor: one copy of the model per replica."""
+
+    def __init__(self, model_path: str, system_prompt: str, adapter_path: str | None, params: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(params.get("threads", 1))))
+        device = "cuda" if params.get("gpu") else "cpu"
+        self.scorer = Scorer(model_path, system_prompt, device=device)
+        self.adapter = None
+        if adapter_path:
+            self.scorer.load_adapter("finetuned", adapter_path)
+            self.adapter = "finetuned"
+        self.p = params
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        p = self.p
+        batch = table.to_pydict()
+        scales = [parse_answer_scale(s) for s in batch["stimuli"]]
+        results: list[dict[str, Any]] = [{} for _ in scales]
+        exact_rows = [i for i, sc in enumerate(scales) if p["mode"] == "exact" and sc.bounded]
+        if exact_rows:
+            dists = self.scorer.distributions(
+                [batch["prompt"][i] for i in exact_rows], [scales[i].options for i in exact_rows],
+                self.adapter, p["temperature"], p["top_p"],
+            )
+            for i, probs in zip(exact_rows, dists):
+                opts = scales[i].options
+                results[i] = {"options": opts, "probs": probs.tolist(),
+                              "prediction": draw(probs, opts, batch["study_id"][i], int(batch["sample_id"][i]))}
+        other = [i for i in range(len(scales)) if i not in set(exact_rows)]
+        if other:
+            answers = self.scorer.sample_answers(
+                [batch["prompt"][i] for i in other], 1, p["sample_temperature"], p["sample_top_p"], p["max_new_tokens"], self.adapter
+            )
+            for i, a in zip(other, answers):
+                results[i] = {"prediction": a[0], "samples": a}
+        return _finish(table, results)
+
+
+class HttpReplica:
+    """Calls the Serve app's /v1/predict, one request per row, concurrently (so the server's
+    dynamic batching has something to merge)."""
+
+    def __init__(self, endpoint: str, adapter: str | None, params: dict[str, Any], token: str | None = None) -> None:
+        import requests
+
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.url = endpoint.rstrip("/") + "/v1/predict"
+        self.adapter, self.p = adapter, params
+        self.pool = ThreadPoolExecutor(max_workers=int(params.get("concurrency", 16)))
+
+    def _one(self, prompt: str, bounded: bool) -> dict[str, Any]:
+        p = self.p
+        exact = p["mode"] == "exact" and bounded
+        body = {
+            "prompt": prompt, "adapter": self.adapter, "mode": "distribution" if exact else "sample",
+            "temperature": p["temperature"] if exact else p["sample_temperature"],
+            "top_p": p["top_p"] if exact else p["sample_top_p"], "n": 1, "max_tokens": p["max_new_tokens"],
+        }
+        reply = self.session.post(self.url, json=body, timeout=600)
+        if reply.status_code != 200:
+            raise SimulateError(f"{self.url} answered {reply.status_code}: {reply.text[:500]}")
+        return reply.json()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        batch = table.to_pydict()
+        scales = [parse_answer_scale(s) for s in batch["stimuli"]]
+        replies = list(self.pool.map(self._one, list(batch["prompt"]), [s.bounded for s in scales]))
+        results = []
+        for i, r in enumerate(replies):
+            if "probs" in r:
+                probs = np.asarray(r["probs"])
+                results.append({"options": r["options"], "probs": r["probs"],
+                                "prediction": draw(probs, r["options"], batch["study_id"][i], int(batch["sample_id"][i]))})
+            else:
+                samples = [parse_first_integer(t) for t in r["samples"]]
+                results.append({"prediction": samples[0], "samples": samples})
+        return _finish(table, results)
+
+
+def done_keys(out_dir: Path) -> set[tuple[str, int]]:
+    """(study_id, sample_id) of every row already in a finished part."""
+    keys: set[tuple[str, int]] = set()
+    for part in sorted(out_dir.glob(PART_GLOB)):
+        t = pq.read_table(part, columns=["study_id", "sample_id"])
+        keys.update(zip(t["study_id"].to_pylist(), t["sample_id"].to_pylist()))
+    return keys
+
+
+def run_simulation(
+    rows: pa.Table, out_dir: str | Path, sim: SimulateSection, model_path: str, system_prompt: str,
+    log: Callable[[str], None] = print, token: str | None = None, stop_after_parts: int | None = None,
+) -> Path:
+    """Predict every row not yet done; returns the merged predictions.parquet.
+
+    stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
+    import ray
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = done_keys(out)
+    keys = list(zip(rows["study_id"].to_pylist(), rows["sample_id"].to_pylist()))
+    todo = rows.filter(pa.array([k not in done for k in keys])) if done else rows
+    total = rows.num_rows
+    log(f"simulate: {total:,} rows, {total - todo.num_rows:,} already done in {out}, {todo.num_rows:,} to go "
+        f"({sim.mode} mode, {sim.backend} backend, {sim.replicas} replica(s))")
+    params = sim.model_dump() | {"threads": max(1, int(sim.cpus_per_replica)), "gpu": sim.gpus_per_replica > 0}
+    if todo.num_rows:
+        ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // sim.batch_size)))
+        strategy = ray.data.ActorPoolStrategy(size=sim.replicas)
+        if sim.backend == "local":
+            ds = ds.map_batches(
+                LocalReplica, fn_constructor_args=(model_path, system_prompt, sim.adapter_path, params),
+                batch_size=sim.batch_size, batch_format="pyarrow", compute=strategy,
+                num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica,
+            )
+        else:
+            ds = ds.map_batches(
+                HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, params, token),
+                batch_size=sim.batch_size, batch_format="pyarrow", compute=strategy, num_cpus=0.1,
+            )
+        started, written, parts = time.time(), 0, 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}.parquet"
+            pq.write_table(batch, out / (name + ".tmp"))
+            os.replace(out / (name + ".tmp"), out / name)
+            written += batch.num_rows
+            parts += 1
+            rate = written / max(time.time() - started, 1e-9)
+            if parts % 10 == 0 or written == todo.num_rows:
+                log(f"simulate: {total - todo.num_rows + written:,}/{total:,} rows, {rate:,.1f} rows/s, "
+                    f"ETA {(todo.num_rows - written) / max(rate, 1e-9):,.0f}s")
+            if stop_after_parts is not None and parts >= stop_after_parts:
+                log(f"simulate: stopping after {parts} parts (stop_after_parts)")
+                return out
+    merged = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob(PART_GLOB))], promote_options="permissive")
+    key_set = set(keys)
+    mkeys = list(zip(merged["study_id"].to_pylist(), merged["sample_id"].to_pylist()))
+    merged = merged.filter(pa.array([k in key_set for k in mkeys]))
+    target = out / "predictions.parquet"
+    pq.write_table(merged.sort_by([("study_id", "ascending"), ("sample_id", "ascending")]), target)
+    unparsable = merged.num_rows - pc.count(merged["prediction"]).as_py()
+    log(f"simulate: wrote {target} ({merged.num_rows:,} rows, {unparsable:,} unparsable answers)")
+    return target

@@ -1,0 +1,163 @@
+"""The Serve app over real HTTP: plain requests and the real `openai` client, every bad-input kind,
+adapters that differ, and a replica that keeps serving after client mistakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from socrates_ray.config import load_config
+
+pytestmark = pytest.mark.ray
+
+PORT = 8123
+URL = f"http://127.0.0.1:{PORT}"
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STIMULUS = "How fair is this proposal? Only return an integer from 1 to 7, where 1 means Not at all and 7 means Very, nothing else."
+
+
+def make_adapter(model: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it changes the model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model),
+        LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False),
+    )
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tiny_model, tmp_path_factory, monkeypatch_module):
+    from ray import serve
+
+    from socrates_ray.serve.app import start_serve
+
+    adapters = tmp_path_factory.mktemp("adapters")
+    make_adapter(tiny_model, adapters / "a1", seed=1)
+    make_adapter(tiny_model, adapters / "a2", seed=2)
+    monkeypatch_module.setenv("SOCRATES_TEST_TOKEN", TOKEN)
+    cfg = load_config(None, [
+        f"serve.port={PORT}", f"serve.adapters_dir={adapters}", "serve.auth_token_env=SOCRATES_TEST_TOKEN",
+        "serve.max_body_bytes=20000", "serve.max_n=8", "serve.max_tokens_limit=16", "serve.max_length=512",
+        "serve.max_batch_size=8", "serve.num_cpus=0.5", "serve.app_name=test_socrates",
+    ])
+    start_serve(cfg, str(tiny_model))
+    yield URL
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def post(path: str, body, **kw) -> requests.Response:
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(URL + path, data=data, headers={**AUTH, "Content-Type": "application/json"}, timeout=120, **kw)
+
+
+def test_health_models_and_distribution(app) -> None:
+    assert requests.get(URL + "/healthz", timeout=30).json()["status"] == "ok"
+    models = requests.get(URL + "/v1/models", headers=AUTH, timeout=30).json()
+    assert [m["id"] for m in models["data"]] == ["base", "a1", "a2"]
+    r = post("/v1/predict", {"persona": {"age": 40, "gender": "Female"}, "stimulus": STIMULUS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["options"] == [1, 2, 3, 4, 5, 6, 7] and body["scale"]["kind"] == "bounded"
+    assert sum(body["probs"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_two_adapters_give_different_distributions(app) -> None:
+    got = {}
+    for adapter in ("base", "a1", "a2"):
+        r = post("/v1/predict", {"persona": {"age": 40}, "stimulus": STIMULUS, "adapter": adapter})
+        assert r.status_code == 200, r.text
+        got[adapter] = r.json()["probs"]
+    assert max(abs(a - b) for a, b in zip(got["a1"], got["a2"])) > 1e-3
+    assert max(abs(a - b) for a, b in zip(got["base"], got["a1"])) > 1e-3
+
+
+def test_sample_mode_returns_n_samples(app) -> None:
+    r = post("/v1/predict", {"stimulus": STIMULUS, "mode": "sample", "n": 3, "max_tokens": 4, "temperature": 0.6, "top_p": 0.9})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["samples"]) == 3 and len(body["answers"]) == 3
+    assert body["unparsable"] == sum(a is None for a in body["answers"])
+
+
+def test_openai_client_works_unchanged(app) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=URL + "/v1", api_key=TOKEN, max_retries=0)
+    assert {m.id for m in client.models.list()} == {"base", "a1", "a2"}
+    out = client.chat.completions.create(
+        model="a1", messages=[{"role": "user", "content": STIMULUS}], max_tokens=4, n=2, temperature=0.6, top_p=0.9, logprobs=True,
+    )
+    assert len(out.choices) == 2
+    assert out.choices[0].finish_reason in ("stop", "length")
+    assert out.usage.prompt_tokens > 0
+    assert out.choices[0].logprobs is not None
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ({"persona": {"age": 3}}, 400, "exactly one of"),
+        ({"stimulus": STIMULUS, "n": "many"}, 400, "n"),
+        ({"stimulus": STIMULUS, "unexpected": 1}, 400, "unexpected"),
+        ({"stimulus": STIMULUS, "adapter": "missing"}, 404, "unknown adapter"),
+        ({"stimulus": STIMULUS, "adapter": "../a1"}, 400, "not allowed"),
+        ({"stimulus": STIMULUS, "adapter": "a1/../../etc"}, 400, "not allowed"),
+        ({"stimulus": "word " * 900 + STIMULUS}, 400, "context"),
+        ({"stimulus": STIMULUS, "mode": "sample", "n": 9}, 400, "serve.max_n"),
+        ({"stimulus": STIMULUS, "mode": "sample", "max_tokens": 17}, 400, "max_tokens"),
+        ({"stimulus": "How much would you pay? Only return an integer representing dollars."}, 400, "no bounded answer scale"),
+        ({"stimulus": "x" * 30000}, 413, "over the limit"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_the_replica_keeps_serving(app, body, status, fragment) -> None:
+    r = post("/v1/predict", body)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]["message"]
+    assert post("/v1/predict", {"stimulus": STIMULUS}).status_code == 200
+
+
+def test_chat_rejects_too_many_tokens_and_missing_messages(app) -> None:
+    assert post("/v1/chat/completions", {"model": "base", "messages": []}).status_code == 400
+    assert post("/v1/chat/completions", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999}).status_code == 400
+
+
+def test_bearer_token_is_required(app) -> None:
+    r = requests.post(URL + "/v1/predict", json={"stimulus": STIMULUS}, timeout=30)
+    assert r.status_code == 401
+    r = requests.post(URL + "/v1/predict", json={"stimulus": STIMULUS}, headers={"Authorization": "Bearer wrong"}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_concurrent_requests_are_batched(app) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = requests.get(URL + "/healthz", timeout=30).json()
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda i: post("/v1/predict", {"persona": {"age": 20 + i}, "stimulus": STIMULUS}).status_code, range(32)))
+    after = requests.get(URL + "/healthz", timeout=30).json()
+    assert codes == [200] * 32
+    requests_done = after["batched_requests"] - before["batched_requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests_done == 32 and batches < 32  # some requests shared a forward pass

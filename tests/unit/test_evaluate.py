@@ -1,0 +1,90 @@
+"""The paper's metrics on small cases computed by hand (PAPER.md section 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from socrates_ray.evaluate import (
+    baseline_metrics, compare, gap_closed, group_cells, macro, model_metrics, relative, subgroup_gap_error,
+)
+
+
+def rows(study: str, cond: int, humans: list[int], preds: list[int | None], low: int = 1, high: int = 5, **extra) -> list[dict]:
+    return [
+        {"study_id": study, "condition_num": cond, "task_num": 0, "sample_id": i, "response": h, "prediction": p,
+         "scale_low": low, "scale_high": high, **{k: v[i] for k, v in extra.items()}}
+        for i, (h, p) in enumerate(zip(humans, preds))
+    ]
+
+
+def test_wasserstein_and_accuracy_by_hand() -> None:
+    # humans 1..5 rescale to 0, .25, .5, .75, 1; the model always says 1 (-> 0): W = mean(0..1) = 0.5,
+    # accuracy = 1 - mean(|1 - h| / 4) = 1 - 10/20 = 0.5
+    m = model_metrics(group_cells(rows("a", 0, [1, 2, 3, 4, 5], [1, 1, 1, 1, 1])))
+    assert m["wasserstein_sampled"] == pytest.approx(0.5)
+    assert m["accuracy_sampled"] == pytest.approx(0.5)
+
+
+def test_model_answers_are_clipped_to_the_human_range() -> None:
+    # 9 is above the human max 5: clipped to 1 after rescaling, so W = mean(|hs - 1|) = 0.5
+    m = model_metrics(group_cells(rows("a", 0, [1, 2, 3, 4, 5], [9, 9, 9, 9, 9])))
+    assert m["wasserstein_sampled"] == pytest.approx(0.5)
+
+
+def test_macro_average_is_cells_then_studies() -> None:
+    per_cell = {("a", 0, 0): 0.5, ("a", 1, 0): 0.1, ("b", 0, 0): 0.9}
+    assert macro(per_cell) == pytest.approx((0.3 + 0.9) / 2)  # not the cell mean 0.5
+
+
+def test_unscorable_cells_are_skipped_and_unparsable_counted() -> None:
+    table = rows("a", 0, [3], [3]) + rows("a", 1, [2, 2, 2], [1, 2, 3]) + rows("a", 2, [1, 5], [None, 5])
+    m = model_metrics(group_cells(table))
+    assert m["cells"] == 1 and m["cells_skipped"] == 2
+    assert m["unparsable"] == 1
+    assert m["wasserstein_sampled"] == pytest.approx(0.5)  # humans {0, 1} vs model {1}
+
+
+def test_exact_mode_uses_every_participants_distribution() -> None:
+    table = rows("a", 0, [1, 5], [1, 5])
+    for r in table:  # each participant: 50/50 between 1 and 5 -> the mixture equals the humans
+        r["options"], r["probs"] = [1, 2, 3, 4, 5], [0.5, 0, 0, 0, 0.5]
+    m = model_metrics(group_cells(table))
+    assert m["mode"] == "exact"
+    assert m["wasserstein_exact"] == pytest.approx(0.0)
+    # expected error per participant: 0.5 * 0 + 0.5 * 4 = 2 of a span of 4 -> accuracy 0.5
+    assert m["accuracy_exact"] == pytest.approx(0.5)
+
+
+def test_uniform_guess_floor_and_true_floor() -> None:
+    table = rows("a", 0, [1, 2, 3, 4, 5], [1] * 5)
+    cells = group_cells(table)
+    b = baseline_metrics(cells, {("a", 0, 0): ([1, 2, 3, 4, 5], [0.2] * 5)}, draws=50)
+    assert b["uniform"]["wasserstein"] == pytest.approx(0.0)  # humans are exactly uniform
+    assert b["true_floor"]["wasserstein"] == pytest.approx(0.0)
+    assert 0 < b["floor"]["wasserstein"] < 0.5  # resampling noise of 5 answers
+
+
+def test_relative_improvements_and_gap_closed() -> None:
+    # the paper's numbers: (0.205 - 0.151) / 0.205 = 26%; gap closed (0.203 - 0.151) / (0.203 - 0.125) = 0.67
+    assert relative(0.151, 0.205) == pytest.approx(0.2634, abs=1e-4)
+    assert gap_closed(0.151, 0.203, 0.125) == pytest.approx(0.667, abs=1e-3)
+    models = {"base": {"wasserstein": 0.205, "subgroup_gap_error": 0.2}, "finetuned": {"wasserstein": 0.151, "subgroup_gap_error": 0.1}}
+    c = compare(models, {"uniform": {"wasserstein": 0.203}, "floor": {"wasserstein": 0.125}})
+    assert c["finetuned_vs_base"]["improvement (denominator: W_base)"] == pytest.approx(0.2634, abs=1e-4)
+    assert c["finetuned_vs_base"]["improvement (denominator: W_finetuned)"] == pytest.approx(0.3576, abs=1e-4)
+
+
+def test_subgroup_gap_error_by_hand() -> None:
+    # group A answers 1, group B answers 5: the human gap is 1 (rescaled); a model that says 3 for
+    # everyone has gap 0 -> error 1; a model that copies the humans -> error 0
+    demo = [{"party_id": "A"}] * 3 + [{"party_id": "B"}] * 3
+    humans = [1, 1, 1, 5, 5, 5]
+    flat = group_cells(rows("a", 0, humans, [3] * 6, demographic=demo), ["party_id"])
+    copy = group_cells(rows("a", 0, humans, humans, demographic=demo), ["party_id"])
+    assert subgroup_gap_error(next(iter(flat.values())), exact=False) == pytest.approx(1.0)
+    assert subgroup_gap_error(next(iter(copy.values())), exact=False) == pytest.approx(0.0)
+    # groups under 3 people are ignored: no field has 2 groups -> None
+    small = group_cells(rows("a", 0, [1, 5], [1, 5], demographic=[{"party_id": "A"}, {"party_id": "B"}]), ["party_id"])
+    assert subgroup_gap_error(next(iter(small.values())), exact=False) is None
+    assert np.isfinite(model_metrics(flat)["subgroup_gap_error"])

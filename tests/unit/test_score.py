@@ -1,0 +1,99 @@
+"""Exact answer distributions and sampling (score.py) on the offline tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+from socrates_ray.score import Scorer, ScoreError, option_layout, parse_first_integer, shape_distribution
+
+STIMULUS = "How fair is this proposal? Only return an integer from 1 to {hi}, where 1 means Not at all and {hi} means Very, nothing else."
+
+
+def test_parse_first_integer() -> None:
+    assert parse_first_integer("I'd say 5.") == 5
+    assert parse_first_integer("-3 or 4") == -3
+    assert parse_first_integer("about 1,000 dollars") == 1000
+    assert parse_first_integer("no idea") is None
+
+
+def test_shape_distribution_temperature_and_top_p() -> None:
+    lp = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert np.allclose(shape_distribution(lp), [0.5, 0.3, 0.15, 0.05])
+    sharp = shape_distribution(lp, temperature=0.5)
+    assert sharp[0] > 0.5 and np.isclose(sharp.sum(), 1)
+    cut = shape_distribution(lp, top_p=0.8)  # 0.5 + 0.3 reaches 0.8: the last two go
+    assert np.allclose(cut, [0.5 / 0.8, 0.3 / 0.8, 0, 0])
+    assert np.allclose(shape_distribution(lp, temperature=0), [1, 0, 0, 0])
+
+
+def test_option_layout_scores_each_option_after_the_prompt() -> None:
+    layout = option_layout([10, 11, 12], [[1], [1, 0]], eot=99)
+    assert layout["input_ids"] == [10, 11, 12, 1, 1, 0]
+    assert layout["position_ids"] == [0, 1, 2, 3, 3, 4]
+    # option "1": P(1 | prompt) read at the last prompt token, then P(eot | 1)
+    assert layout["targets"][0] == [(2, 1), (3, 99)]
+    # option "10" shares the prompt position but not option "1"'s token
+    assert layout["targets"][1] == [(2, 1), (4, 0), (5, 99)]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model) -> Scorer:
+    return Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+
+
+def brute_force(scorer: Scorer, prompt: str, option: int) -> float:
+    """log P(option + eot | prompt) from one plain forward pass over prompt + answer."""
+    import torch
+
+    ids, labels = scorer.encoder.encode([prompt], [str(option)])[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(scorer.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    return sum(float(logp[j - 1, ids[j]]) for j in range(len(ids)) if labels[j] != -100)
+
+
+def test_exact_distribution_matches_brute_force_including_multi_token_answers(scorer: Scorer) -> None:
+    prompts = ["- Age: 30\n" + STIMULUS.format(hi=11), "- Age: 71\n" + STIMULUS.format(hi=5)]
+    options = [list(range(1, 12)), list(range(1, 6))]
+    logprobs = scorer.option_logprobs(prompts, options)
+    for prompt, opts, lp in zip(prompts, options, logprobs):
+        expected = [brute_force(scorer, prompt, o) for o in opts]
+        assert np.allclose(lp, expected, atol=1e-4), (lp, expected)
+    dists = scorer.distributions(prompts, options)
+    for d, opts in zip(dists, options):
+        assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0) and (d > 0).all()
+
+
+def test_exact_scoring_refuses_prompts_over_the_context(scorer: Scorer) -> None:
+    with pytest.raises(ScoreError, match="context"):
+        scorer.option_logprobs(["word " * 5000], [[1, 2]])
+
+
+def test_sampled_answers_agree_with_the_exact_distribution(tiny_model) -> None:
+    """Teach the tiny model one prompt's answer distribution (70% '1', 30% '2'), then check that
+    paper-style sampling (temperature 1, top_p 1) draws answers at the exact distribution's rates."""
+    import torch
+
+    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    prompt = "- Age: 44\n" + STIMULUS.format(hi=2)
+    examples = scorer.encoder.encode([prompt] * 10, ["1"] * 7 + ["2"] * 3)
+    ids = torch.tensor([e[0] for e in examples])
+    labels = torch.tensor([e[1] for e in examples])
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(scorer.model.parameters(), lr=3e-3)
+    scorer.model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        scorer.model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+    scorer.model.eval()
+    exact = scorer.distributions([prompt], [[1, 2]])[0]
+    assert abs(exact[0] - 0.7) < 0.15  # it learned roughly the taught distribution
+    torch.manual_seed(1)
+    draws = scorer.sample_answers([prompt], n=400, temperature=1.0, top_p=1.0, max_new_tokens=3)[0]
+    assert sum(d is None for d in draws) < 40  # nearly every sample parses
+    counts = np.array([sum(d == 1 for d in draws), sum(d == 2 for d in draws)])
+    share = counts[0] / counts.sum()
+    # Binomial standard error at n=400 is about 0.023: 4 standard errors of tolerance.
+    assert abs(share - exact[0]) < 0.1, (share, exact)
