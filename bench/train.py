@@ -82,6 +82,8 @@ def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: l
             f"run.name={name}", f"train.storage_path={work / 'runs'}", f"data.prepared={prepared}",
             f"model.path={model_path}", "model.source=pretrained", "train.eval_every=100000",
             "train.checkpoint_every=100000", "train.eval_batches=1", "train.warmup_ratio=0.0",
+            # the bench's baseline is plain peft all-linear on an unseen_studies split
+            "train.setting=unseen_studies", "train.lora.target_modules=all-linear", "train.max_steps=null",
             *overrides,
         ],
     )

@@ -98,6 +98,11 @@ class TinyModelSection(Section):
     tokenizer_corpus_rows: int = Field(
         3000, ge=10, description="Synthetic prompts the tokenizer is trained on."
     )
+    format_steps: int = Field(
+        0, ge=0, description="Steps of answer-format pretraining of the random tiny base (answers drawn uniformly "
+        "within each prompt's scale): the stand-in for a real base model's instruction tuning. 0 = a purely random base.",
+    )
+    format_lr: float = Field(3.0e-3, gt=0, description="Learning rate of the format pretraining.")
 
 
 class ModelSection(Section):

@@ -20,6 +20,7 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
         "synth.rows_per_shard=600",
         f"model.path={tiny_model}",
         "model.tiny.tokenizer_corpus_rows=600",
+        "model.tiny.format_steps=0",  # the fixture's random base: this test checks the flow, not the quality
         "ingest.max_length=1024",
         "train.max_steps=6",
         "train.eval_every=3",

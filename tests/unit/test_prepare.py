@@ -230,3 +230,18 @@ def test_a_dataset_exported_by_someone_else(tmp_path, synth_dir):
     by_key = {(r["study_id"], r["sample_id"]): r for r in rows}
     assert all(k["prompt"] == by_key[(k["study_id"], k["sample_id"])]["prompt"] for k in kept)
     assert summary["settings"]["unseen_studies"]["source"].startswith("drawn")
+
+
+def test_all_settings_trains_only_on_rows_no_setting_holds_out(tmp_path, synth_dir):
+    cfg = _cfg(synth_dir, tmp_path / "prep")
+    cfg.data.settings = ["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
+    run_prepare(cfg, log=lambda *_: None)
+    prep = tmp_path / "prep"
+    key = lambda r: (r["study_id"], r["sample_id"])  # noqa: E731
+    held_out = set()
+    for setting in ("unseen_studies", "unseen_conditions", "unseen_tasks"):
+        held_out |= {key(r) for r in pq.read_table(prep / setting / "eval", columns=["study_id", "sample_id"]).to_pylist()}
+    train = {key(r) for r in pq.read_table(prep / "all_settings" / "train", columns=["study_id", "sample_id"]).to_pylist()}
+    evals = {key(r) for r in pq.read_table(prep / "all_settings" / "eval", columns=["study_id", "sample_id"]).to_pylist()}
+    assert train and not train & held_out
+    assert evals == held_out

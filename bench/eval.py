@@ -1,0 +1,71 @@
+"""Evaluation benchmark: exact answer distributions vs the paper's sampling protocol on the same
+participants, same model: time per participant and the Wasserstein each gives.
+
+    python bench/eval.py --adapter runs/demo/checkpoint_000250/export   # after `make demo`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from socrates_ray.config import load_config
+from socrates_ray.data.prompts import parse_answer_scale
+from socrates_ray.evaluate import group_cells, model_metrics
+from socrates_ray.score import Scorer
+from socrates_ray.simulate import draw, load_eval_rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--adapter", default=None, help="adapter folder (default: base model)")
+    parser.add_argument("--setting", default="unseen_studies")
+    parser.add_argument("--per-cell", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    cfg = load_config(args.config)
+    rows = [r for r in load_eval_rows(cfg.data.prepared, args.setting, args.per_cell).to_pylist() if r["scale_low"] is not None]
+    scorer = Scorer(cfg.model.path, cfg.prompt.system_prompt)
+    adapter = None
+    if args.adapter:
+        scorer.load_adapter("ft", args.adapter)
+        adapter = "ft"
+    prompts = [r["prompt"] for r in rows]
+    options = [parse_answer_scale(r["stimuli"]).options for r in rows]
+    scorer.distributions(prompts[:4], options[:4], adapter)  # warm-up
+    t = time.perf_counter()
+    exact = []
+    for i in range(0, len(rows), args.batch):
+        exact += scorer.distributions(prompts[i : i + args.batch], options[i : i + args.batch], adapter)
+    t_exact = time.perf_counter() - t
+    t = time.perf_counter()
+    sampled = []
+    for i in range(0, len(rows), args.batch):
+        sampled += [a[0] for a in scorer.sample_answers(prompts[i : i + args.batch], 1, adapter=adapter)]
+    t_sample = time.perf_counter() - t
+    exact_rows = [dict(r, options=o, probs=p.tolist(), prediction=draw(p, o, r["study_id"], r["sample_id"])) for r, o, p in zip(rows, options, exact)]
+    sample_rows = [dict(r, prediction=a) for r, a in zip(rows, sampled)]
+    m_exact = model_metrics(group_cells(exact_rows))
+    m_sample = model_metrics(group_cells(sample_rows))
+    n = len(rows)
+    print(f"{n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}")
+    print(f"exact distributions : {1000 * t_exact / n:7.1f} ms/participant  W exact {m_exact['wasserstein_exact']:.4f} "
+          f"(one draw per participant: W {m_exact['wasserstein_sampled']:.4f})")
+    print(f"paper-style sampling: {1000 * t_sample / n:7.1f} ms/participant  W {m_sample['wasserstein_sampled']}  "
+          f"unparsable {m_sample['unparsable']}/{n}")
+    print(f"sampling / exact time per participant: {t_sample / t_exact:.2f}x")
+    if m_sample["wasserstein_sampled"] is not None:
+        print(f"W(sampling) - W(exact) = {m_sample['wasserstein_sampled'] - m_exact['wasserstein_exact']:+.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

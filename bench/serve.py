@@ -1,0 +1,83 @@
+"""Serving benchmark: throughput with dynamic batching vs one request at a time, under 32
+concurrent clients, with p50/p99 latency; both measured in this run on the same tiny model.
+
+    python bench/serve.py                  # ~2 minutes on 2 cores
+    python bench/serve.py --requests 512 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+import requests
+
+from socrates_ray.config import TinyModelSection, load_config
+from socrates_ray.testing import ensure_tiny_model
+
+STIMULUS = "How fair is this proposal? Only return an integer from 1 to 7, where 1 means Not at all and 7 means Very, nothing else."
+
+
+def load(url: str, clients: int, total: int, mode: str, max_tokens: int) -> dict[str, float]:
+    def one(i: int) -> float:
+        t = time.perf_counter()
+        body = {"persona": {"age": 18 + i % 60, "gender": "Female"}, "stimulus": STIMULUS, "mode": mode,
+                "max_tokens": max_tokens, "temperature": 0.6, "top_p": 0.9}
+        r = requests.post(url + "/v1/predict", json=body, timeout=600)
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))  # warm-up
+        start = time.perf_counter()
+        latencies = list(pool.map(one, range(total)))
+        wall = time.perf_counter() - start
+    return {"rps": total / wall, "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32, help="serve.max_batch_size of the batched deployment")
+    parser.add_argument("--hidden", type=int, default=512, help="model width: big enough that the model, not HTTP, is the cost")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--mode", choices=["distribution", "sample"], default="sample",
+                        help="sample: generation (decode-bound, where batching pays); distribution: one prefill-bound pass per request")
+    parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per request in sample mode")
+    args = parser.parse_args()
+    import ray
+    from ray import serve
+
+    from socrates_ray.serve.app import start_serve
+
+    shape = TinyModelSection(hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
+                             num_attention_heads=8, num_key_value_heads=4)
+    model = ensure_tiny_model(os.path.join(tempfile.gettempdir(), f"socrates_bench_{args.layers}x{args.hidden}"), shape)
+    print(f"model: Qwen2 {args.layers} layers x {args.hidden} wide (random weights), fp32 on CPU")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    results = {}
+    for label, batch in (("one at a time", 1), ("batched", args.batch)):
+        cfg = load_config(None, [f"serve.max_batch_size={batch}", "serve.batch_wait_timeout_s=0.005",
+                                 f"serve.max_ongoing_requests={max(args.clients, batch) * 2}", "serve.num_cpus=2", "serve.port=8125"])
+        url = start_serve(cfg, str(model))
+        results[label] = load(url, args.clients, args.requests, args.mode, args.max_tokens)
+        serve.delete(cfg.serve.app_name)
+        r = results[label]
+        print(f"{label:>14} (max_batch_size {batch:>2}): {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms")
+    serve.shutdown()
+    ratio = results["batched"]["rps"] / results["one at a time"]["rps"]
+    print(f"batching / one-at-a-time throughput, {args.mode} mode, {args.clients} concurrent clients: {ratio:.2f}x (target >= 5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
