@@ -36,6 +36,12 @@ def build_ds_config(
         if zero_stage == 3:
             zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
             zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+            if not on_gpu:
+                # Release gathered layers right after use (DeepSpeed keeps up to 1e9 gathered
+                # elements live by default, i.e. the whole model): on CPU, host RAM is the
+                # budget ZeRO-3 exists to save. GPUs keep the faster defaults.
+                zero["stage3_max_live_parameters"] = 4 * hidden_size * hidden_size
+                zero["stage3_max_reuse_distance"] = 4 * hidden_size * hidden_size
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if offload_params:
