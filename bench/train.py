@@ -6,7 +6,7 @@
 2. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
    partitioning (tens of millions of parameters).
 
-    python bench/train.py                   # ~6 minutes on 2 cores
+    python bench/train.py                   # ~9 minutes on 2 cores
     python bench/train.py --steps 40 --hidden 768
 """
 
@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--micro", type=int, default=2, help="rows per worker per step")
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--hidden", type=int, default=512, help="width of the memory-test model")
-    parser.add_argument("--layers", type=int, default=8, help="layers of the memory-test model")
+    parser.add_argument("--hidden", type=int, default=1024, help="width of the memory-test model (152M parameters at 12 x 1024)")
+    parser.add_argument("--layers", type=int, default=12, help="layers of the memory-test model")
     parser.add_argument("--memory-finetuning", choices=["lora", "full"], default="lora", help="path used for the memory comparison")
     parser.add_argument("--skip-speed", action="store_true", help="only the memory comparison")
     parser.add_argument("--workdir", default=None)

@@ -172,6 +172,10 @@ class TrainSection(Section):
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
     eval_batches: int = Field(20, ge=1, description="Micro batches per worker in one eval pass.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (and one at the end).")
+    preemption_check_every: int = Field(
+        5, ge=0, description="Steps between ray.train.get_preemption_info() checks (a barrier); on a notice the run "
+        "checkpoints at once, so the restart loses nothing. 0 = never check.",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept.")
     keep_by: Literal["latest", "eval_loss"] = Field("latest", description="Keep the latest k, or the best k by eval loss.")
     storage_path: str = Field(

@@ -250,6 +250,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             if state.step % config["checkpoint_every"] == 0 and not last:
                 checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss})
+            every = config["preemption_check_every"]
+            # A barrier every rank reaches equally often; a notice means a node (spot instance)
+            # goes soon: checkpoint now, keep training, and Ray Train restarts from this step.
+            if every and state.step % every == 0 and not last and last_checkpoint_step != state.step:
+                notice = ray.train.get_preemption_info()
+                if notice is not None:
+                    if rank == 0:
+                        print(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
+                              f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}", flush=True)
+                    checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
             if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
                 if not marker.exists():  # once per run, so the retried attempt gets past it

@@ -111,6 +111,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         "eval_every": t.eval_every,
         "eval_batches": t.eval_batches,
         "checkpoint_every": t.checkpoint_every,
+        "preemption_check_every": t.preemption_check_every,
         "run_dir": str(run_folder(cfg)),
         "fault_kill_rank": t.fault_kill_rank,
         "fault_kill_step": t.fault_kill_step,
