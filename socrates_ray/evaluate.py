@@ -10,7 +10,8 @@ subgroup metric. Definitions follow PAPER.md section 5:
 - Wasserstein per cell (scipy.stats.wasserstein_distance), then macro average: cells -> study ->
   overall; individual accuracy 1 - mean(|m - h| / (max - min)), averaged the same way;
 - exact mode: the Wasserstein between the humans and the mixture of every participant's full
-  distribution, and the expected accuracy under it; the sampled variant uses `prediction`;
+  distribution, and the expected accuracy under it (cells without distributions, i.e. open-ended
+  amounts, fall back to the sampled answers); the sampled variant uses `prediction` everywhere;
 - uniform guess: every option of the cell's scale equally likely (open-ended cells: uniform on
   the human range); empirical floor: humans vs a bootstrap resample of themselves; true floor
   (synthetic data): humans vs the true distribution of the cell.
@@ -198,33 +199,32 @@ def per_study(per_cell: dict[CellKey, float | None]) -> dict[str, float]:
 
 
 def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:
-    """Every metric of one model's predictions, on its scorable cells."""
+    """Every metric of one model's predictions, on its scorable cells.
+
+    `wasserstein`/`accuracy` use each cell's full predicted distributions where the cell has them
+    (bounded scales in exact mode) and the sampled answers elsewhere (open-ended amounts);
+    `wasserstein_sampled`/`accuracy_sampled` use one answer per participant everywhere."""
     scorable = {k: c for k, c in cells.items() if c.scorable()}
-    exact = bool(scorable) and all(c.probs is not None for c in scorable.values())
+    exact_cells = {k for k, c in scorable.items() if c.probs is not None}
     sampled = {k: w_sampled(c) for k, c in scorable.items()}
     w_s = {k: v[0] for k, v in sampled.items()}
-    out: dict[str, Any] = {
+    w = {k: (w_exact(c) if k in exact_cells else w_s[k]) for k, c in scorable.items()}
+    acc = {k: (accuracy_exact(c) if k in exact_cells else accuracy_sampled(c)) for k, c in scorable.items()}
+    return {
         "cells": len(scorable),
+        "cells_exact": len(exact_cells),
         "cells_skipped": len(cells) - len(scorable),
         "rows": int(sum(len(c.human) for c in scorable.values())),
         "unparsable": int(sum(v[1] for v in sampled.values())),
+        "mode": "exact" if exact_cells else "sample",
+        "wasserstein": macro(w),
+        "accuracy": macro(acc),
         "wasserstein_sampled": macro(w_s),
         "accuracy_sampled": macro({k: accuracy_sampled(c) for k, c in scorable.items()}),
-        "subgroup_gap_error": macro({k: subgroup_gap_error(c, exact) for k, c in scorable.items()}),
-        "mode": "exact" if exact else "sample",
+        "subgroup_gap_error": macro({k: subgroup_gap_error(c, k in exact_cells) for k, c in scorable.items()}),
+        "per_cell": {"|".join(map(str, k)): v for k, v in w.items()},
+        "per_study": per_study(w),
     }
-    if exact:
-        w_e = {k: w_exact(c) for k, c in scorable.items()}
-        out["wasserstein_exact"] = macro(w_e)
-        out["accuracy_exact"] = macro({k: accuracy_exact(c) for k, c in scorable.items()})
-        out["per_cell"] = {"|".join(map(str, k)): v for k, v in w_e.items()}
-        out["per_study"] = per_study(w_e)
-    else:
-        out["per_cell"] = {"|".join(map(str, k)): v for k, v in w_s.items()}
-        out["per_study"] = per_study(w_s)
-    out["wasserstein"] = out["wasserstein_exact"] if exact else out["wasserstein_sampled"]
-    out["accuracy"] = out["accuracy_exact"] if exact else out["accuracy_sampled"]
-    return out
 
 
 def baseline_metrics(

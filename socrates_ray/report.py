@@ -117,7 +117,8 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         lines.append("")
         for name, m in r["models"].items():
             lines.append(
-                f"- **{name}**: W exact {m.get('wasserstein_exact', float('nan')):.4f}, W sampled {m['wasserstein_sampled'] or float('nan'):.4f}, "
+                f"- **{name}**: W {m['wasserstein']:.4f} ({m['cells_exact']} of {m['cells']} cells from full distributions), "
+                f"W sampled {m['wasserstein_sampled'] or float('nan'):.4f}, "
                 f"accuracy {m['accuracy']:.4f}, subgroup gap error {m['subgroup_gap_error'] or float('nan'):.4f}, "
                 f"{m['unparsable']} unparsable of {m['rows']} rows"
             )

@@ -50,10 +50,21 @@ def test_exact_mode_uses_every_participants_distribution() -> None:
     for r in table:  # each participant: 50/50 between 1 and 5 -> the mixture equals the humans
         r["options"], r["probs"] = [1, 2, 3, 4, 5], [0.5, 0, 0, 0, 0.5]
     m = model_metrics(group_cells(table))
-    assert m["mode"] == "exact"
-    assert m["wasserstein_exact"] == pytest.approx(0.0)
+    assert m["mode"] == "exact" and m["cells_exact"] == 1
+    assert m["wasserstein"] == pytest.approx(0.0)
     # expected error per participant: 0.5 * 0 + 0.5 * 4 = 2 of a span of 4 -> accuracy 0.5
-    assert m["accuracy_exact"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(0.5)
+
+
+def test_open_ended_cells_fall_back_to_sampled_answers_in_exact_mode() -> None:
+    bounded = rows("a", 0, [1, 5], [1, 5])
+    for r in bounded:
+        r["options"], r["probs"] = [1, 2, 3, 4, 5], [0.5, 0, 0, 0, 0.5]
+    open_ended = rows("a", 1, [10, 50, 90], [90, 90, 90], low=None, high=None)
+    m = model_metrics(group_cells(bounded + open_ended))
+    assert m["cells"] == 2 and m["cells_exact"] == 1 and m["mode"] == "exact"
+    # open cell: humans 0, .5, 1 vs model 1,1,1 -> W = (1 + .5 + 0) / 3 = 0.5; bounded cell W = 0
+    assert m["wasserstein"] == pytest.approx(0.25)
 
 
 def test_uniform_guess_floor_and_true_floor() -> None:
