@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="layers of the memory-test model")
     parser.add_argument("--memory-finetuning", choices=["lora", "full"], default="lora", help="path used for the memory comparison")
     parser.add_argument("--skip-speed", action="store_true", help="only the memory comparison")
+    parser.add_argument("--skip-memory", action="store_true", help="only the speed comparison")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -132,6 +133,9 @@ def main() -> None:
         print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU : {ours:,.0f} tokens/s ({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval)")
         print(f"ratio socrates_ray / plain loop: {ours / base['tokens_per_s']:.2f} (target >= 0.8)")
         speed = {"plain": base, "socrates_ray_tokens_per_s": ours, "ratio": ours / base["tokens_per_s"]}
+    if args.skip_memory:
+        (work / "bench_train.json").write_text(json.dumps(speed, indent=1))
+        return 0
     shape = TinyModelSection(
         hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=8, num_key_value_heads=4,
