@@ -137,6 +137,10 @@ class IngestSection(Section):
     )
     micro_batch_size: int = Field(4, ge=1, description="Rows per training micro batch.")
     num_workers: int = Field(2, ge=1, description="Training workers the data is split across.")
+    shuffle: bool = Field(
+        True, description="Shuffle the training examples (seeded by run.seed, so resume sees the same order); "
+        "prepared splits are grouped by study.",
+    )
 
 
 class LoraSection(Section):

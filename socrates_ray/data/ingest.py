@@ -87,8 +87,13 @@ def build_ingest_dataset(
     pack_window: int,
     tokenize_actors: int,
     cpus_per_task: float,
+    shuffle_seed: int | None = None,
 ) -> Any:
-    """The lazy Ray Dataset of training rows for one prepared split folder."""
+    """The lazy Ray Dataset of training rows for one prepared split folder.
+
+    shuffle_seed: shuffle the examples first (seeded, so a resumed run sees the same order).
+    Prepared splits are grouped by study; without it the last steps of an epoch see only the
+    last studies, and the model ends biased toward them."""
     import ray.data
 
     if not Path(split_dir).exists() and "://" not in split_dir:
@@ -100,6 +105,8 @@ def build_ingest_dataset(
     # Progress bars from every split coordinator would flood a training log; progress is ours.
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
+    if shuffle_seed is not None:
+        ds = ds.random_shuffle(seed=shuffle_seed, num_cpus=cpus_per_task)
     ds = ds.repartition(target_num_rows_per_block=pack_window)
     return ds.map_batches(
         TokenizePack,

@@ -58,6 +58,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         name: build_ingest_dataset(
             str(split / name), model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
             ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
+            shuffle_seed=cfg.run.seed if name == "train" and ing.shuffle else None,
         )
         for name in ("train", "eval")
     }
