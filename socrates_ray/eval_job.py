@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from socrates_ray.config import Config
 from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
 from socrates_ray.report import results_table, write_report
-from socrates_ray.simulate import SimulateError, load_eval_rows, run_simulation
+from socrates_ray.simulate import load_eval_rows, run_simulation
 
 
 def newest_adapter(run_dir: Path) -> str | None:
@@ -82,5 +82,3 @@ def run_evaluation(
     results["report"] = str(report)
     return results
 
-
-__all__ = ["run_evaluation", "newest_adapter", "SimulateError"]

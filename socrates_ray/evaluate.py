@@ -179,23 +179,19 @@ def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
 
 
 # --- aggregation -----------------------------------------------------------------------------------
-def macro(per_cell: dict[CellKey, float | None]) -> float | None:
-    """Cells -> study means -> mean over studies (cells with None are left out)."""
-    studies: dict[str, list[float]] = defaultdict(list)
-    for (study, _, _), value in per_cell.items():
-        if value is not None:
-            studies[study].append(value)
-    if not studies:
-        return None
-    return float(np.mean([np.mean(v) for v in studies.values()]))
-
-
 def per_study(per_cell: dict[CellKey, float | None]) -> dict[str, float]:
+    """Mean over each study's cells (cells with None are left out)."""
     studies: dict[str, list[float]] = defaultdict(list)
     for (study, _, _), value in per_cell.items():
         if value is not None:
             studies[study].append(value)
     return {s: float(np.mean(v)) for s, v in sorted(studies.items())}
+
+
+def macro(per_cell: dict[CellKey, float | None]) -> float | None:
+    """Cells -> study means -> mean over studies."""
+    studies = per_study(per_cell)
+    return float(np.mean(list(studies.values()))) if studies else None
 
 
 def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from socrates_ray.data.tokenize import Encoder
+from socrates_ray.data.tokenize import Encoder, additive_mask
 
 PAPER_TEMPERATURE = 0.6
 PAPER_TOP_P = 0.9
@@ -96,11 +96,7 @@ def tree_attention_mask(branches: list[list[int]], length: int, dtype: Any) -> A
         b[row, : len(branch)] = torch.tensor(branch)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     q, k = b[:, :, None], b[:, None, :]
-    allowed = causal & (q >= 0) & ((k == 0) | (k == q))
-    allowed |= torch.eye(length, dtype=torch.bool)
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    return additive_mask(causal & (q >= 0) & ((k == 0) | (k == q)), dtype)
 
 
 @dataclass
@@ -205,12 +201,28 @@ class Scorer:
                 logits = self.model(
                     input_ids=ids.to(self.device), position_ids=pos.to(self.device),
                     attention_mask=mask.to(self.device), use_cache=False,
-                ).logits.float()
-                logp = torch.log_softmax(logits, dim=-1).cpu()
+                ).logits
+                # Only the positions that predict an option token matter: normalise those rows alone,
+                # read every target in one gather, and add up the pieces of each option.
+                rows, ats, tokens, option_of = [], [], [], []
+                option_index = 0
                 for row, i in enumerate(chunk):
-                    results[i] = np.array(
-                        [sum(float(logp[row, at, token]) for at, token in pairs) for pairs in layouts[i]["targets"]]
-                    )
+                    for pairs in layouts[i]["targets"]:
+                        for at, token in pairs:
+                            rows.append(row)
+                            ats.append(at)
+                            tokens.append(token)
+                            option_of.append(option_index)
+                        option_index += 1
+                picked = torch.log_softmax(logits[rows, ats].float(), dim=-1)
+                values = picked[torch.arange(len(tokens)), torch.tensor(tokens, device=picked.device)].cpu().numpy()
+                totals = np.zeros(option_index)
+                np.add.at(totals, option_of, values)
+                first = 0
+                for i in chunk:
+                    n = len(layouts[i]["targets"])
+                    results[i] = totals[first : first + n]
+                    first += n
         return results
 
     def distributions(

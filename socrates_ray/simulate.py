@@ -10,7 +10,6 @@ job loses at most the batches in flight: re-running the same command skips every
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 import uuid

@@ -163,7 +163,15 @@ def packed_attention_mask(seq_ids: Any, dtype: Any = None) -> Any:
     length = seq_ids.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=seq_ids.device).tril()
     allowed = same & causal & (seq_ids[:, :, None] > 0)
-    allowed |= torch.eye(length, dtype=torch.bool, device=seq_ids.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device)
+    return additive_mask(allowed, dtype)
+
+
+def additive_mask(allowed: Any, dtype: Any) -> Any:
+    """(B, L, L) booleans -> (B, 1, L, L) additive mask; every token may always see itself, so
+    no row is all -inf (padding rows would otherwise give NaN in softmax)."""
+    import torch
+
+    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None, :, :]

@@ -125,19 +125,19 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
             self.system_prompt = system_prompt
             self.model_name = os.path.basename(os.path.normpath(model_path))
 
-        async def _adapter(self, name: str | None) -> str | None:
-            return await self.core.ensure_adapter(name)
-
         def _limits(self, n: int, max_tokens: int | None) -> None:
             if n > self.cfg.max_n:
                 raise BadRequest(f"n={n} is over the limit of {self.cfg.max_n} (serve.max_n)")
             if max_tokens is not None and max_tokens > self.cfg.max_tokens_limit:
                 raise BadRequest(f"max_tokens={max_tokens} is over the limit of {self.cfg.max_tokens_limit}")
 
-        def _fits(self, text: str, extra: int) -> None:
-            used = self.core.context_tokens(text) + extra
+        def _fits(self, text: str, extra: int) -> int:
+            """The prompt's token count; 400 when it plus `extra` new tokens overflow the context."""
+            prompt_tokens = self.core.context_tokens(text)
+            used = prompt_tokens + extra
             if used > self.core.scorer.context:
                 raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.scorer.context}; shorten the prompt")
+            return prompt_tokens
 
         @api.post("/v1/predict")
         async def predict(self, req: PredictRequest) -> Any:
@@ -147,7 +147,7 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
                     raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
                 prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
                 scale = parse_answer_scale(req.stimulus or prompt)
-                adapter = await self._adapter(req.adapter)
+                adapter = await self.core.ensure_adapter(req.adapter)
                 prefix = self.core.scorer.encoder.prefix_text(prompt)
                 body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
                                         "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
@@ -178,13 +178,13 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
                     raise BadRequest("stream=true is not supported; send stream=false")
                 max_tokens = req.max_completion_tokens or req.max_tokens or 16
                 self._limits(req.n, max_tokens)
-                adapter = await self._adapter(None if req.model in ("base", self.model_name) else req.model)
+                adapter = await self.core.ensure_adapter(None if req.model in ("base", self.model_name) else req.model)
                 messages = [m.model_dump() for m in req.messages]
                 if messages[0]["role"] != "system":
                     # The template would otherwise insert its own default system prompt (STACK_NOTES).
                     messages = build_messages("", self.system_prompt)[:1] + messages
                 prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                self._fits(prefix, max_tokens)
+                prompt_tokens = self._fits(prefix, max_tokens)
                 outs = await self.core.submit(
                     Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
                 )
@@ -192,7 +192,6 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
                 return error(400, str(err))
             except AdapterNotFound as err:
                 return error(404, str(err), "not_found_error", "model")
-            prompt_tokens = self.core.context_tokens(prefix)
             choices = []
             for i, o in enumerate(outs):
                 choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
