@@ -1,8 +1,8 @@
 """Evaluate base vs finetuned with the paper's metrics on a Ray cluster: `socrates-ray evaluate`.
 
-    ray job submit --working-dir . -- python jobs/evaluate.py --config configs/demo.yaml
+    ray job submit --runtime-env runtime_env.yaml --working-dir . -- python jobs/evaluate.py --config configs/demo.yaml
     # through a running Serve app instead of in-process replicas:
-    ray job submit --working-dir . -- python jobs/evaluate.py --config configs/demo.yaml simulate.backend=http
+    ray job submit --runtime-env runtime_env.yaml --working-dir . -- python jobs/evaluate.py --config configs/demo.yaml simulate.backend=http
 
 Writes <run>/eval/{metrics.json,report.md,*.png} and per-setting predictions.parquet.
 """

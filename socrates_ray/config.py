@@ -188,6 +188,10 @@ class TrainSection(Section):
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the latest checkpoint.")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each training worker reserves.")
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="PACK = fill a node before using the next (fast intra-node communication); SPREAD = "
+        "spread workers over nodes where possible (best effort: a restart after a lost node still fits on the rest).",
+    )
     fault_kill_rank: int | None = Field(
         None, description="Test aid: this rank exits hard at fault_kill_step, once per run (see README)."
     )
@@ -256,6 +260,9 @@ class EvaluateSection(Section):
     )
     adapter_path: str | None = Field(
         None, description="Finetuned adapter folder; default: the export of the run's newest checkpoint."
+    )
+    output_dir: str | None = Field(
+        None, description="Where predictions, metrics.json and the report go; default <run.output_dir>/<run.name>/eval."
     )
     floor_resamples: int = Field(20, ge=1, description="Bootstrap draws for the empirical floor.")
     parity_fields: list[str] = Field(

@@ -2,7 +2,7 @@
 the setting's eval rows (in-process replicas or through the Serve app), score both with
 evaluate.py against the uniform guess and the floors, and write report.py's outputs.
 
-Outputs in <run>/eval/: <setting>/<base|finetuned>/predictions.parquet (resumable parts beside
+Outputs in evaluate.output_dir (default <run>/eval/): <setting>/<base|finetuned>/predictions.parquet (resumable parts beside
 it), metrics.json, report.md and PNG plots.
 """
 
@@ -46,7 +46,7 @@ def run_evaluation(
 
     endpoint: evaluate through the running Serve app (the adapter must be registered there as
     'finetuned'); None: in-process replicas."""
-    out = cfg.run_dir / "eval"
+    out = Path(cfg.evaluate.output_dir) if cfg.evaluate.output_dir else cfg.run_dir / "eval"
     truth = load_truth(cfg.data.raw)
     fields = list(cfg.evaluate.parity_fields)
     results: dict[str, Any] = {"model": model_path, "adapter": adapter_path, "mode": cfg.simulate.mode, "settings": {}}

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ class RunLog:
 
     def __init__(self, folder: Path, enabled: bool) -> None:
         self.enabled = enabled
+        self.folder = folder
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -103,6 +105,14 @@ class RunLog:
             if isinstance(value, (int, float)) and key != "step":
                 self.tb.add_scalar(key, value, record["step"])
         self.tb.flush()
+
+    def placement(self, workers: list[dict[str, Any]], resumed_from_step: int | None) -> None:
+        """One line per attempt in placement.jsonl: which node and process runs each rank."""
+        if not self.enabled:
+            return
+        record = {"time": time.time(), "resumed_from_step": resumed_from_step, "workers": workers}
+        with (self.folder / "placement.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
@@ -141,6 +151,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     torch.set_num_threads(config["torch_threads"])
     deepspeed.init_distributed(dist_backend="nccl" if config["use_gpu"] else "gloo")
+    # Where each rank runs (node, host, pid): written per attempt, so a multi-node run shows how
+    # it was placed and where it went after a node was lost.
+    here = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    workers: list[Any] = [None] * world
+    torch.distributed.all_gather_object(workers, here)
     ds_config = config["ds_config"]
     bf16 = ds_config["bf16"]["enabled"]
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -167,9 +182,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume_from = newest_checkpoint(run_dir, world, Path(registered) if registered else None)
         if resume_from is not None:
             state = load_checkpoint(engine, resume_from, config["finetuning"])
+    log.placement(workers, state.step if resume_from else None)
     if rank == 0:
         print(
-            f"[socrates_ray] rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
+            f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
             f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps; "
@@ -212,7 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.step()
             state.micro_in_epoch += 1
             labels = int((batch["labels"] != IGNORE_INDEX).sum())
-            window["loss"] += float(loss) * labels
+            window["loss"] += float(loss.detach()) * labels
             window["labels"] += labels
             window["tokens"] += int((batch["seq_ids"] > 0).sum())
             window["slots"] += batch["seq_ids"].numel()

@@ -123,7 +123,8 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=ing.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            num_workers=ing.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},
+            placement_strategy=t.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,

@@ -65,3 +65,35 @@ def test_cli_config_error_exits_2_without_traceback(capsys):
     assert main(["prepare", "data.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "data.nope: unknown key" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_opens_with_what_it_does_and_how_to_launch_it(path):
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert len(header) >= 2 and ("socrates-ray " in "\n".join(header) or "ray job submit" in "\n".join(header))
+
+
+def test_paper_recipe_config_matches_paper_section_4():
+    cfg = load_config(Path(CONFIGS[0]).parent / "qwen14b_full.yaml")
+    t, ing = cfg.train, cfg.ingest
+    assert t.finetuning == "full" and t.precision == "bf16" and t.zero_stage == 3
+    assert (t.lr, t.warmup_ratio, t.weight_decay, t.epochs) == (1.0e-5, 0.05, 0.1, 1)
+    assert ing.micro_batch_size * t.grad_accum * ing.num_workers == 256 and ing.max_length == 2048
+    assert "Qwen2.5-14B-Instruct" in cfg.model.path
+
+
+def test_cluster_configs_use_gpus_and_the_shared_mount():
+    cluster = [load_config(p) for p in CONFIGS if p.name not in ("demo.yaml", "socsci210.yaml")]
+    assert len(cluster) >= 7
+    for cfg in cluster:
+        for path in (cfg.run.output_dir, cfg.train.storage_path, cfg.model.path):
+            assert path.startswith("/mnt/shared/"), path  # cluster.yaml mounts the shared EFS there
+    trainers = [c for c in cluster if c.ingest.num_workers == 8 and c.train.use_gpu]
+    assert {c.model.path.rsplit("/", 1)[1] for c in trainers} >= {"Qwen2.5-14B-Instruct", "Meta-Llama-3-8B-Instruct"}
+    evals = [c for c in cluster if c.evaluate.output_dir]
+    assert sorted(s for c in evals for s in c.evaluate.settings) == ["unseen_conditions", "unseen_studies", "unseen_tasks"]
+    assert len({c.evaluate.output_dir for c in evals}) == 3
