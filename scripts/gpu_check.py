@@ -1,0 +1,241 @@
+"""The GPU check: bf16 ZeRO-2 and ZeRO-3 LoRA training steps and the exact-distribution scorer on a
+randomly initialised Qwen2-architecture model of about 0.5B parameters (Qwen2.5-0.5B's shape),
+built from a config, with an offline tokenizer: nothing is downloaded.
+
+    scripts/gpu_check.sh                      # the wrapper: packages, then this with a time limit
+    python scripts/gpu_check.py --out gpu_check.json
+    python scripts/gpu_check.py --device cpu --preset smoke   # the same code on CPU (a test runs it)
+
+Prints, per ZeRO stage: tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
+prompts/s. It uses the project's own pieces (build_ds_config, load_model_for_training,
+forward_loss, packing, Scorer) in one process (world size 1), so it checks the GPU code paths
+without a Ray cluster.
+
+MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs, with model FLOPs per token =
+6 x (matmul parameters, lm_head included) + 12 x layers x hidden x sequence length (attention),
+the PaLM convention. LoRA skips the frozen weights' gradients, so the hardware does about 2/3 of
+that: the figure compares with full-finetuning MFUs, not with the GPU's busy time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+# Peak dense bf16 tensor FLOP/s (no sparsity) by device-name substring; override with --peak-tflops.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+PRESETS = {
+    # Qwen2.5-0.5B's shape: 494M parameters with tied embeddings.
+    "qwen2-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
+                       seq=2048, micro=8, steps=10, warmup=3, score_prompts=1024),
+    "smoke": dict(vocab_size=3000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  seq=512, micro=2, steps=2, warmup=1, score_prompts=16),
+}
+
+
+def build_model_folder(folder: Path, preset: dict[str, Any]) -> int:
+    """Offline tokenizer + random Qwen2 model saved in bf16; returns the parameter count."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from socrates_ray.testing import build_tiny_tokenizer, synthetic_corpus
+
+    tokenizer = build_tiny_tokenizer(synthetic_corpus(600), 3000)
+    config = Qwen2Config(
+        **{k: preset[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                 "num_attention_heads", "num_key_value_heads", "max_position_embeddings")},
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dict[str, Any]]:
+    """Packed batches of real synthetic prompts (loss on the answers only), as training sees them."""
+    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+    from socrates_ray.data.ingest import load_tokenizer
+    from socrates_ray.data.tokenize import Encoder, collate, pack_rows
+    from socrates_ray.testing import synthetic_corpus
+
+    encoder = Encoder(load_tokenizer(str(folder)), DEFAULT_SYSTEM_PROMPT)
+    texts = [t for t in synthetic_corpus(4000, seed=1) if "\n" in t]
+    prompts, answers = zip(*(t.rsplit("\n", 1) for t in texts))
+    rows = pack_rows(encoder.encode(list(prompts), list(answers)), seq, encoder.pad_id)
+    batches = []
+    for b in range(count):
+        chunk = [rows[(b * micro + i) % len(rows)] for i in range(micro)]
+        columns = {name: [getattr(r, name) for r in chunk] for name in ("input_ids", "labels", "position_ids", "seq_ids")}
+        batches.append(collate(columns, encoder.pad_id, pad_to=seq))
+    return batches
+
+
+def model_flops_per_token(preset: dict[str, Any]) -> float:
+    h, inter, layers, v = preset["hidden_size"], preset["intermediate_size"], preset["num_hidden_layers"], preset["vocab_size"]
+    kv = h // preset["num_attention_heads"] * preset["num_key_value_heads"]
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter  # q, o; k, v; gate, up, down
+    matmul_params = layers * per_layer + v * h  # + lm_head
+    return 6.0 * matmul_params + 12.0 * layers * h * preset["seq"]
+
+
+def init_single_process_group(device: str) -> None:
+    import deepspeed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+
+
+def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, peak_tflops: float | None) -> dict[str, Any]:
+    """LoRA (all linear layers, r=16) steps under ZeRO-`stage`; warm-up steps are not timed."""
+    import deepspeed
+    import torch
+
+    from socrates_ray.train.deepspeed import build_ds_config
+    from socrates_ray.train.loop import forward_loss
+    from socrates_ray.train.model import count_parameters, load_model_for_training
+
+    on_gpu = device == "cuda"
+    steps, warmup = preset["steps"], preset["warmup"]
+    ds_config = build_ds_config(
+        zero_stage=stage, offload_optimizer=False, offload_params=False, bf16=True, micro_batch_size=preset["micro"],
+        grad_accum=1, world_size=1, lr=1e-4, weight_decay=0.1, grad_clip=1.0, warmup_steps=1,
+        total_steps=steps + warmup, on_gpu=on_gpu, hidden_size=preset["hidden_size"],
+    )
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", ds_config, True, False)
+    trainable, total = count_parameters(model)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
+    batches = training_batches(folder, preset["seq"], preset["micro"], steps + warmup)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    losses, tokens, start = [], 0, 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        loss = forward_loss(engine, batch, torch.bfloat16)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+        if i >= warmup:
+            tokens += int((batch["seq_ids"] > 0).sum())
+    sync()
+    seconds = time.perf_counter() - start
+    tokens_per_s = tokens / seconds
+    result = {
+        "zero_stage": stage, "parameters": total, "trainable": trainable, "steps_timed": steps,
+        "tokens_per_step": tokens / steps, "tokens_per_s": round(tokens_per_s, 1),
+        "step_time_s": round(seconds / steps, 4), "first_loss": losses[0], "last_loss": losses[-1],
+        "model_tflops_per_s": round(tokens_per_s * model_flops_per_token(preset) / 1e12, 2),
+        "mfu": round(tokens_per_s * model_flops_per_token(preset) / (peak_tflops * 1e12), 4) if peak_tflops else None,
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else None,
+    }
+    engine.destroy()
+    del engine, model, keepalive
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return result
+
+
+def scorer_throughput(folder: Path, preset: dict[str, Any], device: str) -> dict[str, Any]:
+    """Exact answer distributions for synthetic prompts with 5- and 11-point scales."""
+    import numpy as np
+    import torch
+
+    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+    from socrates_ray.score import Scorer
+    from socrates_ray.testing import synthetic_corpus
+
+    scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=device, max_length=preset["max_position_embeddings"])
+    prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(preset["score_prompts"] + 1, seed=2) if "\n" in t][: preset["score_prompts"]]
+    options = [list(range(1, 6)) if i % 2 else list(range(0, 11)) for i in range(len(prompts))]
+    scorer.distributions(prompts[:8], options[:8])  # warm-up (kernels, allocator)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    dists = []
+    for i in range(0, len(prompts), 64):
+        dists += scorer.distributions(prompts[i : i + 64], options[i : i + 64])
+    sync()
+    seconds = time.perf_counter() - start
+    assert all(abs(float(np.sum(d)) - 1) < 1e-4 for d in dists), "distributions do not sum to 1"
+    return {"prompts": len(prompts), "prompts_per_s": round(len(prompts) / seconds, 1),
+            "options_per_s": round(sum(map(len, options)) / seconds, 1), "seconds": round(seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen2-0.5b")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak dense bf16 TFLOP/s (else from its name)")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); use --device cpu for a smoke run")
+    preset = PRESETS[args.preset]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    import deepspeed
+    import peft
+    import transformers
+
+    report: dict[str, Any] = {
+        "device": name, "peak_bf16_tflops": peak, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "deepspeed": deepspeed.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "preset": args.preset, "seq": preset["seq"], "micro_batch": preset["micro"],
+    }
+    print(f"gpu_check: {name}; torch {torch.__version__} (CUDA {torch.version.cuda}), deepspeed {deepspeed.__version__}, "
+          f"transformers {transformers.__version__}, peft {peft.__version__}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        report["parameters"] = build_model_folder(folder, preset)
+        print(f"gpu_check: random Qwen2 model, {report['parameters'] / 1e6:,.0f}M parameters, built in "
+              f"{time.perf_counter() - started:.0f}s", flush=True)
+        init_single_process_group(args.device)
+        report["train"] = []
+        for stage in (2, 3):
+            r = train_steps(folder, stage, preset, args.device, peak)
+            report["train"].append(r)
+            print(f"gpu_check: LoRA ZeRO-{stage} bf16: {r['tokens_per_s']:,.0f} tokens/s, {r['step_time_s'] * 1000:.0f} ms/step, "
+                  f"{r['model_tflops_per_s']} model TFLOP/s, MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'}, "
+                  f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
+        report["score"] = scorer_throughput(folder, preset, args.device)
+        s = report["score"]
+        print(f"gpu_check: exact distributions: {s['prompts_per_s']:,.1f} prompts/s ({s['options_per_s']:,.0f} options/s) "
+              f"over {s['prompts']} prompts", flush=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"gpu_check: done in {report['seconds']}s", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
