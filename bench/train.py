@@ -1,8 +1,8 @@
 """Training benchmark, from one run:
 
 1. tokens/s of socrates_ray (Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, LoRA) against a
-   plain single-process peft + torch loop with 2 threads on the same model, the same packed rows
-   and the same global batch;
+   plain single-process peft + torch loop with 2 threads on the same model, the same global batch
+   and the packed rows the ingest pipeline makes (same tokens, same padding share);
 2. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
    partitioning (tens of millions of parameters).
 
@@ -25,20 +25,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import pyarrow.parquet as pq
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
 from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.prepare import run_prepare
 from socrates_ray.data.synthetic import write_synthetic
-from socrates_ray.data.tokenize import Encoder, collate, pack_rows, packed_attention_mask
+from socrates_ray.data.tokenize import Encoder, collate, packed_attention_mask
 from socrates_ray.testing import build_tiny_model, ensure_tiny_model
 
 COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
 
 
-def plain_loop(model_path: str, split: str, steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
-    """The baseline: one process, peft LoRA + torch AdamW, the same packed rows per step."""
+def ingest_rows(cfg, model_path: str, count: int) -> list[dict]:
+    """The first `count` packed rows of the training split, exactly as the ingest pipeline makes
+    them (same shuffle, packing window and max_length), so both sides train on the same tokens
+    with the same padding share."""
+    from socrates_ray.data.ingest import build_ingest_dataset
+
+    ing = cfg.ingest
+    ds = build_ingest_dataset(
+        str(Path(cfg.data.prepared) / cfg.train.setting / "train"), model_path, cfg.prompt.system_prompt, ing.max_length,
+        ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task, shuffle_seed=cfg.run.seed if ing.shuffle else None,
+    )
+    return ds.take(count)
+
+
+def plain_loop(model_path: str, rows: list[dict], steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
+    """The baseline: one process, peft LoRA + torch AdamW, the ingest pipeline's packed rows."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -46,9 +59,6 @@ def plain_loop(model_path: str, split: str, steps: int, rows_per_step: int, max_
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
-    table = pq.read_table(split, columns=["prompt", "answer"])
-    examples = encoder.encode(table["prompt"].to_pylist(), table["answer"].to_pylist())
-    rows = pack_rows([e for e in examples if len(e[0]) <= max_length], max_length, encoder.pad_id)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_path),
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -57,7 +67,7 @@ def plain_loop(model_path: str, split: str, steps: int, rows_per_step: int, max_
     tokens, timed = 0, 0.0
     for step in range(steps):
         chunk = rows[step * rows_per_step : (step + 1) * rows_per_step]
-        batch = collate({k: [getattr(r, k) for r in chunk] for k in COLUMNS}, encoder.pad_id, max_length)
+        batch = collate({k: [r[k] for r in chunk] for k in COLUMNS}, encoder.pad_id, max_length)
         start = time.perf_counter()
         loss = model(
             input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["seq_ids"]),
@@ -73,10 +83,8 @@ def plain_loop(model_path: str, split: str, steps: int, rows_per_step: int, max_
     return {"tokens": tokens, "seconds": round(timed, 2), "tokens_per_s": round(tokens / timed, 1)}
 
 
-def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: list[str]) -> list[dict]:
-    from socrates_ray.train.trainer import run_training
-
-    cfg = load_config(
+def bench_config(work: Path, name: str, model_path: str, prepared: Path, overrides: list[str]):
+    return load_config(
         "configs/demo.yaml",
         [
             f"run.name={name}", f"train.storage_path={work / 'runs'}", f"data.prepared={prepared}",
@@ -87,6 +95,12 @@ def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: l
             *overrides,
         ],
     )
+
+
+def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: list[str]) -> list[dict]:
+    from socrates_ray.train.trainer import run_training
+
+    cfg = bench_config(work, name, model_path, prepared, overrides)
     result = run_training(cfg, model_path, log=lambda *_: None)
     if result.error is not None:
         raise RuntimeError(f"{name} failed: {result.error}")
@@ -117,15 +131,16 @@ def main() -> None:
     prepared = work / "prepared"
     run_prepare(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={prepared}", "data.settings=[unseen_studies]"]), log=lambda *_: None)
     tiny = str(ensure_tiny_model(work / "tiny", TinyModelSection(), seed=0))
-    split = str(prepared / "unseen_studies" / "train")
     lr = 2.0e-3
 
     common = [f"train.max_steps={args.steps}", f"ingest.micro_batch_size={args.micro}", f"ingest.max_length={args.max_length}", f"train.lr={lr}"]
     speed = {}
     if not args.skip_speed:
-        base = plain_loop(tiny, split, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
+        speed_overrides = [*common, "train.cpus_per_worker=1", "train.zero_stage=2"]
+        rows = ingest_rows(bench_config(work, "speed", tiny, prepared, speed_overrides), tiny, args.steps * 2 * args.micro)
+        base = plain_loop(tiny, rows, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
         print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in {base['seconds']}s, steps 3-{args.steps})")
-        records = ray_run(work, "speed", tiny, prepared, [*common, "train.cpus_per_worker=1", "train.zero_stage=2"])
+        records = ray_run(work, "speed", tiny, prepared, speed_overrides)
         timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
         tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
         seconds = sum(r["step_time_s"] for r in timed)
