@@ -6,7 +6,7 @@
 2. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
    partitioning (tens of millions of parameters).
 
-    python bench/train.py                   # ~9 minutes on 2 cores
+    python bench/train.py                   # ~4 minutes on 2 cores
     python bench/train.py --steps 40 --hidden 768
 """
 
@@ -109,7 +109,7 @@ def ray_run(work: Path, name: str, model_path: str, prepared: Path, overrides: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps of the speed comparison (the first 2 are not timed)")
     parser.add_argument("--micro", type=int, default=2, help="rows per worker per step")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=1024, help="width of the memory-test model (152M parameters at 12 x 1024)")
