@@ -29,10 +29,9 @@ from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_co
 from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, load_tokenizer, measure_ingest
 from socrates_ray.data.prepare import run_prepare
 from socrates_ray.data.synthetic import write_synthetic
-from socrates_ray.data.tokenize import Encoder, collate, pack_rows, single_rows
+from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, single_rows
 from socrates_ray.testing import ensure_tiny_model
 
-COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
 
 
 def single_process(split: str, tokenizer_path: str, max_length: int, layout: str, window: int, micro: int, torch_threads: int) -> dict:
@@ -50,7 +49,7 @@ def single_process(split: str, tokenizer_path: str, max_length: int, layout: str
         pending.extend(rows)
         while len(pending) >= micro:
             chunk, pending = pending[:micro], pending[micro:]
-            out = collate({k: [getattr(r, k) for r in chunk] for k in COLUMNS}, encoder.pad_id, max_length if layout != "pad_longest" else None)
+            out = collate_rows(chunk, encoder.pad_id, max_length if layout != "pad_longest" else None)
             tokens += int((out["seq_ids"] > 0).sum())
             slots += out["seq_ids"].numel()
     seconds = time.perf_counter() - start

@@ -71,7 +71,7 @@ def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dic
     """Packed batches of real synthetic prompts (loss on the answers only), as training sees them."""
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
     from socrates_ray.data.ingest import load_tokenizer
-    from socrates_ray.data.tokenize import Encoder, collate, pack_rows
+    from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows
     from socrates_ray.testing import synthetic_corpus
 
     encoder = Encoder(load_tokenizer(str(folder)), DEFAULT_SYSTEM_PROMPT)
@@ -81,8 +81,7 @@ def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dic
     batches = []
     for b in range(count):
         chunk = [rows[(b * micro + i) % len(rows)] for i in range(micro)]
-        columns = {name: [getattr(r, name) for r in chunk] for name in ("input_ids", "labels", "position_ids", "seq_ids")}
-        batches.append(collate(columns, encoder.pad_id, pad_to=seq))
+        batches.append(collate_rows(chunk, encoder.pad_id, pad_to=seq))
     return batches
 
 

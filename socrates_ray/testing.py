@@ -109,9 +109,9 @@ def pretrain_answer_format(model, tokenizer, steps: int, lr: float, seed: int, l
 
     from socrates_ray.data.prompts import parse_answer_scale
     from socrates_ray.data.synthetic import write_synthetic
-    from socrates_ray.data.tokenize import Encoder, collate, pack_rows, packed_attention_mask
-
     import pyarrow.parquet as pq
+
+    from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, packed_attention_mask
 
     rng = np.random.default_rng(seed + 7)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +134,7 @@ def pretrain_answer_format(model, tokenizer, steps: int, lr: float, seed: int, l
     batch_rows = 8
     for step in range(steps):
         chunk = [rows[order[(step * batch_rows + i) % len(rows)]] for i in range(batch_rows)]
-        batch = collate({k: [getattr(r, k) for r in chunk] for k in ("input_ids", "labels", "position_ids", "seq_ids")}, encoder.pad_id)
+        batch = collate_rows(chunk, encoder.pad_id)
         loss = model(
             input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
             attention_mask=packed_attention_mask(batch["seq_ids"]),

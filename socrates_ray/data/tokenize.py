@@ -135,6 +135,14 @@ def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, 
     return rows
 
 
+ROW_COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
+
+
+def collate_rows(rows: Sequence[Row], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+    """Row objects (from pack_rows / single_rows) -> the (B, L) tensors of `collate`."""
+    return collate({name: [getattr(r, name) for r in rows] for name in ROW_COLUMNS}, pad_id, pad_to)
+
+
 def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
     """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch."""
     import torch

@@ -46,6 +46,16 @@ def plan_steps(rows: int, workers: int, micro: int, accum: int, epochs: int, max
     return micro_per_epoch, total
 
 
+def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
+    """The ingest Dataset of train.setting's `part` ("train" is shuffled when ingest.shuffle)."""
+    ing = cfg.ingest
+    return build_ingest_dataset(
+        str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
+        ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
+        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
+    )
+
+
 def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
     import ray.train
@@ -53,15 +63,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t, ing = cfg.train, cfg.ingest
-    split = Path(cfg.data.prepared) / t.setting
-    datasets = {
-        name: build_ingest_dataset(
-            str(split / name), model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
-            ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
-            shuffle_seed=cfg.run.seed if name == "train" and ing.shuffle else None,
-        )
-        for name in ("train", "eval")
-    }
+    datasets = {name: build_split_dataset(cfg, model_path, name) for name in ("train", "eval")}
     rows = datasets["train"].count()
     micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     if micro_per_epoch < t.grad_accum:

@@ -77,7 +77,7 @@ def ray_head(tmp_path_factory):
     while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
         assert head.poll() is None and time.time() < deadline, f"ray start --head failed; see {log.name}"
         time.sleep(2)
-    yield {"address": address, "env": env, "token": token}
+    yield {"address": address, "env": env}
     head.send_signal(signal.SIGINT)  # --block shuts its own processes down on SIGINT
     with contextlib.suppress(subprocess.TimeoutExpired):
         head.wait(30)
