@@ -7,7 +7,8 @@ built from a config, with an offline tokenizer: nothing is downloaded.
     python scripts/gpu_check.py --device cpu --preset smoke   # the same code on CPU (a test runs it)
 
 Prints, per ZeRO stage: tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
-prompts/s. It uses the project's own pieces (build_ds_config, load_model_for_training,
+prompts/s; then what batching buys: 32 requests one at a time vs as one batch, in sample and
+distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too). It uses the project's own pieces (build_ds_config, load_model_for_training,
 forward_loss, packing, Scorer) in one process (world size 1), so it checks the GPU code paths
 without a Ray cluster.
 
@@ -39,10 +40,10 @@ PRESETS = {
     # Qwen2.5-0.5B's shape: 494M parameters with tied embeddings.
     "qwen2-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                       seq=2048, micro=8, steps=10, warmup=3, score_prompts=1024),
+                       seq=2048, micro=8, steps=10, warmup=3, score_prompts=1024, batch_clients=32, batch_tokens=16),
     "smoke": dict(vocab_size=3000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  seq=512, micro=2, steps=2, warmup=1, score_prompts=16),
+                  seq=512, micro=2, steps=2, warmup=1, score_prompts=16, batch_clients=4, batch_tokens=4),
 }
 
 
@@ -183,6 +184,43 @@ def scorer_throughput(folder: Path, preset: dict[str, Any], device: str) -> dict
             "options_per_s": round(sum(map(len, options)) / seconds, 1), "seconds": round(seconds, 2)}
 
 
+def batching_gain(folder: Path, preset: dict[str, Any], device: str) -> dict[str, Any]:
+    """What the Serve app's @serve.batch buys on this device, without Ray or HTTP: the same
+    `batch_clients` requests answered one call at a time vs as one batched call, in sample mode
+    (Scorer.generate, `batch_tokens` new tokens, as bench/serve.py) and distribution mode."""
+    import torch
+
+    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+    from socrates_ray.score import Scorer
+    from socrates_ray.testing import synthetic_corpus
+
+    scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=device, max_length=preset["max_position_embeddings"])
+    k, new = preset["batch_clients"], preset["batch_tokens"]
+    prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(k + 1, seed=3) if "\n" in t][:k]
+    prefixes = [scorer.encoder.prefix_text(p) for p in prompts]
+    options = [list(range(1, 8))] * len(prompts)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(fn: Any) -> float:
+        fn()  # warm-up at this shape
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    out: dict[str, Any] = {"requests": len(prompts), "new_tokens": new}
+    for mode, one, batch in (
+        ("sample", lambda: [scorer.generate([p], 1, 0.6, 0.9, new) for p in prefixes], lambda: scorer.generate(prefixes, 1, 0.6, 0.9, new)),
+        ("distribution", lambda: [scorer.distributions([p], [o]) for p, o in zip(prompts, options)],
+         lambda: scorer.distributions(prompts, options)),
+    ):
+        sequential, batched = timed(one), timed(batch)
+        out[mode] = {"sequential_rps": round(len(prompts) / sequential, 1), "batched_rps": round(len(prompts) / batched, 1),
+                     "gain": round(sequential / batched, 2)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -229,6 +267,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         s = report["score"]
         print(f"gpu_check: exact distributions: {s['prompts_per_s']:,.1f} prompts/s ({s['options_per_s']:,.0f} options/s) "
               f"over {s['prompts']} prompts", flush=True)
+        report["batching"] = b = batching_gain(folder, preset, args.device)
+        for mode in ("sample", "distribution"):
+            print(f"gpu_check: batching, {mode} mode: {b['requests']} requests one at a time {b[mode]['sequential_rps']:,.1f} req/s, "
+                  f"as one batch {b[mode]['batched_rps']:,.1f} req/s: {b[mode]['gain']:.2f}x (the Serve app's @serve.batch, "
+                  "without HTTP)", flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(f"gpu_check: done in {report['seconds']}s", flush=True)
     if args.out:

@@ -22,3 +22,6 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path):
     assert z2["tokens_per_s"] > 0 and z3["tokens_per_s"] > 0 and z2["trainable"] == z3["trainable"] > 0
     assert np.isfinite(z2["last_loss"]) and abs(z2["first_loss"] - z3["first_loss"]) < 1e-3  # same seed and data
     assert report["score"]["prompts"] == 16 and report["score"]["prompts_per_s"] > 0
+    for mode in ("sample", "distribution"):  # batched vs one-at-a-time, measured (no timing asserted)
+        b = report["batching"][mode]
+        assert b["sequential_rps"] > 0 and b["batched_rps"] > 0 and b["gain"] > 0
