@@ -177,14 +177,17 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_simulate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from socrates_ray.calibrate import resolve_temperature
     from socrates_ray.simulate import load_eval_rows, run_simulation
 
     path = model_path(cfg)
     ensure_ray(cfg)
     rows = load_eval_rows(cfg.data.prepared, args.setting, cfg.simulate.max_per_cell, cfg.run.seed)
     out = Path(args.out) if args.out else cfg.run_dir / "simulate" / args.setting
-    target = run_simulation(rows, out, cfg.simulate, path, cfg.prompt.system_prompt, token=_token(cfg))
-    return {"predictions": str(target)}
+    temperature, fit = resolve_temperature(cfg, cfg.simulate, path, out.parent / "calibration", token=_token(cfg))
+    sim = cfg.simulate.model_copy(update={"temperature": temperature})
+    target = run_simulation(rows, out, sim, path, cfg.prompt.system_prompt, token=_token(cfg))
+    return {"predictions": str(target), "temperature": temperature, "calibration": fit}
 
 
 def _token(cfg: Config) -> str | None:
@@ -241,6 +244,10 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "evaluate": results,
               "seconds": round(time.time() - started, 1)}
     (out / "demo_summary.json").write_text(json.dumps(result, indent=1, default=str))
+    temps = results.get("temperature", {})
+    if cfg.simulate.mode == "exact" and temps:
+        how = "fitted on the validation split" if cfg.simulate.temperature == "auto" else "from simulate.temperature"
+        verdicts.append("exact-mode temperature " + ", ".join(f"{k} {v:.2f}" for k, v in temps.items()) + f" ({how})")
     print("demo: " + "\ndemo: ".join(verdicts))
     print(f"demo: done in {time.time() - started:,.0f}s; report {results['report']}; training run {trained['run_dir']}")
     return result
@@ -286,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from socrates_ray.calibrate import CalibrationError
     from socrates_ray.data.ingest import IngestError
     from socrates_ray.data.prepare import PrepareError
     from socrates_ray.data.splits import SplitError
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError) as exc:
+    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError, CalibrationError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -9,7 +9,7 @@ Overrides are `key.sub=value` strings whose value is parsed as YAML (`ingest.max
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -72,7 +72,12 @@ class DataSection(Section):
     eval_fraction: float = Field(
         0.25, gt=0, lt=1, description="Share of conditions/tasks held out when no mapping file exists."
     )
-    split_seed: int = Field(0, description="Seed for splits made without metadata files.")
+    split_seed: int = Field(0, description="Seed for splits made without metadata files (and for the validation draw).")
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of each setting's train units (studies / conditions / tasks, the kind the setting holds out) "
+        "moved to a 'val' split: training's eval loss, keep_by and simulate.temperature=auto read it; 0 = none.",
+    )
     rows_per_shard: int = Field(100_000, ge=100, description="Rows per prepared output shard.")
     parallelism: int = Field(
         0, ge=0, description="Ray tasks for prepare; 0 = one per input shard, 1 = no Ray at all."
@@ -243,8 +248,15 @@ class SimulateSection(Section):
     cpus_per_replica: float = Field(1, gt=0, description="CPUs per replica.")
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica.")
     batch_size: int = Field(16, ge=1, description="Rows per scoring call.")
-    temperature: float = Field(1.0, ge=0, description="Exact mode: temperature applied to the option distribution.")
+    temperature: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        1.0, description="Exact mode: temperature applied to the option distribution; 'auto' fits it on the validation "
+        "split of train.setting (lowest NLL of the human answers; calibrate.py), separately for base and finetuned.",
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="Exact mode: nucleus cut of the option distribution.")
+    calibration_rows: int = Field(
+        2000, ge=10, description="temperature=auto scores at most this many validation rows (a seeded sample; "
+        "max_per_cell does not apply: the fit wants every cell it can get).",
+    )
     sample_temperature: float = Field(0.6, ge=0, description="Sample mode temperature (the paper's 0.6).")
     sample_top_p: float = Field(0.9, gt=0, le=1, description="Sample mode top_p (the paper's 0.9).")
     max_new_tokens: int = Field(32, ge=1, description="Sample mode: new tokens per answer.")

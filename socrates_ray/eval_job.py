@@ -3,7 +3,8 @@ the setting's eval rows (in-process replicas or through the Serve app), score bo
 evaluate.py against the uniform guess and the floors, and write report.py's outputs.
 
 Outputs in evaluate.output_dir (default <run>/eval/): <setting>/<base|finetuned>/predictions.parquet (resumable parts beside
-it), metrics.json, report.md and PNG plots.
+it), metrics.json, report.md and PNG plots; with simulate.temperature=auto also
+calibration/<base|finetuned>/ (the validation predictions and calibration.json: each model's fitted temperature).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
+from socrates_ray.calibrate import resolve_temperature
 from socrates_ray.config import Config
 from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
-from socrates_ray.report import results_table, write_report
+from socrates_ray.report import results_table, temperature_lines, write_report
 from socrates_ray.simulate import load_eval_rows, run_simulation
 
 
@@ -52,22 +54,35 @@ def run_evaluation(
     results: dict[str, Any] = {"model": model_path, "adapter": adapter_path, "mode": cfg.simulate.mode, "settings": {}}
     finetuned_tables: dict[str, Any] = {}
     trained_on = cfg.train.setting
+    runs = [("base", None)] + ([("finetuned", adapter_path)] if adapter_path else [])
+
+    def model_sim(name: str, adapter: str | None, temperature: Any) -> Any:
+        return cfg.simulate.model_copy(update={
+            "adapter_path": adapter,
+            "backend": "http" if endpoint else "local",
+            "endpoint": endpoint or cfg.simulate.endpoint,
+            "adapter": None if adapter is None else "finetuned",
+            "temperature": temperature,
+        })
+
+    # simulate.temperature=auto: one temperature per model, fitted on the validation split (never the test split)
+    temperatures: dict[str, float] = {}
+    for name, adapter in runs:
+        temperatures[name], fit = resolve_temperature(cfg, model_sim(name, adapter, cfg.simulate.temperature), model_path,
+                                                      out / "calibration" / name, log, token)
+        if fit is not None:
+            results.setdefault("calibration", {})[name] = fit
+    results["temperature"] = temperatures
     for setting in cfg.evaluate.settings:
         if adapter_path and trained_on not in (setting, "all_settings"):
             log(f"evaluate: warning: the adapter was trained on train.setting={trained_on}, whose train split overlaps "
                 f"{setting}'s eval split; its {setting} numbers are optimistic (train on all_settings to avoid this)")
         rows = load_eval_rows(cfg.data.prepared, setting, cfg.simulate.max_per_cell, cfg.run.seed)
         models: dict[str, Any] = {}
-        for name, adapter in (("base", None), ("finetuned", adapter_path)):
-            if name == "finetuned" and adapter is None:
-                continue
-            sim = cfg.simulate.model_copy(update={
-                "adapter_path": adapter,
-                "backend": "http" if endpoint else "local",
-                "endpoint": endpoint or cfg.simulate.endpoint,
-                "adapter": None if adapter is None else "finetuned",
-            })
-            log(f"evaluate: {setting}: {name} model on {rows.num_rows:,} rows")
+        for name, adapter in runs:
+            sim = model_sim(name, adapter, temperatures[name])
+            log(f"evaluate: {setting}: {name} model on {rows.num_rows:,} rows"
+                + (f" (temperature {temperatures[name]:.2f})" if cfg.simulate.mode == "exact" else ""))
             table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token))
             cells = group_cells(table.to_pylist(), fields)
             models[name] = model_metrics(cells)
@@ -78,6 +93,9 @@ def run_evaluation(
                                         "comparison": compare(models, baselines)}
     report = write_report(results, out, finetuned_tables)
     log("evaluate: Wasserstein distance, lower is better (PAPER.md section 5)\n" + results_table(results))
+    for line in temperature_lines(results):
+        if line:
+            log("evaluate: " + line)
     log(f"evaluate: report {report}, metrics {out / 'metrics.json'}")
     results["report"] = str(report)
     return results

@@ -96,6 +96,21 @@ def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: d
     return out
 
 
+def temperature_lines(results: dict[str, Any]) -> list[str]:
+    """What temperature each model's exact distributions used, and how it was chosen."""
+    if results.get("mode") != "exact" or not results.get("temperature"):
+        return []
+    fits = results.get("calibration", {})
+    parts = []
+    for name, t in results["temperature"].items():
+        fit = fits.get(name)
+        if fit and fit.get("temperature") is not None:
+            parts.append(f"{name} T={t:.2f} (fitted on {fit['rows']:,} rows of {fit['split']}: NLL {fit['nll_at_1']:.4f} at T=1 -> {fit['nll']:.4f})")
+        else:
+            parts.append(f"{name} T={t:.2f} (set in simulate.temperature)")
+    return ["Exact-mode temperature: " + "; ".join(parts) + ".", ""]
+
+
 def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, Any]) -> Path:
     """metrics.json + report.md + plots in `folder`; `predictions` maps setting -> finetuned table."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,6 +127,7 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         results_table(results),
         "",
     ]
+    lines += temperature_lines(results)
     for setting, r in results["settings"].items():
         lines.append(f"## {setting}")
         lines.append("")

@@ -10,7 +10,9 @@ job loses at most the batches in flight: re-running the same command skips every
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import time
 import uuid
 import zlib
@@ -40,10 +42,15 @@ class SimulateError(ValueError):
 
 def load_eval_rows(prepared: str, setting: str, max_per_cell: int | None, seed: int = 0) -> pa.Table:
     """The eval split of one setting; with max_per_cell, a seeded subsample of each cell."""
-    files = sorted(glob.glob(os.path.join(prepared, setting, "eval", "*.parquet")))
+    return load_split_rows(prepared, setting, "eval", max_per_cell, seed)
+
+
+def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int | None, seed: int = 0) -> pa.Table:
+    """One split (train / val / eval) of one setting; with max_per_cell, a seeded subsample of each cell."""
+    files = sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet")))
     if not files:
         raise SimulateError(
-            f"data.prepared: no eval Parquet files under {prepared}/{setting}/eval; run `socrates-ray prepare` "
+            f"data.prepared: no {split} Parquet files under {prepared}/{setting}/{split}; run `socrates-ray prepare` "
             f"with '{setting}' in data.settings first"
         )
     table = pq.read_table(files, columns=INPUT_COLUMNS)
@@ -173,6 +180,43 @@ def done_keys(out_dir: Path) -> set[tuple[str, int]]:
     return keys
 
 
+def _unwrapped(batches: Any) -> Any:
+    """Iterate, re-raising a replica's SimulateError / ScoreError as itself (Ray wraps it in a task
+    error whose traceback buries the one line that says what to fix)."""
+    from socrates_ray.score import ScoreError
+
+    try:
+        yield from batches
+    except Exception as exc:
+        # The original exception object does not survive the trip back from the actor; its
+        # "module.Type: message" line in the remote traceback does.
+        for kind in (SimulateError, ScoreError):
+            found = re.findall(rf"{kind.__module__}\.{kind.__name__}: (.*)", str(exc))
+            if found:
+                raise kind(found[-1].strip()) from None
+        raise
+
+
+RESUME_KEYS = ("mode", "temperature", "top_p", "sample_temperature", "sample_top_p", "max_new_tokens", "adapter", "adapter_path")
+
+
+def check_params(out: Path, sim: SimulateSection, model_path: str) -> None:
+    """Refuse to resume a folder whose finished rows were made with other settings (they would mix
+    silently into one predictions file); record the settings on the first run."""
+    params = {k: getattr(sim, k) for k in RESUME_KEYS} | {"model_path": model_path}
+    record = out / "simulate_params.json"
+    if record.exists() and any(out.glob(PART_GLOB)):
+        before = json.loads(record.read_text())
+        changed = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise SimulateError(
+                f"{out} holds predictions made with other settings ({what}); resuming would mix them. "
+                "Delete the folder (or choose another output folder) to start over, or run with the old settings."
+            )
+    record.write_text(json.dumps(params, indent=1))
+
+
 def run_simulation(
     rows: pa.Table, out_dir: str | Path, sim: SimulateSection, model_path: str, system_prompt: str,
     log: Callable[[str], None] = print, token: str | None = None, stop_after_parts: int | None = None,
@@ -182,8 +226,11 @@ def run_simulation(
     stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
     import ray
 
+    if sim.temperature == "auto":
+        raise SimulateError("simulate.temperature=auto must be resolved to a number first (calibrate.resolve_temperature)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_params(out, sim, model_path)
     done = done_keys(out)
     keys = list(zip(rows["study_id"].to_pylist(), rows["sample_id"].to_pylist()))
     todo = rows.filter(pa.array([k not in done for k in keys])) if done else rows
@@ -206,7 +253,7 @@ def run_simulation(
                 batch_size=sim.batch_size, batch_format="pyarrow", compute=strategy, num_cpus=0.1,
             )
         started, written, parts = time.time(), 0, 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}.parquet"
             pq.write_table(batch, out / (name + ".tmp"))
             os.replace(out / (name + ".tmp"), out / name)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, REQUIRED_COLUMNS, as_int, check_demographic, validate_row
-from socrates_ray.data.splits import SETTING_FILES, Splits, StudyKeys, build_splits
+from socrates_ray.data.splits import SETTING_FILES, SPLITS, Splits, StudyKeys, build_splits
 
 KEY_COLUMNS = ("study_id", "sample_id", "condition_num", "task_num")
 
@@ -220,7 +220,7 @@ def prepare_file(
     sinks = {
         f"{s}/{split}": _Sink(out / s / split, stem, PREPARED_SCHEMA, rows_per_shard)
         for s in settings
-        for split in ("train", "eval")
+        for split in SPLITS
     }
     quarantine = _Sink(out / "quarantine", stem, QUARANTINE_SCHEMA, rows_per_shard)
     pf = _open_parquet(fs, path)
@@ -280,7 +280,7 @@ def prepare_file(
                 "prompt_matches_builder": matches,
             }
             for setting in settings:
-                split = splits.assign(setting, clean.study_id, clean.sample_id, clean.condition_num, clean.task_num)
+                split = splits.split_of(setting, clean.study_id, clean.sample_id, clean.condition_num, clean.task_num)
                 key = f"{setting}/{split}"
                 kept[key].append(record)
                 stats.split_rows[key] += 1
@@ -345,7 +345,7 @@ def summarize(total: FileStats, splits: Splits, settings: list[str], files: int,
                     "cells": len(total.split_cells.get(f"{s}/{split}", ())),
                     "studies": len({c[0] for c in total.split_cells.get(f"{s}/{split}", ())}),
                 }
-                for split in ("train", "eval")
+                for split in SPLITS
             }
             | {"source": splits.sources.get(s, "rows every other setting trains on (train) / holds out (eval)")}
             for s in settings
@@ -372,6 +372,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for setting, parts in summary["settings"].items():
         lines.append(
             f"{setting:<18} train {parts['train']['rows']:>9,} rows / {parts['train']['studies']:>3} studies   "
+            f"val {parts['val']['rows']:>7,} rows / {parts['val']['cells']:>4} cells   "
             f"eval {parts['eval']['rows']:>9,} rows / {parts['eval']['studies']:>3} studies / {parts['eval']['cells']:>5} cells"
             f"   [{parts['source']}]"
         )
@@ -396,7 +397,8 @@ def run_prepare(cfg: Config, log: Any = print) -> dict[str, Any]:
         log("prepare: no `prompt` column; building prompts from demographic + stimuli in SocSci210's format")
     studies, duplicates = scan_keys(fs, files)
     metadata = read_metadata(fs, root)
-    splits = build_splits(metadata, studies, cfg.data.unseen_study_fraction, cfg.data.eval_fraction, cfg.data.split_seed)
+    splits = build_splits(metadata, studies, cfg.data.unseen_study_fraction, cfg.data.eval_fraction, cfg.data.split_seed,
+                          cfg.data.validation_fraction)
     check_studies = metadata[SETTING_FILES["unseen_studies"]] is not None
     args = (splits, list(cfg.data.settings), str(out), frozenset(cfg.data.refusal_codes), cfg.data.rows_per_shard, check_studies)
     if cfg.data.parallelism == 1 or len(files) == 1:

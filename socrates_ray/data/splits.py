@@ -9,10 +9,20 @@ Row assignment, per setting:
   is quarantined (reason unknown_study) because no setting can place it;
 - unseen_conditions / unseen_tasks: rows of a mapped study whose condition (task) is listed under
   "eval" -> eval; every other row -> train (unmapped studies train the model, as in the paper).
+
+Validation (data.validation_fraction): a slice of each setting's TRAIN rows goes to a third split,
+"val", held out the same way the setting holds out its eval rows: whole studies (unseen_studies),
+whole conditions (unseen_conditions), whole tasks (unseen_tasks), a mix of the three
+(all_settings). So the validation split shows the shift the test split shows, without touching
+the test split: training's eval loss, checkpoint selection (keep_by) and the fitted exact-mode
+temperature (simulate.temperature: auto) all read it. The units are chosen once from pass 1's keys
+(round(fraction x units), at least one, never all; ranked by a seeded hash), so every shard agrees
+and a re-run picks the same ones; splits/validation.json lists them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +35,13 @@ SETTING_FILES = {
     "unseen_tasks": "task_mapping.json",
 }
 SETTING_KEY = {"unseen_conditions": "condition_num", "unseen_tasks": "task_num"}
+SPLITS = ("train", "val", "eval")
+
+
+def unit_draw(seed: int, *key: object) -> float:
+    """A stable pseudo-random number in [0, 1) for one held-out unit (study, condition or task)."""
+    digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 class SplitError(ValueError):
@@ -57,6 +74,10 @@ class Splits:
     tasks: Mapping75
     sources: dict[str, str]
     missing_studies: dict[str, list[str]]  # setting -> study ids named in a file but absent in the data
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
+    # setting -> {"studies": {id}, "conditions": {(id, num)}, "tasks": {(id, num)}}: units moved from train to val
+    validation: dict[str, dict[str, frozenset]] = field(default_factory=dict)
 
     def known_study(self, study_id: str) -> bool:
         return study_id in self.seen or study_id in self.unseen
@@ -80,6 +101,21 @@ class Splits:
         value = condition_num if setting == "unseen_conditions" else task_num
         return "eval" if value in eval_values else "train"
 
+    def holds_for_validation(self, setting: str, study_id: str, condition_num: int, task_num: int) -> bool:
+        """Whether a row the setting trains on goes to its validation split instead."""
+        units = self.validation.get(setting)
+        if not units:
+            return False
+        return (study_id in units["studies"] or (study_id, condition_num) in units["conditions"]
+                or (study_id, task_num) in units["tasks"])
+
+    def split_of(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int) -> Literal["train", "val", "eval"]:
+        """train, val or eval for one kept row under one setting (assign, then the validation slice)."""
+        split = self.assign(setting, study_id, sample_id, condition_num, task_num)
+        if split == "train" and self.holds_for_validation(setting, study_id, condition_num, task_num):
+            return "val"
+        return split
+
     def manifest(self) -> dict[str, Any]:
         """The split files as used (JSON-ready), for the prepared folder."""
 
@@ -95,6 +131,13 @@ class Splits:
             "unseen_tasks": dump(self.tasks),
             "sources": self.sources,
             "missing_studies": self.missing_studies,
+            "validation": {
+                "fraction": self.validation_fraction, "seed": self.validation_seed,
+                "held_out": {
+                    setting: {kind: sorted(map(list, v)) if kind != "studies" else sorted(v) for kind, v in units.items()}
+                    for setting, units in self.validation.items()
+                },
+            },
         }
 
 
@@ -194,6 +237,7 @@ def build_splits(
     unseen_fraction: float,
     eval_fraction: float,
     seed: int,
+    validation_fraction: float = 0.0,
 ) -> Splits:
     """Combine metadata files (text or None per file name) with seeded draws for missing ones."""
     seen, unseen, cond_drawn, task_drawn = draw_splits(studies, unseen_fraction, eval_fraction, seed)
@@ -209,4 +253,49 @@ def build_splits(
         if text is not None:
             resolved[setting], missing[setting] = resolve_mapping75(_parse_json(text, SETTING_FILES[setting]), setting, studies)
             sources[setting] = f"metadata/{SETTING_FILES[setting]}"
-    return Splits(seen, unseen, resolved["unseen_conditions"], resolved["unseen_tasks"], sources, missing)
+    splits = Splits(seen, unseen, resolved["unseen_conditions"], resolved["unseen_tasks"], sources, missing,
+                    validation_fraction, seed)
+    splits.validation = draw_validation(splits, studies, validation_fraction, seed)
+    return splits
+
+
+def _take(candidates: list, share: float, seed: int, kind: str) -> frozenset:
+    """round(share * n) of the candidate units (at least 1, never all), ranked by a seeded hash."""
+    n = len(candidates)
+    if n < 2 or share <= 0:
+        return frozenset()
+    k = min(n - 1, max(1, round(share * n)))
+    return frozenset(sorted(candidates, key=lambda u: unit_draw(seed, kind, u))[:k])
+
+
+def draw_validation(splits: Splits, studies: dict[str, StudyKeys], fraction: float, seed: int) -> dict[str, dict[str, frozenset]]:
+    """For each setting, the units of its train split that go to validation: studies for
+    unseen_studies, conditions for unseen_conditions, tasks for unseen_tasks, a third of the share of
+    each kind for all_settings (its test split holds out all three kinds)."""
+    if fraction <= 0:
+        return {}
+    known = [s for s in sorted(studies) if splits.known_study(s)]
+    seen = [s for s in known if s not in splits.unseen]
+
+    def trained(mapping: Mapping75, study_id: str, values: set[int]) -> list[int]:
+        held = mapping.eval_values.get(study_id, frozenset()) if mapping.unit.get(study_id) == "num" else frozenset()
+        return sorted(v for v in values if v not in held)
+
+    cond_units = {s: [(s, c) for c in trained(splits.conditions, s, studies[s].conditions)] for s in known}
+    task_units = {s: [(s, t) for t in trained(splits.tasks, s, studies[s].tasks)] for s in known}
+    empty: frozenset = frozenset()
+    out = {
+        "unseen_studies": {"studies": _take(seen, fraction, seed, "study"), "conditions": empty, "tasks": empty},
+        "unseen_conditions": {"studies": empty, "tasks": empty,
+                              "conditions": _take([u for s in known for u in cond_units[s]], fraction, seed, "condition")},
+        "unseen_tasks": {"studies": empty, "conditions": empty,
+                         "tasks": _take([u for s in known for u in task_units[s]], fraction, seed, "task")},
+    }
+    # all_settings trains on seen studies' unheld conditions and tasks: hold out some of each kind
+    third = fraction / 3
+    out["all_settings"] = {
+        "studies": _take(seen, third, seed, "study"),
+        "conditions": _take([u for s in seen for u in cond_units[s]], third, seed, "condition"),
+        "tasks": _take([u for s in seen for u in task_units[s]], third, seed, "task"),
+    }
+    return out

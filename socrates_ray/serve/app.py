@@ -23,7 +23,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from ray import serve
 
 from socrates_ray.config import Config, ServeSection
@@ -38,6 +38,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_DISTRIBUTION_TEMPERATURE = 20.0
+
+
 class PredictRequest(Strict):
     persona: dict[str, Any] | None = Field(None, description="Demographic fields (SocSci210 names).")
     stimulus: str | None = Field(None, min_length=1, description="Vignette + question + answer-format sentence.")
@@ -46,9 +49,19 @@ class PredictRequest(Strict):
     mode: Literal["distribution", "sample"] = "distribution"
     options: list[int] | None = Field(None, min_length=1, max_length=MAX_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
     n: int = Field(1, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
+    # Up to 20 on an option distribution (what simulate.temperature=auto may fit: 20 is uniform to
+    # 3 decimals); sampling text keeps OpenAI's cap of 2.
+    temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(32, ge=1)
+
+    @field_validator("temperature")
+    @classmethod
+    def _sampling_cap(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("mode") == "sample" and value > 2:
+            raise ValueError(f"mode 'sample' allows temperature <= 2 (got {value}); mode 'distribution' allows up to "
+                             f"{MAX_DISTRIBUTION_TEMPERATURE:g}")
+        return value
 
 
 class ChatMessage(Strict):

@@ -56,6 +56,12 @@ def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
     )
 
 
+def training_eval_part(cfg: Config) -> str:
+    """The split training's eval loss (and keep_by) reads: "val" when prepare made one, else "eval"."""
+    val = Path(cfg.data.prepared) / cfg.train.setting / "val"
+    return "val" if any(val.glob("*.parquet")) else "eval"
+
+
 def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
     import ray.train
@@ -63,7 +69,12 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t, ing = cfg.train, cfg.ingest
-    datasets = {name: build_split_dataset(cfg, model_path, name) for name in ("train", "eval")}
+    eval_part = training_eval_part(cfg)
+    if eval_part == "eval":
+        log(f"train: warning: no validation split under {cfg.data.prepared}/{cfg.train.setting}/val (prepared with "
+            "data.validation_fraction=0, or before it existed); eval loss and keep_by read the TEST split. "
+            "Re-run `socrates-ray prepare` with data.validation_fraction > 0 to keep the test split unseen.")
+    datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
     rows = datasets["train"].count()
     micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     if micro_per_epoch < t.grad_accum:

@@ -57,3 +57,14 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
             assert column in table.column_names
         assert (eval_dir / f"{setting}_studies.png").stat().st_size > 1000
     assert "![per study]" in (eval_dir / "report.md").read_text()
+    # simulate.temperature=auto (demo.yaml): one temperature per model, fitted on the validation split
+    # (scored through HTTP like the rest), used for that model's test predictions
+    assert summary["settings"]["all_settings"]["val"]["rows"] > 0
+    for name in ("base", "finetuned"):
+        fit = json.loads((eval_dir / "calibration" / name / "calibration.json").read_text())
+        assert fit["split"] == "all_settings/val" and fit["rows"] > 0 and fit["nll"] <= fit["nll_at_1"]
+        assert metrics["temperature"][name] == pytest.approx(fit["temperature"])
+        used = json.loads((eval_dir / "unseen_studies" / name / "simulate_params.json").read_text())
+        assert used["temperature"] == pytest.approx(fit["temperature"])
+    assert "Exact-mode temperature: base T=" in (eval_dir / "report.md").read_text()
+    assert "exact-mode temperature base" in out

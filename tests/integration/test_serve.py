@@ -78,6 +78,17 @@ def test_health_models_and_distribution(app) -> None:
     assert sum(body["probs"]) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_distribution_temperature_above_two_flattens_and_sampling_keeps_the_cap(app) -> None:
+    """A fitted exact-mode temperature (simulate.temperature=auto) can exceed OpenAI's 2."""
+    body = {"persona": {"age": 40}, "stimulus": STIMULUS}
+    sharp, flat = (post("/v1/predict", body | {"temperature": t}).json()["probs"] for t in (1.0, 8.0))
+    assert max(flat) - min(flat) < max(sharp) - min(sharp)
+    r = post("/v1/predict", body | {"temperature": 20.5})
+    assert r.status_code == 400 and "temperature" in r.text
+    r = post("/v1/predict", body | {"mode": "sample", "max_tokens": 4, "temperature": 3})
+    assert r.status_code == 400 and "allows temperature <= 2" in r.json()["error"]["message"]
+
+
 def test_two_adapters_give_different_distributions(app) -> None:
     got = {}
     for adapter in ("base", "a1", "a2"):

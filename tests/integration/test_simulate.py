@@ -44,3 +44,35 @@ def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, ti
             assert abs(sum(r["probs"]) - 1) < 1e-6 and r["prediction"] in r["options"]
     # rows finished before the kill were not predicted again
     assert sum(int(p.stat().st_size > 0) for p in out.glob("part-*.parquet")) == 5
+
+
+def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, tmp_path) -> None:
+    """An HTTP 4xx from the Serve app stops the job with the app's message, not a buried Ray traceback."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from socrates_ray.simulate import SimulateError
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"error": {"message": "temperature: too hot"}}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sim = SimulateSection(backend="http", endpoint=f"http://127.0.0.1:{server.server_port}", batch_size=4)
+        with pytest.raises(SimulateError, match="answered 400.*temperature: too hot") as info:
+            run_simulation(rows_from(synth_dir, 8), tmp_path / "sim", sim, "unused", DEFAULT_SYSTEM_PROMPT, log=lambda *_: None)
+        assert type(info.value) is SimulateError
+    finally:
+        server.shutdown()

@@ -245,3 +245,42 @@ def test_all_settings_trains_only_on_rows_no_setting_holds_out(tmp_path, synth_d
     evals = {key(r) for r in pq.read_table(prep / "all_settings" / "eval", columns=["study_id", "sample_id"]).to_pylist()}
     assert train and not train & held_out
     assert evals == held_out
+
+
+def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, synth_dir):
+    """val comes out of train only (the test split is untouched), as whole studies / conditions /
+    tasks, about data.validation_fraction of them, and the draw is stable across runs."""
+    cfg = _cfg(synth_dir, tmp_path / "prep", "data.validation_fraction=0.3")
+    cfg.data.settings = ["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
+    summary = run_prepare(cfg, log=lambda *_: None)
+    prep = tmp_path / "prep"
+    cols = ["study_id", "sample_id", "condition_num", "task_num"]
+    key = lambda r: (r["study_id"], r["sample_id"])  # noqa: E731
+
+    def rows(setting, split):
+        return pq.read_table(prep / setting / split, columns=cols).to_pylist()
+
+    baseline = _cfg(synth_dir, tmp_path / "plain", "data.validation_fraction=0")
+    baseline.data.settings = cfg.data.settings
+    plain = run_prepare(baseline, log=lambda *_: None)
+    assert not any((tmp_path / "plain" / s / "val").exists() for s in cfg.data.settings)
+    unit = {"unseen_studies": lambda r: r["study_id"], "unseen_conditions": lambda r: (r["study_id"], r["condition_num"]),
+            "unseen_tasks": lambda r: (r["study_id"], r["task_num"])}
+    for setting in cfg.data.settings:
+        parts = summary["settings"][setting]
+        assert parts["val"]["rows"] > 0, setting
+        # the eval (test) split is exactly what it is without validation; train + val = the old train
+        assert {key(r) for r in rows(setting, "eval")} == {
+            key(r) for r in pq.read_table(tmp_path / "plain" / setting / "eval", columns=cols).to_pylist()}
+        assert parts["train"]["rows"] + parts["val"]["rows"] == plain["settings"][setting]["train"]["rows"]
+        val, train = rows(setting, "val"), rows(setting, "train")
+        assert not {key(r) for r in val} & {key(r) for r in train}
+        if setting in unit:  # whole units: no study / condition / task is on both sides
+            assert not {unit[setting](r) for r in val} & {unit[setting](r) for r in train}, setting
+    studies = {r["study_id"] for r in rows("unseen_studies", "train") + rows("unseen_studies", "val")}
+    share = len({r["study_id"] for r in rows("unseen_studies", "val")}) / len(studies)
+    assert 0.05 < share < 0.6  # ~0.3 of 10 seen studies, by hash
+    again = run_prepare(cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared": str(tmp_path / "again")})}),
+                        log=lambda *_: None)
+    assert again["settings"] == summary["settings"]
+    assert json.loads((prep / "splits" / "validation.json").read_text())["fraction"] == 0.3
