@@ -19,6 +19,7 @@ import math
 import os
 import resource
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,13 @@ from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
+
+
+def say(*parts: object) -> None:
+    """Print from a training worker once. Ray Train v2 patches print() to tee into its logger,
+    which reaches the driver a second time (every line showed twice); sys.__stdout__ bypasses
+    the patch and is still forwarded to the driver and the worker's log file."""
+    print(*parts, file=sys.__stdout__ or sys.stdout, flush=True)
 
 def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
     """Mean loss over the batch's label tokens; packed examples never attend to each other."""
@@ -184,14 +192,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_checkpoint(engine, resume_from, config["finetuning"])
     log.placement(workers, state.step if resume_from else None)
     if rank == 0:
-        print(
+        say(
             f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
             f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps; "
             f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"
             + (f"; resumed from {resume_from.name} at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if resume_from else ""),
-            flush=True,
         )
 
     collate_fn = collate_fn_for(config["pad_id"], config["layout"], config["max_length"])
@@ -261,11 +268,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 record["eval_loss"] = eval_loss
             log.write(record)
             if rank == 0:
-                print(
+                say(
                     f"[socrates_ray] step {state.step}/{config['total_steps']} loss {record['loss']:.4f}"
                     + (f" eval_loss {eval_loss:.4f}" if "eval_loss" in record else "")
                     + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s",
-                    flush=True,
                 )
             if state.step % config["checkpoint_every"] == 0 and not last:
                 checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss})
@@ -276,15 +282,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 notice = ray.train.get_preemption_info()
                 if notice is not None:
                     if rank == 0:
-                        print(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
-                              f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}", flush=True)
+                        say(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
+                              f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}")
                     checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
             if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
                 if not marker.exists():  # once per run, so the retried attempt gets past it
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()
-                    print(f"[socrates_ray] fault injection: rank {rank} exits at step {state.step}", flush=True)
+                    say(f"[socrates_ray] fault injection: rank {rank} exits at step {state.step}")
                     os._exit(1)
             # The next step's clock starts here, so eval and checkpoint time never count as step time.
             window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
