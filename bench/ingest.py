@@ -33,7 +33,6 @@ from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, single_
 from socrates_ray.testing import ensure_tiny_model
 
 
-
 def single_process(split: str, tokenizer_path: str, max_length: int, layout: str, window: int, micro: int, torch_threads: int) -> dict:
     """The baseline: one process reads, tokenizes, packs and collates every row itself."""
     import torch

@@ -25,14 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
 from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.prepare import run_prepare
 from socrates_ray.data.synthetic import write_synthetic
 from socrates_ray.data.tokenize import ROW_COLUMNS, Encoder, collate, packed_attention_mask
 from socrates_ray.testing import build_tiny_model, ensure_tiny_model
-
 
 
 def ingest_rows(cfg, model_path: str, count: int) -> list[dict]:

@@ -8,9 +8,10 @@ built from a config, with an offline tokenizer: nothing is downloaded.
 
 Prints, per ZeRO stage: tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
 prompts/s; then what batching buys: 32 requests one at a time vs as one batch, in sample and
-distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too). It uses the project's own pieces (build_ds_config, load_model_for_training,
-forward_loss, packing, Scorer) in one process (world size 1), so it checks the GPU code paths
-without a Ray cluster.
+distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
+It uses the project's own pieces (build_ds_config, load_model_for_training, forward_loss,
+packing, Scorer) in one process (world size 1), so it checks the GPU code paths without a Ray
+cluster.
 
 MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs, with model FLOPs per token =
 6 x (matmul parameters, lm_head included) + 12 x layers x hidden x sequence length (attention),

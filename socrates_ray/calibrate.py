@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.parquet as pq
+
+from socrates_ray.score import shape_distribution
+from socrates_ray.simulate import SimulateError, load_split_rows, run_simulation
 
 T_BOUNDS = (0.2, 20.0)  # 20: near uniform; also the most the Serve app's distribution mode accepts
 
@@ -43,11 +47,9 @@ def answer_logprobs(options: list[list[int]], probs: list[list[float]], response
 
 
 def nll(logps: list[np.ndarray], index: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of the answers at this temperature."""
-    total = 0.0
-    for lp, i in zip(logps, index):
-        z = lp / temperature
-        total -= z[i] - (z.max() + math.log(np.exp(z - z.max()).sum()))
+    """Mean negative log-likelihood of the answers at this temperature, under the very shaping the
+    scorer applies (top_p = 1)."""
+    total = -sum(math.log(shape_distribution(lp, temperature)[i]) for lp, i in zip(logps, index))
     return total / max(len(logps), 1)
 
 
@@ -73,8 +75,6 @@ def resolve_temperature(
 
     "auto" scores the validation split of train.setting (the split the adapter's training held
     out), at most sim.calibration_rows of it, with the same model/adapter and backend as sim."""
-    from socrates_ray.simulate import SimulateError, load_split_rows, run_simulation
-
     if sim.temperature != "auto":
         return float(sim.temperature), None
     if sim.mode != "exact":
@@ -92,8 +92,6 @@ def resolve_temperature(
         rows = rows.take(pick)
     log(f"calibrate: fitting the exact-mode temperature on {rows.num_rows:,} validation rows of {setting}")
     at_one = sim.model_copy(update={"temperature": 1.0, "top_p": 1.0})
-    import pyarrow.parquet as pq
-
     table = pq.read_table(run_simulation(rows, out_dir, at_one, model_path, cfg.prompt.system_prompt, log, token))
     exact = [p is not None for p in table["probs"].to_pylist()] if "probs" in table.column_names else []
     if not any(exact):

@@ -31,12 +31,12 @@ from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
-
 def say(*parts: object) -> None:
     """Print from a training worker once. Ray Train v2 patches print() to tee into its logger,
     which reaches the driver a second time (every line showed twice); sys.__stdout__ bypasses
     the patch and is still forwarded to the driver and the worker's log file."""
     print(*parts, file=sys.__stdout__ or sys.stdout, flush=True)
+
 
 def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
     """Mean loss over the batch's label tokens; packed examples never attend to each other."""
@@ -283,7 +283,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if notice is not None:
                     if rank == 0:
                         say(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
-                              f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}")
+                            f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}")
                     checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
             if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
