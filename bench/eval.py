@@ -59,7 +59,8 @@ def main() -> int:
     print(f"{n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}")
     print(f"exact distributions : {1000 * t_exact / n:7.1f} ms/participant  W exact {m_exact['wasserstein']:.4f} "
           f"(one draw per participant: W {m_exact['wasserstein_sampled']:.4f})")
-    print(f"paper-style sampling: {1000 * t_sample / n:7.1f} ms/participant  W {m_sample['wasserstein_sampled']}  "
+    w_sample = m_sample["wasserstein_sampled"]
+    print(f"paper-style sampling: {1000 * t_sample / n:7.1f} ms/participant  W {'n/a' if w_sample is None else f'{w_sample:.4f}'}  "
           f"unparsable {m_sample['unparsable']}/{n}")
     print(f"sampling / exact time per participant: {t_sample / t_exact:.2f}x")
     if m_sample["wasserstein_sampled"] is not None:
