@@ -110,7 +110,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     import deepspeed
     import torch
 
-    from socrates_ray.train.deepspeed import build_ds_config
+    from socrates_ray.train.deepspeed import build_ds_config, normalize_cuda_arch_list
     from socrates_ray.train.loop import forward_loss
     from socrates_ray.train.model import count_parameters, load_model_for_training
 
@@ -124,6 +124,8 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    if fixed := normalize_cuda_arch_list():
+        print(f"gpu_check: TORCH_CUDA_ARCH_LIST -> {fixed!r} (DeepSpeed's op builder cannot parse arch-specific entries)", flush=True)
     model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", ds_config, True, False)
     trainable, total = count_parameters(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"gpu_check: batching, {mode} mode: {b['requests']} requests one at a time {b[mode]['sequential_rps']:,.1f} req/s, "
                   f"as one batch {b[mode]['batched_rps']:,.1f} req/s: {b[mode]['gain']:.2f}x (the Serve app's @serve.batch, "
                   "without HTTP)", flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(f"gpu_check: done in {report['seconds']}s", flush=True)
     if args.out:

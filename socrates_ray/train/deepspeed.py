@@ -1,7 +1,10 @@
-"""The only place a DeepSpeed config dict is built (pure: no DeepSpeed import)."""
+"""The only place a DeepSpeed config dict is built, and the environment DeepSpeed's op builder
+needs (pure: no DeepSpeed import)."""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 MIN_REDUCE_BUCKET = 1_000_000  # elements
@@ -81,3 +84,20 @@ def build_ds_config(
         "steps_per_print": 10**9,  # our own progress line replaces DeepSpeed's
         "wall_clock_breakdown": False,
     }
+
+
+def normalize_cuda_arch_list(environ: Any = os.environ) -> str | None:
+    """Make TORCH_CUDA_ARCH_LIST readable by DeepSpeed 0.19's JIT op builder, in place.
+
+    Hopper images set arch-specific entries such as "9.0a"; the builder parses each entry's parts
+    as integers and fails with "invalid literal for int() with base 10: '0a'" the first time it
+    compiles an op (FusedAdam, on any GPU run). Seen on an H100 machine. "9.0a" becomes "9.0" (the
+    generic sm_90 build runs there), "+PTX" suffixes stay. Returns the new value when it changed."""
+    value = environ.get("TORCH_CUDA_ARCH_LIST")
+    if not value:
+        return None
+    fixed = re.sub(r"(\d+\.\d+)[a-zA-Z]+", r"\1", value)
+    if fixed == value:
+        return None
+    environ["TORCH_CUDA_ARCH_LIST"] = fixed
+    return fixed

@@ -28,6 +28,7 @@ from typing import Any
 from socrates_ray.checkpoint import TrainState, load_checkpoint, newest_checkpoint, save_checkpoint
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
+from socrates_ray.train.deepspeed import normalize_cuda_arch_list
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
@@ -176,6 +177,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     trainable, total = count_parameters(model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fixed = normalize_cuda_arch_list()
+    if fixed and rank == 0:
+        say(f"TORCH_CUDA_ARCH_LIST -> {fixed!r} (DeepSpeed's op builder cannot parse arch-specific entries like '9.0a')")
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
