@@ -3,6 +3,11 @@ concurrent clients, with p50/p99 latency; both measured in this run on the same 
 
     python bench/serve.py                  # ~2 minutes on 2 cores
     python bench/serve.py --requests 512 --batch 32
+    python bench/serve.py --gpus 1         # one replica on a GPU (the default where CUDA is visible),
+                                           # with a ~0.4B model (24 x 896) unless --layers/--hidden say otherwise
+
+The model is random (built offline from a config, its tokenizer trained on synthetic prompts), so
+nothing is downloaded; on a GPU it runs in bf16, on CPU in fp32.
 """
 
 from __future__ import annotations
@@ -37,10 +42,16 @@ def load(url: str, clients: int, total: int, mode: str, max_tokens: int) -> dict
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(clients)))  # warm-up
+        before = requests.get(url + "/healthz", timeout=60).json()
         start = time.perf_counter()
         latencies = list(pool.map(one, range(total)))
         wall = time.perf_counter() - start
-    return {"rps": total / wall, "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+        after = requests.get(url + "/healthz", timeout=60).json()
+    batches = after["batches"] - before["batches"]
+    return {"rps": total / wall, "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+            "mean_batch": (after["batched_requests"] - before["batched_requests"]) / max(1, batches), "device": after["device"],
+            "busy": (after["model_seconds"] - before["model_seconds"]) / wall,
+            "ms_per_batch": 1000 * (after["model_seconds"] - before["model_seconds"]) / max(1, batches)}
 
 
 def main() -> int:
@@ -48,31 +59,49 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32, help="serve.max_batch_size of the batched deployment")
-    parser.add_argument("--hidden", type=int, default=512, help="model width: big enough that the model, not HTTP, is the cost")
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch-wait", type=float, default=0.05,
+                        help="serve.batch_wait_timeout_s of the batched deployment (0.05: batches fill; see ServeSection)")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs for the replica: 0 or 1 (default: 1 if CUDA is visible)")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="model width (default 512 on CPU, 896 on a GPU): big enough that the model, not HTTP, is the cost")
+    parser.add_argument("--layers", type=int, default=None, help="model depth (default 8 on CPU, 24 on a GPU)")
     parser.add_argument("--mode", choices=["distribution", "sample"], default="sample",
                         help="sample: generation (decode-bound, where batching pays); distribution: one prefill-bound pass per request")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per request in sample mode")
     args = parser.parse_args()
     import ray
+    import torch
+
+    if args.gpus is None:
+        args.gpus = int(torch.cuda.is_available())
+    if args.gpus not in (0, 1):
+        parser.error(f"--gpus takes 0 or 1 (one replica), got {args.gpus}")
+    if args.gpus and not torch.cuda.is_available():
+        parser.error("--gpus 1 but torch sees no CUDA device; run with --gpus 0 for the CPU benchmark")
+    args.hidden = args.hidden or (896 if args.gpus else 512)
+    args.layers = args.layers or (24 if args.gpus else 8)
     from ray import serve
 
     from socrates_ray.serve.app import start_serve
 
+    heads = max(1, args.hidden // 64)
     shape = TinyModelSection(hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
-                             num_attention_heads=8, num_key_value_heads=4)
+                             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2))
     model = ensure_tiny_model(os.path.join(tempfile.gettempdir(), f"socrates_bench_{args.layers}x{args.hidden}"), shape)
-    print(f"model: Qwen2 {args.layers} layers x {args.hidden} wide (random weights), fp32 on CPU")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    where = f"bf16 on {torch.cuda.get_device_name()}" if args.gpus else "fp32 on CPU"
+    print(f"model: Qwen2 {args.layers} layers x {args.hidden} wide (random weights), {where}", flush=True)
+    ray.init(num_cpus=4, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
     results = {}
     for label, batch in (("one at a time", 1), ("batched", args.batch)):
-        cfg = load_config(None, [f"serve.max_batch_size={batch}", "serve.batch_wait_timeout_s=0.005",
-                                 f"serve.max_ongoing_requests={max(args.clients, batch) * 2}", "serve.num_cpus=2", "serve.port=8125"])
+        cfg = load_config(None, [f"serve.max_batch_size={batch}", f"serve.batch_wait_timeout_s={args.batch_wait if batch > 1 else 0}",
+                                 f"serve.max_ongoing_requests={max(args.clients, batch) * 2}", "serve.num_cpus=2", "serve.port=8125",
+                                 f"serve.num_gpus={args.gpus}"])
         url = start_serve(cfg, str(model))
         results[label] = load(url, args.clients, args.requests, args.mode, args.max_tokens)
         serve.delete(cfg.serve.app_name)
         r = results[label]
-        print(f"{label:>14} (max_batch_size {batch:>2}): {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms")
+        print(f"{label:>14} (max_batch_size {batch:>2}): {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+              f"mean batch {r['mean_batch']:4.1f} ({r['ms_per_batch']:.0f} ms each, model busy {r['busy']:.0%}) on {r['device']}", flush=True)
     serve.shutdown()
     ratio = results["batched"]["rps"] / results["one at a time"]["rps"]
     print(f"batching / one-at-a-time throughput, {args.mode} mode, {args.clients} concurrent clients: {ratio:.2f}x (target >= 5x)")

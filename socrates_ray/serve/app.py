@@ -232,8 +232,9 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
 
         @api.get("/healthz")
         async def healthz(self) -> Any:
-            return {"status": "ok", "model": self.model_name, "batches": self.core.batches,
-                    "batched_requests": self.core.batched_jobs, "loaded_adapters": sorted(self.core.scorer.adapters)}
+            return {"status": "ok", "model": self.model_name, "device": self.core.scorer.device, "batches": self.core.batches,
+                    "batched_requests": self.core.batched_jobs,
+                    "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
 
     return SocratesModel.bind(model_path, cfg.prompt.system_prompt, s.model_dump())
 

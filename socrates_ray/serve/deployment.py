@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class ModelCore:
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
         self.batches = 0
         self.batched_jobs = 0
+        self.model_seconds = 0.0  # wall time inside scorer calls (healthz; bench/serve.py's busy share)
         self.run_batch.set_max_batch_size(cfg.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -130,7 +132,11 @@ class ModelCore:
     async def run_batch(self, jobs: list[Job]) -> list[Any]:
         self.batches += 1
         self.batched_jobs += len(jobs)
-        return await asyncio.to_thread(self._run_sync, jobs)
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self._run_sync, jobs)
+        finally:
+            self.model_seconds += time.perf_counter() - start
 
     def _run_sync(self, jobs: list[Job]) -> list[Any]:
         """Group jobs so each group is one scorer call; a group's error goes to its jobs only."""
