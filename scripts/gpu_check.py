@@ -110,7 +110,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     import deepspeed
     import torch
 
-    from socrates_ray.train.deepspeed import build_ds_config, normalize_cuda_arch_list
+    from socrates_ray.train.deepspeed import build_ds_config
     from socrates_ray.train.loop import forward_loss
     from socrates_ray.train.model import count_parameters, load_model_for_training
 
@@ -124,8 +124,6 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    if fixed := normalize_cuda_arch_list():
-        print(f"gpu_check: TORCH_CUDA_ARCH_LIST -> {fixed!r} (DeepSpeed's op builder cannot parse arch-specific entries)", flush=True)
     model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", ds_config, True, False)
     trainable, total = count_parameters(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
@@ -161,16 +159,13 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     return result
 
 
-def scorer_throughput(folder: Path, preset: dict[str, Any], device: str) -> dict[str, Any]:
+def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[str, Any]:
     """Exact answer distributions for synthetic prompts with 5- and 11-point scales."""
     import numpy as np
     import torch
 
-    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.score import Scorer
     from socrates_ray.testing import synthetic_corpus
 
-    scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=device, max_length=preset["max_position_embeddings"])
     prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(preset["score_prompts"] + 1, seed=2) if "\n" in t][: preset["score_prompts"]]
     options = [list(range(1, 6)) if i % 2 else list(range(0, 11)) for i in range(len(prompts))]
     scorer.distributions(prompts[:8], options[:8])  # warm-up (kernels, allocator)
@@ -187,17 +182,14 @@ def scorer_throughput(folder: Path, preset: dict[str, Any], device: str) -> dict
             "options_per_s": round(sum(map(len, options)) / seconds, 1), "seconds": round(seconds, 2)}
 
 
-def batching_gain(folder: Path, preset: dict[str, Any], device: str) -> dict[str, Any]:
+def batching_gain(scorer: Any, preset: dict[str, Any], device: str) -> dict[str, Any]:
     """What the Serve app's @serve.batch buys on this device, without Ray or HTTP: the same
     `batch_clients` requests answered one call at a time vs as one batched call, in sample mode
     (Scorer.generate, `batch_tokens` new tokens, as bench/serve.py) and distribution mode."""
     import torch
 
-    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.score import Scorer
     from socrates_ray.testing import synthetic_corpus
 
-    scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=device, max_length=preset["max_position_embeddings"])
     k, new = preset["batch_clients"], preset["batch_tokens"]
     prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(k + 1, seed=3) if "\n" in t][:k]
     prefixes = [scorer.encoder.prefix_text(p) for p in prompts]
@@ -245,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import peft
     import transformers
 
+    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+    from socrates_ray.score import Scorer
+    from socrates_ray.train.deepspeed import normalize_cuda_arch_list
+
     report: dict[str, Any] = {
         "device": name, "peak_bf16_tflops": peak, "torch": torch.__version__, "cuda": torch.version.cuda,
         "deepspeed": deepspeed.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
@@ -259,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"gpu_check: random Qwen2 model, {report['parameters'] / 1e6:,.0f}M parameters, built in "
               f"{time.perf_counter() - started:.0f}s", flush=True)
         init_single_process_group(args.device)
+        if fixed := normalize_cuda_arch_list():
+            print(f"gpu_check: TORCH_CUDA_ARCH_LIST -> {fixed!r} (DeepSpeed's op builder cannot parse arch-specific entries)",
+                  flush=True)
         report["train"] = []
         for stage in (2, 3):
             r = train_steps(folder, stage, preset, args.device, peak)
@@ -266,11 +265,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"gpu_check: LoRA ZeRO-{stage} bf16: {r['tokens_per_s']:,.0f} tokens/s, {r['step_time_s'] * 1000:.0f} ms/step, "
                   f"{r['model_tflops_per_s']} model TFLOP/s, MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'}, "
                   f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
-        report["score"] = scorer_throughput(folder, preset, args.device)
+        scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
+        report["score"] = scorer_throughput(scorer, preset, args.device)
         s = report["score"]
         print(f"gpu_check: exact distributions: {s['prompts_per_s']:,.1f} prompts/s ({s['options_per_s']:,.0f} options/s) "
               f"over {s['prompts']} prompts", flush=True)
-        report["batching"] = b = batching_gain(folder, preset, args.device)
+        report["batching"] = b = batching_gain(scorer, preset, args.device)
         for mode in ("sample", "distribution"):
             print(f"gpu_check: batching, {mode} mode: {b['requests']} requests one at a time {b[mode]['sequential_rps']:,.1f} req/s, "
                   f"as one batch {b[mode]['batched_rps']:,.1f} req/s: {b[mode]['gain']:.2f}x (the Serve app's @serve.batch, "

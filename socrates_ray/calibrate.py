@@ -23,10 +23,10 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from socrates_ray.score import shape_distribution
+from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, shape_distribution
 from socrates_ray.simulate import SimulateError, load_split_rows, run_simulation
 
-T_BOUNDS = (0.2, 20.0)  # 20: near uniform; also the most the Serve app's distribution mode accepts
+T_BOUNDS = (0.2, MAX_DISTRIBUTION_TEMPERATURE)
 
 
 class CalibrationError(ValueError):

@@ -225,9 +225,9 @@ class ServeSection(Section):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="How long a batch waits to fill. Under steady load from clients that wait for each "
         "answer, the next requests reach a busy replica slowly (its request handling shares the GIL with the model "
-        "thread), so short waits leave batches small: bench/serve.py, 32 clients, CPU: 1.5x over one-at-a-time at "
-        "0.005 s, 3.6x at 0.05 s (mean batch 32); H200: 10.6x at 0.05 s. 0.05 suits GPU serving; a lone request "
-        "waits at most this long.",
+        "thread), so short waits leave batches small: bench/serve.py, 32 clients, CPU: 1.60x over one-at-a-time at "
+        "0.005 s (mean batch 2.7), 3.09x at 0.05 s (mean batch 12.8); H200: 10.6x at 0.05 s (README). 0.05 suits GPU "
+        "serving; a lone request waits at most this long.",
     )
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= max_batch_size so batches fill).")
     autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection, description="Replica autoscaling.")

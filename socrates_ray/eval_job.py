@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from socrates_ray.calibrate import resolve_temperature
 from socrates_ray.config import Config
 from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
-from socrates_ray.report import results_table, temperature_lines, write_report
+from socrates_ray.report import results_table, temperature_line, write_report
 from socrates_ray.simulate import load_eval_rows, run_simulation
 
 
@@ -93,9 +93,8 @@ def run_evaluation(
                                         "comparison": compare(models, baselines)}
     report = write_report(results, out, finetuned_tables)
     log("evaluate: Wasserstein distance, lower is better (PAPER.md section 5)\n" + results_table(results))
-    for line in temperature_lines(results):
-        if line:
-            log("evaluate: " + line)
+    if line := temperature_line(results):
+        log("evaluate: " + line)
     log(f"evaluate: report {report}, metrics {out / 'metrics.json'}")
     results["report"] = str(report)
     return results

@@ -96,10 +96,10 @@ def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: d
     return out
 
 
-def temperature_lines(results: dict[str, Any]) -> list[str]:
+def temperature_line(results: dict[str, Any]) -> str | None:
     """What temperature each model's exact distributions used, and how it was chosen."""
     if results.get("mode") != "exact" or not results.get("temperature"):
-        return []
+        return None
     fits = results.get("calibration", {})
     parts = []
     for name, t in results["temperature"].items():
@@ -108,7 +108,7 @@ def temperature_lines(results: dict[str, Any]) -> list[str]:
             parts.append(f"{name} T={t:.2f} (fitted on {fit['rows']:,} rows of {fit['split']}: NLL {fit['nll_at_1']:.4f} at T=1 -> {fit['nll']:.4f})")
         else:
             parts.append(f"{name} T={t:.2f} (set in simulate.temperature)")
-    return ["Exact-mode temperature: " + "; ".join(parts) + ".", ""]
+    return "Exact-mode temperature: " + "; ".join(parts) + "."
 
 
 def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, Any]) -> Path:
@@ -127,7 +127,8 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         results_table(results),
         "",
     ]
-    lines += temperature_lines(results)
+    if line := temperature_line(results):
+        lines += [line, ""]
     for setting, r in results["settings"].items():
         lines.append(f"## {setting}")
         lines.append("")

@@ -26,6 +26,9 @@ from socrates_ray.data.tokenize import Encoder, additive_mask
 PAPER_TEMPERATURE = 0.6
 PAPER_TOP_P = 0.9
 PAPER_MAX_NEW_TOKENS = 32
+# The highest temperature applied to an option distribution (20: uniform to 3 decimals): the
+# bound of calibrate's fit and the most the Serve app's distribution mode accepts.
+MAX_DISTRIBUTION_TEMPERATURE = 20.0
 _FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
 
 

@@ -28,7 +28,7 @@ from ray import serve
 
 from socrates_ray.config import Config, ServeSection
 from socrates_ray.data.prompts import build_messages, build_prompt, parse_answer_scale
-from socrates_ray.score import parse_first_integer
+from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, parse_first_integer
 from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, list_adapters
 
 MAX_OPTIONS = 1001
@@ -36,9 +36,6 @@ MAX_OPTIONS = 1001
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-MAX_DISTRIBUTION_TEMPERATURE = 20.0
 
 
 class PredictRequest(Strict):
@@ -49,8 +46,8 @@ class PredictRequest(Strict):
     mode: Literal["distribution", "sample"] = "distribution"
     options: list[int] | None = Field(None, min_length=1, max_length=MAX_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
     n: int = Field(1, ge=1)
-    # Up to 20 on an option distribution (what simulate.temperature=auto may fit: 20 is uniform to
-    # 3 decimals); sampling text keeps OpenAI's cap of 2.
+    # Up to MAX_DISTRIBUTION_TEMPERATURE on an option distribution (what simulate.temperature=auto
+    # may fit); sampling text keeps OpenAI's cap of 2.
     temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(32, ge=1)
