@@ -34,6 +34,12 @@ class RunSection(Section):
     name: str = Field("demo", description="Run name; output goes to <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder (or shared path) that holds run folders.")
     seed: int = Field(0, description="Seed for everything random in a run.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "error", description="Ray, Ray Train, Ray Data and Ray Serve log level (their INFO lines, HTTP access logs and "
+        "progress bars appear from `info` on; `--verbose` sets `info`). The default hides their warnings too: with no "
+        "dashboard, Ray Train's placement-group cleaner warns every few seconds that the state API is unavailable. "
+        "socrates_ray's own progress lines, warnings and every error are always shown.",
+    )
 
 
 class SynthSection(Section):
@@ -93,21 +99,25 @@ class PromptSection(Section):
 
 
 class TinyModelSection(Section):
-    hidden_size: int = Field(64, ge=8, description="Width of the tiny Qwen2 model.")
-    intermediate_size: int = Field(256, ge=8, description="MLP width.")
+    # head_dim = hidden_size / num_attention_heads = 64, as in real Qwen2 models: vLLM's CPU backend
+    # refuses head_dim 16, and a wider head reads a 300-token prompt better than four narrow ones.
+    hidden_size: int = Field(128, ge=8, description="Width of the tiny Qwen2 model.")
+    intermediate_size: int = Field(512, ge=8, description="MLP width.")
     num_hidden_layers: int = Field(2, ge=1, description="Transformer layers.")
-    num_attention_heads: int = Field(4, ge=1, description="Query heads.")
+    num_attention_heads: int = Field(2, ge=1, description="Query heads (head_dim = hidden_size / heads).")
     num_key_value_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
     max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model accepts.")
     vocab_size: int = Field(3000, ge=300, description="Target vocabulary of the offline BPE tokenizer.")
     tokenizer_corpus_rows: int = Field(
         3000, ge=10, description="Synthetic prompts the tokenizer is trained on."
     )
-    format_steps: int = Field(
-        0, ge=0, description="Steps of answer-format pretraining of the random tiny base (answers drawn uniformly "
-        "within each prompt's scale): the stand-in for a real base model's instruction tuning. 0 = a purely random base.",
+    pretrain_steps: int = Field(
+        0, ge=0, description="Steps (16 prompts each) of reading pretraining of the random tiny base: SocSci-style prompts "
+        "of a synthetic world with another seed, whose answers are a fixed function of the prompt's words unrelated to "
+        "how people answer (testing.pretrain_reading). The stand-in for a real base model's pretraining and instruction "
+        "tuning: the base learns the answer format and to read its whole prompt. 0 = a purely random base.",
     )
-    format_lr: float = Field(3.0e-3, gt=0, description="Learning rate of the format pretraining.")
+    pretrain_lr: float = Field(3.0e-3, gt=0, description="Learning rate of the reading pretraining.")
 
 
 class ModelSection(Section):
@@ -179,6 +189,10 @@ class TrainSection(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
+    log_every: int = Field(
+        10, ge=1, description="Optimizer steps between progress lines on the terminal (every step still goes to metrics.jsonl "
+        "and TensorBoard; eval steps and the last step always print).",
+    )
     eval_batches: int = Field(20, ge=1, description="Micro batches per worker in one eval pass.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (and one at the end).")
     preemption_check_every: int = Field(
@@ -286,6 +300,15 @@ class EvaluateSection(Section):
     parity_fields: list[str] = Field(
         default_factory=lambda: ["gender", "party_id", "ideology", "education"],
         description="Demographic fields of the subgroup-gap (demographic parity) metric.",
+    )
+    anchor: bool = Field(
+        True, description="Fit the regression anchor (anchor.py: ridge on persona fields + stimulus words and their "
+        "party/ideology/age interactions) on train.setting's train split and score it beside the models: the baseline "
+        "a social scientist would fit instead.",
+    )
+    fit_check_cells: int = Field(
+        30, ge=0, description="Training cells (of train.setting's train split, at most simulate.max_per_cell rows each) "
+        "the models are also scored on: can the finetuned model fit what it saw? 0 = off.",
     )
 
 

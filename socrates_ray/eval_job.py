@@ -16,11 +16,15 @@ from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
+import numpy as np
+import pyarrow as pa
+
+from socrates_ray.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.calibrate import resolve_temperature
 from socrates_ray.config import Config
 from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
 from socrates_ray.report import results_table, temperature_line, write_report
-from socrates_ray.simulate import load_eval_rows, run_simulation
+from socrates_ray.simulate import load_eval_rows, load_split_rows, run_simulation
 
 
 def newest_adapter(run_dir: Path) -> str | None:
@@ -73,6 +77,13 @@ def run_evaluation(
         if fit is not None:
             results.setdefault("calibration", {})[name] = fit
     results["temperature"] = temperatures
+    anchor = None
+    if cfg.evaluate.anchor:
+        anchor = fit_anchor(load_split_rows(cfg.data.prepared, trained_on, "train", None),
+                            _val_or_train(cfg.data.prepared, trained_on))
+        results["anchor"] = {"trained_on": f"{trained_on}/train", **describe(anchor)}
+        log(f"evaluate: regression anchor fitted on {trained_on}/train (ridge alpha {anchor.alpha:g}, spread {anchor.spread:g}, "
+            f"chosen on the validation split)")
     for setting in cfg.evaluate.settings:
         if adapter_path and trained_on not in (setting, "all_settings"):
             log(f"evaluate: warning: the adapter was trained on train.setting={trained_on}, whose train split overlaps "
@@ -88,9 +99,26 @@ def run_evaluation(
             models[name] = model_metrics(cells)
             if name == "finetuned":
                 finetuned_tables[setting] = table
+        if anchor is not None:
+            models["anchor"] = model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist(), fields))
         baselines = baseline_metrics(cells, truth, cfg.evaluate.floor_resamples, cfg.run.seed)
         results["settings"][setting] = {"rows": rows.num_rows, "models": models, "baselines": baselines,
                                         "comparison": compare(models, baselines)}
+    if cfg.evaluate.fit_check_cells:
+        rows = training_cells(cfg.data.prepared, trained_on, cfg.evaluate.fit_check_cells, cfg.simulate.max_per_cell, cfg.run.seed)
+        fit: dict[str, Any] = {"split": f"{trained_on}/train", "rows": rows.num_rows}
+        for name, adapter in runs:
+            log(f"evaluate: fit check: {name} model on {rows.num_rows:,} rows of {fit['split']}")
+            table = pq.read_table(run_simulation(rows, out / "fit_check" / name, model_sim(name, adapter, temperatures[name]),
+                                                 model_path, cfg.prompt.system_prompt, log, token))
+            cells = group_cells(table.to_pylist())
+            metrics = model_metrics(cells)
+            fit[name] = {"wasserstein": metrics["wasserstein"], "cell_spread": metrics["cell_spread"]}
+        if anchor is not None:
+            fit["anchor"] = {"wasserstein": model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist()))["wasserstein"]}
+        fit["uniform"] = {"wasserstein": baseline_metrics(cells, None, 1, cfg.run.seed)["uniform"]["wasserstein"]}
+        fit["cells"] = metrics["cells"]
+        results["fit_check"] = fit
     report = write_report(results, out, finetuned_tables)
     log("evaluate: Wasserstein distance, lower is better (PAPER.md section 5)\n" + results_table(results))
     if line := temperature_line(results):
@@ -99,3 +127,19 @@ def run_evaluation(
     results["report"] = str(report)
     return results
 
+
+def _val_or_train(prepared: str, setting: str) -> pa.Table:
+    """The validation split (held-out units of train) where prepare made one, else train itself."""
+    if glob.glob(os.path.join(prepared, setting, "val", "*.parquet")):
+        return load_split_rows(prepared, setting, "val", None)
+    return load_split_rows(prepared, setting, "train", None)
+
+
+def training_cells(prepared: str, setting: str, n_cells: int, max_per_cell: int | None, seed: int) -> pa.Table:
+    """A seeded sample of n_cells cells of a train split (at most max_per_cell rows each): the fit check's rows."""
+    table = load_split_rows(prepared, setting, "train", max_per_cell, seed)
+    keys = list(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist(), table["task_num"].to_pylist()))
+    distinct = sorted(set(keys))
+    rng = np.random.default_rng(seed)
+    chosen = {distinct[i] for i in rng.choice(len(distinct), size=min(n_cells, len(distinct)), replace=False)}
+    return table.take(pa.array([i for i, k in enumerate(keys) if k in chosen]))

@@ -178,6 +178,35 @@ def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
     return float(np.mean(errors)) if errors else None
 
 
+def cell_spread(cells: dict[CellKey, Cell]) -> dict[str, float | None]:
+    """How much predictions differ across cells, against how much the humans' answers do.
+
+    Per cell, the mean answer as a position on its scale (0 = lowest option, 1 = highest: the
+    expected position under each participant's distribution, averaged); then the standard
+    deviation of those means across the cells of each scale (cells with the same option list),
+    averaged over scales with >= 3 cells. A model that ignores its prompt predicts one
+    distribution per scale: spread 0, whatever the humans' spread."""
+    by_scale: dict[tuple[int, ...], list[tuple[float, float]]] = defaultdict(list)
+    for cell in cells.values():
+        if cell.probs is None or not cell.scorable():
+            continue
+        options = np.asarray(cell.options[0], dtype=np.float64)  # type: ignore[index]
+        if options.max() == options.min():
+            continue
+        position = (options - options.min()) / (options.max() - options.min())
+        predicted = float(np.mean([np.dot(p, position) for p in cell.probs]))  # type: ignore[union-attr]
+        human = float(np.mean((cell.human - options.min()) / (options.max() - options.min())))
+        by_scale[tuple(cell.options[0])].append((predicted, human))  # type: ignore[index]
+    groups = [np.asarray(v) for v in by_scale.values() if len(v) >= 3]
+    if not groups:
+        return {"predicted": None, "human": None, "scales": 0}
+    return {
+        "predicted": float(np.mean([g[:, 0].std() for g in groups])),
+        "human": float(np.mean([g[:, 1].std() for g in groups])),
+        "scales": len(groups),
+    }
+
+
 # --- aggregation -----------------------------------------------------------------------------------
 def per_study(per_cell: dict[CellKey, float | None]) -> dict[str, float]:
     """Mean over each study's cells (cells with None are left out)."""
@@ -218,6 +247,7 @@ def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:
         "wasserstein_sampled": macro(w_s),
         "accuracy_sampled": macro({k: accuracy_sampled(c) for k, c in scorable.items()}),
         "subgroup_gap_error": macro({k: subgroup_gap_error(c, k in exact_cells) for k, c in scorable.items()}),
+        "cell_spread": cell_spread(scorable),
         "per_cell": {"|".join(map(str, k)): v for k, v in w.items()},
         "per_study": per_study(w),
     }

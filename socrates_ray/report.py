@@ -14,25 +14,49 @@ from typing import Any
 import numpy as np
 
 
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """The paper-style table: one row per setting, uniform / base / finetuned / floor."""
+    """The paper-style table: one row per setting, uniform / base / finetuned / anchor / floors, the
+    share of the uniform-to-floor gap each model closes, and how much predictions differ across cells."""
     lines = [
-        "| setting | cells | uniform | base | finetuned | floor (resampling) | floor (true dist.) | finetuned vs base | gap closed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | cells | uniform | base | finetuned | anchor | floor (resampling) | floor (true dist.) | finetuned vs base "
+        "| gap closed: finetuned / anchor | cell spread: finetuned / human |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, r in results["settings"].items():
         b = r["baselines"]
         models = r["models"]
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        w = {name: m.get("wasserstein") for name, m in models.items()}
         rel = r["comparison"].get("finetuned_vs_base", {}).get("improvement (denominator: W_base)")
-        gap = r["comparison"].get("finetuned", {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)")
+        gap = {name: r["comparison"].get(name, {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)") for name in models}
+        spread = models.get("finetuned", models.get("base", {})).get("cell_spread", {})
+        gaps = " / ".join("-" if gap.get(n) is None else f"{gap[n]:.2f}" for n in ("finetuned", "anchor"))
         lines.append(
-            f"| {setting} | {models.get('finetuned', models.get('base', {})).get('cells', '-')} | {fmt(b['uniform']['wasserstein'])} | "
-            f"{fmt(models.get('base', {}).get('wasserstein'))} | {fmt(models.get('finetuned', {}).get('wasserstein'))} | "
-            f"{fmt(b['floor']['wasserstein'])} | {fmt(b.get('true_floor', {}).get('wasserstein'))} | "
-            f"{'-' if rel is None else f'{rel:+.1%}'} | {'-' if gap is None else f'{gap:.2f}'} |"
+            f"| {setting} | {models.get('finetuned', models.get('base', {})).get('cells', '-')} | {_fmt(b['uniform']['wasserstein'])} | "
+            f"{_fmt(w.get('base'))} | {_fmt(w.get('finetuned'))} | {_fmt(w.get('anchor'))} | "
+            f"{_fmt(b['floor']['wasserstein'])} | {_fmt(b.get('true_floor', {}).get('wasserstein'))} | "
+            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {_fmt(spread.get('predicted'))} / {_fmt(spread.get('human'))} |"
         )
     return "\n".join(lines)
+
+
+def fit_check_line(results: dict[str, Any]) -> str | None:
+    """Can the finetuned model fit what it saw? Its W on training cells against uniform's there."""
+    fit = results.get("fit_check")
+    if not fit:
+        return None
+    parts = [f"{name} {_fmt(fit[name]['wasserstein'])}" for name in ("base", "finetuned", "anchor", "uniform") if name in fit]
+    ratio = ""
+    if "finetuned" in fit and fit["finetuned"]["wasserstein"] is not None and fit["uniform"]["wasserstein"]:
+        ratio = f" (finetuned = {fit['finetuned']['wasserstein'] / fit['uniform']['wasserstein']:.2f} x uniform"
+        spread = fit["finetuned"].get("cell_spread", {})
+        if spread.get("predicted") is not None:
+            ratio += f"; cell spread {spread['predicted']:.3f} vs human {spread['human']:.3f}"
+        ratio += ")"
+    return f"Fit check on {fit['cells']} cells ({fit['rows']:,} rows) of {fit['split']}: W " + ", ".join(parts) + ratio + "."
 
 
 def _hist(ax: Any, human: np.ndarray, options: np.ndarray, probs: np.ndarray, title: str) -> None:
@@ -129,6 +153,13 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
     ]
     if line := temperature_line(results):
         lines += [line, ""]
+    if line := fit_check_line(results):
+        lines += [line, ""]
+    if "anchor" in results:
+        a = results["anchor"]
+        lines += [f"Regression anchor: ridge on persona fields + stimulus words and their party/ideology/age interactions "
+                  f"({a['features']:,} features), fitted on {a['trained_on']}; alpha {a['alpha']:g} and spread {a['spread']:g} "
+                  f"chosen on the validation split.", ""]
     for setting, r in results["settings"].items():
         lines.append(f"## {setting}")
         lines.append("")
@@ -140,6 +171,11 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
                 f"{m['unparsable']} unparsable of {m['rows']} rows"
             )
         lines.append(f"- uniform guess: W {r['baselines']['uniform']['wasserstein']:.4f}, accuracy {r['baselines']['uniform']['accuracy']:.4f}")
+        for name, m in r["models"].items():
+            spread = m.get("cell_spread", {})
+            if spread.get("predicted") is not None:
+                lines.append(f"- cell spread ({name}): predicted cell means differ by {spread['predicted']:.3f} (sd of the mean "
+                             f"position within a scale, {spread['scales']} scales); the humans' by {spread['human']:.3f}")
         for name, c in r["comparison"].items():
             if isinstance(c, dict):
                 lines.append(f"- {name}: " + ", ".join(f"{k} = {'-' if v is None else f'{v:+.3f}'}" for k, v in c.items()))

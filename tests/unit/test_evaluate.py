@@ -99,3 +99,24 @@ def test_subgroup_gap_error_by_hand() -> None:
     small = group_cells(rows("a", 0, [1, 5], [1, 5], demographic=[{"party_id": "A"}, {"party_id": "B"}]), ["party_id"])
     assert subgroup_gap_error(next(iter(small.values())), exact=False) is None
     assert np.isfinite(model_metrics(flat)["subgroup_gap_error"])
+
+
+def exact_cell(study: str, cond: int, humans: list[int], probs: list[float]) -> list[dict]:
+    table = rows(study, cond, humans, [None] * len(humans))
+    for r in table:
+        r["options"], r["probs"] = [1, 2, 3, 4, 5], probs
+    return table
+
+
+def test_cell_spread_is_zero_for_a_model_that_ignores_its_prompt() -> None:
+    humans = [[1, 1, 2, 3], [3, 4, 5, 5], [2, 3, 3, 4]]
+    same = [0.2, 0.2, 0.2, 0.2, 0.2]
+    collapsed = model_metrics(group_cells(sum((exact_cell("a", c, h, same) for c, h in enumerate(humans)), [])))
+    assert collapsed["cell_spread"]["predicted"] == pytest.approx(0.0)
+    # human cell means 1.75, 4.25, 3.0 -> positions .1875, .8125, .5 -> sd 0.2552
+    assert collapsed["cell_spread"]["human"] == pytest.approx(np.std([0.1875, 0.8125, 0.5]))
+    low, high, mid = [0.7, 0.3, 0, 0, 0], [0, 0, 0, 0.3, 0.7], [0, 0, 1, 0, 0]
+    reading = model_metrics(group_cells(sum((exact_cell("a", c, h, p) for c, (h, p) in enumerate(zip(humans, (low, high, mid)))), [])))
+    # predicted positions: (0*.7 + .25*.3) = .075, .925, .5
+    assert reading["cell_spread"]["predicted"] == pytest.approx(np.std([0.075, 0.925, 0.5]))
+    assert reading["wasserstein"] < collapsed["wasserstein"]
