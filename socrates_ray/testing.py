@@ -95,60 +95,6 @@ def _fingerprint(shape: TinyModelSection, seed: int) -> str:
     return hashlib.sha256(json.dumps([shape.model_dump(), seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pretrain_answer_format(model, tokenizer, steps: int, lr: float, seed: int, log=print) -> None:
-    """Teach a random tiny base the answer FORMAT, not people: full-parameter training on
-    SocSci-style prompts (a synthetic dataset with another seed) whose answers are drawn
-    uniformly within each prompt's own scale. A real base (Qwen2.5-Instruct) already answers
-    "an integer from 1 to 7" with a number from 1 to 7; a random 2-layer model does not, and
-    its LoRA finetuning then spends its whole budget learning the format (the loss stalls near
-    a global digit marginal). After this the base sits near the uniform guess, as real bases
-    do, and finetuning has the human distributions left to learn."""
-    import tempfile
-
-    import torch
-
-    from socrates_ray.data.prompts import parse_answer_scale
-    from socrates_ray.data.synthetic import write_synthetic
-    import pyarrow.parquet as pq
-
-    from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, packed_attention_mask
-
-    rng = np.random.default_rng(seed + 7)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic(tmp, 20, 6000, 6000, seed + 1000, 0.0, 0.5, log=lambda *a: None)
-        table = pq.read_table(sorted(Path(tmp, "data").glob("*.parquet")), columns=["prompt", "stimuli"]).to_pylist()
-    prompts, answers = [], []
-    for row in table:
-        scale = parse_answer_scale(row["stimuli"])
-        if scale.bounded:
-            prompts.append(row["prompt"])
-            answers.append(str(int(rng.integers(scale.low, scale.high + 1))))
-    encoder = Encoder(tokenizer, DEFAULT_SYSTEM_PROMPT)
-    rows = pack_rows(encoder.encode(prompts, answers), 512, encoder.pad_id)
-    order = rng.permutation(len(rows))
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
-    model.train()
-    batch_rows = 8
-    for step in range(steps):
-        chunk = [rows[order[(step * batch_rows + i) % len(rows)]] for i in range(batch_rows)]
-        batch = collate_rows(chunk, encoder.pad_id)
-        loss = model(
-            input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
-            attention_mask=packed_attention_mask(batch["seq_ids"]),
-        ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"model: answer-format pretraining step {step + 1}/{steps} loss {loss.item():.3f}")
-    model.eval()
-
-
 def ensure_tiny_model(path: str | Path, shape: TinyModelSection, seed: int = 0) -> Path:
     """Build the tiny model + tokenizer into `path` unless an identical one is already there."""
     folder = Path(path)
@@ -158,8 +104,6 @@ def ensure_tiny_model(path: str | Path, shape: TinyModelSection, seed: int = 0) 
         return folder
     tokenizer = build_tiny_tokenizer(synthetic_corpus(shape.tokenizer_corpus_rows, seed), shape.vocab_size)
     model = build_tiny_model(tokenizer, shape, seed)
-    if shape.format_steps:
-        pretrain_answer_format(model, tokenizer, shape.format_steps, shape.format_lr, seed)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)

@@ -1,14 +1,19 @@
 """A SocSci210-format generator with known true answer distributions (pure numpy + pyarrow).
 
-It is the embedded default and the benchmark for everything downstream, so answers carry the
-structure a model can learn from the prompt text alone:
+It is the embedded default and the benchmark for everything downstream, so what moves answers is
+written in the prompt and shared across studies, as in SocSci210, where a held-out study or
+condition is predictable from what other studies taught:
 
-- each study is about a topic; each condition frames it with shared framing sentences
-  ("Critics estimate the policy would cost taxpayers billions...") whose push on answers is the
-  same on every topic, so unseen conditions and unseen studies are predictable from wording;
-- answers depend on the persona: political leaning times the topic's partisan lean, age times the
-  topic's age slope, and partisan cues interact with party;
-- an unobserved per-person effect keeps the floor realistic (a persona never pins an answer).
+- each study is about a topic; a topic has a popularity and a partisan lean that are the same in
+  every study of it, and an age slope (older people support some topics more);
+- each condition frames the topic with a framing sentence shared across studies ("Critics estimate
+  the policy would cost taxpayers billions...") whose push is the same on every topic; partisan
+  cues ("backed by Democratic leaders") move Democrats and Republicans in opposite directions;
+- each question's wording has its own shift (signing a petition costs more than saying you support
+  it) and direction ("How strongly do you oppose" reverses everything), and some answer codes are
+  reversed ("1 if Yes or 2 if No");
+- what the text determines is scaled by VISIBLE_SCALE against the unobserved noise: a per-person
+  effect and a small per-task shift keep the floor realistic (a persona never pins an answer).
 
 Answers follow an ordered logit over the task's scale, so each (study, condition, task) cell has an
 exact true distribution: the mean of its participants' answer distributions (ground_truth.parquet).
@@ -32,24 +37,25 @@ from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, RAW_SCHEMA
 
 REFUSAL_CODE = 98
 
-# (policy, partisan lean: + means liberals support it more, age slope: + means older support more)
-TOPICS: tuple[tuple[str, float, float], ...] = (
-    ("a national carbon tax", 1.0, -0.3),
-    ("stricter background checks for gun purchases", 0.8, 0.2),
-    ("raising the federal minimum wage to $17 an hour", 0.8, -0.2),
-    ("more federal funding for border security", -1.0, 0.4),
-    ("school vouchers for private schools", -0.6, 0.0),
-    ("a nationwide ban on TikTok", -0.3, 0.7),
-    ("required vaccination for hospital workers", 0.6, 0.3),
-    ("cutting the corporate tax rate", -0.8, 0.1),
-    ("federal regulation of artificial intelligence", 0.3, 0.5),
-    ("building new nuclear power plants", -0.3, 0.2),
-    ("a four-day work week for government employees", 0.5, -0.6),
-    ("forgiving federal student loan debt", 1.0, -0.7),
-    ("stricter voter ID laws", -1.0, 0.3),
-    ("a tax on sugary drinks", 0.4, 0.1),
-    ("expanding Medicare to cover dental care", 0.7, 0.6),
-    ("banning smartphones in public schools", -0.1, 0.8),
+# (policy, partisan lean: + means liberals support it more, age slope: + means older support more,
+# popularity: support across the board, the same in every study of the topic)
+TOPICS: tuple[tuple[str, float, float, float], ...] = (
+    ("a national carbon tax", 1.0, -0.3, -0.6),
+    ("stricter background checks for gun purchases", 0.8, 0.2, 1.0),
+    ("raising the federal minimum wage to $17 an hour", 0.8, -0.2, 0.5),
+    ("more federal funding for border security", -1.0, 0.4, 0.3),
+    ("school vouchers for private schools", -0.6, 0.0, -0.3),
+    ("a nationwide ban on TikTok", -0.3, 0.7, -0.8),
+    ("required vaccination for hospital workers", 0.6, 0.3, 0.4),
+    ("cutting the corporate tax rate", -0.8, 0.1, -0.7),
+    ("federal regulation of artificial intelligence", 0.3, 0.5, 0.6),
+    ("building new nuclear power plants", -0.3, 0.2, 0.0),
+    ("a four-day work week for government employees", 0.5, -0.6, -0.2),
+    ("forgiving federal student loan debt", 1.0, -0.7, -0.1),
+    ("stricter voter ID laws", -1.0, 0.3, 0.7),
+    ("a tax on sugary drinks", 0.4, 0.1, -1.0),
+    ("expanding Medicare to cover dental care", 0.7, 0.6, 1.2),
+    ("banning smartphones in public schools", -0.1, 0.8, 0.5),
 )
 
 # Framing sentences shared across studies: (name, paraphrases, effect on support).
@@ -61,7 +67,7 @@ FRAMES: tuple[tuple[str, tuple[str, ...], float], ...] = (
             "Critics estimate the policy would cost taxpayers billions of dollars and raise prices for families.",
             "Economists warn that the policy would be expensive and could raise prices for ordinary families.",
         ),
-        -0.9,
+        -1.8,
     ),
     (
         "moral_duty",
@@ -69,7 +75,7 @@ FRAMES: tuple[tuple[str, tuple[str, ...], float], ...] = (
             "Supporters say it is a moral duty to protect future generations.",
             "Advocates argue that we have a moral duty to act for the sake of our children.",
         ),
-        0.8,
+        1.6,
     ),
     (
         "personal_story",
@@ -77,7 +83,7 @@ FRAMES: tuple[tuple[str, tuple[str, ...], float], ...] = (
             "Maria, a mother of two from Ohio, says the policy would change her family's life for the better.",
             "James, a retired teacher from Georgia, describes how the policy would help people like him.",
         ),
-        0.5,
+        1.0,
     ),
     (
         "expert_endorsement",
@@ -85,7 +91,7 @@ FRAMES: tuple[tuple[str, tuple[str, ...], float], ...] = (
             "A panel of independent scientists and economists has endorsed the policy.",
             "Leading independent experts have reviewed the evidence and endorsed the policy.",
         ),
-        0.6,
+        1.3,
     ),
     (
         "threat",
@@ -93,13 +99,13 @@ FRAMES: tuple[tuple[str, tuple[str, ...], float], ...] = (
             "Opponents warn that the policy threatens individual freedom and puts jobs at risk.",
             "Critics say the policy is a threat to personal freedom and to local jobs.",
         ),
-        -0.8,
+        -1.7,
     ),
-    ("social_norm", ("A recent poll found that most Americans support the policy.",), 0.4),
+    ("social_norm", ("A recent poll found that most Americans support the policy.",), 0.9),
     ("dem_cue", ("The proposal is backed by Democratic leaders in Congress.",), 0.0),
     ("rep_cue", ("The proposal is backed by Republican leaders in Congress.",), 0.0),
 )
-PARTISAN_CUE = 0.7  # dem_cue pushes Democrats up and Republicans down by this much; rep_cue the reverse
+PARTISAN_CUE = 1.5  # dem_cue pushes Democrats up and Republicans down by this much; rep_cue the reverse
 
 INTROS = (
     "Lawmakers are currently debating {topic}.",
@@ -121,22 +127,29 @@ CONTEXT = (
     "Supporters and opponents have both spent heavily on advertising about the issue.",
 )
 
-# Task templates: (question, scale spec key, direction: +1 asks for support, -1 for opposition).
-QUESTIONS: tuple[tuple[str, int], ...] = (
-    ("How much do you support or oppose this proposal?", 1),
-    ("How likely would you be to sign a petition in favor of this proposal?", 1),
-    ("How strongly do you oppose this proposal?", -1),
-    ("How fair do you think this proposal is to people like you?", 1),
-    ("If this proposal were on the ballot in your state, would you vote for it?", 1),
+# Task templates: (question, direction: +1 asks for support, -1 for opposition, shift: what the
+# wording itself does to answers, e.g. signing a petition costs more than saying you support it).
+QUESTIONS: tuple[tuple[str, int, float], ...] = (
+    ("How much do you support or oppose this proposal?", 1, 0.0),
+    ("How likely would you be to sign a petition in favor of this proposal?", 1, -0.9),
+    ("How strongly do you oppose this proposal?", -1, 0.0),
+    ("How fair do you think this proposal is to people like you?", 1, 0.4),
+    ("If this proposal were on the ballot in your state, would you vote for it?", 1, 0.2),
 )
+TASK_NOISE_SD = 0.15  # unobserved per-task shift: small, as in real studies where wording carries most of it
+# What the prompt text determines is scaled against the ordered logit's own noise (a logistic,
+# sd 1.8) and the unobserved person effect: at 2, a frame or a partisan lean moves a 7-point answer
+# by 2-3 points, as strong manipulations and partisan topics do in real studies.
+VISIBLE_SCALE = 2.0
+PERSON_NOISE_SD = 0.7  # unobserved per-person effect: keeps the floor realistic (a persona never pins an answer)
 
 # Scales: (points, low, phrasing template, low label, high label, weight)
 SCALES: tuple[tuple[str, int, int, str, str, str, float], ...] = (
     ("likert5", 1, 5, "scale_labels", "Strongly disagree", "Strongly agree", 0.2),
-    ("likert7", 1, 7, "integer_from_to", "Extremely unlikely", "Extremely likely", 0.3),
+    ("likert7", 1, 7, "integer_from_to", "Extremely unlikely", "Extremely likely", 0.38),
     ("eleven", 0, 10, "integer_from_to", "Not at all", "Completely", 0.12),
     ("hundred", 0, 100, "integer_from_to", "No support at all", "Complete support", 0.1),
-    ("yes_no", 1, 2, "two_option", "Yes", "No", 0.15),
+    ("yes_no", 1, 2, "two_option", "Yes", "No", 0.07),
     ("binary01", 0, 1, "two_option_plain", "No", "Yes", 0.05),
     ("four", 1, 4, "scale_labels", "Not at all", "A great deal", 0.05),
     ("dollars", 0, 0, "open", "", "", 0.03),
@@ -215,6 +228,7 @@ class Study:
     study_id: str
     topic: str
     lean: float
+    popularity: float
     age_slope: float
     intro: str
     context: str
@@ -243,7 +257,7 @@ def design_studies(n_studies: int, target_rows: int, within_share: float, rng: n
     scale_weights /= scale_weights.sum()
     studies: list[Study] = []
     for study_id in _study_ids(rng, n_studies):
-        topic, lean, age_slope = TOPICS[rng.integers(len(TOPICS))]
+        topic, lean, age_slope, popularity = TOPICS[rng.integers(len(TOPICS))]
         n_cond = int(rng.integers(2, 7))
         frame_idx = rng.choice(len(FRAMES), size=n_cond, replace=False)
         frames = []
@@ -257,7 +271,7 @@ def design_studies(n_studies: int, target_rows: int, within_share: float, rng: n
                 question=QUESTIONS[q][0],
                 direction=QUESTIONS[q][1],
                 scale=SCALES[rng.choice(len(SCALES), p=scale_weights)],
-                bias=float(rng.normal(0, 0.4)),
+                bias=QUESTIONS[q][2] + float(rng.normal(0, TASK_NOISE_SD)),
             )
             for q in question_idx
         ]
@@ -267,6 +281,7 @@ def design_studies(n_studies: int, target_rows: int, within_share: float, rng: n
                 study_id=study_id,
                 topic=topic,
                 lean=lean,
+                popularity=popularity,
                 age_slope=age_slope,
                 intro=INTROS[rng.integers(len(INTROS))].format(topic=topic),
                 context=" ".join(CONTEXT[i] for i in sorted(rng.choice(len(CONTEXT), size=int(rng.integers(0, 5)), replace=False))),
@@ -381,7 +396,7 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
     """All rows of one study plus its cells' true distributions."""
     n = study.participants
     people, liberal, party_score, age_z = draw_people(n, rng, study.ethnicity_recorded)
-    person_effect = rng.normal(0, 0.6, n)  # unobserved: keeps the floor above zero
+    person_effect = rng.normal(0, PERSON_NOISE_SD, n)
     n_cond = len(study.frames)
     # Balanced assignment; within-subject participants see several distinct conditions.
     seen = np.stack(
@@ -401,11 +416,12 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                 if len(who) == 0:
                     continue
                 stim = stimulus_text(study, c, task)
-                u = task.bias + person_effect[who] + task.direction * (
-                    frame_effect(study.frames[c], party_score[who])
-                    + study.lean * 1.2 * liberal[who]
-                    + study.age_slope * 0.6 * age_z[who]
-                )
+                u = person_effect[who] + VISIBLE_SCALE * (task.bias + task.direction * (
+                    study.popularity
+                    + frame_effect(study.frames[c], party_score[who])
+                    + study.lean * 2.5 * liberal[who]
+                    + study.age_slope * 1.0 * age_z[who]
+                ))
                 if phrasing == "open":
                     amounts = np.where(
                         rng.random(len(who)) < 1 / (1 + np.exp(-u)),

@@ -45,7 +45,7 @@ def train_overrides(storage: Path, prepared: Path, tiny_model: Path, name: str, 
     """Absolute paths only: on a cluster, data, model and runs live on shared storage."""
     return [
         f"run.name={name}", f"run.output_dir={storage}", f"train.storage_path={storage}",
-        f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.format_steps=0",
+        f"data.prepared={prepared}", f"model.path={tiny_model}",
         "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
         "ingest.max_length=512", "ingest.pack_window=256", "ingest.micro_batch_size=2", f"train.max_steps={steps}",
         "train.eval_every=1000", "train.eval_batches=1", "train.warmup_ratio=0.0",

@@ -28,7 +28,7 @@ def train(tmp_path, prepared, tiny_model, name, *overrides):
         "train", "--config", "configs/demo.yaml",
         f"run.name={name}", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
         f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
-        "model.tiny.format_steps=0", "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
+        "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
         # the test's own LoRA, independent of the demo's tuning (no dropout: stages must agree exactly)
         "train.lora.r=16", "train.lora.alpha=32", "train.lora.dropout=0.0",
         "ingest.max_length=1024", "ingest.micro_batch_size=2", "train.max_steps=8", "train.warmup_ratio=0.0",
