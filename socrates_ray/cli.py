@@ -44,12 +44,42 @@ def ensure_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    verbose = cfg.run.log_level in ("debug", "info")
+    # Quiet runs keep Ray workers' output out of the terminal (it stays in /tmp/ray/session_latest/logs);
+    # training progress reaches the driver through the run folder instead (trainer.follow_progress).
+    options = {"log_to_driver": verbose, "logging_config": ray.LoggingConfig(log_level=cfg.run.log_level.upper())}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**options)
         return
     ing, t = cfg.ingest, cfg.train
     reserved = ing.num_workers * t.cpus_per_worker + 2 * ing.tokenize_actors * ing.cpus_per_task + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), log_to_driver=True, include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), include_dashboard=False, **options)
+    if not verbose:
+        import logging
+
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        # Ray Data sets its loggers' levels from its own logging config when first imported
+        # ("Starting execution of Dataset ...", "Execution plan ...", "execution finished" per dataset)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def quiet_libraries(level: str) -> None:
+    """Below `info`: no library warnings, progress bars or INFO lines from Ray, DeepSpeed, transformers and
+    peft in this process and in the Ray workers it starts (they inherit the environment).
+    socrates_ray's own lines are prints and stay."""
+    import logging
+    import warnings
+
+    if level in ("debug", "info"):
+        return
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("ray", "ray.data", "ray.train", "ray.serve", "DeepSpeed", "transformers", "peft", "torch"):
+        logging.getLogger(name).setLevel(getattr(logging, level.upper()))
 
 
 def cmd_synth(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -237,9 +267,11 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     for setting, r in results["settings"].items():
         w = {k: v["wasserstein"] for k, v in r["models"].items()}
         uniform = r["baselines"]["uniform"]["wasserstein"]
+        gap = r["comparison"]["finetuned"]["gap_closed (W_uniform - W) / (W_uniform - W_floor)"]
+        anchor = f" vs anchor {w['anchor']:.4f}" if "anchor" in w else ""
         verdicts.append(
-            f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} ({(w['base'] - w['finetuned']) / w['base']:+.1%} of base) "
-            f"vs uniform {uniform:.4f} ({(uniform - w['finetuned']) / uniform:+.1%} of uniform)"
+            f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} vs uniform {uniform:.4f}{anchor}; "
+            f"finetuned closes {gap:.0%} of the uniform-to-floor gap"
         )
     result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "evaluate": results,
               "seconds": round(time.time() - started, 1)}
@@ -248,6 +280,10 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if cfg.simulate.mode == "exact" and temps:
         how = "fitted on the validation split" if cfg.simulate.temperature == "auto" else "from simulate.temperature"
         verdicts.append("exact-mode temperature " + ", ".join(f"{k} {v:.2f}" for k, v in temps.items()) + f" ({how})")
+    from socrates_ray.report import fit_check_line
+
+    if line := fit_check_line(results):
+        verdicts.append(line)
     print("demo: " + "\ndemo: ".join(verdicts))
     print(f"demo: done in {time.time() - started:,.0f}s; report {results['report']}; training run {trained['run_dir']}")
     return result
@@ -278,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary, epilog=schema_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. ingest.max_length=512")
+        p.add_argument("--verbose", action="store_true", help="show Ray's INFO logs, access logs and progress bars (run.log_level=info)")
         if name == "synth":
             p.add_argument("--out", default=None, help="output folder (default: data.raw)")
         if name == "serve":
@@ -301,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     from socrates_ray.simulate import SimulateError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
+        quiet_libraries(cfg.run.log_level)
         COMMANDS[args.command][0](cfg, args)
     except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError, CalibrationError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)

@@ -32,11 +32,19 @@ from socrates_ray.train.deepspeed import normalize_cuda_arch_list
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
-def say(*parts: object) -> None:
+PROGRESS_FILE = "progress.log"
+
+
+def say(*parts: object, progress: Path | None = None) -> None:
     """Print from a training worker once. Ray Train v2 patches print() to tee into its logger,
     which reaches the driver a second time (every line showed twice); sys.__stdout__ bypasses
-    the patch and is still forwarded to the driver and the worker's log file."""
+    the patch and is still forwarded to the driver (verbose runs) and the worker's log file.
+    `progress` (rank 0's run-folder progress.log) also gets the line: a quiet driver, which does
+    not forward worker output, prints it from there (trainer.follow_progress)."""
     print(*parts, file=sys.__stdout__ or sys.stdout, flush=True)
+    if progress is not None:
+        with progress.open("a") as f:
+            f.write(" ".join(str(p) for p in parts) + "\n")
 
 
 def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
@@ -186,6 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rss_engine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     run_dir = Path(config["run_dir"])
     log = RunLog(run_dir, rank == 0)
+    progress = run_dir / PROGRESS_FILE if rank == 0 else None
 
     # --- restore ------------------------------------------------------------------------------
     state = TrainState()
@@ -203,6 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps; "
             f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"
             + (f"; resumed from {resume_from.name} at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if resume_from else ""),
+            progress=progress,
         )
 
     collate_fn = collate_fn_for(config["pad_id"], config["layout"], config["max_length"])
@@ -271,11 +281,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
                 record["eval_loss"] = eval_loss
             log.write(record)
-            if rank == 0:
+            if rank == 0 and (state.step % config["log_every"] == 0 or "eval_loss" in record or last):
                 say(
                     f"[socrates_ray] step {state.step}/{config['total_steps']} loss {record['loss']:.4f}"
                     + (f" eval_loss {eval_loss:.4f}" if "eval_loss" in record else "")
                     + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s",
+                    progress=progress,
                 )
             if state.step % config["checkpoint_every"] == 0 and not last:
                 checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss})
@@ -287,7 +298,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if notice is not None:
                     if rank == 0:
                         say(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
-                            f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}")
+                            f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}", progress=progress)
                     checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
             if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"

@@ -6,15 +6,17 @@ The run name is pinned (cfg.run.name), so re-running the same command finds
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from socrates_ray.config import Config
 from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.train.deepspeed import build_ds_config
-from socrates_ray.train.loop import train_loop_per_worker
+from socrates_ray.train.loop import PROGRESS_FILE, train_loop_per_worker
 
 
 def storage_root(cfg: Config) -> str:
@@ -123,6 +125,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         "micro_per_epoch": micro_per_epoch,
         "total_steps": total,
         "eval_every": t.eval_every,
+        "log_every": t.log_every,
         "eval_batches": t.eval_batches,
         "checkpoint_every": t.checkpoint_every,
         "preemption_check_every": t.preemption_check_every,
@@ -159,6 +162,42 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
 def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
     """Build and fit on the connected Ray instance; returns Ray's Result (.checkpoint = latest)."""
     trainer = build_trainer(cfg, model_path, log)
-    result = trainer.fit()
+    if cfg.run.log_level in ("debug", "info"):  # worker output reaches the terminal through Ray itself
+        result = trainer.fit()
+    else:
+        with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
+            result = trainer.fit()
     log(f"train: finished; latest checkpoint {result.checkpoint.path if result.checkpoint else None}; metrics {run_folder(cfg) / 'metrics.jsonl'}")
     return result
+
+
+@contextlib.contextmanager
+def follow_progress(path: Path, log: Any) -> Iterator[None]:
+    """Print the lines rank 0 appends to `path` (loop.say) while the block runs: the progress of a
+    quiet run, whose Ray workers' own output stays in Ray's log files."""
+    start = path.stat().st_size if path.exists() else 0
+    done = threading.Event()
+
+    def follow() -> None:
+        offset = start
+        while True:
+            finished = done.is_set()
+            if path.exists():
+                with path.open() as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind("\n") + 1]
+                offset += len(complete.encode())
+                for line in complete.splitlines():
+                    log(line)
+            if finished:
+                return
+            done.wait(1.0)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
