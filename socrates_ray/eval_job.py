@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.parquet as pq
-
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from socrates_ray.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.calibrate import resolve_temperature

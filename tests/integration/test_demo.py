@@ -20,7 +20,6 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
         "synth.rows_per_shard=600",
         f"model.path={tiny_model}",
         "model.tiny.tokenizer_corpus_rows=600",
-        "model.tiny.format_steps=0",  # the fixture's random base: this test checks the flow, not the quality
         "ingest.max_length=1024",
         "train.max_steps=6",
         "train.eval_every=3",
@@ -47,7 +46,9 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     for setting in ("unseen_studies", "unseen_conditions"):
         models = metrics["settings"][setting]["models"]
-        assert set(models) == {"base", "finetuned"} and models["finetuned"]["mode"] == "exact"
+        assert set(models) == {"base", "finetuned", "anchor"} and models["finetuned"]["mode"] == "exact"
+        assert models["anchor"]["cells"] == models["finetuned"]["cells"] and models["anchor"]["wasserstein"] is not None
+        assert models["finetuned"]["cell_spread"]["human"] > 0
         assert models["finetuned"]["cells"] > 0 and 0 <= models["finetuned"]["wasserstein"] <= 1
         assert metrics["settings"][setting]["baselines"]["true_floor"]["wasserstein"] is not None
         import pyarrow.parquet as pq
@@ -68,3 +69,9 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
         assert used["temperature"] == pytest.approx(fit["temperature"])
     assert "Exact-mode temperature: base T=" in (eval_dir / "report.md").read_text()
     assert "exact-mode temperature base" in out
+    # the anchor and the fit check are in every report; training progress reaches the terminal from progress.log
+    assert metrics["anchor"]["trained_on"] == "all_settings/train"
+    fit = metrics["fit_check"]
+    assert fit["split"] == "all_settings/train" and fit["cells"] > 0 and fit["finetuned"]["wasserstein"] is not None
+    assert "Fit check on" in out and "Fit check on" in (eval_dir / "report.md").read_text()
+    assert "[socrates_ray] step 6/6" in out
