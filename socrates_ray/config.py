@@ -111,13 +111,6 @@ class TinyModelSection(Section):
     tokenizer_corpus_rows: int = Field(
         3000, ge=10, description="Synthetic prompts the tokenizer is trained on."
     )
-    pretrain_steps: int = Field(
-        0, ge=0, description="Steps (16 prompts each) of reading pretraining of the random tiny base: SocSci-style prompts "
-        "of a synthetic world with another seed, whose answers are a fixed function of the prompt's words unrelated to "
-        "how people answer (testing.pretrain_reading). The stand-in for a real base model's pretraining and instruction "
-        "tuning: the base learns the answer format and to read its whole prompt. 0 = a purely random base.",
-    )
-    pretrain_lr: float = Field(3.0e-3, gt=0, description="Learning rate of the reading pretraining.")
 
 
 class ModelSection(Section):
