@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
-from socrates_ray.config import Config, ConfigError, describe_schema, dump_config, load_config
+from socrates_ray.config import Config, ConfigError, RunSection, describe_schema, dump_config, load_config
 
 
 
@@ -44,7 +44,7 @@ def ensure_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    verbose = cfg.run.log_level in ("debug", "info")
+    verbose = cfg.run.verbose
     # Quiet runs keep Ray workers' output out of the terminal (it stays in /tmp/ray/session_latest/logs);
     # training progress reaches the driver through the run folder instead (trainer.follow_progress).
     options = {"log_to_driver": verbose, "logging_config": ray.LoggingConfig(log_level=cfg.run.log_level.upper())}
@@ -65,21 +65,21 @@ def ensure_ray(cfg: Config) -> None:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def quiet_libraries(level: str) -> None:
+def quiet_libraries(run: RunSection) -> None:
     """Below `info`: no library warnings, progress bars or INFO lines from Ray, DeepSpeed, transformers and
     peft in this process and in the Ray workers it starts (they inherit the environment).
     socrates_ray's own lines are prints and stay."""
     import logging
     import warnings
 
-    if level in ("debug", "info"):
+    if run.verbose:
         return
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
     for name in ("ray", "ray.data", "ray.train", "ray.serve", "DeepSpeed", "transformers", "peft", "torch"):
-        logging.getLogger(name).setLevel(getattr(logging, level.upper()))
+        logging.getLogger(name).setLevel(getattr(logging, run.log_level.upper()))
 
 
 def cmd_synth(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
-        quiet_libraries(cfg.run.log_level)
+        quiet_libraries(cfg.run)
         COMMANDS[args.command][0](cfg, args)
     except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError, CalibrationError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)

@@ -41,6 +41,11 @@ class RunSection(Section):
         "socrates_ray's own progress lines, warnings and every error are always shown.",
     )
 
+    @property
+    def verbose(self) -> bool:
+        """Ray's own output (INFO lines, worker output, access logs, progress bars) reaches the terminal."""
+        return self.log_level in ("debug", "info")
+
 
 class SynthSection(Section):
     studies: int = Field(30, ge=2, description="Number of synthetic studies.")

@@ -238,9 +238,8 @@ def build_app(cfg: Config, model_path: str) -> serve.Application:
 
 def start_serve(cfg: Config, model_path: str, blocking: bool = False) -> str:
     """Deploy the app on the running Ray cluster; returns its base URL."""
-    verbose = cfg.run.log_level in ("debug", "info")
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
-                logging_config={"log_level": cfg.run.log_level.upper(), "enable_access_log": verbose})
+                logging_config={"log_level": cfg.run.log_level.upper(), "enable_access_log": cfg.run.verbose})
     serve.run(build_app(cfg, model_path), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=blocking)
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     return f"http://{host}:{cfg.serve.port}"

@@ -162,7 +162,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
 def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
     """Build and fit on the connected Ray instance; returns Ray's Result (.checkpoint = latest)."""
     trainer = build_trainer(cfg, model_path, log)
-    if cfg.run.log_level in ("debug", "info"):  # worker output reaches the terminal through Ray itself
+    if cfg.run.verbose:  # worker output reaches the terminal through Ray itself
         result = trainer.fit()
     else:
         with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
