@@ -114,7 +114,8 @@ class TinyModelSection(Section):
     max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model accepts.")
     vocab_size: int = Field(3000, ge=300, description="Target vocabulary of the offline BPE tokenizer.")
     tokenizer_corpus_rows: int = Field(
-        3000, ge=10, description="Synthetic prompts the tokenizer is trained on."
+        3000, ge=10, description="Prompts the tokenizer is trained on: drawn from the prepared training split of "
+        "train.setting when it exists at the first build, else synthetic ones."
     )
 
 

@@ -1,8 +1,9 @@
 """Offline tiny model and tokenizer builders, used by tests and the demo.
 
-Nothing here downloads: the tokenizer is a byte-level BPE trained on synthetic SocSci-format
-prompts (digits split one per token, as Qwen2 does, so "100" is three tokens), with a Qwen-style
-chat template; the model is a randomly initialised Qwen2ForCausalLM, the production base's
+Nothing here downloads: the tokenizer is a byte-level BPE (digits split one per token, as Qwen2
+does, so "100" is three tokens) with a Qwen-style chat template, trained on the prompts the model
+will be finetuned on (the prepared training split, so a user's own wording gets whole-word tokens)
+or, before any data is prepared, on synthetic SocSci-format prompts; the model is a randomly initialised Qwen2ForCausalLM, the production base's
 architecture class. Both are saved as an ordinary Hugging Face folder.
 """
 
@@ -95,17 +96,47 @@ def _fingerprint(shape: TinyModelSection, seed: int) -> str:
     return hashlib.sha256(json.dumps([shape.model_dump(), seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_tiny_model(path: str | Path, shape: TinyModelSection, seed: int = 0) -> Path:
-    """Build the tiny model + tokenizer into `path` unless an identical one is already there."""
+def split_corpus(prepared: str | Path, setting: str, rows: int, seed: int = 0) -> list[str] | None:
+    """Up to `rows` prompts + answers drawn from a prepared training split; None if it is not there yet."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(str(Path(prepared) / setting / "train" / "*.parquet")))
+    if not files:
+        return None
+    table = pq.read_table(files, columns=["prompt", "response"])
+    pick = np.random.default_rng(seed).permutation(table.num_rows)[:rows]
+    prompts, answers = table["prompt"].to_pylist(), table["response"].to_pylist()
+    return [DEFAULT_SYSTEM_PROMPT] + [f"{prompts[i]}\n{answers[i]}" for i in sorted(pick.tolist())]
+
+
+def ensure_tiny_model(
+    path: str | Path, shape: TinyModelSection, seed: int = 0, corpus: list[str] | None = None, corpus_name: str = "synthetic prompts"
+) -> Path:
+    """Build the tiny model + tokenizer into `path` unless one of the same shape and seed is already there.
+
+    The tokenizer is trained on `corpus` (e.g. `split_corpus(...)`) or, without one, on synthetic prompts.
+    A folder is never rebuilt for a new corpus: adapters trained on it would silently stop matching."""
     folder = Path(path)
-    stamp = folder / STAMP
-    fingerprint = _fingerprint(shape, seed)
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+    if tiny_model_is_built(folder, shape, seed):
         return folder
-    tokenizer = build_tiny_tokenizer(synthetic_corpus(shape.tokenizer_corpus_rows, seed), shape.vocab_size)
+    text = corpus if corpus is not None else synthetic_corpus(shape.tokenizer_corpus_rows, seed)
+    tokenizer = build_tiny_tokenizer(iter(text), shape.vocab_size)
     model = build_tiny_model(tokenizer, shape, seed)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
-    stamp.write_text(json.dumps({"fingerprint": fingerprint, "shape": shape.model_dump(), "seed": seed}))
+    (folder / STAMP).write_text(json.dumps({"fingerprint": _fingerprint(shape, seed), "shape": shape.model_dump(), "seed": seed, "corpus": corpus_name}))
     return folder
+
+
+def tiny_model_is_built(path: str | Path, shape: TinyModelSection, seed: int = 0) -> bool:
+    stamp = Path(path) / STAMP
+    return stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(shape, seed)
+
+
+def tiny_model_corpus(path: str | Path) -> str | None:
+    """What the tiny model's tokenizer at `path` was trained on (None if it was never built)."""
+    stamp = Path(path) / STAMP
+    return json.loads(stamp.read_text()).get("corpus", "synthetic prompts") if stamp.is_file() else None

@@ -1,12 +1,16 @@
 """Does the finetuned model read its prompt? A short LoRA finetune through the production loop
-(Ray Train + DeepSpeed, the demo's recipe) on data where one framing sentence moves answers,
-then two prompts that differ only in that sentence must get distributions whose means differ in
-the right direction. A model that learns one answer distribution per scale (the failure this
-guards against) gives the two prompts the same distribution.
+(Ray Train + DeepSpeed, the demo's recipe) on data where the prompt moves answers, then, on a
+topic no study had:
+- two prompts that differ only in a framing sentence must get distributions whose means differ
+  in the right direction;
+- under a partisan cue, a Democrat and a Republican persona must differ in the right direction
+  (the persona matters, not only the stimulus).
+A model that learns one answer distribution per scale (issue 12's failure) gives each pair the
+same distribution.
 
-90 steps = 2 epochs of the 720 rows. Measured with the demo recipe: after 60 steps the adapter
-had learned only the answer marginal (means 3.06 vs 3.03), after 90 they are 3.24 vs 2.48: small
-models sit on a plateau before they start reading, which is why the demo's budget matters."""
+Measured (`pytest tests/integration/test_learning.py`, 150 steps = 2 epochs of 1,080 rows): with
+the demo's former lr 2e-3 the adapter learned the frame but not the persona; at lr 5e-4 it learns
+both (the figures are in README, "The tiny model recipe")."""
 
 from __future__ import annotations
 
@@ -25,6 +29,14 @@ FRAMES = {
     "up": "Supporters say the plan would protect families and create many good local jobs.",
     "down": "Critics warn the plan would waste money and raise taxes for every household.",
 }
+PARTIES = {"Strong Democrat": 1.2, "Independent": 0.0, "Strong Republican": -1.2}  # support shift
+
+
+def answer_probs(frame: str, party: str) -> np.ndarray:
+    """Ordered logit over 1..5: the frame moves everyone by 1.5, the party by 1.2 either way."""
+    utility = (1.5 if frame == "up" else -1.5) + PARTIES[party]
+    cdf = 1 / (1 + np.exp(-(np.array([-1.8, -0.6, 0.6, 1.8]) - utility)))
+    return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
 TOPICS = ("a new city park", "longer library hours", "a bus line to the airport", "a recycling program",
           "a youth sports league", "free school lunches")
 QUESTION = "How much do you support this plan? Only return an integer from 1 to 5, where 1 means Not at all and 5 means Completely, nothing else."
@@ -34,17 +46,18 @@ def stimulus(topic: str, frame: str) -> str:
     return f"The council is discussing {topic}. {FRAMES[frame]}\n\n{QUESTION}"
 
 
-def write_framed_dataset(folder, rows_per_cell: int = 60, seed: int = 0) -> None:
-    """Six studies (one topic each), two conditions: the 'up' frame pushes answers toward 5, 'down' toward 1."""
+def write_framed_dataset(folder, rows_per_cell: int = 90, seed: int = 0) -> None:
+    """Six studies (one topic each), two conditions: the 'up' frame pushes answers toward 5, 'down'
+    toward 1; in both, Democrats answer higher than Independents, Republicans lower."""
     rng = np.random.default_rng(seed)
     columns = {f.name: [] for f in RAW_SCHEMA}
     for s, topic in enumerate(TOPICS):
         sample_id = 0
-        for c, frame in enumerate(("up", "down")):
-            probs = np.array([0.04, 0.08, 0.18, 0.3, 0.4]) if frame == "up" else np.array([0.4, 0.3, 0.18, 0.08, 0.04])
+        for c, frame in enumerate(FRAMES):
             for p in range(rows_per_cell):
-                demo = {"age": int(rng.integers(18, 90)), "gender": str(rng.choice(["Female", "Male"])),
-                        "party_id": str(rng.choice(["Strong Democrat", "Independent", "Strong Republican"]))}
+                party = list(PARTIES)[int(rng.integers(3))]
+                demo = {"age": int(rng.integers(18, 90)), "gender": str(rng.choice(["Female", "Male"])), "party_id": party}
+                probs = answer_probs(frame, party)
                 stim = stimulus(topic, frame)
                 columns["sample_id"].append(sample_id)
                 columns["participant"].append(p + c * rows_per_cell)
@@ -61,7 +74,7 @@ def write_framed_dataset(folder, rows_per_cell: int = 60, seed: int = 0) -> None
     pq.write_table(pa.table(columns, schema=RAW_SCHEMA), folder / "data" / "train-00000-of-00001.parquet")
 
 
-def test_a_short_finetune_learns_what_a_framing_sentence_does(ray_local, tmp_path, tiny_model):
+def test_a_short_finetune_learns_what_a_frame_and_a_persona_do(ray_local, tmp_path, tiny_model):
     raw, prepared = tmp_path / "raw", tmp_path / "prepared"
     write_framed_dataset(raw)
     common = ["--config", "configs/demo.yaml", f"data.raw={raw}", f"data.prepared={prepared}", "data.parallelism=1",
@@ -69,7 +82,7 @@ def test_a_short_finetune_learns_what_a_framing_sentence_does(ray_local, tmp_pat
               f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}", f"model.path={tiny_model}",
               "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies"]
     assert main(["prepare", *common]) == 0
-    assert main(["train", *common, "train.max_steps=90", "train.eval_every=90", "train.checkpoint_every=90"]) == 0
+    assert main(["train", *common, "train.max_steps=150", "train.eval_every=150", "train.checkpoint_every=150"]) == 0
 
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
     from socrates_ray.eval_job import newest_adapter
@@ -79,12 +92,22 @@ def test_a_short_finetune_learns_what_a_framing_sentence_does(ray_local, tmp_pat
     assert adapter is not None
     scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     scorer.load_adapter("framed", adapter)
-    persona = {"age": 45, "gender": "Female", "party_id": "Independent"}
-    topic = "a new community garden"  # a topic no study had: the frame alone must move the answer
-    prompts = [build_prompt(persona, stimulus(topic, frame)) for frame in ("up", "down")]
-    options = [[1, 2, 3, 4, 5]] * 2
-    up, down = (float(np.dot(d, options[0])) for d in scorer.distributions(prompts, options, adapter="framed"))
-    base_up, base_down = (float(np.dot(d, options[0])) for d in scorer.distributions(prompts, options))
-    # the human means are 3.94 ('up') and 2.06 ('down'); the base model barely tells them apart
-    assert up - down > 0.5, (up, down, base_up, base_down)
-    assert abs(base_up - base_down) < up - down
+    options = [1, 2, 3, 4, 5]
+
+    def means(prompts, adapter):
+        return [float(np.dot(d, options)) for d in scorer.distributions(prompts, [options] * len(prompts), adapter=adapter)]
+
+    def person(party):
+        return {"age": 45, "gender": "Female", "party_id": party}
+
+    topic = "a new community garden"  # a topic no study had: the text alone must move the answer
+    frame_pair = [build_prompt(person("Independent"), stimulus(topic, frame)) for frame in ("up", "down")]
+    party_pair = [build_prompt(person(party), stimulus(topic, "up")) for party in ("Strong Democrat", "Strong Republican")]
+    up, down, democrat, republican = means(frame_pair + party_pair, "framed")
+    base_up, base_down, base_democrat, base_republican = means(frame_pair + party_pair, None)
+    seen = dict(up=up, down=down, democrat=democrat, republican=republican, base=(base_up, base_down, base_democrat, base_republican))
+    print("learning probe", {k: v if k == "base" else round(v, 2) for k, v in seen.items()})
+    # the humans' means (answer_probs): Independent up 3.99 vs down 2.01; under "up" Democrat 4.56 vs Republican 3.21
+    assert up - down > 0.5, seen
+    assert democrat - republican > 0.5, seen
+    assert abs(base_up - base_down) < up - down and abs(base_democrat - base_republican) < democrat - republican, seen
