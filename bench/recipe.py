@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--rank", type=int, default=128)
     p.add_argument("--pretrain", choices=["none", "recall", "valence"], default="none")
     p.add_argument("--pretrain-steps", type=int, default=400)

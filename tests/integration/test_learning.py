@@ -3,14 +3,14 @@
 topic no study had:
 - two prompts that differ only in a framing sentence must get distributions whose means differ
   in the right direction;
-- under a partisan cue, a Democrat and a Republican persona must differ in the right direction
-  (the persona matters, not only the stimulus).
+- under the same frame, a Strong Democrat and a Strong Republican persona must differ in the right
+  direction (the persona matters, not only the stimulus).
 A model that learns one answer distribution per scale (issue 12's failure) gives each pair the
 same distribution.
 
-Measured (`pytest tests/integration/test_learning.py`, 150 steps = 2 epochs of 1,080 rows): with
-the demo's former lr 2e-3 the adapter learned the frame but not the persona; at lr 5e-4 it learns
-both (the figures are in README, "The tiny model recipe")."""
+Measured (`pytest -s tests/integration/test_learning.py`, 112 steps = 2 epochs of the training
+split): at the demo's former lr 2e-3 the adapter learned the frame (4.01 vs 2.10) but not the
+persona (4.01 vs 4.01) and this test failed; at lr 5e-4: 4.00 vs 2.31 and 4.05 vs 2.94."""
 
 from __future__ import annotations
 
