@@ -106,15 +106,12 @@ def cmd_prepare(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 def model_path(cfg: Config) -> str:
     """The model folder: built offline first when model.source is tiny."""
     if cfg.model.source == "tiny":
-        from socrates_ray.testing import ensure_tiny_model, split_corpus, tiny_model_corpus, tiny_model_is_built
+        from socrates_ray.testing import ensure_tiny_model, split_corpus, tiny_model_corpus
 
-        tiny, corpus, name = cfg.model.tiny, None, "synthetic prompts"
-        if not tiny_model_is_built(cfg.model.path, tiny, cfg.run.seed):
-            # built once, from the words of the data it will be finetuned on when that is prepared already
-            corpus = split_corpus(cfg.data.prepared, cfg.train.setting, tiny.tokenizer_corpus_rows, cfg.run.seed)
-            if corpus is not None:
-                name = f"{len(corpus) - 1:,} prompts of {cfg.data.prepared}/{cfg.train.setting}/train"
-        path = ensure_tiny_model(cfg.model.path, tiny, cfg.run.seed, corpus, name)
+        tiny = cfg.model.tiny
+        # at its first build, the tokenizer learns the words of the data it will be finetuned on, if prepared already
+        path = ensure_tiny_model(cfg.model.path, tiny, cfg.run.seed, corpus=lambda: split_corpus(
+            cfg.data.prepared, cfg.train.setting, tiny.tokenizer_corpus_rows, cfg.run.seed))
         print(f"model: tiny Qwen2 + offline BPE tokenizer (trained on {tiny_model_corpus(path)}) at {cfg.model.path}")
         return str(path)
     return cfg.model.path

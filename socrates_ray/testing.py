@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -96,8 +96,9 @@ def _fingerprint(shape: TinyModelSection, seed: int) -> str:
     return hashlib.sha256(json.dumps([shape.model_dump(), seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def split_corpus(prepared: str | Path, setting: str, rows: int, seed: int = 0) -> list[str] | None:
-    """Up to `rows` prompts + answers drawn from a prepared training split; None if it is not there yet."""
+def split_corpus(prepared: str | Path, setting: str, rows: int, seed: int = 0) -> tuple[list[str], str] | None:
+    """Up to `rows` prompts + answers drawn from a prepared training split, and a name for them;
+    None if the split is not there yet."""
     import glob
 
     import pyarrow.parquet as pq
@@ -106,34 +107,35 @@ def split_corpus(prepared: str | Path, setting: str, rows: int, seed: int = 0) -
     if not files:
         return None
     table = pq.read_table(files, columns=["prompt", "response"])
-    pick = np.random.default_rng(seed).permutation(table.num_rows)[:rows]
+    pick = sorted(np.random.default_rng(seed).permutation(table.num_rows)[:rows].tolist())
     prompts, answers = table["prompt"].to_pylist(), table["response"].to_pylist()
-    return [DEFAULT_SYSTEM_PROMPT] + [f"{prompts[i]}\n{answers[i]}" for i in sorted(pick.tolist())]
+    texts = [DEFAULT_SYSTEM_PROMPT] + [f"{prompts[i]}\n{answers[i]}" for i in pick]
+    return texts, f"{len(pick):,} prompts of {prepared}/{setting}/train"
 
 
 def ensure_tiny_model(
-    path: str | Path, shape: TinyModelSection, seed: int = 0, corpus: list[str] | None = None, corpus_name: str = "synthetic prompts"
+    path: str | Path, shape: TinyModelSection, seed: int = 0,
+    corpus: Callable[[], tuple[list[str], str] | None] | None = None,
 ) -> Path:
     """Build the tiny model + tokenizer into `path` unless one of the same shape and seed is already there.
 
-    The tokenizer is trained on `corpus` (e.g. `split_corpus(...)`) or, without one, on synthetic prompts.
-    A folder is never rebuilt for a new corpus: adapters trained on it would silently stop matching."""
+    At a build, the tokenizer is trained on what `corpus()` returns (texts and their name, e.g. from
+    `split_corpus`) or, when there is none, on synthetic prompts. A folder is never rebuilt for a new
+    corpus: adapters trained on it would silently stop matching."""
     folder = Path(path)
-    if tiny_model_is_built(folder, shape, seed):
+    stamp = folder / STAMP
+    fingerprint = _fingerprint(shape, seed)
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
         return folder
-    text = corpus if corpus is not None else synthetic_corpus(shape.tokenizer_corpus_rows, seed)
+    found = corpus() if corpus is not None else None
+    text, name = found or (synthetic_corpus(shape.tokenizer_corpus_rows, seed), "synthetic prompts")
     tokenizer = build_tiny_tokenizer(iter(text), shape.vocab_size)
     model = build_tiny_model(tokenizer, shape, seed)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
-    (folder / STAMP).write_text(json.dumps({"fingerprint": _fingerprint(shape, seed), "shape": shape.model_dump(), "seed": seed, "corpus": corpus_name}))
+    stamp.write_text(json.dumps({"fingerprint": fingerprint, "shape": shape.model_dump(), "seed": seed, "corpus": name}))
     return folder
-
-
-def tiny_model_is_built(path: str | Path, shape: TinyModelSection, seed: int = 0) -> bool:
-    stamp = Path(path) / STAMP
-    return stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(shape, seed)
 
 
 def tiny_model_corpus(path: str | Path) -> str | None:
