@@ -10,8 +10,10 @@ it:
 - target: the answer's position on its own scale, 0 (lowest option) to 1 (highest); refusal
   codes outside the scale are left out;
 - distribution: each participant gets an ordered logit over their scale's options around the
-  predicted position (tails pile up on the end options, as answers do); the ridge penalty is chosen by validation MSE and the spread by validation
-  negative log-likelihood (never the test split);
+  predicted position (tails pile up on the end options, as answers do); the ridge penalty and the
+  spread are chosen together by validation negative log-likelihood (never the test split): a
+  penalty chosen by squared error over-shrinks, since single answers are so noisy that flattening
+  every cell towards the average costs little MSE but loses the differences between cells;
 - open-ended amounts (no bounded scale) get one draw from the training split's open-ended answers,
   the marginal a regression on positions cannot give.
 
@@ -30,8 +32,8 @@ import pyarrow as pa
 
 from socrates_ray.data.prompts import PERSONA_ORDER
 
-ALPHAS = (10.0, 100.0, 1000.0, 10000.0)
-SPREADS = (0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5)
+ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0)
+SPREADS = (0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8)
 INTERACT_FIELDS = ("party_id", "ideology")
 MAX_OPTIONS = 1001
 MIN_STUDIES = 3  # a bounded scale wider than this is treated as open-ended
@@ -181,12 +183,11 @@ def fit_anchor(train: pa.Table, val: pa.Table) -> Anchor:
     best = None
     for alpha in ALPHAS:
         model = Ridge(alpha=alpha).fit(X, y)
-        mse = float(np.mean((model.predict(Xv) - yv) ** 2))
-        if best is None or mse < best[0]:
-            best = (mse, alpha, model)
-    mse, alpha, model = best
-    means = model.predict(Xv)
-    nll, spread = min((_nll(means, val_rows, s), s) for s in SPREADS)
+        means = model.predict(Xv)
+        nll, spread = min((_nll(means, val_rows, s), s) for s in SPREADS)
+        if best is None or nll < best[0]:
+            best = (nll, alpha, spread, model, float(np.mean((means - yv) ** 2)))
+    nll, alpha, spread, model, mse = best
     open_answers = np.array([r["response"] for r in train_rows if not _bounded(r)], dtype=np.int64)
     return Anchor(parts[0], parts[1], model, alpha, spread, open_answers, age_mean, age_sd, mse, nll)
 

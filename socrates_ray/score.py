@@ -161,6 +161,18 @@ class Scorer:
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
+    def _causal_lm(self) -> Any:
+        """The causal LM itself (under PEFT, the base model with the adapter layers injected: the
+        active adapter, or none inside disable_adapter, still applies)."""
+        return self.model.get_base_model() if self._peft else self.model
+
+    def _decoder(self) -> Any:
+        """The transformer without its output layer: hidden states for every position."""
+        return self._causal_lm().get_decoder()
+
+    def _output_layer(self) -> Any:
+        return self._causal_lm().get_output_embeddings()
+
     # --- exact distributions --------------------------------------------------------------------
     def _encode_option(self, text: str) -> list[int]:
         if text not in self._option_ids:
@@ -201,12 +213,13 @@ class Scorer:
                     ids[row, :n] = torch.tensor(layouts[i]["input_ids"])
                     pos[row, :n] = torch.tensor(layouts[i]["position_ids"])
                 mask = tree_attention_mask([layouts[i]["branch"] for i in chunk], width, self.dtype)
-                logits = self.model(
+                hidden = self._decoder()(
                     input_ids=ids.to(self.device), position_ids=pos.to(self.device),
                     attention_mask=mask.to(self.device), use_cache=False,
-                ).logits
-                # Only the positions that predict an option token matter: normalise those rows alone,
-                # read every target in one gather, and add up the pieces of each option.
+                ).last_hidden_state
+                # Only the positions that predict an option token matter: project those hidden states
+                # alone through the output layer (not every prompt token's), normalise, read every
+                # target in one gather, and add up the pieces of each option.
                 rows, ats, tokens, option_of = [], [], [], []
                 option_index = 0
                 for row, i in enumerate(chunk):
@@ -217,7 +230,7 @@ class Scorer:
                             tokens.append(token)
                             option_of.append(option_index)
                         option_index += 1
-                picked = torch.log_softmax(logits[rows, ats].float(), dim=-1)
+                picked = torch.log_softmax(self._output_layer()(hidden[rows, ats]).float(), dim=-1)
                 values = picked[torch.arange(len(tokens)), torch.tensor(tokens, device=picked.device)].cpu().numpy()
                 totals = np.zeros(option_index)
                 np.add.at(totals, option_of, values)

@@ -142,6 +142,8 @@ TASK_NOISE_SD = 0.15  # unobserved per-task shift: small, as in real studies whe
 # by 2-3 points, as strong manipulations and partisan topics do in real studies.
 VISIBLE_SCALE = 2.0
 PERSON_NOISE_SD = 0.7  # unobserved per-person effect: keeps the floor realistic (a persona never pins an answer)
+PARTISAN_WEIGHT = 2.5  # a topic's lean times the persona's liberal score (-1..1)
+AGE_WEIGHT = 1.0  # a topic's age slope times the persona's standardised age
 
 # Scales: (points, low, phrasing template, low label, high label, weight)
 SCALES: tuple[tuple[str, int, int, str, str, str, float], ...] = (
@@ -419,8 +421,8 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                 u = person_effect[who] + VISIBLE_SCALE * (task.bias + task.direction * (
                     study.popularity
                     + frame_effect(study.frames[c], party_score[who])
-                    + study.lean * 2.5 * liberal[who]
-                    + study.age_slope * 1.0 * age_z[who]
+                    + study.lean * PARTISAN_WEIGHT * liberal[who]
+                    + study.age_slope * AGE_WEIGHT * age_z[who]
                 ))
                 if phrasing == "open":
                     amounts = np.where(

@@ -97,3 +97,28 @@ def test_sampled_answers_agree_with_the_exact_distribution(tiny_model) -> None:
     share = counts[0] / counts.sum()
     # Binomial standard error at n=400 is about 0.023: 4 standard errors of tolerance.
     assert abs(share - exact[0]) < 0.1, (share, exact)
+
+
+def test_exact_scoring_with_an_adapter_on_the_output_layer_matches_brute_force(tiny_model, tmp_path) -> None:
+    """Scoring projects only the option positions through the output layer: with an adapter that
+    changes that layer too, the result must still equal a plain forward pass of the adapted model,
+    and differ from the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj", "lm_head"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    scorer.load_adapter("a", tmp_path / "adapter")
+    prompts = ["- Age: 44\n" + STIMULUS.format(hi=11)]
+    options = [list(range(1, 12))]
+    adapted = scorer.option_logprobs(prompts, options, adapter="a")[0]
+    scorer.model.set_adapter("a")
+    assert np.allclose(adapted, [brute_force(scorer, prompts[0], o) for o in options[0]], atol=1e-4)
+    base_lp = scorer.option_logprobs(prompts, options)[0]
+    with scorer.model.disable_adapter():
+        assert np.allclose(base_lp, [brute_force(scorer, prompts[0], o) for o in options[0]], atol=1e-4)
+    assert not np.allclose(adapted, base_lp, atol=1e-3)
