@@ -101,12 +101,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[500])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cuda when available, else cpu")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3")
     parser.add_argument("--smoke", action="store_true", help="a few rows of each split: checks the script, measures nothing")
     args = parser.parse_args()
     import torch
 
     device = "cuda" if torch.cuda.is_available() and args.device == "cuda" else "cpu"
-    cfg = load_config(args.config, [f"data.prepared={args.prepared}", f"data.raw={args.raw}"])
+    cfg = load_config(args.config, [f"data.prepared={args.prepared}", f"data.raw={args.raw}", *args.set])
     setting = cfg.train.setting
     train_rows = load_split_rows(args.prepared, setting, "train", None).to_pylist()
     val = _val_or_train(args.prepared, setting)
