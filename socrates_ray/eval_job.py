@@ -115,7 +115,10 @@ def run_evaluation(
             fit[name] = {"wasserstein": metrics["wasserstein"], "cell_spread": metrics["cell_spread"]}
         if anchor is not None:
             fit["anchor"] = {"wasserstein": model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist()))["wasserstein"]}
-        fit["uniform"] = {"wasserstein": baseline_metrics(cells, None, 1, cfg.run.seed)["uniform"]["wasserstein"]}
+        baselines = baseline_metrics(cells, truth, 1, cfg.run.seed)
+        fit["uniform"] = {"wasserstein": baselines["uniform"]["wasserstein"]}
+        if "true_floor" in baselines:  # synthetic data: what the true distributions score against so few answers a cell
+            fit["true_floor"] = {"wasserstein": baselines["true_floor"]["wasserstein"]}
         fit["cells"] = metrics["cells"]
         results["fit_check"] = fit
     report = write_report(results, out, finetuned_tables)

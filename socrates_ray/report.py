@@ -49,9 +49,14 @@ def fit_check_line(results: dict[str, Any]) -> str | None:
     if not fit:
         return None
     parts = [f"{name} {_fmt(fit[name]['wasserstein'])}" for name in ("base", "finetuned", "anchor", "uniform") if name in fit]
+    if "true_floor" in fit:
+        parts.append(f"true distributions {_fmt(fit['true_floor']['wasserstein'])}")
     ratio = ""
     if "finetuned" in fit and fit["finetuned"]["wasserstein"] is not None and fit["uniform"]["wasserstein"]:
         ratio = f" (finetuned = {fit['finetuned']['wasserstein'] / fit['uniform']['wasserstein']:.2f} x uniform"
+        if fit.get("true_floor", {}).get("wasserstein") is not None:
+            # with a handful of answers a cell, even the true distributions are far from the sample
+            ratio += f", the true distributions {fit['true_floor']['wasserstein'] / fit['uniform']['wasserstein']:.2f} x"
         spread = fit["finetuned"].get("cell_spread", {})
         if spread.get("predicted") is not None:
             ratio += f"; cell spread {spread['predicted']:.3f} vs human {spread['human']:.3f}"

@@ -120,3 +120,14 @@ def test_cell_spread_is_zero_for_a_model_that_ignores_its_prompt() -> None:
     # predicted positions: (0*.7 + .25*.3) = .075, .925, .5
     assert reading["cell_spread"]["predicted"] == pytest.approx(np.std([0.075, 0.925, 0.5]))
     assert reading["wasserstein"] < collapsed["wasserstein"]
+
+
+def test_fit_check_line_puts_the_finetuned_ratio_beside_the_true_distributions() -> None:
+    from socrates_ray.report import fit_check_line
+
+    fit = {"split": "all_settings/train", "rows": 60, "cells": 10, "finetuned": {"wasserstein": 0.15},
+           "uniform": {"wasserstein": 0.30}, "true_floor": {"wasserstein": 0.12}}
+    line = fit_check_line({"fit_check": fit})
+    assert "finetuned = 0.50 x uniform, the true distributions 0.40 x" in line and "true distributions 0.1200" in line
+    del fit["true_floor"]  # real data: no true distributions to compare with
+    assert "true distributions" not in fit_check_line({"fit_check": fit})
