@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from socrates_ray.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.calibrate import resolve_temperature
 from socrates_ray.config import Config
-from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics
+from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics, truth_distance
 from socrates_ray.report import results_table, temperature_line, write_report
 from socrates_ray.simulate import load_eval_rows, load_split_rows, run_simulation
 
@@ -96,10 +96,15 @@ def run_evaluation(
             table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token))
             cells = group_cells(table.to_pylist(), fields)
             models[name] = model_metrics(cells)
+            if vs_truth := truth_distance(cells, truth):
+                models[name]["vs_truth"] = vs_truth
             if name == "finetuned":
                 finetuned_tables[setting] = table
         if anchor is not None:
-            models["anchor"] = model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist(), fields))
+            anchor_cells = group_cells(predict_anchor(anchor, rows).to_pylist(), fields)
+            models["anchor"] = model_metrics(anchor_cells)
+            if vs_truth := truth_distance(anchor_cells, truth):
+                models["anchor"]["vs_truth"] = vs_truth
         baselines = baseline_metrics(cells, truth, cfg.evaluate.floor_resamples, cfg.run.seed)
         results["settings"][setting] = {"rows": rows.num_rows, "models": models, "baselines": baselines,
                                         "comparison": compare(models, baselines)}

@@ -153,6 +153,44 @@ def w_true(cell: Cell, options: list[int], probs: list[float]) -> float:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(np.asarray(options)), v_weights=np.asarray(probs)))
 
 
+def _truth_support(options: list[int]) -> tuple[np.ndarray, float, float]:
+    o = np.asarray(options, dtype=np.float64)
+    return o, float(o.min()), float(o.max() - o.min())
+
+
+def w_to_truth(cell: Cell, options: list[int], probs: list[float]) -> float | None:
+    """Synthetic data: the model's pooled distribution against the cell's TRUE distribution, both on
+    the scale's own 0-1 range. Unlike W against the sampled humans, it does not move with the number
+    of participants scored (a smaller sample raises every W against the humans, and the floor most)."""
+    o, lo, span = _truth_support(options)
+    if cell.probs is None or span <= 0:
+        return None
+    values = np.concatenate([np.asarray(x, dtype=np.float64) for x in cell.options])  # type: ignore[union-attr]
+    weights = np.concatenate([np.asarray(p, dtype=np.float64) for p in cell.probs]) / len(cell.probs)  # type: ignore[arg-type]
+    return float(wasserstein_distance((values - lo) / span, (o - lo) / span, u_weights=weights, v_weights=np.asarray(probs)))
+
+
+def uniform_to_truth(options: list[int], probs: list[float]) -> float | None:
+    o, lo, span = _truth_support(options)
+    if span <= 0:
+        return None
+    x = (o - lo) / span
+    return float(wasserstein_distance(x, x, v_weights=np.asarray(probs)))
+
+
+def truth_distance(cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None) -> dict[str, Any] | None:
+    """Macro W to the true distributions of the model and of the uniform guess on the cells the model
+    scored exactly, and the share of uniform's distance the model removes (1 = the truth itself)."""
+    if not truth:
+        return None
+    known = {k: c for k, c in cells.items() if k in truth and c.scorable() and c.probs is not None}
+    model = macro({k: w_to_truth(c, *truth[k]) for k, c in known.items()})
+    uniform = macro({k: uniform_to_truth(*truth[k]) for k in known})
+    if model is None or not uniform:
+        return None
+    return {"wasserstein": model, "uniform": uniform, "removed": 1.0 - model / uniform, "cells": len(known)}
+
+
 def _expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:
     if exact:
         return [float(np.dot(p, cell.rescale(np.asarray(o)))) for o, p in zip(cell.options, cell.probs)]  # type: ignore[arg-type]

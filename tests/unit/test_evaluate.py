@@ -131,3 +131,19 @@ def test_fit_check_line_puts_the_finetuned_ratio_beside_the_true_distributions()
     assert "finetuned = 0.50 x uniform, the true distributions 0.40 x" in line and "true distributions 0.1200" in line
     del fit["true_floor"]  # real data: no true distributions to compare with
     assert "true distributions" not in fit_check_line({"fit_check": fit})
+
+
+def test_distance_to_the_truth_is_zero_for_the_truth_and_one_share_for_uniform() -> None:
+    from socrates_ray.evaluate import truth_distance
+
+    a, b = [0.1, 0.1, 0.1, 0.2, 0.5], [0.5, 0.3, 0.1, 0.05, 0.05]
+    options = [1, 2, 3, 4, 5]
+    truth = {("s", 0, 0): (options, a), ("s", 1, 0): (options, b)}
+    perfect = sum((exact_cell("s", c, [1, 3, 5], p) for c, p in enumerate((a, b))), [])
+    flat = sum((exact_cell("s", c, [1, 3, 5], [0.2] * 5) for c in range(2)), [])
+    assert truth_distance(group_cells(perfect), truth)["removed"] == pytest.approx(1.0)
+    d = truth_distance(group_cells(flat), truth)
+    assert d["removed"] == pytest.approx(0.0) and d["wasserstein"] == pytest.approx(d["uniform"]) and d["cells"] == 2
+    halfway = sum((exact_cell("s", c, [1, 3, 5], ((np.array(p) + 0.2) / 2).tolist()) for c, p in enumerate((a, b))), [])
+    assert 0.2 < truth_distance(group_cells(halfway), truth)["removed"] < 0.8
+    assert truth_distance(group_cells(flat), None) is None  # real data: no truth, no figure
