@@ -160,8 +160,10 @@ def _truth_support(options: list[int]) -> tuple[np.ndarray, float, float]:
 
 def w_to_truth(cell: Cell, options: list[int], probs: list[float]) -> float | None:
     """Synthetic data: the model's pooled distribution against the cell's TRUE distribution, both on
-    the scale's own 0-1 range. Unlike W against the sampled humans, it does not move with the number
-    of participants scored (a smaller sample raises every W against the humans, and the floor most)."""
+    the scale's own 0-1 range. Unlike W against the sampled humans, no answer noise enters (a smaller
+    sample raises every W against the humans, and the floor most). Persona sampling still does: the
+    truth averages all of the cell's participants, the model only the ones scored, so even a model
+    that knew each participant's true distribution stays above 0 (more so with fewer scored)."""
     o, lo, span = _truth_support(options)
     if cell.probs is None or span <= 0:
         return None

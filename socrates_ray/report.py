@@ -206,7 +206,8 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         "- *uniform's distance to the truth removed* (synthetic data only): 1 - W(model, true distribution) / W(uniform, true "
         "distribution), both on the scale's own 0-1 range, macro over cells -> studies. *Gap closed* is measured against the "
         "sampled humans and grows when fewer participants per cell are scored (the floor rises faster than the models' W); "
-        "this one does not depend on the sample.",
+        "this one has no answer noise, but the truth averages all of a cell's participants and the model only those scored, "
+        "so even a model that knew every participant's true distribution would remove less than 1.",
     ]
     report = folder / "report.md"
     report.write_text("\n".join(lines) + "\n")
