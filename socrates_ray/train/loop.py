@@ -50,7 +50,7 @@ def say(*parts: object, progress: Path | None = None) -> None:
 def label_positions(labels: Any) -> Any:
     """Sequence positions whose logits predict a label token in some row: t where labels[:, t + 1]
     is set (a causal LM's logits at t score token t + 1). For SocSci210 rows that is the answer and
-    the end-of-turn token: about 1% of positions."""
+    the end-of-turn token of each example: a few percent of a batch's positions."""
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
