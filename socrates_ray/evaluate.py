@@ -98,9 +98,11 @@ def w_sampled(cell: Cell) -> tuple[float | None, int]:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(m))), bad
 
 
-def _mixture(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
-    """Every participant's distribution pooled: (rescaled option values, weights summing to 1)."""
-    values = np.concatenate([cell.rescale(np.asarray(o)) for o in cell.options])  # type: ignore[union-attr]
+def _mixture(cell: Cell, rescale: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every participant's distribution pooled: (option values rescaled by `rescale`, default the
+    cell's human range; weights summing to 1)."""
+    rescale = rescale or cell.rescale
+    values = np.concatenate([rescale(np.asarray(o, dtype=np.float64)) for o in cell.options])  # type: ignore[union-attr]
     weights = np.concatenate([np.asarray(p, dtype=np.float64) for p in cell.probs]) / len(cell.probs)  # type: ignore[arg-type]
     return values, weights
 
@@ -167,9 +169,8 @@ def w_to_truth(cell: Cell, options: list[int], probs: list[float]) -> float | No
     o, lo, span = _truth_support(options)
     if cell.probs is None or span <= 0:
         return None
-    values = np.concatenate([np.asarray(x, dtype=np.float64) for x in cell.options])  # type: ignore[union-attr]
-    weights = np.concatenate([np.asarray(p, dtype=np.float64) for p in cell.probs]) / len(cell.probs)  # type: ignore[arg-type]
-    return float(wasserstein_distance((values - lo) / span, (o - lo) / span, u_weights=weights, v_weights=np.asarray(probs)))
+    values, weights = _mixture(cell, lambda x: (x - lo) / span)
+    return float(wasserstein_distance(values, (o - lo) / span, u_weights=weights, v_weights=np.asarray(probs)))
 
 
 def uniform_to_truth(options: list[int], probs: list[float]) -> float | None:
