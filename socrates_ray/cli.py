@@ -245,6 +245,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     import time
 
     from socrates_ray.eval_job import run_evaluation
+    from socrates_ray.report import persona_corr
     from socrates_ray.serve.app import start_serve
 
     started = time.time()
@@ -276,6 +277,10 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         truth = {k: m["vs_truth"]["removed"] for k, m in r["models"].items() if "vs_truth" in m}
         to_truth = (f"; against the true distributions it removes {truth['finetuned']:.0%} of uniform's distance"
                     + (f" (anchor {truth['anchor']:.0%})" if "anchor" in truth else "")) if "finetuned" in truth else ""
+        persona = {k: persona_corr(m) for k, m in r["models"].items()}
+        if persona.get("finetuned") is not None:
+            to_truth += f"; persona reading {persona['finetuned']:+.2f}" + (
+                f" (anchor {persona['anchor']:+.2f})" if persona.get("anchor") is not None else "")
         verdicts.append(
             f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} vs uniform {uniform:.4f}{anchor}; "
             f"finetuned closes {gap:.0%} of the uniform-to-floor gap{to_truth}"

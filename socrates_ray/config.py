@@ -306,8 +306,12 @@ class EvaluateSection(Section):
         "a social scientist would fit instead.",
     )
     fit_check_cells: int = Field(
-        30, ge=0, description="Training cells (of train.setting's train split, at most simulate.max_per_cell rows each) "
-        "the models are also scored on: can the finetuned model fit what it saw? 0 = off.",
+        30, ge=0, description="Training cells (of train.setting's train split) the models are also scored on: can the "
+        "finetuned model fit what it saw? 0 = off.",
+    )
+    fit_check_per_cell: int = Field(
+        40, ge=2, description="Rows scored per fit-check cell (not simulate.max_per_cell: with ~5 answers a cell even "
+        "the true distributions score only ~0.5-0.7 x uniform against the sample, so the check would say nothing).",
     )
 
 

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from socrates_ray.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.calibrate import resolve_temperature
 from socrates_ray.config import Config
-from socrates_ray.evaluate import baseline_metrics, compare, group_cells, model_metrics, truth_distance
+from socrates_ray.data.synthetic import ROW_TRUTH_FILE
+from socrates_ray.evaluate import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
 from socrates_ray.report import results_table, temperature_line, write_report
 from socrates_ray.simulate import load_eval_rows, load_split_rows, run_simulation
 
@@ -43,6 +44,17 @@ def load_truth(raw: str) -> dict[tuple[str, int, int], tuple[list[int], list[flo
     }
 
 
+def load_row_truth(raw: str) -> RowTruth | None:
+    """The synthetic data's true distribution of every participant's answer, keyed by (study_id,
+    sample_id), if the raw folder has one (datasets synthesized before it existed do not)."""
+    path = Path(raw) / ROW_TRUTH_FILE
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    return {(s, i): p for s, i, p in zip(table["study_id"].to_pylist(), table["sample_id"].to_pylist(), table["probs"].to_pylist())
+            if p is not None}
+
+
 def run_evaluation(
     cfg: Config, model_path: str, adapter_path: str | None, log: Callable[[str], None] = print,
     endpoint: str | None = None, token: str | None = None,
@@ -53,6 +65,7 @@ def run_evaluation(
     'finetuned'); None: in-process replicas."""
     out = Path(cfg.evaluate.output_dir) if cfg.evaluate.output_dir else cfg.run_dir / "eval"
     truth = load_truth(cfg.data.raw)
+    row_truth = load_row_truth(cfg.data.raw) if truth else None
     fields = list(cfg.evaluate.parity_fields)
     results: dict[str, Any] = {"model": model_path, "adapter": adapter_path, "mode": cfg.simulate.mode, "settings": {}}
     finetuned_tables: dict[str, Any] = {}
@@ -96,20 +109,20 @@ def run_evaluation(
             table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token))
             cells = group_cells(table.to_pylist(), fields)
             models[name] = model_metrics(cells)
-            if vs_truth := truth_distance(cells, truth):
+            if vs_truth := truth_distance(cells, truth, row_truth):
                 models[name]["vs_truth"] = vs_truth
             if name == "finetuned":
                 finetuned_tables[setting] = table
         if anchor is not None:
             anchor_cells = group_cells(predict_anchor(anchor, rows).to_pylist(), fields)
             models["anchor"] = model_metrics(anchor_cells)
-            if vs_truth := truth_distance(anchor_cells, truth):
+            if vs_truth := truth_distance(anchor_cells, truth, row_truth):
                 models["anchor"]["vs_truth"] = vs_truth
         baselines = baseline_metrics(cells, truth, cfg.evaluate.floor_resamples, cfg.run.seed)
         results["settings"][setting] = {"rows": rows.num_rows, "models": models, "baselines": baselines,
                                         "comparison": compare(models, baselines)}
     if cfg.evaluate.fit_check_cells:
-        rows = training_cells(cfg.data.prepared, trained_on, cfg.evaluate.fit_check_cells, cfg.simulate.max_per_cell, cfg.run.seed)
+        rows = training_cells(cfg.data.prepared, trained_on, cfg.evaluate.fit_check_cells, cfg.evaluate.fit_check_per_cell, cfg.run.seed)
         fit: dict[str, Any] = {"split": f"{trained_on}/train", "rows": rows.num_rows}
         for name, adapter in runs:
             log(f"evaluate: fit check: {name} model on {rows.num_rows:,} rows of {fit['split']}")
@@ -118,6 +131,8 @@ def run_evaluation(
             cells = group_cells(table.to_pylist())
             metrics = model_metrics(cells)
             fit[name] = {"wasserstein": metrics["wasserstein"], "cell_spread": metrics["cell_spread"]}
+            if vs_truth := truth_distance(cells, truth, row_truth):
+                fit[name]["vs_truth"] = vs_truth
         if anchor is not None:
             fit["anchor"] = {"wasserstein": model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist()))["wasserstein"]}
         baselines = baseline_metrics(cells, truth, 1, cfg.run.seed)
@@ -142,9 +157,9 @@ def _val_or_train(prepared: str, setting: str) -> pa.Table:
     return load_split_rows(prepared, setting, "train", None)
 
 
-def training_cells(prepared: str, setting: str, n_cells: int, max_per_cell: int | None, seed: int) -> pa.Table:
-    """A seeded sample of n_cells cells of a train split (at most max_per_cell rows each): the fit check's rows."""
-    table = load_split_rows(prepared, setting, "train", max_per_cell, seed)
+def training_cells(prepared: str, setting: str, n_cells: int, per_cell: int | None, seed: int) -> pa.Table:
+    """A seeded sample of n_cells cells of a train split (at most per_cell rows each): the fit check's rows."""
+    table = load_split_rows(prepared, setting, "train", per_cell, seed)
     keys = list(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist(), table["task_num"].to_pylist()))
     distinct = sorted(set(keys))
     rng = np.random.default_rng(seed)

@@ -46,6 +46,7 @@ class Cell:
     probs: list[list[float]] | None = None
     groups: dict[str, list[Any]] = field(default_factory=dict)
     scale: tuple[int | None, int | None] = (None, None)
+    sample_ids: list[int] = field(default_factory=list)
 
     @property
     def lo(self) -> float:
@@ -77,13 +78,14 @@ def group_cells(rows: Iterable[dict[str, Any]], parity_fields: list[str] = ()) -
         for f in parity_fields:
             c[f"g:{f}"].append(demo.get(f) if isinstance(demo, dict) else None)
         c["scale"] = [(r.get("scale_low"), r.get("scale_high"))]
+        c["sample_ids"].append(r.get("sample_id"))
     cells = {}
     for key, c in raw.items():
         exact = len(c["probs"]) == len(c["human"]) and len(c["human"]) > 0
         cells[key] = Cell(
             key=key, human=np.asarray(c["human"], dtype=np.float64), predicted=c["predicted"],
             options=c["options"] if exact else None, probs=c["probs"] if exact else None,
-            groups={f: c[f"g:{f}"] for f in parity_fields}, scale=c["scale"][0],
+            groups={f: c[f"g:{f}"] for f in parity_fields}, scale=c["scale"][0], sample_ids=c["sample_ids"],
         )
     return cells
 
@@ -155,43 +157,97 @@ def w_true(cell: Cell, options: list[int], probs: list[float]) -> float:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(np.asarray(options)), v_weights=np.asarray(probs)))
 
 
+RowTruth = dict[tuple[str, int], list[float]]
+
+
 def _truth_support(options: list[int]) -> tuple[np.ndarray, float, float]:
     o = np.asarray(options, dtype=np.float64)
     return o, float(o.min()), float(o.max() - o.min())
 
 
-def w_to_truth(cell: Cell, options: list[int], probs: list[float]) -> float | None:
-    """Synthetic data: the model's pooled distribution against the cell's TRUE distribution, both on
-    the scale's own 0-1 range. Unlike W against the sampled humans, no answer noise enters (a smaller
-    sample raises every W against the humans, and the floor most). Persona sampling still does: the
-    truth averages all of the cell's participants, the model only the ones scored, so even a model
-    that knew each participant's true distribution stays above 0 (more so with fewer scored)."""
+def people_truth(cell: Cell, options: list[int], rows: RowTruth | None) -> list[np.ndarray] | None:
+    """The true distributions of exactly the participants scored in `cell` (synthetic data, when the
+    generator's per-participant truth covers all of them), else None."""
+    if not rows or not cell.sample_ids:
+        return None
+    found = [rows.get((cell.key[0], sid)) for sid in cell.sample_ids]
+    if any(p is None or len(p) != len(options) for p in found):
+        return None
+    return [np.asarray(p, dtype=np.float64) for p in found]
+
+
+def w_to_truth(cell: Cell, options: list[int], probs: list[float], rows: RowTruth | None = None) -> float | None:
+    """Synthetic data: the model's pooled distribution against the TRUE distribution, both on the
+    scale's own 0-1 range. Unlike W against the sampled humans, no answer noise enters (a smaller
+    sample raises every W against the humans, and the floor most). With the per-participant truth the
+    reference is the true distributions of the very participants scored, so persona sampling does not
+    enter either and the figure does not depend on how many were scored; without it, the cell's truth
+    over all its participants (then even a perfect model stays above 0, more so with fewer scored)."""
     o, lo, span = _truth_support(options)
     if cell.probs is None or span <= 0:
         return None
+    people = people_truth(cell, options, rows)
+    reference = np.mean(people, axis=0) if people is not None else np.asarray(probs)
     values, weights = _mixture(cell, lambda x: (x - lo) / span)
-    return float(wasserstein_distance(values, (o - lo) / span, u_weights=weights, v_weights=np.asarray(probs)))
+    return float(wasserstein_distance(values, (o - lo) / span, u_weights=weights, v_weights=reference))
 
 
-def uniform_to_truth(options: list[int], probs: list[float]) -> float | None:
+def uniform_to_truth(cell: Cell, options: list[int], probs: list[float], rows: RowTruth | None = None) -> float | None:
     o, lo, span = _truth_support(options)
     if span <= 0:
         return None
+    people = people_truth(cell, options, rows)
+    reference = np.mean(people, axis=0) if people is not None else np.asarray(probs)
     x = (o - lo) / span
-    return float(wasserstein_distance(x, x, v_weights=np.asarray(probs)))
+    return float(wasserstein_distance(x, x, v_weights=reference))
 
 
-def truth_distance(cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None) -> dict[str, Any] | None:
+def persona_reading(cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]], rows: RowTruth) -> dict[str, Any] | None:
+    """Does the model read the persona? Within each cell (one stimulus) participants differ only by
+    persona; the correlation, pooled over cells, of each participant's predicted mean position on the
+    scale with their TRUE mean position, both centred on their cell's mean. 0: persona ignored (one
+    distribution per stimulus); 1: every participant ordered as the truth orders them."""
+    predicted, true = [], []
+    for key, cell in cells.items():
+        if key not in truth or cell.probs is None or len(cell.probs) < 2:
+            continue
+        options = truth[key][0]
+        o, lo, span = _truth_support(options)
+        people = people_truth(cell, options, rows)
+        if people is None or span <= 0:
+            continue
+        x = (o - lo) / span
+        p = np.asarray([np.dot(np.asarray(q), (np.asarray(opts, dtype=np.float64) - lo) / span)
+                        for q, opts in zip(cell.probs, cell.options)])  # type: ignore[arg-type]
+        t = np.asarray([np.dot(q, x) for q in people])
+        predicted.extend(p - p.mean())
+        true.extend(t - t.mean())
+    if len(predicted) < 2:
+        return {"within_cell_corr": None, "rows": len(predicted)}
+    if np.std(predicted) == 0 or np.std(true) == 0:  # one prediction per stimulus: nothing about the persona read
+        return {"within_cell_corr": 0.0, "rows": len(predicted)}
+    return {"within_cell_corr": float(np.corrcoef(predicted, true)[0, 1]), "rows": len(predicted)}
+
+
+def truth_distance(
+    cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None, rows: RowTruth | None = None,
+) -> dict[str, Any] | None:
     """Macro W to the true distributions of the model and of the uniform guess on the cells the model
-    scored exactly, and the share of uniform's distance the model removes (1 = the truth itself)."""
+    scored exactly, and the share of uniform's distance the model removes (1 = the truth itself);
+    with per-participant truth (`rows`), against the scored participants' own truth, plus how well
+    the model orders participants within a cell (persona reading)."""
     if not truth:
         return None
     known = {k: c for k, c in cells.items() if k in truth and c.scorable() and c.probs is not None}
-    model = macro({k: w_to_truth(c, *truth[k]) for k, c in known.items()})
-    uniform = macro({k: uniform_to_truth(*truth[k]) for k in known})
+    model = macro({k: w_to_truth(c, *truth[k], rows) for k, c in known.items()})
+    uniform = macro({k: uniform_to_truth(c, *truth[k], rows) for k, c in known.items()})
     if model is None or not uniform:
         return None
-    return {"wasserstein": model, "uniform": uniform, "removed": 1.0 - model / uniform, "cells": len(known)}
+    out: dict[str, Any] = {"wasserstein": model, "uniform": uniform, "removed": 1.0 - model / uniform, "cells": len(known),
+                           "reference": "scored participants" if rows else "cell"}
+    if rows:
+        out["persona"] = persona_reading(known, truth, rows)
+    return out
 
 
 def _expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:

@@ -18,13 +18,23 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def persona_corr(model: dict[str, Any]) -> float | None:
+    """The within-cell correlation of predicted with true per-participant means (synthetic data), if measured."""
+    return ((model.get("vs_truth") or {}).get("persona") or {}).get("within_cell_corr")
+
+
+def _fmt_corr(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
     """The paper-style table: one row per setting, uniform / base / finetuned / anchor / floors, the
     share of the uniform-to-floor gap each model closes, and how much predictions differ across cells."""
     lines = [
         "| setting | cells | uniform | base | finetuned | anchor | floor (resampling) | floor (true dist.) | finetuned vs base "
-        "| gap closed: finetuned / anchor | uniform's distance to the truth removed: finetuned / anchor | cell spread: finetuned / human |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gap closed: finetuned / anchor | uniform's distance to the truth removed: finetuned / anchor "
+        "| persona reading: finetuned / anchor | cell spread: finetuned / human |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, r in results["settings"].items():
         b = r["baselines"]
@@ -36,11 +46,12 @@ def results_table(results: dict[str, Any]) -> str:
         gaps = " / ".join("-" if gap.get(n) is None else f"{gap[n]:.2f}" for n in ("finetuned", "anchor"))
         removed = " / ".join(f"{models[n]['vs_truth']['removed']:.2f}" if "vs_truth" in models.get(n, {}) else "-"
                              for n in ("finetuned", "anchor"))
+        persona = " / ".join(_fmt_corr(persona_corr(models.get(n, {}))) for n in ("finetuned", "anchor"))
         lines.append(
             f"| {setting} | {models.get('finetuned', models.get('base', {})).get('cells', '-')} | {_fmt(b['uniform']['wasserstein'])} | "
             f"{_fmt(w.get('base'))} | {_fmt(w.get('finetuned'))} | {_fmt(w.get('anchor'))} | "
             f"{_fmt(b['floor']['wasserstein'])} | {_fmt(b.get('true_floor', {}).get('wasserstein'))} | "
-            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {_fmt(spread.get('predicted'))} / {_fmt(spread.get('human'))} |"
+            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {persona} | {_fmt(spread.get('predicted'))} / {_fmt(spread.get('human'))} |"
         )
     return "\n".join(lines)
 
@@ -63,6 +74,12 @@ def fit_check_line(results: dict[str, Any]) -> str | None:
         if spread.get("predicted") is not None:
             ratio += f"; cell spread {spread['predicted']:.3f} vs human {spread['human']:.3f}"
         ratio += ")"
+    truth = (fit.get("finetuned") or {}).get("vs_truth")
+    if truth:
+        ratio += (f"; against the true distributions of the same participants the finetuned model removes "
+                  f"{truth['removed']:.0%} of uniform's distance")
+        if (corr := persona_corr(fit["finetuned"])) is not None:
+            ratio += f", persona reading {corr:+.2f}"
     return f"Fit check on {fit['cells']} cells ({fit['rows']:,} rows) of {fit['split']}: W " + ", ".join(parts) + ratio + "."
 
 
@@ -206,8 +223,13 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         "- *uniform's distance to the truth removed* (synthetic data only): 1 - W(model, true distribution) / W(uniform, true "
         "distribution), both on the scale's own 0-1 range, macro over cells -> studies. *Gap closed* is measured against the "
         "sampled humans and grows when fewer participants per cell are scored (the floor rises faster than the models' W); "
-        "this one has no answer noise, but the truth averages all of a cell's participants and the model only those scored, "
-        "so even a model that knew every participant's true distribution would remove less than 1.",
+        "this one has no answer noise and, where the generator's per-participant truth exists (ground_truth_rows.parquet), "
+        "compares with the true distributions of exactly the participants scored, so it does not depend on how many were: "
+        "1 means the model's pooled distribution is the truth's.",
+        "- *persona reading* (synthetic data only): within each cell (one stimulus) the participants differ only by persona; "
+        "the correlation, pooled over cells, of each participant's predicted mean answer (as a position on the scale) with "
+        "their true mean, both centred on the cell. 0 = one prediction per stimulus whatever the persona; 1 = participants "
+        "ordered as the truth orders them. A model can match the pooled distributions while reading no persona.",
     ]
     report = folder / "report.md"
     report.write_text("\n".join(lines) + "\n")

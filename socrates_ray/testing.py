@@ -38,7 +38,7 @@ def synthetic_corpus(rows: int, seed: int = 0) -> Iterator[str]:
     yield DEFAULT_SYSTEM_PROMPT
     produced = 0
     for study in studies:
-        table, _ = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), 0.0)
+        table, _, _ = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), 0.0)
         for prompt, response in zip(table["prompt"].to_pylist(), table["response"].to_pylist()):
             yield f"{prompt}\n{response}"
             produced += 1

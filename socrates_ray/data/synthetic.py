@@ -36,6 +36,8 @@ from socrates_ray.data.prompts import build_prompt
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, RAW_SCHEMA
 
 REFUSAL_CODE = 98
+ROW_TRUTH_FILE = "ground_truth_rows.parquet"
+ROW_TRUTH_SCHEMA = pa.schema([("study_id", pa.string()), ("sample_id", pa.int64()), ("probs", pa.list_(pa.float64()))])
 
 # (policy, partisan lean: + means liberals support it more, age slope: + means older support more,
 # popularity: support across the board, the same in every study of the topic)
@@ -394,8 +396,9 @@ def frame_effect(frame: tuple[str, str, float], party_score: np.ndarray) -> np.n
     return np.full_like(party_score, effect)
 
 
-def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """All rows of one study plus its cells' true distributions."""
+def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) -> tuple[pa.Table, list[dict[str, Any]], list[list[float] | None]]:
+    """All rows of one study, its cells' true distributions, and each row's own true distribution
+    (the participant's ordered logit over the options; None for open-ended amounts)."""
     n = study.participants
     people, liberal, party_score, age_z = draw_people(n, rng, study.ethnicity_recorded)
     person_effect = rng.normal(0, PERSON_NOISE_SD, n)
@@ -408,6 +411,7 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
 
     columns: dict[str, list[Any]] = {f.name: [] for f in RAW_SCHEMA}
     truth: dict[tuple[int, int], list[np.ndarray]] = {}
+    row_truth: list[list[float] | None] = []
     sample_id = 0
     for rep in range(seen.shape[1]):
         for t, task in enumerate(study.tasks):
@@ -431,6 +435,7 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                         0,
                     ).astype(np.int64)
                     answers = amounts
+                    probs = None
                 else:
                     probs = ordinal_probs(u, high - low + 1)
                     if reverse:
@@ -441,7 +446,8 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                     answers = (low + k).astype(np.int64)
                     if high < REFUSAL_CODE:
                         answers = np.where(rng.random(len(who)) < refusal_rate, REFUSAL_CODE, answers)
-                for i, answer in zip(who, answers):
+                for j, (i, answer) in enumerate(zip(who, answers)):
+                    row_truth.append(None if probs is None else probs[j].tolist())
                     columns["sample_id"].append(sample_id)
                     columns["participant"].append(int(i))
                     columns["demographic"].append(people[i])
@@ -474,7 +480,7 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                 "participants": int(sum(len(p) for p in parts)),
             }
         )
-    return table, cells
+    return table, cells, row_truth
 
 
 def split_metadata(studies: list[Study], rng: np.random.Generator, unseen_fraction: float = 0.19, eval_fraction: float = 0.25) -> dict[str, Any]:
@@ -537,11 +543,15 @@ def write_synthetic(
     total = sum(s.rows for s in designs)
     n_shards = max(1, math.ceil(total / rows_per_shard))
     all_cells: list[dict[str, Any]] = []
+    row_truth: dict[str, list[Any]] = {"study_id": [], "sample_id": [], "probs": []}
 
     def tables() -> Iterator[pa.Table]:
         for study in designs:
-            table, cells = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), refusal_rate)
+            table, cells, probs = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), refusal_rate)
             all_cells.extend(cells)
+            row_truth["study_id"].extend(table["study_id"].to_pylist())
+            row_truth["sample_id"].extend(table["sample_id"].to_pylist())
+            row_truth["probs"].extend(probs)
             yield table
 
     written = 0
@@ -552,6 +562,9 @@ def write_synthetic(
     for name, content in split_metadata(designs, rng).items():
         (root / "metadata" / name).write_text(json.dumps(content, indent=1))
     pq.write_table(pa.Table.from_pylist(all_cells), root / "ground_truth.parquet")
+    # Each participant's own true distribution: a cell's truth over exactly the participants a model
+    # scored, so a distance to it has no persona-sampling term (evaluate's per-person truth figures).
+    pq.write_table(pa.table(row_truth, schema=ROW_TRUTH_SCHEMA), root / ROW_TRUTH_FILE)
     design = [
         {
             "study_id": s.study_id,

@@ -51,6 +51,10 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
         assert models["finetuned"]["cell_spread"]["human"] > 0
         assert models["finetuned"]["cells"] > 0 and 0 <= models["finetuned"]["wasserstein"] <= 1
         assert metrics["settings"][setting]["baselines"]["true_floor"]["wasserstein"] is not None
+        # synthetic data: distance to the scored participants' own true distributions, and persona reading
+        for name in ("finetuned", "anchor"):
+            truth = models[name]["vs_truth"]
+            assert truth["reference"] == "scored participants" and -1 <= truth["persona"]["within_cell_corr"] <= 1
         import pyarrow.parquet as pq
 
         table = pq.read_table(eval_dir / setting / "finetuned" / "predictions.parquet")
@@ -73,5 +77,8 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
     assert metrics["anchor"]["trained_on"] == "all_settings/train"
     fit = metrics["fit_check"]
     assert fit["split"] == "all_settings/train" and fit["cells"] > 0 and fit["finetuned"]["wasserstein"] is not None
+    # the fit check scores whole training cells (up to evaluate.fit_check_per_cell), not simulate.max_per_cell
+    assert fit["rows"] > 6 * fit["cells"] and "vs_truth" in fit["finetuned"]  # simulate.max_per_cell=6 would cap it there
     assert "Fit check on" in out and "Fit check on" in (eval_dir / "report.md").read_text()
+    assert "persona reading" in out and "persona reading" in (eval_dir / "report.md").read_text()
     assert "[socrates_ray] step 6/6" in out

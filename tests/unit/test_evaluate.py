@@ -147,3 +147,32 @@ def test_distance_to_the_truth_is_zero_for_the_truth_and_one_share_for_uniform()
     halfway = sum((exact_cell("s", c, [1, 3, 5], ((np.array(p) + 0.2) / 2).tolist()) for c, p in enumerate((a, b))), [])
     assert 0.2 < truth_distance(group_cells(halfway), truth)["removed"] < 0.8
     assert truth_distance(group_cells(flat), None) is None  # real data: no truth, no figure
+
+
+def test_per_participant_truth_removes_persona_sampling_and_measures_persona_reading() -> None:
+    """Two participants of one cell with opposite true distributions (a Democrat and a Republican on a
+    partisan topic): a model that knows each one's distribution is perfect against their own truth
+    (the cell's truth over everyone else would not say so), and orders them within the cell (persona
+    reading 1); a model that gives both the cell's mixture is as good on the pooled distribution but
+    reads no persona (0); swapping them reads it backwards (-1)."""
+    from socrates_ray.evaluate import truth_distance
+
+    options = [1, 2, 3]
+    dem, rep = [0.1, 0.2, 0.7], [0.7, 0.2, 0.1]
+    cell_truth = {("s", 0, 0): (options, [0.2, 0.3, 0.5])}  # the whole cell had more Democrats than the two scored
+    people = {("s", 0): dem, ("s", 1): rep}
+
+    def scored(p0: list[float], p1: list[float]) -> dict:
+        return group_cells(rows("s", 0, [3, 1], [3, 1], low=1, high=3, options=[options, options], probs=[p0, p1]))
+
+    knows = truth_distance(scored(dem, rep), cell_truth, people)
+    assert knows["removed"] == pytest.approx(1.0) and knows["persona"]["within_cell_corr"] == pytest.approx(1.0)
+    assert knows["reference"] == "scored participants"
+    assert truth_distance(scored(dem, rep), cell_truth)["removed"] < 0.9  # against the whole cell's truth: sampling shows
+    mixture = [0.4, 0.2, 0.4]
+    blind = truth_distance(scored(mixture, mixture), cell_truth, people)
+    assert blind["removed"] == pytest.approx(1.0) and blind["persona"]["within_cell_corr"] == 0.0
+    backwards = truth_distance(scored(rep, dem), cell_truth, people)
+    assert backwards["persona"]["within_cell_corr"] == pytest.approx(-1.0)
+    # a dataset synthesized before per-participant truth existed: the cell's truth, no persona figure
+    assert "persona" not in truth_distance(scored(dem, rep), cell_truth, None)

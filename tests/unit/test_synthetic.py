@@ -71,6 +71,31 @@ def test_truth_is_a_distribution_and_matches_samples(synth_dir):
     assert 0.5 * np.abs(empirical - np.array(big["probs"])).sum() < 2.5 * np.sqrt(len(big["options"]) / len(answers))
 
 
+def test_each_participants_truth_pools_to_the_cell_truth_and_moves_with_the_persona(synth_dir):
+    """ground_truth_rows.parquet: every bounded answer's own true distribution; a cell's are what its
+    truth averages, and within a cell they differ by persona (a partisan topic splits the parties)."""
+    from collections import defaultdict
+
+    from socrates_ray.data.synthetic import ROW_TRUTH_FILE
+
+    rows = pq.read_table(synth_dir / ROW_TRUTH_FILE).to_pylist()
+    data = pq.read_table(synth_dir / "data").to_pylist()
+    assert len(rows) == len(data)
+    own = {(r["study_id"], r["sample_id"]): r["probs"] for r in rows}
+    cells: dict = defaultdict(list)
+    for r in data:
+        if own[(r["study_id"], r["sample_id"])] is not None:
+            cells[(r["study_id"], r["condition_num"], r["task_num"])].append(own[(r["study_id"], r["sample_id"])])
+    truth = pq.read_table(synth_dir / "ground_truth.parquet").to_pylist()
+    assert {(c["study_id"], c["condition_num"], c["task_num"]) for c in truth} == set(cells)
+    for c in truth:
+        people = np.asarray(cells[(c["study_id"], c["condition_num"], c["task_num"])])
+        assert np.allclose(people.sum(axis=1), 1) and np.allclose(people.mean(axis=0), c["probs"])
+    # participants of one cell get different distributions (the persona moves them), not one shared one
+    spread = [np.asarray(v).std(axis=0).max() for v in cells.values() if len(v) >= 5]
+    assert np.median(spread) > 0.05
+
+
 def test_framing_moves_answers_the_same_way_across_topics(synth_dir):
     """The structure unseen studies are learnable from: framing words push every topic alike."""
     truth = pq.read_table(synth_dir / "ground_truth.parquet").to_pylist()
