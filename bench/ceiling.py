@@ -129,7 +129,7 @@ def main() -> int:
     print("\n".join(lines), flush=True)
     params = {"mode": "exact", "temperature": 1.0, "top_p": 1.0, "sample_temperature": cfg.simulate.sample_temperature,
               "sample_top_p": cfg.simulate.sample_top_p, "max_new_tokens": cfg.simulate.max_new_tokens,
-              "gpu": device == "cuda", "threads": torch.get_num_threads()}
+              "gpu": device == "cuda", "threads": torch.get_num_threads(), "precision": cfg.simulate.precision}
     for steps in args.steps:
         with tempfile.TemporaryDirectory() as tmp:
             seconds = train_adapter(cfg, args.model, train_rows, steps, device, args.seed, tmp)

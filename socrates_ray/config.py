@@ -177,7 +177,10 @@ class TrainSection(Section):
     zero3_persistence_threshold: int | None = Field(
         None, ge=0, description="ZeRO-3: parameters smaller than this stay whole on every rank (DeepSpeed default 1e5); 0 partitions all."
     )
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 on GPU and on CPUs with native bf16 matrix instructions (AMX, AVX512-BF16), "
+        "fp32 on other CPUs (socrates_ray/precision.py).",
+    )
     lr: float = Field(1.0e-4, gt=0, description="Peak learning rate (the paper: 1e-5 for full SFT).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
@@ -250,6 +253,9 @@ class ServeSection(Section):
         None, description="Environment variable holding a bearer token; when set, requests need 'Authorization: Bearer <token>'."
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Number format of the replica's model: auto = bf16 on GPU and on CPUs with native bf16, else fp32."
+    )
     max_n: int = Field(64, ge=1, description="Largest n (samples per request).")
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens per request.")
     max_length: int = Field(2048, ge=64, description="Context cap in tokens (also bounded by the model).")
@@ -267,6 +273,10 @@ class SimulateSection(Section):
     cpus_per_replica: float = Field(1, gt=0, description="CPUs per replica.")
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica.")
     batch_size: int = Field(16, ge=1, description="Rows per scoring call.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Number format of the local replicas' model: auto = bf16 on GPU and on CPUs with native bf16 "
+        "matrix instructions, else fp32 (bf16 moved the demo adapter's option probabilities by 0.004 on average).",
+    )
     temperature: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         1.0, description="Exact mode: temperature applied to the option distribution; 'auto' fits it on the validation "
         "split of train.setting (lowest NLL of the human answers; calibrate.py), separately for base and finetuned.",

@@ -114,6 +114,9 @@ class Scorer:
     max_length: int = 2048
     max_tokens_per_pass: int = 16384
     adapters: dict[str, str] = field(default_factory=dict)
+    # "bf16" / "fp32"; None = the device's default: bf16 on CUDA, fp32 on CPU (config-driven callers
+    # pass precision.resolve_precision(...), which also picks bf16 on CPUs that multiply it natively)
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         import torch
@@ -123,7 +126,8 @@ class Scorer:
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.encoder = Encoder(self.tokenizer, self.system_prompt)
-        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
         self.context = min(self.max_length, self.model.config.max_position_embeddings)
         self._peft = False
@@ -138,11 +142,14 @@ class Scorer:
             raise ScoreError(f"adapter {name!r}: no adapter_config.json in {path} (expected a PEFT adapter folder)")
         from peft import PeftModel
 
+        # The adapter computes in the model's format, whatever it was saved in (peft would upcast a
+        # bf16 adapter to fp32 and make every LoRA layer cast back and forth on a bf16 model).
         if not self._peft:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, autocast_adapter_dtype=False).eval()
             self._peft = True
         else:
-            self.model.load_adapter(str(path), adapter_name=name)
+            self.model.load_adapter(str(path), adapter_name=name, autocast_adapter_dtype=False)
+        self.model.to(self.dtype)
         self.adapters[name] = str(path)
 
     def unload_adapter(self, name: str) -> None:

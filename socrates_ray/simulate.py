@@ -95,8 +95,11 @@ class LocalReplica:
         import torch
 
         torch.set_num_threads(max(1, int(params.get("threads", 1))))
+        from socrates_ray.precision import resolve_precision
+
         device = "cuda" if params.get("gpu") else "cpu"
-        self.scorer = Scorer(model_path, system_prompt, device=device)
+        # resolved here, on the node the replica runs on
+        self.scorer = Scorer(model_path, system_prompt, device=device, precision=resolve_precision(params["precision"], device == "cuda"))
         self.adapter = None
         if adapter_path:
             self.scorer.load_adapter("finetuned", adapter_path)
@@ -197,7 +200,7 @@ def _unwrapped(batches: Any) -> Any:
         raise
 
 
-RESUME_KEYS = ("mode", "temperature", "top_p", "sample_temperature", "sample_top_p", "max_new_tokens", "adapter", "adapter_path")
+RESUME_KEYS = ("mode", "temperature", "top_p", "sample_temperature", "sample_top_p", "max_new_tokens", "adapter", "adapter_path", "precision")
 
 
 def check_params(out: Path, sim: SimulateSection, model_path: str) -> None:

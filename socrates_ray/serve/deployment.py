@@ -24,6 +24,7 @@ from typing import Any
 from ray import serve
 
 from socrates_ray.config import ServeSection
+from socrates_ray.precision import resolve_precision
 from socrates_ray.score import ScoreError, Scorer
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -105,7 +106,8 @@ class ModelCore:
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        self.scorer = Scorer(model_path, system_prompt, device=device, max_length=cfg.max_length)
+        precision = resolve_precision(cfg.precision, device == "cuda")  # resolved where the replica runs
+        self.scorer = Scorer(model_path, system_prompt, device=device, max_length=cfg.max_length, precision=precision)
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
         self.batches = 0
         self.batched_jobs = 0

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from socrates_ray.config import Config
 from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
+from socrates_ray.precision import resolve_precision
 from socrates_ray.train.deepspeed import build_ds_config
 from socrates_ray.train.loop import PROGRESS_FILE, train_loop_per_worker
 
@@ -84,7 +85,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
             f"train: {rows} training rows give no full optimizer step with {ing.num_workers} workers x micro batch "
             f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
         )
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and t.use_gpu)
+    bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
     ds_config = build_ds_config(
         zero_stage=t.zero_stage,
         offload_optimizer=t.offload_optimizer,

@@ -122,3 +122,40 @@ def test_exact_scoring_with_an_adapter_on_the_output_layer_matches_brute_force(t
     with scorer.model.disable_adapter():
         assert np.allclose(base_lp, [brute_force(scorer, prompts[0], o) for o in options[0]], atol=1e-4)
     assert not np.allclose(adapted, base_lp, atol=1e-3)
+
+
+def test_bf16_scoring_runs_the_adapter_in_bf16_and_agrees_with_fp32(tiny_model, tmp_path) -> None:
+    """precision=bf16 (what `auto` picks on GPUs and on CPUs with native bf16): base and adapter both
+    compute in bf16 (peft would otherwise upcast the adapter and cast every LoRA layer back and forth),
+    and the option distributions stay within a few thousandths of fp32's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    prompts = ["- Age: 44\n" + STIMULUS.format(hi=7), "- Age: 23\n" + STIMULUS.format(hi=11)]
+    options = [list(range(1, 8)), list(range(1, 12))]
+    found = {}
+    for precision in ("fp32", "bf16"):
+        scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, precision=precision)
+        scorer.load_adapter("a", tmp_path / "adapter")
+        assert {p.dtype for p in scorer.model.parameters()} == {torch.float32 if precision == "fp32" else torch.bfloat16}
+        found[precision] = scorer.distributions(prompts, options, adapter="a")
+    for p32, p16 in zip(found["fp32"], found["bf16"]):
+        assert np.abs(p32 - p16).max() < 0.02
+
+
+def test_auto_precision_is_bf16_on_gpus_and_native_bf16_cpus_only(monkeypatch) -> None:
+    import torch
+
+    from socrates_ray.precision import resolve_precision
+
+    assert resolve_precision("fp32", on_gpu=True) == "fp32" and resolve_precision("bf16", on_gpu=False) == "bf16"
+    assert resolve_precision("auto", on_gpu=True) == "bf16"
+    for amx, avx512_bf16, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        assert resolve_precision("auto", on_gpu=False) == expected
