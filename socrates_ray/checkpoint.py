@@ -6,7 +6,8 @@ One checkpoint folder (Ray merges every worker's files into it):
       ds/                  DeepSpeed state for exact resume: each rank's optimizer partition,
                            the (trainable) module weights, scheduler and step counters
       latest               DeepSpeed's pointer to the `ds` tag
-      state.json           step, epoch, micro batches done in the epoch, tokens seen
+      state.json           step, epoch, micro batches done in the epoch, tokens seen, and the run's
+                           fingerprint: what defines its data stream and optimizer schedule
       export/              what users load: a PEFT adapter (LoRA) or a consolidated HF model in
                            safetensors (full finetuning)
 
@@ -16,7 +17,7 @@ Every function here that touches parameters is collective: all ranks call it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ class TrainState:
     epoch: int = 0
     micro_in_epoch: int = 0  # micro batches of `epoch` already trained
     tokens: int = 0  # real tokens trained on, all ranks
+    # Settings (named by their config keys) that fix the data order and the optimizer schedule:
+    # resuming under others would skip micro_in_epoch batches of a different stream (trainer.run_fingerprint).
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         (folder / STATE_FILE).write_text(json.dumps(asdict(self)))
@@ -88,6 +92,39 @@ def is_complete(folder: Path, world_size: int) -> bool:
         return False
     names = [p.name for p in ds.iterdir()]
     return all(any(n.startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names) for r in range(world_size))
+
+
+class ResumeError(RuntimeError):
+    """A run folder whose checkpoints were made with settings other than the current ones."""
+
+
+def fingerprint_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, current)} for every fingerprint entry that differs (missing on one side included)."""
+    return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)}
+
+
+def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> None:
+    """Refuse to resume `checkpoint` under another data stream or optimizer schedule.
+
+    The position a run resumes at is a count of micro batches into an epoch: under another micro
+    batch size, worker count, split, layout, seed or step count that count points somewhere else,
+    and training would go on silently at the wrong place (or fail later inside DeepSpeed)."""
+    changes = fingerprint_changes(TrainState.load(checkpoint).fingerprint, current)
+    if not changes:
+        return
+    what = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    raise ResumeError(
+        f"run.name={run_name} has a checkpoint ({checkpoint}) made with other settings ({what}). Resuming it would "
+        f"continue its data stream and schedule at the wrong position. Choose a new run.name to train with these "
+        f"settings, or run with the old ones to resume."
+    )
+
+
+def newest_checkpoint_any(run_dir: Path) -> Path | None:
+    """The highest-step checkpoint folder with a resume state, complete or not (what a resume would
+    start from under some worker count: the fingerprint check must see it whatever the count)."""
+    found = [p for p in run_dir.glob("checkpoint_0*") if (p / STATE_FILE).is_file()] if run_dir.is_dir() else []
+    return max(found, key=lambda p: TrainState.load(p).step) if found else None
 
 
 def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -> Path | None:

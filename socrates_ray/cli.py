@@ -154,7 +154,6 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         if not (split / part).exists():
             raise ConfigError(f"data.prepared: {split / part} does not exist; run `socrates-ray prepare --config ...` first (train.setting={cfg.train.setting})")
     ensure_ray(cfg)
-    dump_config(cfg, run_folder(cfg))
     import ray.train
 
     try:
@@ -250,7 +249,6 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.time()
     out = cfg.run_dir
-    dump_config(cfg, out)
     print(f"demo: run folder {out}")
     ensure_ray(cfg)
     synth = cmd_synth(cfg, argparse.Namespace(out=cfg.data.raw))
@@ -343,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from socrates_ray.calibrate import CalibrationError
+    from socrates_ray.checkpoint import ResumeError
     from socrates_ray.data.ingest import IngestError
     from socrates_ray.data.prepare import PrepareError
     from socrates_ray.data.splits import SplitError
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
         quiet_libraries(cfg.run)
         COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, SimulateError, ScoreError, CalibrationError) as exc:
+    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, ResumeError, SimulateError, ScoreError, CalibrationError) as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from socrates_ray.checkpoint import TrainState, load_checkpoint, newest_checkpoint, save_checkpoint
+from socrates_ray.checkpoint import TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list
@@ -211,11 +211,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = run_dir / PROGRESS_FILE if rank == 0 else None
 
     # --- restore ------------------------------------------------------------------------------
-    state = TrainState()
+    state = TrainState(fingerprint=config["fingerprint"])
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as registered:
         resume_from = newest_checkpoint(run_dir, world, Path(registered) if registered else None)
         if resume_from is not None:
+            # build_trainer checked already; this guards TorchTrainers built some other way
+            check_resume(resume_from, config["fingerprint"], run_dir.name)
             state = load_checkpoint(engine, resume_from, config["finetuning"])
     log.placement(workers, state.step if resume_from else None)
     if rank == 0:

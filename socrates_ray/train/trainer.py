@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from socrates_ray.config import Config
+from socrates_ray.checkpoint import check_resume, newest_checkpoint_any
+from socrates_ray.config import Config, dump_config
 from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.precision import resolve_precision
@@ -65,6 +66,24 @@ def training_eval_part(cfg: Config) -> str:
     return "val" if any(val.glob("*.parquet")) else "eval"
 
 
+def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool) -> dict[str, Any]:
+    """What defines a run's data stream and optimizer schedule, keyed by the config path a user
+    would change: a resumed run must see the same ones (checkpoint.check_resume)."""
+    t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
+    return {
+        "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training rows (data.prepared)": rows,
+        "model.path": model_path, "prompt.system_prompt": cfg.prompt.system_prompt,
+        "ingest.layout": ing.layout, "ingest.max_length": ing.max_length, "ingest.pack_window": ing.pack_window,
+        "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed,
+        "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
+        "optimizer steps (train.epochs, train.max_steps)": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
+        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+        "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision (train.precision)": "bf16" if bf16 else "fp32",
+        **({"train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}}
+           if t.finetuning == "lora" else {}),
+    }
+
+
 def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
     import ray.train
@@ -86,6 +105,9 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
             f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
         )
     bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
+    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16)
+    if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
+        check_resume(last, fingerprint, cfg.run.name)  # before any worker starts: refused, never silently continued
     ds_config = build_ds_config(
         zero_stage=t.zero_stage,
         offload_optimizer=t.offload_optimizer,
@@ -131,6 +153,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         "checkpoint_every": t.checkpoint_every,
         "preemption_check_every": t.preemption_check_every,
         "run_dir": str(run_folder(cfg)),
+        "fingerprint": fingerprint,
         "fault_kill_rank": t.fault_kill_rank,
         "fault_kill_step": t.fault_kill_step,
     }
@@ -163,6 +186,8 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
 def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
     """Build and fit on the connected Ray instance; returns Ray's Result (.checkpoint = latest)."""
     trainer = build_trainer(cfg, model_path, log)
+    # after build_trainer's resume check: a refused run leaves the folder's recorded config as it was
+    dump_config(cfg, run_folder(cfg))
     if cfg.run.verbose:  # worker output reaches the terminal through Ray itself
         result = trainer.fit()
     else:

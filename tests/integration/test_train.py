@@ -33,6 +33,8 @@ def train(tmp_path, prepared, tiny_model, name, *overrides):
         "train.lora.r=16", "train.lora.alpha=32", "train.lora.dropout=0.0",
         "ingest.max_length=1024", "ingest.micro_batch_size=2", "train.max_steps=8", "train.warmup_ratio=0.0",
         "train.lr=5.0e-3", "train.eval_every=4", "train.eval_batches=2", "train.checkpoint_every=2",
+        # fp32 wherever the machine could do bf16: these tests compare stages and exports number for number
+        "train.precision=fp32",
         *overrides,
     ]
     return main(args)
@@ -126,6 +128,20 @@ def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # finished: nothing to redo
     assert len(metrics(tmp_path, "again")) == 9
     assert latest_state(tmp_path, "again")[1]["step"] == 8
+
+
+def test_resuming_under_another_micro_batch_size_is_refused(ray_local, tmp_path, prepared, tiny_model, capsys):
+    """The resume position is a count of micro batches: under another micro batch size it points
+    elsewhere in the data. The re-run is refused before any worker starts, and says what changed."""
+    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2") == 0
+    recorded = (tmp_path / "fp" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2", "ingest.micro_batch_size=4") == 2
+    err = capsys.readouterr().err
+    assert "ingest.micro_batch_size: 2 -> 4" in err and "new run.name" in err
+    assert (tmp_path / "fp" / "config.yaml").read_text() == recorded  # the run's record is untouched
+    assert [m["step"] for m in metrics(tmp_path, "fp")] == [1, 2]  # nothing more trained
+    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2") == 0  # the old settings still resume
 
 
 def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared, tiny_model):

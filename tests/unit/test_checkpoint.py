@@ -1,0 +1,59 @@
+"""Resume state and the fingerprint check (pure: no Ray, no DeepSpeed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from socrates_ray.checkpoint import ResumeError, TrainState, check_resume, newest_checkpoint, newest_checkpoint_any
+
+FINGERPRINT = {"ingest.micro_batch_size": 4, "ingest.num_workers": 2, "optimizer steps (train.epochs, train.max_steps)": 100}
+
+
+def saved(folder, step: int, fingerprint: dict | None, complete_ranks: int = 0):
+    folder.mkdir(parents=True)
+    state = TrainState(step=step, epoch=0, micro_in_epoch=step, fingerprint=fingerprint or {})
+    state.save(folder)
+    if fingerprint is None:  # a checkpoint written before fingerprints existed
+        (folder / "state.json").write_text(json.dumps({"step": step, "epoch": 0, "micro_in_epoch": step, "tokens": 0}))
+    if complete_ranks:
+        (folder / "export").mkdir()
+        (folder / "ds").mkdir()
+        for r in range(complete_ranks):
+            (folder / "ds" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").touch()
+    return folder
+
+
+def test_the_same_settings_resume_and_the_state_keeps_its_fingerprint(tmp_path) -> None:
+    folder = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT)
+    check_resume(folder, dict(FINGERPRINT), "run")
+    assert TrainState.load(folder).fingerprint == FINGERPRINT
+
+
+def test_other_settings_are_refused_naming_each_change(tmp_path) -> None:
+    folder = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT)
+    changed = FINGERPRINT | {"ingest.micro_batch_size": 8, "ingest.num_workers": 4}
+    with pytest.raises(ResumeError) as err:
+        check_resume(folder, changed, "demo")
+    message = str(err.value)
+    assert "ingest.micro_batch_size: 4 -> 8" in message and "ingest.num_workers: 2 -> 4" in message
+    assert "run.name=demo" in message and "optimizer steps" not in message
+
+
+def test_a_checkpoint_without_a_fingerprint_is_not_trusted(tmp_path) -> None:
+    folder = saved(tmp_path / "checkpoint_000002", 2, None)
+    assert TrainState.load(folder).fingerprint == {}
+    with pytest.raises(ResumeError, match="ingest.micro_batch_size: None -> 4"):
+        check_resume(folder, FINGERPRINT, "run")
+
+
+def test_the_check_sees_checkpoints_another_worker_count_would_not_resume(tmp_path) -> None:
+    """A 2-worker checkpoint is incomplete for 4 workers; the fingerprint check must still find it
+    (otherwise a changed worker count would start over beside it, or fail inside DeepSpeed)."""
+    saved(tmp_path / "checkpoint_000002", 2, FINGERPRINT, complete_ranks=2)
+    newer = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT, complete_ranks=2)
+    assert newest_checkpoint(tmp_path, 4, None) is None
+    assert newest_checkpoint(tmp_path, 2, None) == newer
+    assert newest_checkpoint_any(tmp_path) == newer
+    assert newest_checkpoint_any(tmp_path / "missing") is None
