@@ -116,7 +116,7 @@ def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> No
     raise ResumeError(
         f"run.name={run_name} has a checkpoint ({checkpoint}) made with other settings ({what}). Resuming it would "
         f"continue its data stream and schedule at the wrong position. Choose a new run.name to train with these "
-        f"settings, or run with the old ones to resume."
+        f"settings, run with the old ones to resume, or delete {checkpoint.parent} to start this run over."
     )
 
 
