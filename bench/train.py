@@ -85,6 +85,8 @@ def bench_config(work: Path, name: str, model_path: str, prepared: Path, overrid
             # the bench's own LoRA (all-linear r=16, no dropout) on an unseen_studies split, not the demo's tuning
             "train.setting=unseen_studies", "train.lora.target_modules=all-linear", "train.lora.r=16",
             "train.lora.alpha=32", "train.lora.dropout=0.0", "train.max_steps=null",
+            # the plain loop it is compared with runs fp32: so does this side (bf16 has its own bench/precision.py)
+            "train.precision=fp32",
             *overrides,
         ],
     )
