@@ -316,8 +316,9 @@ class EvaluateSection(Section):
         "a social scientist would fit instead.",
     )
     fit_check_cells: int = Field(
-        30, ge=0, description="Training cells (of train.setting's train split) the models are also scored on: can the "
-        "finetuned model fit what it saw? 0 = off.",
+        20, ge=0, description="Training cells (of train.setting's train split) the models are also scored on: can the "
+        "finetuned model fit what it saw? The cells with the most answers (a small cell's sample is mostly noise). "
+        "0 = off.",
     )
     fit_check_per_cell: int = Field(
         40, ge=2, description="Rows scored per fit-check cell (not simulate.max_per_cell: with ~5 answers a cell even "

@@ -176,3 +176,27 @@ def test_per_participant_truth_removes_persona_sampling_and_measures_persona_rea
     assert backwards["persona"]["within_cell_corr"] == pytest.approx(-1.0)
     # a dataset synthesized before per-participant truth existed: the cell's truth, no persona figure
     assert "persona" not in truth_distance(scored(dem, rep), cell_truth, None)
+
+
+def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from socrates_ray.eval_job import training_cells
+    from socrates_ray.simulate import INPUT_COLUMNS
+
+    # cells of 3, 50, 8 and 45 answers: the two big ones are the check's, capped at 40 answers each
+    sizes = {("s1", 0): 3, ("s1", 1): 50, ("s2", 0): 8, ("s3", 2): 45}
+    records = [
+        {"study_id": s, "sample_id": 1000 * c + i, "participant": i, "condition_num": c, "task_num": 0, "demographic": "",
+         "stimuli": "", "prompt": "", "response": 1, "scale_low": 1, "scale_high": 5}
+        for (s, c), n in sizes.items() for i in range(n)
+    ]
+    (tmp_path / "u" / "train").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(records).select(INPUT_COLUMNS), tmp_path / "u" / "train" / "part-0.parquet")
+    for seed in (0, 1, 2):
+        table = training_cells(str(tmp_path), "u", 2, 40, seed)
+        cells = set(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist()))
+        assert cells == {("s1", 1), ("s3", 2)}
+        assert table.num_rows == 80
+    assert training_cells(str(tmp_path), "u", 10, 40, 0).num_rows == 3 + 40 + 8 + 40
