@@ -13,12 +13,17 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo test install clean bench
 
+# torch is installed first and alone, so the resolver can only take the exact pinned build. pip's
+# own chatter (on some machines a warning per index entry) goes to .venv/install.log, shown only
+# when an install fails.
+LOGGED = >>$(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# torch first and alone, so the resolver can only take the exact pinned build.
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	@echo "installing the pinned packages into $(VENV) (pip log: $(VENV)/install.log)"
+	@$(PIP) install --quiet --upgrade pip $(LOGGED)
+	@$(PIP) install --quiet torch==2.13.0 $(LOGGED)
+	@$(PIP) install --quiet -c constraints.txt -e ".[test]" $(LOGGED)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,5 @@
-"""`socrates-ray demo`, the README's main command, end to end on a small synthetic dataset."""
+"""`socrates-ray demo`, the README's main command, end to end on a small synthetic dataset: evaluated
+in-process, then checked through the Serve app's HTTP endpoint."""
 
 import json
 
@@ -9,7 +10,7 @@ from socrates_ray.cli import main
 pytestmark = pytest.mark.ray
 
 
-def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, capsys):
+def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_path, tiny_model, capsys):
     overrides = [
         f"run.output_dir={tmp_path}",
         f"train.storage_path={tmp_path}",
@@ -63,7 +64,7 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
         assert (eval_dir / f"{setting}_studies.png").stat().st_size > 1000
     assert "![per study]" in (eval_dir / "report.md").read_text()
     # simulate.temperature=auto (demo.yaml): one temperature per model, fitted on the validation split
-    # (scored through HTTP like the rest), used for that model's test predictions
+    # (scored like the rest), used for that model's test predictions
     assert summary["settings"]["all_settings"]["val"]["rows"] > 0
     for name in ("base", "finetuned"):
         fit = json.loads((eval_dir / "calibration" / name / "calibration.json").read_text())
@@ -82,3 +83,10 @@ def test_demo_runs_the_whole_flow_through_http(ray_local, tmp_path, tiny_model, 
     assert "Fit check on" in out and "Fit check on" in (eval_dir / "report.md").read_text()
     assert "persona reading" in out and "persona reading" in (eval_dir / "report.md").read_text()
     assert "[socrates_ray] step 6/6" in out
+    # evaluated in-process (the batch path), then the Serve app answered the same rows over HTTP with
+    # the same distributions (base and the 'finetuned' adapter, each at its fitted temperature)
+    assert json.loads((eval_dir / "unseen_studies" / "finetuned" / "simulate_params.json").read_text())["adapter_path"]
+    check = json.loads((run / "demo_summary.json").read_text())["serve_check"]
+    assert check["rows"] > 0 and check["max_abs_diff"] < 0.02
+    assert (eval_dir / "serve_check" / "finetuned" / "predictions.parquet").is_file()
+    assert "Serve app (" in out and "answered" in out
