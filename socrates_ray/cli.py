@@ -320,7 +320,7 @@ def demo_serve_check(cfg: Config, path: str, adapter: str, results: dict[str, An
         url = start_serve(cfg, path)
         for name in ("base", "finetuned"):
             scored = pq.read_table(source / name / "predictions.parquet")
-            scored = scored.take(list(range(0, scored.num_rows, max(1, scored.num_rows // SERVE_CHECK_ROWS))))
+            scored = scored.take(list(range(0, scored.num_rows, -(-scored.num_rows // SERVE_CHECK_ROWS))))  # <= SERVE_CHECK_ROWS
             keys = set(zip(scored["study_id"].to_pylist(), scored["sample_id"].to_pylist()))
             asked = inputs.filter(pa.array([k in keys for k in zip(inputs["study_id"].to_pylist(), inputs["sample_id"].to_pylist())]))
             sim = cfg.simulate.model_copy(update={

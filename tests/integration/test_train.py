@@ -119,29 +119,23 @@ def test_killed_worker_run_finishes_from_last_checkpoint(ray_local, tmp_path, pr
     assert latest_state(tmp_path, "kill")[1]["step"] == 8
 
 
-def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path, prepared, tiny_model):
+def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path, prepared, tiny_model, capsys):
     crash = ("train.fault_kill_rank=0", "train.fault_kill_step=3", "train.max_failures=0")
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 2  # failed for good: exit 2
     assert latest_state(tmp_path, "again")[1]["step"] == 2
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # same command: resumes at step 2
     assert [m["step"] for m in metrics(tmp_path, "again")] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
-    assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # finished: nothing to redo
-    assert len(metrics(tmp_path, "again")) == 9
-    assert latest_state(tmp_path, "again")[1]["step"] == 8
-
-
-def test_resuming_under_another_micro_batch_size_is_refused(ray_local, tmp_path, prepared, tiny_model, capsys):
-    """The resume position is a count of micro batches: under another micro batch size it points
-    elsewhere in the data. The re-run is refused before any worker starts, and says what changed."""
-    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2") == 0
-    recorded = (tmp_path / "fp" / "config.yaml").read_text()
+    # The resume position is a count of micro batches: under another micro batch size it points
+    # elsewhere in the data. Such a re-run is refused before any worker starts, and says what changed.
+    recorded = (tmp_path / "again" / "config.yaml").read_text()
     capsys.readouterr()
-    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2", "ingest.micro_batch_size=4") == 2
+    assert train(tmp_path, prepared, tiny_model, "again", *crash, "ingest.micro_batch_size=4") == 2
     err = capsys.readouterr().err
     assert "ingest.micro_batch_size: 2 -> 4" in err and "new run.name" in err
-    assert (tmp_path / "fp" / "config.yaml").read_text() == recorded  # the run's record is untouched
-    assert [m["step"] for m in metrics(tmp_path, "fp")] == [1, 2]  # nothing more trained
-    assert train(tmp_path, prepared, tiny_model, "fp", "train.max_steps=2") == 0  # the old settings still resume
+    assert (tmp_path / "again" / "config.yaml").read_text() == recorded  # the run's record is untouched
+    assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # the old settings: finished, nothing to redo
+    assert len(metrics(tmp_path, "again")) == 9
+    assert latest_state(tmp_path, "again")[1]["step"] == 8
 
 
 def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared, tiny_model):
