@@ -91,7 +91,10 @@ def is_complete(folder: Path, world_size: int) -> bool:
     if not ((folder / STATE_FILE).is_file() and (folder / EXPORT_DIR).is_dir() and ds.is_dir()):
         return False
     names = [p.name for p in ds.iterdir()]
-    return all(any(n.startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names) for r in range(world_size))
+    # DeepSpeed names a rank's optimizer partition zero_pp_rank_<r>_..., or bf16_zero_pp_rank_<r>_...
+    # when it trains in bf16 (its BF16_Optimizer)
+    return all(any(n.removeprefix("bf16_").startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names)
+               for r in range(world_size))
 
 
 class ResumeError(RuntimeError):

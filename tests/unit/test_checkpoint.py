@@ -11,7 +11,7 @@ from socrates_ray.checkpoint import ResumeError, TrainState, check_resume, newes
 FINGERPRINT = {"ingest.micro_batch_size": 4, "ingest.num_workers": 2, "optimizer steps (train.epochs, train.max_steps)": 100}
 
 
-def saved(folder, step: int, fingerprint: dict | None, complete_ranks: int = 0):
+def saved(folder, step: int, fingerprint: dict | None, complete_ranks: int = 0, prefix: str = ""):
     folder.mkdir(parents=True)
     state = TrainState(step=step, epoch=0, micro_in_epoch=step, fingerprint=fingerprint or {})
     state.save(folder)
@@ -21,7 +21,7 @@ def saved(folder, step: int, fingerprint: dict | None, complete_ranks: int = 0):
         (folder / "export").mkdir()
         (folder / "ds").mkdir()
         for r in range(complete_ranks):
-            (folder / "ds" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").touch()
+            (folder / "ds" / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt").touch()
     return folder
 
 
@@ -57,3 +57,14 @@ def test_the_check_sees_checkpoints_another_worker_count_would_not_resume(tmp_pa
     assert newest_checkpoint(tmp_path, 2, None) == newer
     assert newest_checkpoint_any(tmp_path) == newer
     assert newest_checkpoint_any(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("prefix", ["", "bf16_"])
+def test_a_checkpoint_is_complete_with_every_ranks_optimizer_partition_fp32_or_bf16(tmp_path, prefix) -> None:
+    # bf16 runs write bf16_zero_pp_rank_<r>_...: once counted as incomplete, so a restarted run that
+    # Ray had not yet told about its newest checkpoint started over from step 0
+    from socrates_ray.checkpoint import is_complete
+
+    folder = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT, complete_ranks=2, prefix=prefix)
+    assert is_complete(folder, 2) and not is_complete(folder, 3)
+    assert newest_checkpoint(tmp_path, 2, None) == folder
