@@ -86,9 +86,9 @@ def train_adapter(cfg, model_path: str, rows: list[dict], steps: int, device: st
     return seconds
 
 
-def predictions(replica: LocalReplica, rows: pa.Table, temperature: float, batch: int = 64) -> list[dict]:
-    replica.p["temperature"] = temperature
-    parts = [replica(rows.slice(i, batch)) for i in range(0, rows.num_rows, batch)]
+def predictions(replica: LocalReplica, params: dict, rows: pa.Table, temperature: float, batch: int = 64) -> list[dict]:
+    params = params | {"temperature": temperature}
+    parts = [replica.predict(rows.slice(i, batch), params, "finetuned") for i in range(0, rows.num_rows, batch)]
     return pa.concat_tables(parts).to_pylist()
 
 
@@ -128,17 +128,17 @@ def main() -> int:
         lines.append(f"anchor: {s} gap closed {gap_closed(model_metrics(cells)['wasserstein'], *reference[s]):.3f}")
     print("\n".join(lines), flush=True)
     params = {"mode": "exact", "temperature": 1.0, "top_p": 1.0, "sample_temperature": cfg.simulate.sample_temperature,
-              "sample_top_p": cfg.simulate.sample_top_p, "max_new_tokens": cfg.simulate.max_new_tokens,
-              "gpu": device == "cuda", "threads": torch.get_num_threads(), "precision": cfg.simulate.precision}
+              "sample_top_p": cfg.simulate.sample_top_p, "max_new_tokens": cfg.simulate.max_new_tokens}
     for steps in args.steps:
         with tempfile.TemporaryDirectory() as tmp:
             seconds = train_adapter(cfg, args.model, train_rows, steps, device, args.seed, tmp)
-            replica = LocalReplica(args.model, cfg.prompt.system_prompt, tmp, dict(params))
-            scored = [r for r in predictions(replica, val, 1.0) if r["probs"] is not None]
+            replica = LocalReplica(args.model, cfg.prompt.system_prompt, {"finetuned": tmp}, torch.get_num_threads(),
+                                   device == "cuda", cfg.simulate.precision)
+            scored = [r for r in predictions(replica, params, val, 1.0) if r["probs"] is not None]
             t = fit_temperature([r["options"] for r in scored], [r["probs"] for r in scored], [r["response"] for r in scored])
             out = [f"{steps} steps ({seconds:.0f}s train): T {t['temperature']:.2f}"]
             for s, rows in evals.items():
-                metrics = model_metrics(group_cells(predictions(replica, rows, t["temperature"])))
+                metrics = model_metrics(group_cells(predictions(replica, params, rows, t["temperature"])))
                 out.append(f"{s} gap closed {gap_closed(metrics['wasserstein'], *reference[s]):.3f} "
                            f"(W {metrics['wasserstein']:.4f}, cell spread {metrics['cell_spread']['predicted']:.3f}"
                            f" vs human {metrics['cell_spread']['human']:.3f})")

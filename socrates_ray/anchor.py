@@ -182,7 +182,9 @@ def fit_anchor(train: pa.Table, val: pa.Table) -> Anchor:
     y, yv = _positions(fit_rows), _positions(val_rows)
     best = None
     for alpha in ALPHAS:
-        model = Ridge(alpha=alpha).fit(X, y)
+        # lsqr: about 3x faster than the sparse conjugate gradient sklearn picks for a sparse
+        # design this wide (72k columns x 8k rows: 23 s -> 7 s for the demo's five penalties)
+        model = Ridge(alpha=alpha, solver="lsqr").fit(X, y)
         means = model.predict(Xv)
         nll, spread = min((_nll(means, val_rows, s), s) for s in SPREADS)
         if best is None or nll < best[0]:

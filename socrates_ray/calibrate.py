@@ -70,6 +70,7 @@ def fit_temperature(options: list[list[int]], probs: list[list[float]], response
 
 def resolve_temperature(
     cfg: Any, sim: Any, model_path: str, out_dir: Path, log: Callable[[str], None] = print, token: str | None = None,
+    pool: Any = None,
 ) -> tuple[float, dict[str, Any] | None]:
     """(the exact-mode temperature to use, the fit record or None when sim.temperature is a number).
 
@@ -92,7 +93,7 @@ def resolve_temperature(
         rows = rows.take(pick)
     log(f"calibrate: fitting the exact-mode temperature on {rows.num_rows:,} validation rows of {setting}")
     at_one = sim.model_copy(update={"temperature": 1.0, "top_p": 1.0})
-    table = pq.read_table(run_simulation(rows, out_dir, at_one, model_path, cfg.prompt.system_prompt, log, token))
+    table = pq.read_table(run_simulation(rows, out_dir, at_one, model_path, cfg.prompt.system_prompt, log, token, pool=pool))
     exact = [p is not None for p in table["probs"].to_pylist()] if "probs" in table.column_names else []
     if not any(exact):
         raise CalibrationError(f"temperature=auto: none of the {table.num_rows} validation rows got an exact distribution "

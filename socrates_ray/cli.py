@@ -257,7 +257,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     trained = cmd_train(cfg, args)
     path = model_path(cfg)
     adapter = resolve_adapter_path(cfg)
-    # The batch path (Ray Data actors scoring in-process): 2-3x the rows/s of one HTTP request a row
+    # The batch path (a pool of model replicas, kept for every pass): 2-3x the rows/s of one HTTP request a row
     # on 2 cores, and how whole studies are simulated at scale. Serve is checked against it below.
     results = run_evaluation(cfg, path, adapter)
     serve_check = demo_serve_check(cfg, path, adapter, results)

@@ -24,7 +24,7 @@ from socrates_ray.config import Config
 from socrates_ray.data.synthetic import ROW_TRUTH_FILE
 from socrates_ray.evaluate import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
 from socrates_ray.report import results_table, temperature_line, write_report
-from socrates_ray.simulate import load_eval_rows, load_split_rows, run_simulation
+from socrates_ray.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
 
 
 def newest_adapter(run_dir: Path) -> str | None:
@@ -62,7 +62,17 @@ def run_evaluation(
     """Evaluate base (and finetuned, when an adapter is given) on every configured setting.
 
     endpoint: evaluate through the running Serve app (the adapter must be registered there as
-    'finetuned'); None: in-process replicas."""
+    'finetuned'); None: local replicas, one pool (base and adapter loaded) for every pass."""
+    if endpoint:
+        return _evaluate(cfg, model_path, adapter_path, log, endpoint, token, None)
+    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, {"finetuned": adapter_path} if adapter_path else None) as pool:
+        return _evaluate(cfg, model_path, adapter_path, log, None, token, pool)
+
+
+def _evaluate(
+    cfg: Config, model_path: str, adapter_path: str | None, log: Callable[[str], None], endpoint: str | None,
+    token: str | None, pool: ReplicaPool | None,
+) -> dict[str, Any]:
     out = Path(cfg.evaluate.output_dir) if cfg.evaluate.output_dir else cfg.run_dir / "eval"
     truth = load_truth(cfg.data.raw)
     row_truth = load_row_truth(cfg.data.raw) if truth else None
@@ -85,7 +95,7 @@ def run_evaluation(
     temperatures: dict[str, float] = {}
     for name, adapter in runs:
         temperatures[name], fit = resolve_temperature(cfg, model_sim(name, adapter, cfg.simulate.temperature), model_path,
-                                                      out / "calibration" / name, log, token)
+                                                      out / "calibration" / name, log, token, pool=pool)
         if fit is not None:
             results.setdefault("calibration", {})[name] = fit
     results["temperature"] = temperatures
@@ -106,7 +116,7 @@ def run_evaluation(
             sim = model_sim(name, adapter, temperatures[name])
             log(f"evaluate: {setting}: {name} model on {rows.num_rows:,} rows"
                 + (f" (temperature {temperatures[name]:.2f})" if cfg.simulate.mode == "exact" else ""))
-            table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token))
+            table = pq.read_table(run_simulation(rows, out / setting / name, sim, model_path, cfg.prompt.system_prompt, log, token, pool=pool))
             cells = group_cells(table.to_pylist(), fields)
             models[name] = model_metrics(cells)
             if vs_truth := truth_distance(cells, truth, row_truth):
@@ -127,7 +137,7 @@ def run_evaluation(
         for name, adapter in runs:
             log(f"evaluate: fit check: {name} model on {rows.num_rows:,} rows of {fit['split']}")
             table = pq.read_table(run_simulation(rows, out / "fit_check" / name, model_sim(name, adapter, temperatures[name]),
-                                                 model_path, cfg.prompt.system_prompt, log, token))
+                                                 model_path, cfg.prompt.system_prompt, log, token, pool=pool))
             cells = group_cells(table.to_pylist())
             metrics = model_metrics(cells)
             fit[name] = {"wasserstein": metrics["wasserstein"], "cell_spread": metrics["cell_spread"]}

@@ -1,7 +1,8 @@
 """Batch simulation: rows (study, condition, task, persona, stimulus) -> predictions Parquet.
 
-A Ray Data job: the rows still to do flow through `map_batches` into a pool of model replicas
-(actors holding a Scorer, on CPUs or GPUs) or of HTTP clients calling the running Serve app. The
+The rows still to do go, a batch at a time, to a pool of model replicas (Ray actors holding a
+Scorer, on CPUs or GPUs; an evaluation keeps one pool for all its passes, see ReplicaPool) or,
+through Ray Data's `map_batches`, to a pool of HTTP clients calling the running Serve app. The
 driver writes each finished batch as its own Parquet part (atomically, by rename), so a killed
 job loses at most the batches in flight: re-running the same command skips every row whose
 (study_id, sample_id) is already in a part. Progress (rows, rate, ETA) is printed as parts land.
@@ -89,25 +90,23 @@ def _finish(batch: pa.Table, results: list[dict[str, Any]]) -> pa.Table:
 
 
 class LocalReplica:
-    """A Scorer inside a Ray actor: one copy of the model per replica."""
+    """A Scorer inside a Ray actor: one copy of the model, with every adapter it may be asked for
+    attached by name, so one replica serves base and finetuned passes alike."""
 
-    def __init__(self, model_path: str, system_prompt: str, adapter_path: str | None, params: dict[str, Any]) -> None:
+    def __init__(self, model_path: str, system_prompt: str, adapters: dict[str, str], threads: int, gpu: bool, precision: str) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(params.get("threads", 1))))
+        torch.set_num_threads(max(1, threads))
         from socrates_ray.precision import resolve_precision
 
-        device = "cuda" if params.get("gpu") else "cpu"
+        device = "cuda" if gpu else "cpu"
         # resolved here, on the node the replica runs on
-        self.scorer = Scorer(model_path, system_prompt, device=device, precision=resolve_precision(params["precision"], device == "cuda"))
-        self.adapter = None
-        if adapter_path:
-            self.scorer.load_adapter("finetuned", adapter_path)
-            self.adapter = "finetuned"
-        self.p = params
+        self.scorer = Scorer(model_path, system_prompt, device=device, precision=resolve_precision(precision, device == "cuda"))
+        for name, path in adapters.items():
+            self.scorer.load_adapter(name, path)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        p = self.p
+    def predict(self, table: pa.Table, p: dict[str, Any], adapter: str | None) -> pa.Table:
+        """Predictions for `table`'s rows with the simulate settings `p`, by `adapter` (None = base)."""
         batch = table.to_pydict()
         scales = [parse_answer_scale(s) for s in batch["stimuli"]]
         results: list[dict[str, Any]] = [{} for _ in scales]
@@ -115,7 +114,7 @@ class LocalReplica:
         if exact_rows:
             dists = self.scorer.distributions(
                 [batch["prompt"][i] for i in exact_rows], [scales[i].options for i in exact_rows],
-                self.adapter, p["temperature"], p["top_p"],
+                adapter, p["temperature"], p["top_p"],
             )
             for i, probs in zip(exact_rows, dists):
                 opts = scales[i].options
@@ -124,11 +123,77 @@ class LocalReplica:
         other = [i for i in range(len(scales)) if i not in set(exact_rows)]
         if other:
             answers = self.scorer.sample_answers(
-                [batch["prompt"][i] for i in other], 1, p["sample_temperature"], p["sample_top_p"], p["max_new_tokens"], self.adapter
+                [batch["prompt"][i] for i in other], 1, p["sample_temperature"], p["sample_top_p"], p["max_new_tokens"], adapter
             )
             for i, a in zip(other, answers):
                 results[i] = {"prediction": a[0], "samples": a}
         return _finish(table, results)
+
+
+class ReplicaPool:
+    """Model replicas (Ray actors holding a LocalReplica) kept for as many simulation passes as
+    their owner runs: an evaluation scores calibration, every setting and the fit check, base and
+    finetuned, through one pool (Ray Data's actor pool would start new actors, importing torch
+    and loading the model, for each of those passes: 12-15 s each on 2 CPU cores).
+
+        with ReplicaPool(sim, model_path, system_prompt, {"finetuned": adapter_dir}) as pool:
+            run_simulation(rows, out, sim, model_path, system_prompt, pool=pool)
+
+    Each replica keeps `IN_FLIGHT` batches queued, so it never waits on the driver."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, sim: SimulateSection, model_path: str, system_prompt: str, adapters: dict[str, str] | None = None) -> None:
+        import ray
+
+        self.model_path, self.system_prompt, self.precision = model_path, system_prompt, sim.precision
+        self.adapters = dict(adapters or {})
+        actor = ray.remote(LocalReplica).options(num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica)
+        threads, gpu = max(1, int(sim.cpus_per_replica)), sim.gpus_per_replica > 0
+        self.actors = [actor.remote(model_path, system_prompt, self.adapters, threads, gpu, sim.precision) for _ in range(sim.replicas)]
+
+    def adapter_name(self, adapter_path: str | None) -> str | None:
+        """The name the replicas know `adapter_path` by (None = the base model)."""
+        if adapter_path is None:
+            return None
+        for name, path in self.adapters.items():
+            if path == adapter_path:
+                return name
+        raise SimulateError(f"adapter {adapter_path} is not loaded in this replica pool (loaded: {sorted(self.adapters.values())})")
+
+    def map(self, batches: list[pa.Table], params: dict[str, Any], adapter: str | None) -> Any:
+        """Yield each batch's predictions as soon as it is done (in completion order)."""
+        import ray
+
+        todo = iter(batches)
+        pending: dict[Any, Any] = {}
+
+        def submit(actor: Any) -> None:
+            batch = next(todo, None)
+            if batch is not None:
+                pending[actor.predict.remote(batch, params, adapter)] = actor
+
+        for actor in self.actors:
+            for _ in range(self.IN_FLIGHT):
+                submit(actor)
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ready)
+            submit(actor)
+            yield ray.get(ready)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> "ReplicaPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class HttpReplica:
@@ -223,12 +288,13 @@ def check_params(out: Path, sim: SimulateSection, model_path: str) -> None:
 def run_simulation(
     rows: pa.Table, out_dir: str | Path, sim: SimulateSection, model_path: str, system_prompt: str,
     log: Callable[[str], None] = print, token: str | None = None, stop_after_parts: int | None = None,
+    pool: ReplicaPool | None = None,
 ) -> Path:
     """Predict every row not yet done; returns the merged predictions.parquet.
 
+    pool: the local replicas to use (kept by the caller across passes); None starts a pool of
+    sim.replicas for this pass (backend local) and stops it at the end.
     stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
-    import ray
-
     if sim.temperature == "auto":
         raise SimulateError("simulate.temperature=auto must be resolved to a number first (calibrate.resolve_temperature)")
     out = Path(out_dir)
@@ -238,37 +304,46 @@ def run_simulation(
     keys = list(zip(rows["study_id"].to_pylist(), rows["sample_id"].to_pylist()))
     todo = rows.filter(pa.array([k not in done for k in keys])) if done else rows
     total = rows.num_rows
+    replicas = len(pool.actors) if pool is not None and sim.backend == "local" else sim.replicas
     log(f"simulate: {total:,} rows, {total - todo.num_rows:,} already done in {out}, {todo.num_rows:,} to go "
-        f"({sim.mode} mode, {sim.backend} backend, {sim.replicas} replica(s))")
-    params = sim.model_dump() | {"threads": max(1, int(sim.cpus_per_replica)), "gpu": sim.gpus_per_replica > 0}
+        f"({sim.mode} mode, {sim.backend} backend, {replicas} replica(s))")
+    params = sim.model_dump()
+    if pool is not None and sim.backend == "local" and (pool.model_path, pool.system_prompt, pool.precision) != (model_path, system_prompt, sim.precision):
+        raise SimulateError(f"the replica pool holds {pool.model_path} ({pool.precision}); this pass asks for {model_path} ({sim.precision})")
     if todo.num_rows:
-        ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // sim.batch_size)))
-        strategy = ray.data.ActorPoolStrategy(size=sim.replicas)
+        own_pool = None
         if sim.backend == "local":
-            ds = ds.map_batches(
-                LocalReplica, fn_constructor_args=(model_path, system_prompt, sim.adapter_path, params),
-                batch_size=sim.batch_size, batch_format="pyarrow", compute=strategy,
-                num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica,
-            )
+            if pool is None:
+                pool = own_pool = ReplicaPool(sim, model_path, system_prompt, {"adapter": sim.adapter_path} if sim.adapter_path else None)
+            batches = [todo.slice(i, sim.batch_size) for i in range(0, todo.num_rows, sim.batch_size)]
+            results = pool.map(batches, params, pool.adapter_name(sim.adapter_path))
         else:
+            import ray
+
+            ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // sim.batch_size)))
             ds = ds.map_batches(
                 HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, params, token),
-                batch_size=sim.batch_size, batch_format="pyarrow", compute=strategy, num_cpus=0.1,
+                batch_size=sim.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=sim.replicas), num_cpus=0.1,
             )
-        started, written, parts = time.time(), 0, 0
-        for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
-            name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}.parquet"
-            pq.write_table(batch, out / (name + ".tmp"))
-            os.replace(out / (name + ".tmp"), out / name)
-            written += batch.num_rows
-            parts += 1
-            rate = written / max(time.time() - started, 1e-9)
-            if parts % 10 == 0 or written == todo.num_rows:
-                log(f"simulate: {total - todo.num_rows + written:,}/{total:,} rows, {rate:,.1f} rows/s, "
-                    f"ETA {(todo.num_rows - written) / max(rate, 1e-9):,.0f}s")
-            if stop_after_parts is not None and parts >= stop_after_parts:
-                log(f"simulate: stopping after {parts} parts (stop_after_parts)")
-                return out
+            results = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        try:
+            started, written, parts = time.time(), 0, 0
+            for batch in _unwrapped(results):
+                name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}.parquet"
+                pq.write_table(batch, out / (name + ".tmp"))
+                os.replace(out / (name + ".tmp"), out / name)
+                written += batch.num_rows
+                parts += 1
+                rate = written / max(time.time() - started, 1e-9)
+                if parts % 10 == 0 or written == todo.num_rows:
+                    log(f"simulate: {total - todo.num_rows + written:,}/{total:,} rows, {rate:,.1f} rows/s, "
+                        f"ETA {(todo.num_rows - written) / max(rate, 1e-9):,.0f}s")
+                if stop_after_parts is not None and parts >= stop_after_parts:
+                    log(f"simulate: stopping after {parts} parts (stop_after_parts)")
+                    return out
+        finally:
+            if own_pool is not None:
+                own_pool.close()
     merged = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob(PART_GLOB))], promote_options="permissive")
     key_set = set(keys)
     mkeys = list(zip(merged["study_id"].to_pylist(), merged["sample_id"].to_pylist()))

@@ -76,3 +76,40 @@ def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, t
         assert type(info.value) is SimulateError
     finally:
         server.shutdown()
+
+
+def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would(ray_local, synth_dir, tiny_model, tmp_path) -> None:
+    """An evaluation runs every pass through one ReplicaPool: the same actors answer base and
+    adapter passes, and give the probabilities a pool started for that pass alone gives."""
+    import numpy as np
+    import ray
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from socrates_ray.simulate import ReplicaPool, SimulateError
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = str(tmp_path / "adapter")
+    model.save_pretrained(adapter)
+    rows = rows_from(synth_dir, 24)
+    sim = SimulateSection(batch_size=8, replicas=1, cpus_per_replica=1, temperature=1.0)
+    tuned = sim.model_copy(update={"adapter_path": adapter})
+
+    def probs(path) -> list:
+        return [p for p in pq.read_table(path)["probs"].to_pylist() if p is not None]
+
+    with ReplicaPool(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, {"finetuned": adapter}) as pool:
+        actors = list(pool.actors)
+        base = probs(run_simulation(rows, tmp_path / "base", sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool))
+        pooled = probs(run_simulation(rows, tmp_path / "ft", tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool))
+        assert pool.actors == actors and all(ray.get([a.__ray_ready__.remote() for a in actors]))
+        with pytest.raises(SimulateError, match="not loaded in this replica pool"):
+            run_simulation(rows, tmp_path / "other", sim.model_copy(update={"adapter_path": str(tmp_path / "other_adapter")}),
+                           str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool)
+    alone = probs(run_simulation(rows, tmp_path / "ft_alone", tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None))
+    assert len(base) == len(pooled) == len(alone) > 0
+    assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, alone)) < 1e-6
+    assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, base)) > 1e-3  # the adapter was used
