@@ -155,6 +155,11 @@ class IngestSection(Section):
         True, description="Shuffle the training examples (seeded by run.seed, so resume sees the same order); "
         "prepared splits are grouped by study.",
     )
+    materialize: bool = Field(
+        False, description="Tokenize the training and eval splits once, before training, and keep the rows in Ray's "
+        "object store for every epoch: no tokenizer actors beside the workers, no re-tokenizing each epoch. For splits "
+        "that fit the object store (the demo's 8k rows: ~80 MB); at SocSci210 scale leave it off and stream.",
+    )
 
 
 class LoraSection(Section):

@@ -32,6 +32,8 @@ def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_pa
     assert main(["demo", "--config", "configs/demo.yaml", *overrides]) == 0
     out = capsys.readouterr().out
     assert "rows in" in out and "tokens/s" in out and "| unseen_studies |" in out and "demo: unseen_conditions: finetuned" in out
+    # demo.yaml materializes the tokenized splits: one tokenizing pass feeds the count and both epochs
+    assert "train: tokenized the train and val splits once" in out
     run = tmp_path / "demo"
     assert (run / "config.yaml").is_file()
     stats = json.loads((run / "ingest_stats.json").read_text())
