@@ -244,7 +244,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     -> Serve, checked to answer what the evaluation scored."""
     import time
 
-    from socrates_ray.eval_job import run_evaluation
+    from socrates_ray.eval_job import run_evaluation, serve_matches_evaluation
     from socrates_ray.report import persona_corr
 
     started = time.time()
@@ -260,7 +260,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     # The batch path (a pool of model replicas, kept for every pass): 2-3x the rows/s of one HTTP request a row
     # on 2 cores, and how whole studies are simulated at scale. Serve is checked against it below.
     results = run_evaluation(cfg, path, adapter)
-    serve_check = demo_serve_check(cfg, path, adapter, results)
+    serve_check = serve_matches_evaluation(cfg, path, adapter, results, token=_token(cfg))
     verdicts = []
     for setting, r in results["settings"].items():
         w = {k: v["wasserstein"] for k, v in r["models"].items()}
@@ -293,55 +293,6 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     print("demo: " + "\ndemo: ".join(verdicts))
     print(f"demo: done in {time.time() - started:,.0f}s; report {results['report']}; training run {trained['run_dir']}")
     return result
-
-
-SERVE_CHECK_ROWS = 160  # a model; through HTTP on 2 cores ~30 rows/s
-
-
-def demo_serve_check(cfg: Config, path: str, adapter: str, results: dict[str, Any]) -> dict[str, Any]:
-    """Deploy the Serve app with the finetuned adapter and score the fit check's rows through HTTP
-    (base and finetuned, each at its fitted temperature): the endpoint must answer the distributions
-    the evaluation scored. Returns the largest probability difference and a line for the verdict."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from socrates_ray.serve.app import start_serve
-    from socrates_ray.simulate import load_split_rows, run_simulation
-
-    cfg.serve.adapters = {**cfg.serve.adapters, "finetuned": adapter}
-    eval_dir = Path(results["report"]).parent
-    # the fit check's rows (train split of train.setting), else the first setting's (its eval split)
-    sources = [(eval_dir / "fit_check", cfg.train.setting, "train"), *((eval_dir / s, s, "eval") for s in results["settings"])]
-    source, setting, split = next(s for s in sources if s[0].is_dir())
-    inputs = load_split_rows(cfg.data.prepared, setting, split, None)
-    rows, biggest = 0, 0.0
-    try:
-        url = start_serve(cfg, path)
-        for name in ("base", "finetuned"):
-            scored = pq.read_table(source / name / "predictions.parquet")
-            scored = scored.take(list(range(0, scored.num_rows, -(-scored.num_rows // SERVE_CHECK_ROWS))))  # <= SERVE_CHECK_ROWS
-            keys = set(zip(scored["study_id"].to_pylist(), scored["sample_id"].to_pylist()))
-            asked = inputs.filter(pa.array([k in keys for k in zip(inputs["study_id"].to_pylist(), inputs["sample_id"].to_pylist())]))
-            sim = cfg.simulate.model_copy(update={
-                "backend": "http", "endpoint": url, "adapter": None if name == "base" else "finetuned",
-                "adapter_path": None if name == "base" else adapter,
-                "temperature": results.get("temperature", {}).get(name, cfg.simulate.temperature),
-            })
-            served = pq.read_table(run_simulation(asked, eval_dir / "serve_check" / name, sim, path,
-                                                  cfg.prompt.system_prompt, log=lambda *_: None, token=_token(cfg)))
-            want = {(r["study_id"], r["sample_id"]): r["probs"] for r in scored.select(["study_id", "sample_id", "probs"]).to_pylist()}
-            for r in served.select(["study_id", "sample_id", "probs"]).to_pylist():
-                if r["probs"] is not None:
-                    biggest = max(biggest, float(np.abs(np.asarray(r["probs"]) - np.asarray(want[(r["study_id"], r["sample_id"])])).max()))
-                    rows += 1
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-    line = (f"Serve app ({url}, adapter 'finetuned') answered {rows:,} requests ({source.name} rows) as the evaluation "
-            f"scored them: largest probability difference {biggest:.4f}")
-    return {"url": url, "rows": rows, "max_abs_diff": biggest, "line": line}
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {

@@ -158,7 +158,8 @@ class IngestSection(Section):
     materialize: bool = Field(
         False, description="Tokenize the training and eval splits once, before training, and keep the rows in Ray's "
         "object store for every epoch: no tokenizer actors beside the workers, no re-tokenizing each epoch. For splits "
-        "that fit the object store (the demo's 8k rows: ~80 MB); at SocSci210 scale leave it off and stream.",
+        "that fit the object store (the demo's 8k rows: 41 MiB) on one machine: a lost node loses the blocks it held, and "
+        "Ray cannot rebuild blocks made by an actor pool, so on multi-node clusters and at SocSci210 scale leave it off and stream.",
     )
 
 

@@ -5,6 +5,9 @@ evaluate.py against the uniform guess and the floors, and write report.py's outp
 Outputs in evaluate.output_dir (default <run>/eval/): <setting>/<base|finetuned>/predictions.parquet (resumable parts beside
 it), metrics.json, report.md and PNG plots; with simulate.temperature=auto also
 calibration/<base|finetuned>/ (the validation predictions and calibration.json: each model's fitted temperature).
+
+serve_matches_evaluation (the demo's last stage) deploys the Serve app and checks that it answers
+evaluated rows with the distributions the evaluation scored.
 """
 
 from __future__ import annotations
@@ -182,3 +185,47 @@ def training_cells(prepared: str, setting: str, n_cells: int, per_cell: int | No
     ranked = sorted(range(len(distinct)), key=lambda i: (-sizes[distinct[i]], tiebreak[i]))
     chosen = {distinct[i] for i in ranked[:n_cells]}
     return table.take(pa.array([i for i, k in enumerate(keys) if k in chosen]))
+
+
+SERVE_CHECK_ROWS = 160  # a model; through HTTP on 2 cores ~30 rows/s
+
+
+def serve_matches_evaluation(cfg: Config, path: str, adapter: str, results: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    """Deploy the Serve app with the finetuned adapter and score the fit check's rows through HTTP
+    (base and finetuned, each at its fitted temperature): the endpoint must answer the distributions
+    the evaluation scored. Returns the largest probability difference and a line for the verdict."""
+    from socrates_ray.serve.app import start_serve
+
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"adapters": {**cfg.serve.adapters, "finetuned": adapter}})})
+    eval_dir = Path(results["report"]).parent
+    # the fit check's rows (train split of train.setting), else the first setting's (its eval split)
+    sources = [(eval_dir / "fit_check", cfg.train.setting, "train"), *((eval_dir / s, s, "eval") for s in results["settings"])]
+    source, setting, split = next(s for s in sources if s[0].is_dir())
+    inputs = load_split_rows(cfg.data.prepared, setting, split, None)
+    rows, biggest = 0, 0.0
+    try:
+        url = start_serve(cfg, path)
+        for name in ("base", "finetuned"):
+            scored = pq.read_table(source / name / "predictions.parquet")
+            scored = scored.take(list(range(0, scored.num_rows, -(-scored.num_rows // SERVE_CHECK_ROWS))))  # <= SERVE_CHECK_ROWS
+            keys = set(zip(scored["study_id"].to_pylist(), scored["sample_id"].to_pylist()))
+            asked = inputs.filter(pa.array([k in keys for k in zip(inputs["study_id"].to_pylist(), inputs["sample_id"].to_pylist())]))
+            sim = cfg.simulate.model_copy(update={
+                "backend": "http", "endpoint": url, "adapter": None if name == "base" else "finetuned",
+                "adapter_path": None if name == "base" else adapter,
+                "temperature": results.get("temperature", {}).get(name, cfg.simulate.temperature),
+            })
+            served = pq.read_table(run_simulation(asked, eval_dir / "serve_check" / name, sim, path,
+                                                  cfg.prompt.system_prompt, log=lambda *_: None, token=token))
+            want = {(r["study_id"], r["sample_id"]): r["probs"] for r in scored.select(["study_id", "sample_id", "probs"]).to_pylist()}
+            for r in served.select(["study_id", "sample_id", "probs"]).to_pylist():
+                if r["probs"] is not None:
+                    biggest = max(biggest, float(np.abs(np.asarray(r["probs"]) - np.asarray(want[(r["study_id"], r["sample_id"])])).max()))
+                    rows += 1
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+    line = (f"Serve app ({url}, adapter 'finetuned') answered {rows:,} requests ({source.name} rows) as the evaluation "
+            f"scored them: largest probability difference {biggest:.4f}")
+    return {"url": url, "rows": rows, "max_abs_diff": biggest, "line": line}

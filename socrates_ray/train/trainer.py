@@ -101,6 +101,10 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     if ing.materialize:
         # One tokenizing pass: the count below and every epoch read these blocks.
         started = time.perf_counter()
+        for ds in datasets.values():
+            # blocks in input order, not in the order the tokenizer actors finish them: the same
+            # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
+            ds.context.execution_options.preserve_order = True
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
         size = sum(ds.size_bytes() for ds in datasets.values())
         log(f"train: tokenized the train and {eval_part} splits once in {time.perf_counter() - started:.1f}s "
