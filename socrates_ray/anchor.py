@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from socrates_ray.data.prompts import PERSONA_ORDER
+from socrates_ray.errors import SocratesError
 
 ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0)
 SPREADS = (0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8)
@@ -39,7 +40,7 @@ MAX_OPTIONS = 1001
 MIN_STUDIES = 3  # a bounded scale wider than this is treated as open-ended
 
 
-class AnchorError(ValueError):
+class AnchorError(SocratesError, ValueError):
     """The anchor cannot be fitted (no scorable training rows)."""
 
 

@@ -23,13 +23,14 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.parquet as pq
 
+from socrates_ray.errors import SocratesError
 from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, shape_distribution
 from socrates_ray.simulate import SimulateError, load_split_rows, run_simulation
 
 T_BOUNDS = (0.2, MAX_DISTRIBUTION_TEMPERATURE)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(SocratesError, ValueError):
     """temperature=auto cannot be fitted (no validation split, no scorable rows)."""
 
 

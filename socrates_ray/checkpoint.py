@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from socrates_ray.errors import SocratesError
+
 DS_TAG = "ds"
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
@@ -97,7 +99,7 @@ def is_complete(folder: Path, world_size: int) -> bool:
                for r in range(world_size))
 
 
-class ResumeError(RuntimeError):
+class ResumeError(SocratesError, RuntimeError):
     """A run folder whose checkpoints were made with settings other than the current ones."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from socrates_ray.config import Config, ConfigError, RunSection, describe_schema, dump_config, load_config
+from socrates_ray.errors import SocratesError
 
 
 
@@ -167,7 +168,7 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": result.checkpoint.path if result.checkpoint else None, "run_dir": str(run_folder(cfg))}
 
 
-class TrainError(RuntimeError):
+class TrainError(SocratesError, RuntimeError):
     """A run that failed for good (its retries spent)."""
 
 
@@ -336,19 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from socrates_ray.calibrate import CalibrationError
-    from socrates_ray.checkpoint import ResumeError
-    from socrates_ray.data.ingest import IngestError
-    from socrates_ray.data.prepare import PrepareError
-    from socrates_ray.data.splits import SplitError
-    from socrates_ray.score import ScoreError
-    from socrates_ray.simulate import SimulateError
-
     try:
         cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
         quiet_libraries(cfg.run)
         COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, PrepareError, SplitError, IngestError, TrainError, ResumeError, SimulateError, ScoreError, CalibrationError) as exc:
+    except SocratesError as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

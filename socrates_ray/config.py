@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from socrates_ray.errors import SocratesError
+
 SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
 
 # Used by everyone who runs the released Socrates models; train and serve with the same one
@@ -219,10 +221,6 @@ class TrainSection(Section):
         "PACK", description="PACK = fill a node before using the next (fast intra-node communication); SPREAD = "
         "spread workers over nodes where possible (best effort: a restart after a lost node still fits on the rest).",
     )
-    fault_kill_rank: int | None = Field(
-        None, description="Test aid: this rank exits hard at fault_kill_step, once per run (see README)."
-    )
-    fault_kill_step: int | None = Field(None, ge=1, description="Test aid: the optimizer step at which to die.")
 
 
 class AutoscalingSection(Section):
@@ -276,6 +274,8 @@ class SimulateSection(Section):
     adapter: str | None = Field(None, description="Adapter name (http) to simulate with; null = base model.")
     adapter_path: str | None = Field(None, description="Adapter folder (local backend); null = base model.")
     replicas: int = Field(1, ge=1, description="Model replicas (actors) for backend=local; HTTP clients for http.")
+    http_concurrency: int = Field(16, ge=1, description="backend=http: requests each HTTP client keeps in flight "
+        "(the Serve app merges concurrent requests into batches of up to serve.max_batch_size).")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs per replica.")
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica.")
     batch_size: int = Field(16, ge=1, description="Rows per scoring call.")
@@ -360,7 +360,7 @@ class Config(Section):
         return Path(self.run.output_dir) / self.run.name
 
 
-class ConfigError(ValueError):
+class ConfigError(SocratesError, ValueError):
     """A config file or override that cannot be used; the message names the dotted path."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.tokenize import Encoder, additive_mask
+from socrates_ray.errors import SocratesError
 
 PAPER_TEMPERATURE = 0.6
 PAPER_TOP_P = 0.9
@@ -32,7 +33,7 @@ MAX_DISTRIBUTION_TEMPERATURE = 20.0
 _FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
 
 
-class ScoreError(ValueError):
+class ScoreError(SocratesError, ValueError):
     """A request the scorer cannot serve (too long, unknown adapter, bad options)."""
 
 

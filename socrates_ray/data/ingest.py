@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from socrates_ray.data.tokenize import Encoder, collate, pack_rows, single_rows
+from socrates_ray.errors import SocratesError, unwrap
 
 ROW_SCHEMA = pa.schema(
     [
@@ -33,7 +34,7 @@ ROW_SCHEMA = pa.schema(
 )
 
 
-class IngestError(ValueError):
+class IngestError(SocratesError, ValueError):
     """Ingest input or settings that cannot work; says what to change."""
 
 
@@ -181,7 +182,7 @@ def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn:
         t.join()
     seconds = time.perf_counter() - start
     if errors:
-        raise unwrap_ingest_error(errors[0])
+        raise unwrap(errors[0])
     tokens = sum(t.tokens for t in tallies)
     slots = sum(t.slots for t in tallies)
     samples = sum(t.samples for t in tallies)
@@ -200,19 +201,6 @@ def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn:
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
     }
-
-
-def unwrap_ingest_error(exc: BaseException) -> BaseException:
-    """The IngestError inside a Ray task failure, if there is one, so users read one line."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, IngestError):
-            return IngestError(str(cause))
-        if cause.__cause__ is None and "IngestError: " in str(cause):
-            message = str(cause).split("IngestError: ", 1)[1].splitlines()[0]
-            return IngestError(message)
-        cause = cause.__cause__
-    return exc
 
 
 def format_ingest(stats: dict[str, Any], layout: str) -> str:

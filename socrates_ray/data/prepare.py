@@ -28,6 +28,7 @@ from socrates_ray.config import Config, dump_config
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, REQUIRED_COLUMNS, as_int, check_demographic, validate_row
 from socrates_ray.data.splits import SETTING_FILES, SPLITS, Splits, StudyKeys, build_splits
+from socrates_ray.errors import SocratesError
 
 KEY_COLUMNS = ("study_id", "sample_id", "condition_num", "task_num")
 
@@ -61,7 +62,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-class PrepareError(ValueError):
+class PrepareError(SocratesError, ValueError):
     """Input that prepare cannot read; the message says what was expected and how to fix it."""
 
 

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from socrates_ray.errors import SocratesError
+
 SETTING_FILES = {
     "unseen_studies": "participant_mapping.json",
     "unseen_conditions": "condition_mapping.json",
@@ -44,7 +46,7 @@ def unit_draw(seed: int, *key: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-class SplitError(ValueError):
+class SplitError(SocratesError, ValueError):
     """A split file that cannot be read or matched to the data."""
 
 
