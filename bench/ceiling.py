@@ -16,9 +16,9 @@ start-up costs (the demo's numbers come from the pipeline itself, not from here)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-import sys
 import tempfile
 import time
 
@@ -34,7 +34,7 @@ from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.eval_job import _val_or_train, load_truth
 from socrates_ray.evaluate import baseline_metrics, gap_closed, group_cells, model_metrics
-from socrates_ray.simulate import LocalReplica, load_eval_rows, load_split_rows
+from socrates_ray.simulate import Decoding, LocalReplica, load_eval_rows, load_split_rows
 
 
 def train_adapter(cfg, model_path: str, rows: list[dict], steps: int, device: str, seed: int, out: str) -> float:
@@ -86,9 +86,9 @@ def train_adapter(cfg, model_path: str, rows: list[dict], steps: int, device: st
     return seconds
 
 
-def predictions(replica: LocalReplica, params: dict, rows: pa.Table, temperature: float, batch: int = 64) -> list[dict]:
-    params = params | {"temperature": temperature}
-    parts = [replica.predict(rows.slice(i, batch), params, "finetuned") for i in range(0, rows.num_rows, batch)]
+def predictions(replica: LocalReplica, decoding: Decoding, rows: pa.Table, temperature: float, batch: int = 64) -> list[dict]:
+    decoding = dataclasses.replace(decoding, temperature=temperature)
+    parts = [replica.predict(rows.slice(i, batch), decoding, "finetuned") for i in range(0, rows.num_rows, batch)]
     return pa.concat_tables(parts).to_pylist()
 
 
@@ -127,8 +127,7 @@ def main() -> int:
         reference[s] = (b["uniform"]["wasserstein"], b["true_floor"]["wasserstein"])
         lines.append(f"anchor: {s} gap closed {gap_closed(model_metrics(cells)['wasserstein'], *reference[s]):.3f}")
     print("\n".join(lines), flush=True)
-    params = {"mode": "exact", "temperature": 1.0, "top_p": 1.0, "sample_temperature": cfg.simulate.sample_temperature,
-              "sample_top_p": cfg.simulate.sample_top_p, "max_new_tokens": cfg.simulate.max_new_tokens}
+    params = Decoding.of(cfg.simulate.model_copy(update={"mode": "exact", "temperature": 1.0, "top_p": 1.0}))
     for steps in args.steps:
         with tempfile.TemporaryDirectory() as tmp:
             seconds = train_adapter(cfg, args.model, train_rows, steps, device, args.seed, tmp)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from socrates_ray.config import SimulateSection
-from socrates_ray.data.prompts import parse_answer_scale
+from socrates_ray.errors import SocratesError, unwrap
 from socrates_ray.score import Scorer, parse_first_integer
 
 INPUT_COLUMNS = [
@@ -37,7 +37,7 @@ INPUT_COLUMNS = [
 PART_GLOB = "part-*.parquet"
 
 
-class SimulateError(ValueError):
+class SimulateError(SocratesError, ValueError):
     """Bad simulation input (missing split, columns, endpoint)."""
 
 
@@ -81,6 +81,40 @@ OUTPUT_FIELDS = [
 KEPT_COLUMNS = ["study_id", "sample_id", "participant", "condition_num", "task_num", "response", "scale_low", "scale_high", "demographic"]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are made, the same for every batch of a pass (built once from SimulateSection)."""
+
+    mode: str  # exact: each bounded row's option distribution; sample: generated text
+    temperature: float  # exact mode
+    top_p: float
+    sample_temperature: float  # sample mode and rows without a bounded scale
+    sample_top_p: float
+    max_new_tokens: int
+
+    @classmethod
+    def of(cls, sim: SimulateSection) -> "Decoding":
+        if sim.temperature == "auto":
+            raise SimulateError("simulate.temperature=auto must be resolved to a number first (calibrate.resolve_temperature)")
+        return cls(sim.mode, float(sim.temperature), sim.top_p, sim.sample_temperature, sim.sample_top_p, sim.max_new_tokens)
+
+
+def row_options(batch: dict[str, list[Any]]) -> list[list[int]]:
+    """Each row's answer options from the scale prepare parsed (scale_low..scale_high); [] where the
+    scale is open-ended or unknown (those rows are sampled)."""
+    return [list(range(lo, hi + 1)) if lo is not None and hi is not None else []
+            for lo, hi in zip(batch["scale_low"], batch["scale_high"])]
+
+
+def exact_result(probs: np.ndarray, options: list[int], study_id: str, sample_id: int) -> dict[str, Any]:
+    return {"options": list(options), "probs": np.asarray(probs, dtype=float).tolist(),
+            "prediction": draw(np.asarray(probs, dtype=float), options, study_id, int(sample_id))}
+
+
+def sampled_result(answers: list[int | None]) -> dict[str, Any]:
+    return {"prediction": answers[0], "samples": answers}
+
+
 def _finish(batch: pa.Table, results: list[dict[str, Any]]) -> pa.Table:
     """The batch's key columns + prediction, options, probs, samples (typed, nulls where absent)."""
     out = batch.select(KEPT_COLUMNS)
@@ -105,28 +139,26 @@ class LocalReplica:
         for name, path in adapters.items():
             self.scorer.load_adapter(name, path)
 
-    def predict(self, table: pa.Table, p: dict[str, Any], adapter: str | None) -> pa.Table:
-        """Predictions for `table`'s rows with the simulate settings `p`, by `adapter` (None = base)."""
+    def predict(self, table: pa.Table, d: Decoding, adapter: str | None) -> pa.Table:
+        """Predictions for `table`'s rows decoded as `d`, by `adapter` (None = base)."""
         batch = table.to_pydict()
-        scales = [parse_answer_scale(s) for s in batch["stimuli"]]
-        results: list[dict[str, Any]] = [{} for _ in scales]
-        exact_rows = [i for i, sc in enumerate(scales) if p["mode"] == "exact" and sc.bounded]
+        options = row_options(batch)
+        results: list[dict[str, Any]] = [{} for _ in options]
+        exact_rows = [i for i, opts in enumerate(options) if d.mode == "exact" and opts]
         if exact_rows:
             dists = self.scorer.distributions(
-                [batch["prompt"][i] for i in exact_rows], [scales[i].options for i in exact_rows],
-                adapter, p["temperature"], p["top_p"],
+                [batch["prompt"][i] for i in exact_rows], [options[i] for i in exact_rows], adapter, d.temperature, d.top_p
             )
             for i, probs in zip(exact_rows, dists):
-                opts = scales[i].options
-                results[i] = {"options": opts, "probs": probs.tolist(),
-                              "prediction": draw(probs, opts, batch["study_id"][i], int(batch["sample_id"][i]))}
-        other = [i for i in range(len(scales)) if i not in set(exact_rows)]
+                results[i] = exact_result(probs, options[i], batch["study_id"][i], batch["sample_id"][i])
+        exact = set(exact_rows)
+        other = [i for i in range(len(options)) if i not in exact]
         if other:
             answers = self.scorer.sample_answers(
-                [batch["prompt"][i] for i in other], 1, p["sample_temperature"], p["sample_top_p"], p["max_new_tokens"], adapter
+                [batch["prompt"][i] for i in other], 1, d.sample_temperature, d.sample_top_p, d.max_new_tokens, adapter
             )
             for i, a in zip(other, answers):
-                results[i] = {"prediction": a[0], "samples": a}
+                results[i] = sampled_result(a)
         return _finish(table, results)
 
 
@@ -161,7 +193,7 @@ class ReplicaPool:
                 return name
         raise SimulateError(f"adapter {adapter_path} is not loaded in this replica pool (loaded: {sorted(self.adapters.values())})")
 
-    def map(self, batches: list[pa.Table], params: dict[str, Any], adapter: str | None) -> Any:
+    def map(self, batches: list[pa.Table], decoding: Decoding, adapter: str | None) -> Any:
         """Yield each batch's predictions as soon as it is done (in completion order)."""
         import ray
 
@@ -171,7 +203,7 @@ class ReplicaPool:
         def submit(actor: Any) -> None:
             batch = next(todo, None)
             if batch is not None:
-                pending[actor.predict.remote(batch, params, adapter)] = actor
+                pending[actor.predict.remote(batch, decoding, adapter)] = actor
 
         for actor in self.actors:
             for _ in range(self.IN_FLIGHT):
@@ -197,27 +229,29 @@ class ReplicaPool:
 
 
 class HttpReplica:
-    """Calls the Serve app's /v1/predict, one request per row, concurrently (so the server's
-    dynamic batching has something to merge)."""
+    """Calls the Serve app's /v1/predict, one request per row, `concurrency` at a time (so the
+    server's dynamic batching has something to merge)."""
 
-    def __init__(self, endpoint: str, adapter: str | None, params: dict[str, Any], token: str | None = None) -> None:
+    def __init__(self, endpoint: str, adapter: str | None, decoding: Decoding, concurrency: int, token: str | None = None) -> None:
         import requests
 
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.url = endpoint.rstrip("/") + "/v1/predict"
-        self.adapter, self.p = adapter, params
-        self.pool = ThreadPoolExecutor(max_workers=int(params.get("concurrency", 16)))
+        self.adapter, self.d = adapter, decoding
+        self.pool = ThreadPoolExecutor(max_workers=concurrency)
 
-    def _one(self, prompt: str, bounded: bool) -> dict[str, Any]:
-        p = self.p
-        exact = p["mode"] == "exact" and bounded
+    def _one(self, prompt: str, options: list[int]) -> dict[str, Any]:
+        d = self.d
+        exact = d.mode == "exact" and bool(options)
         body = {
             "prompt": prompt, "adapter": self.adapter, "mode": "distribution" if exact else "sample",
-            "temperature": p["temperature"] if exact else p["sample_temperature"],
-            "top_p": p["top_p"] if exact else p["sample_top_p"], "n": 1, "max_tokens": p["max_new_tokens"],
+            "temperature": d.temperature if exact else d.sample_temperature,
+            "top_p": d.top_p if exact else d.sample_top_p, "n": 1, "max_tokens": d.max_new_tokens,
         }
+        if exact:
+            body["options"] = options  # the scale prepare parsed; the server need not parse the text again
         reply = self.session.post(self.url, json=body, timeout=600)
         if reply.status_code != 200:
             raise SimulateError(f"{self.url} answered {reply.status_code}: {reply.text[:500]}")
@@ -225,17 +259,12 @@ class HttpReplica:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = table.to_pydict()
-        scales = [parse_answer_scale(s) for s in batch["stimuli"]]
-        replies = list(self.pool.map(self._one, list(batch["prompt"]), [s.bounded for s in scales]))
-        results = []
-        for i, r in enumerate(replies):
-            if "probs" in r:
-                probs = np.asarray(r["probs"])
-                results.append({"options": r["options"], "probs": r["probs"],
-                                "prediction": draw(probs, r["options"], batch["study_id"][i], int(batch["sample_id"][i]))})
-            else:
-                samples = [parse_first_integer(t) for t in r["samples"]]
-                results.append({"prediction": samples[0], "samples": samples})
+        replies = list(self.pool.map(self._one, list(batch["prompt"]), row_options(batch)))
+        results = [
+            exact_result(np.asarray(r["probs"]), r["options"], batch["study_id"][i], batch["sample_id"][i]) if "probs" in r
+            else sampled_result([parse_first_integer(t) for t in r["samples"]])
+            for i, r in enumerate(replies)
+        ]
         return _finish(table, results)
 
 
@@ -249,20 +278,15 @@ def done_keys(out_dir: Path) -> set[tuple[str, int]]:
 
 
 def _unwrapped(batches: Any) -> Any:
-    """Iterate, re-raising a replica's SimulateError / ScoreError as itself (Ray wraps it in a task
-    error whose traceback buries the one line that says what to fix)."""
-    from socrates_ray.score import ScoreError
-
+    """Iterate, re-raising a replica's typed error (SimulateError, ScoreError) as itself: Ray wraps
+    it in a task error whose traceback buries the one line that says what to fix."""
     try:
         yield from batches
     except Exception as exc:
-        # The original exception object does not survive the trip back from the actor; its
-        # "module.Type: message" line in the remote traceback does.
-        for kind in (SimulateError, ScoreError):
-            found = re.findall(rf"{kind.__module__}\.{kind.__name__}: (.*)", str(exc))
-            if found:
-                raise kind(found[-1].strip()) from None
-        raise
+        found = unwrap(exc)
+        if found is exc:
+            raise
+        raise found from None
 
 
 RESUME_KEYS = ("mode", "temperature", "top_p", "sample_temperature", "sample_top_p", "max_new_tokens", "adapter", "adapter_path", "precision")
@@ -295,8 +319,7 @@ def run_simulation(
     pool: the local replicas to use (kept by the caller across passes); None starts a pool of
     sim.replicas for this pass (backend local) and stops it at the end.
     stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
-    if sim.temperature == "auto":
-        raise SimulateError("simulate.temperature=auto must be resolved to a number first (calibrate.resolve_temperature)")
+    decoding = Decoding.of(sim)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_params(out, sim, model_path)
@@ -307,7 +330,6 @@ def run_simulation(
     replicas = len(pool.actors) if pool is not None and sim.backend == "local" else sim.replicas
     log(f"simulate: {total:,} rows, {total - todo.num_rows:,} already done in {out}, {todo.num_rows:,} to go "
         f"({sim.mode} mode, {sim.backend} backend, {replicas} replica(s))")
-    params = sim.model_dump()
     if pool is not None and sim.backend == "local" and (pool.model_path, pool.system_prompt, pool.precision) != (model_path, system_prompt, sim.precision):
         raise SimulateError(f"the replica pool holds {pool.model_path} ({pool.precision}); this pass asks for {model_path} ({sim.precision})")
     if todo.num_rows:
@@ -316,13 +338,13 @@ def run_simulation(
             if pool is None:
                 pool = own_pool = ReplicaPool(sim, model_path, system_prompt, {"adapter": sim.adapter_path} if sim.adapter_path else None)
             batches = [todo.slice(i, sim.batch_size) for i in range(0, todo.num_rows, sim.batch_size)]
-            results = pool.map(batches, params, pool.adapter_name(sim.adapter_path))
+            results = pool.map(batches, decoding, pool.adapter_name(sim.adapter_path))
         else:
             import ray
 
             ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // sim.batch_size)))
             ds = ds.map_batches(
-                HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, params, token),
+                HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, decoding, sim.http_concurrency, token),
                 batch_size=sim.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=sim.replicas), num_cpus=0.1,
             )
             results = ds.iter_batches(batch_size=None, batch_format="pyarrow")
