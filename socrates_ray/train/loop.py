@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,38 @@ from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
 PROGRESS_FILE = "progress.log"
+
+
+@dataclass(frozen=True)
+class LoopArgs:
+    """Everything a worker's loop needs, as plain values (trainer.build_trainer builds it from the
+    config; Ray Train ships it to each worker as `dataclasses.asdict`)."""
+
+    model_path: str
+    finetuning: str  # "lora" | "full"
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    gradient_checkpointing: bool
+    ds_config: dict[str, Any]  # train.deepspeed.build_ds_config
+    use_gpu: bool
+    seed: int
+    torch_threads: int
+    pad_id: int
+    layout: str  # ingest.layout
+    max_length: int
+    micro_per_epoch: int  # micro batches each worker trains per epoch (train.trainer.plan_steps)
+    total_steps: int  # optimizer steps of the whole run
+    eval_every: int
+    log_every: int
+    eval_batches: int
+    checkpoint_every: int
+    preemption_check_every: int
+    run_dir: str
+    fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
+    fault_kill_rank: int | None = None  # test-only (trainer.fault_injection): this rank exits hard
+    fault_kill_step: int | None = None  # at this optimizer step, once per run
 
 
 def say(*parts: object, progress: Path | None = None) -> None:
@@ -146,6 +179,25 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
 
+class StepMeter:
+    """What one optimizer step trained (label-weighted loss, tokens, padding, data wait) and how
+    long it took; reset after each step's bookkeeping, so eval and checkpoint time never count."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = self.labels = self.tokens = self.slots = self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, batch: dict[str, Any]) -> None:
+        labels = int((batch["labels"] != IGNORE_INDEX).sum())
+        self.loss += loss * labels
+        self.labels += labels
+        self.tokens += int((batch["seq_ids"] > 0).sum())
+        self.slots += batch["seq_ids"].numel()
+
+
 def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
     """Make glibc hand large freed buffers straight back to the OS.
 
@@ -166,12 +218,13 @@ def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Config is plain data (built by trainer.build_trainer); see that function for the keys."""
-    if config["ds_config"]["zero_optimization"]["stage"] == 3:
+    """`config` is a LoopArgs as a dict (what Ray Train's train_loop_config carries)."""
+    args = LoopArgs(**config)
+    if args.ds_config["zero_optimization"]["stage"] == 3:
         # Only where layers are gathered and freed every step: elsewhere the extra mmap/munmap
         # page faults cost speed for no memory gain.
         return_freed_memory_to_os()
-    if not config["use_gpu"]:
+    if not args.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import ray.train
@@ -179,23 +232,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"])
-    torch.set_num_threads(config["torch_threads"])
-    deepspeed.init_distributed(dist_backend="nccl" if config["use_gpu"] else "gloo")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    deepspeed.init_distributed(dist_backend="nccl" if args.use_gpu else "gloo")
     # Where each rank runs (node, host, pid): written per attempt, so a multi-node run shows how
     # it was placed and where it went after a node was lost.
     here = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
     workers: list[Any] = [None] * world
     torch.distributed.all_gather_object(workers, here)
-    ds_config = config["ds_config"]
+    ds_config = args.ds_config
     bf16 = ds_config["bf16"]["enabled"]
     dtype = torch.bfloat16 if bf16 else torch.float32
-    tokenizer = load_tokenizer(config["model_path"])
+    tokenizer = load_tokenizer(args.model_path)
 
     # --- model and engine ---------------------------------------------------------------------
     model, _keepalive = load_model_for_training(
-        config["model_path"], config["finetuning"], config["lora_r"], config["lora_alpha"],
-        config["lora_dropout"], config["lora_targets"], ds_config, bf16, config["gradient_checkpointing"],
+        args.model_path, args.finetuning, args.lora_r, args.lora_alpha,
+        args.lora_dropout, args.lora_targets, ds_config, bf16, args.gradient_checkpointing,
     )
     trainable, total = count_parameters(model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -206,57 +259,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
     rss_engine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    run_dir = Path(config["run_dir"])
+    run_dir = Path(args.run_dir)
     log = RunLog(run_dir, rank == 0)
     progress = run_dir / PROGRESS_FILE if rank == 0 else None
 
     # --- restore ------------------------------------------------------------------------------
-    state = TrainState(fingerprint=config["fingerprint"])
+    state = TrainState(fingerprint=args.fingerprint)
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as registered:
         resume_from = newest_checkpoint(run_dir, world, Path(registered) if registered else None)
         if resume_from is not None:
             # build_trainer checked already; this guards TorchTrainers built some other way
-            check_resume(resume_from, config["fingerprint"], run_dir.name)
-            state = load_checkpoint(engine, resume_from, config["finetuning"])
+            check_resume(resume_from, args.fingerprint, run_dir.name)
+            state = load_checkpoint(engine, resume_from, args.finetuning)
     log.placement(workers, state.step if resume_from else None)
     if rank == 0:
         say(
-            f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {config['finetuning']} ZeRO-{ds_config['zero_optimization']['stage']} "
+            f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {args.finetuning} ZeRO-{ds_config['zero_optimization']['stage']} "
             f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
-            f"{ds_config['gradient_accumulation_steps']} x {world} workers; {config['total_steps']} optimizer steps; "
+            f"{ds_config['gradient_accumulation_steps']} x {world} workers; {args.total_steps} optimizer steps; "
             f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"
             + (f"; resumed from {resume_from.name} at step {state.step} (epoch {state.epoch}, micro batch {state.micro_in_epoch})" if resume_from else ""),
             progress=progress,
         )
 
-    collate_fn = collate_fn_for(config["pad_id"], config["layout"], config["max_length"])
+    collate_fn = collate_fn_for(args.pad_id, args.layout, args.max_length)
     train_shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval")
-    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    micro = ds_config["train_micro_batch_size_per_gpu"]
     last_checkpoint_step = state.step if resume_from else -1
 
     def checkpoint_now(metrics: dict[str, Any]) -> None:
         nonlocal last_checkpoint_step
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, Path(tmp), state, config["finetuning"], rank, tokenizer)
+            save_checkpoint(engine, Path(tmp), state, args.finetuning, rank, tokenizer)
             # A barrier: Ray merges every rank's folder into checkpoint_<step> in storage.
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"checkpoint_{state.step:06d}")
         last_checkpoint_step = state.step
 
     # --- train --------------------------------------------------------------------------------
-    window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
+    meter = StepMeter()
     eval_loss = float("nan")
-    while state.step < config["total_steps"]:
+    while state.step < args.total_steps:
         batches = iter(train_shard.iter_torch_batches(batch_size=micro, collate_fn=collate_fn, drop_last=True))
         for _ in range(state.micro_in_epoch):  # resume mid-epoch: skip what was already trained
             next(batches, None)
         trained_before = state.micro_in_epoch
-        while state.micro_in_epoch < config["micro_per_epoch"] and state.step < config["total_steps"]:
+        while state.micro_in_epoch < args.micro_per_epoch and state.step < args.total_steps:
             t0 = time.perf_counter()
             batch = next(batches, None)
-            window["wait"] += time.perf_counter() - t0
+            meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, engine.device):
                 break
             loss = forward_loss(engine, batch, dtype)
@@ -264,11 +317,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             state.micro_in_epoch += 1
-            labels = int((batch["labels"] != IGNORE_INDEX).sum())
-            window["loss"] += float(loss.detach()) * labels
-            window["labels"] += labels
-            window["tokens"] += int((batch["seq_ids"] > 0).sum())
-            window["slots"] += batch["seq_ids"].numel()
+            meter.add(float(loss.detach()), batch)
             if not boundary:
                 continue
             state.step += 1
@@ -276,9 +325,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             peak = [0.0] * world
             peak[rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             loss_sum, label_count, tokens, slots, wait, *peak = all_sum(
-                [window["loss"], window["labels"], window["tokens"], window["slots"], window["wait"], *peak], engine.device
+                [meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, *peak], engine.device
             )
-            seconds = time.perf_counter() - window["start"]
+            seconds = time.perf_counter() - meter.start
             state.tokens += int(tokens)
             record = {
                 "step": state.step,
@@ -292,21 +341,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "tokens": state.tokens,
                 "peak_rss_mb_per_rank": [round(m, 1) for m in peak],
             }
-            last = state.step >= config["total_steps"]
-            if state.step % config["eval_every"] == 0 or last:
-                eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
+            last = state.step >= args.total_steps
+            if state.step % args.eval_every == 0 or last:
+                eval_loss = evaluate(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
                 record["eval_loss"] = eval_loss
             log.write(record)
-            if rank == 0 and (state.step % config["log_every"] == 0 or "eval_loss" in record or last):
+            if rank == 0 and (state.step % args.log_every == 0 or "eval_loss" in record or last):
                 say(
-                    f"[socrates_ray] step {state.step}/{config['total_steps']} loss {record['loss']:.4f}"
+                    f"[socrates_ray] step {state.step}/{args.total_steps} loss {record['loss']:.4f}"
                     + (f" eval_loss {eval_loss:.4f}" if "eval_loss" in record else "")
                     + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s",
                     progress=progress,
                 )
-            if state.step % config["checkpoint_every"] == 0 and not last:
+            if state.step % args.checkpoint_every == 0 and not last:
                 checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss})
-            every = config["preemption_check_every"]
+            every = args.preemption_check_every
             # A barrier every rank reaches equally often; a notice means a node (spot instance)
             # goes soon: checkpoint now, keep training, and Ray Train restarts from this step.
             if every and state.step % every == 0 and not last and last_checkpoint_step != state.step:
@@ -316,21 +365,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         say(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
                             f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}", progress=progress)
                     checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
-            if state.step == config["fault_kill_step"] and rank == config["fault_kill_rank"]:
+            if state.step == args.fault_kill_step and rank == args.fault_kill_rank:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
                 if not marker.exists():  # once per run, so the retried attempt gets past it
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()
                     say(f"[socrates_ray] fault injection: rank {rank} exits at step {state.step}")
                     os._exit(1)
-            # The next step's clock starts here, so eval and checkpoint time never count as step time.
-            window = {"loss": 0.0, "labels": 0.0, "tokens": 0.0, "slots": 0.0, "wait": 0.0, "start": time.perf_counter()}
-        if state.micro_in_epoch == trained_before and state.step < config["total_steps"]:
+            meter.reset()  # the next step's clock starts here
+        if state.micro_in_epoch == trained_before and state.step < args.total_steps:
             raise RuntimeError(f"rank {rank}: the training shard gave no batch in epoch {state.epoch}; is the split empty?")
-        if state.micro_in_epoch >= config["micro_per_epoch"] or state.step < config["total_steps"]:
+        if state.micro_in_epoch >= args.micro_per_epoch or state.step < args.total_steps:
             state.epoch += 1
             state.micro_in_epoch = 0
     if last_checkpoint_step != state.step:
         if math.isnan(eval_loss):  # no eval since this attempt started
-            eval_loss = evaluate(engine, eval_shard, collate_fn, micro, config["eval_batches"], dtype)
+            eval_loss = evaluate(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
         checkpoint_now({"step": state.step, "eval_loss": eval_loss, "final": True})

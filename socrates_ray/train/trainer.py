@@ -7,6 +7,7 @@ The run name is pinned (cfg.run.name), so re-running the same command finds
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.precision import resolve_precision
 from socrates_ray.train.deepspeed import build_ds_config
-from socrates_ray.train.loop import PROGRESS_FILE, train_loop_per_worker
+from socrates_ray.train.loop import PROGRESS_FILE, LoopArgs, train_loop_per_worker
 
 
 def storage_root(cfg: Config) -> str:
@@ -85,6 +86,23 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
     }
 
 
+FAULT_ENV = "SOCRATES_FAULT_KILL"
+
+
+def fault_injection() -> dict[str, int]:
+    """A test-only hook, outside the user's config: SOCRATES_FAULT_KILL="RANK:STEP" in the driver's
+    environment makes that rank exit hard at that optimizer step, once per run (a marker file in
+    the run folder stops it firing again after Ray Train restarts the workers)."""
+    value = os.environ.get(FAULT_ENV, "")
+    if not value:
+        return {}
+    try:
+        rank, step = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}={value!r}: expected RANK:STEP, e.g. 1:5") from None
+    return {"fault_kill_rank": rank, "fault_kill_step": step}
+
+
 def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
     import ray.train
@@ -142,37 +160,24 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         f"global batch {ds_config['train_batch_size']} rows = micro {ing.micro_batch_size} x accumulation {t.grad_accum} "
         f"x {ing.num_workers} workers"
     )
-    loop_config = {
-        "model_path": str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
-        "finetuning": t.finetuning,
-        "lora_r": t.lora.r,
-        "lora_alpha": t.lora.alpha,
-        "lora_dropout": t.lora.dropout,
-        "lora_targets": t.lora.target_modules,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "ds_config": ds_config,
-        "use_gpu": t.use_gpu,
-        "seed": cfg.run.seed,
-        "torch_threads": max(1, int(t.cpus_per_worker)),
-        "pad_id": Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id,
-        "layout": ing.layout,
-        "max_length": ing.max_length,
-        "micro_per_epoch": micro_per_epoch,
-        "total_steps": total,
-        "eval_every": t.eval_every,
-        "log_every": t.log_every,
-        "eval_batches": t.eval_batches,
-        "checkpoint_every": t.checkpoint_every,
-        "preemption_check_every": t.preemption_check_every,
-        "run_dir": str(run_folder(cfg)),
-        "fingerprint": fingerprint,
-        "fault_kill_rank": t.fault_kill_rank,
-        "fault_kill_step": t.fault_kill_step,
-    }
+    loop_args = LoopArgs(
+        model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
+        finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing,
+        lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, lora_targets=t.lora.target_modules,
+        ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
+        # the data: how each worker's shard is collated, and how much of it an epoch and the run take
+        pad_id=Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id, layout=ing.layout,
+        max_length=ing.max_length, micro_per_epoch=micro_per_epoch, total_steps=total,
+        # the cadence of metrics, eval loss, checkpoints and preemption checks (optimizer steps)
+        log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
+        checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
+        run_dir=str(run_folder(cfg)), fingerprint=fingerprint,
+        **fault_injection(),
+    )
     keep_best = t.keep_by == "eval_loss"
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=dataclasses.asdict(loop_args),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=ing.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},

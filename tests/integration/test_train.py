@@ -110,8 +110,9 @@ def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_lo
     torch.testing.assert_close(torch.load(out), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_killed_worker_run_finishes_from_last_checkpoint(ray_local, tmp_path, prepared, tiny_model):
-    assert train(tmp_path, prepared, tiny_model, "kill", "train.fault_kill_rank=1", "train.fault_kill_step=5", "train.max_failures=1") == 0
+def test_killed_worker_run_finishes_from_last_checkpoint(ray_local, tmp_path, prepared, tiny_model, monkeypatch):
+    monkeypatch.setenv("SOCRATES_FAULT_KILL", "1:5")  # rank 1 exits hard at step 5
+    assert train(tmp_path, prepared, tiny_model, "kill", "train.max_failures=1") == 0
     steps = [m["step"] for m in metrics(tmp_path, "kill")]
     assert (tmp_path / "kill" / "fault_fired_step5_rank1").exists()
     # steps 1-5, crash, restore checkpoint 4, steps 5-8: only step 5 (< checkpoint_every) trained twice
@@ -119,8 +120,9 @@ def test_killed_worker_run_finishes_from_last_checkpoint(ray_local, tmp_path, pr
     assert latest_state(tmp_path, "kill")[1]["step"] == 8
 
 
-def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path, prepared, tiny_model, capsys):
-    crash = ("train.fault_kill_rank=0", "train.fault_kill_step=3", "train.max_failures=0")
+def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path, prepared, tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("SOCRATES_FAULT_KILL", "0:3")
+    crash = ("train.max_failures=0",)
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 2  # failed for good: exit 2
     assert latest_state(tmp_path, "again")[1]["step"] == 2
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # same command: resumes at step 2
