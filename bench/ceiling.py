@@ -27,14 +27,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pyarrow as pa
 
-from socrates_ray.anchor import fit_anchor, predict_anchor
-from socrates_ray.calibrate import fit_temperature
+from socrates_ray.eval.anchor import fit_anchor, predict_anchor
+from socrates_ray.eval.calibrate import fit_temperature
 from socrates_ray.config import load_config
 from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.eval_job import _val_or_train, load_truth
-from socrates_ray.evaluate import baseline_metrics, gap_closed, group_cells, model_metrics
-from socrates_ray.simulate import Decoding, LocalReplica, load_eval_rows, load_split_rows
+from socrates_ray.eval.job import _val_or_train, load_truth
+from socrates_ray.eval.metrics import baseline_metrics, gap_closed, group_cells, model_metrics
+from socrates_ray.eval.simulate import Decoding, LocalReplica, load_eval_rows, load_split_rows
 
 
 def train_adapter(cfg, model_path: str, rows: list[dict], steps: int, device: str, seed: int, out: str) -> float:

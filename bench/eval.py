@@ -15,9 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from socrates_ray.config import load_config
 from socrates_ray.data.prompts import parse_answer_scale
-from socrates_ray.evaluate import group_cells, model_metrics
+from socrates_ray.eval.metrics import group_cells, model_metrics
 from socrates_ray.score import Scorer
-from socrates_ray.simulate import draw, load_eval_rows
+from socrates_ray.eval.simulate import draw, load_eval_rows
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, load_
 from socrates_ray.data.prepare import run_prepare
 from socrates_ray.data.synthetic import write_synthetic
 from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, single_rows
-from socrates_ray.testing import ensure_tiny_model
+from socrates_ray.models import ensure_tiny_model
 
 
 def single_process(split: str, tokenizer_path: str, max_length: int, layout: str, window: int, micro: int, torch_threads: int) -> dict:

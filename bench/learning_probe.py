@@ -48,7 +48,7 @@ from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.synthetic import ROW_TRUTH_FILE
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.score import Scorer
-from socrates_ray.simulate import load_split_rows
+from socrates_ray.eval.simulate import load_split_rows
 
 DEMO_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens,lm_head"
 PER_CELL = 6

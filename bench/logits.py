@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from socrates_ray.config import load_config
 from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.tokenize import Encoder, collate_rows, packed_attention_mask, single_rows
-from socrates_ray.simulate import load_split_rows
+from socrates_ray.eval.simulate import load_split_rows
 from socrates_ray.train.loop import forward_loss
 
 

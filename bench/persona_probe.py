@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.eval_job import newest_adapter
+from socrates_ray.eval.job import newest_adapter
 from socrates_ray.score import Scorer
-from socrates_ray.simulate import load_split_rows
+from socrates_ray.eval.simulate import load_split_rows
 
 SIDES = {"democrat": ("Strong Democrat", "Very Liberal"), "republican": ("Strong Republican", "Very Conservative")}
 

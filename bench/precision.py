@@ -23,7 +23,7 @@ import torch
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
 from socrates_ray.precision import cpu_has_native_bf16
 from socrates_ray.score import Scorer
-from socrates_ray.simulate import load_eval_rows, load_split_rows
+from socrates_ray.eval.simulate import load_eval_rows, load_split_rows
 
 
 def train_step_ms(model_path: str, prompts: list[str], answers: list[str], dtype: torch.dtype, repeats: int) -> float:

@@ -28,11 +28,11 @@ import torch
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
 from socrates_ray.data.prompts import PERSONA_HEADER, parse_answer_scale
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.eval_job import load_truth
-from socrates_ray.evaluate import baseline_metrics, cell_spread, gap_closed, group_cells, model_metrics
+from socrates_ray.eval.job import load_truth
+from socrates_ray.eval.metrics import baseline_metrics, cell_spread, gap_closed, group_cells, model_metrics
 from socrates_ray.score import Scorer, shape_distribution
-from socrates_ray.simulate import load_split_rows
-from socrates_ray.testing import build_tiny_tokenizer
+from socrates_ray.eval.simulate import load_split_rows
+from socrates_ray.models import build_tiny_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
 

@@ -17,9 +17,9 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from recipe import batches, LORA_TARGETS
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.eval_job import load_truth
-from socrates_ray.simulate import load_split_rows
-from socrates_ray.testing import build_tiny_tokenizer
+from socrates_ray.eval.job import load_truth
+from socrates_ray.eval.simulate import load_split_rows
+from socrates_ray.models import build_tiny_tokenizer
 p = argparse.ArgumentParser()
 p.add_argument("--prepared", default="runs/demo/prepared"); p.add_argument("--raw", default="runs/demo/synth")
 p.add_argument("--setting", default="all_settings"); p.add_argument("--mode", default="full")

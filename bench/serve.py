@@ -26,7 +26,7 @@ import numpy as np
 import requests
 
 from socrates_ray.config import TinyModelSection, load_config
-from socrates_ray.testing import ensure_tiny_model
+from socrates_ray.models import ensure_tiny_model
 
 STIMULUS = "How fair is this proposal? Only return an integer from 1 to 7, where 1 means Not at all and 7 means Very, nothing else."
 

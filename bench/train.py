@@ -30,7 +30,7 @@ from socrates_ray.data.ingest import load_tokenizer
 from socrates_ray.data.prepare import run_prepare
 from socrates_ray.data.synthetic import write_synthetic
 from socrates_ray.data.tokenize import ROW_COLUMNS, Encoder, collate, packed_attention_mask
-from socrates_ray.testing import build_tiny_model, ensure_tiny_model
+from socrates_ray.models import build_tiny_model, ensure_tiny_model
 
 
 def ingest_rows(cfg, model_path: str, count: int) -> list[dict]:

@@ -5,7 +5,7 @@
     .venv/bin/python bench/world_probe.py --seed 0 --studies 80           # the former one
     .venv/bin/python bench/world_probe.py --seed 0 --set VISIBLE_SCALE=3  # a generator constant changed
 
-The anchor is a ridge regression on persona fields and stimulus words (socrates_ray/anchor.py);
+The anchor is a ridge regression on persona fields and stimulus words (socrates_ray/eval/anchor.py);
 a world where it cannot beat uniform on held-out units is a world where nothing shared across
 studies moves the answers, and an LLM finetuned on it has nothing to learn either. Scored like
 `socrates-ray evaluate` (configs/demo.yaml's simulate.max_per_cell participants a cell, unless
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import socrates_ray.data.synthetic as synthetic
-from socrates_ray.anchor import fit_anchor, predict_anchor
+from socrates_ray.eval.anchor import fit_anchor, predict_anchor
 from socrates_ray.config import load_config
 from socrates_ray.data.prepare import run_prepare
-from socrates_ray.eval_job import _val_or_train, load_truth
-from socrates_ray.evaluate import baseline_metrics, gap_closed, group_cells, model_metrics, truth_distance
-from socrates_ray.simulate import load_split_rows
+from socrates_ray.eval.job import _val_or_train, load_truth
+from socrates_ray.eval.metrics import baseline_metrics, gap_closed, group_cells, model_metrics, truth_distance
+from socrates_ray.eval.simulate import load_split_rows
 
 
 def main() -> int:

@@ -53,7 +53,7 @@ def build_model_folder(folder: Path, preset: dict[str, Any]) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from socrates_ray.testing import build_tiny_tokenizer, synthetic_corpus
+    from socrates_ray.models import build_tiny_tokenizer, synthetic_corpus
 
     tokenizer = build_tiny_tokenizer(synthetic_corpus(600), 3000)
     config = Qwen2Config(
@@ -74,7 +74,7 @@ def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dic
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
     from socrates_ray.data.ingest import load_tokenizer
     from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows
-    from socrates_ray.testing import synthetic_corpus
+    from socrates_ray.models import synthetic_corpus
 
     encoder = Encoder(load_tokenizer(str(folder)), DEFAULT_SYSTEM_PROMPT)
     texts = [t for t in synthetic_corpus(4000, seed=1) if "\n" in t]
@@ -124,7 +124,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", ds_config, True, False)
+    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", {}, ds_config, True, False)
     trainable, total = count_parameters(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
     batches = training_batches(folder, preset["seq"], preset["micro"], steps + warmup)
@@ -164,7 +164,7 @@ def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[
     import numpy as np
     import torch
 
-    from socrates_ray.testing import synthetic_corpus
+    from socrates_ray.models import synthetic_corpus
 
     prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(preset["score_prompts"] + 1, seed=2) if "\n" in t][: preset["score_prompts"]]
     options = [list(range(1, 6)) if i % 2 else list(range(0, 11)) for i in range(len(prompts))]
@@ -188,7 +188,7 @@ def batching_gain(scorer: Any, preset: dict[str, Any], device: str) -> dict[str,
     (Scorer.generate, `batch_tokens` new tokens, as bench/serve.py) and distribution mode."""
     import torch
 
-    from socrates_ray.testing import synthetic_corpus
+    from socrates_ray.models import synthetic_corpus
 
     k, new = preset["batch_clients"], preset["batch_tokens"]
     prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(k + 1, seed=3) if "\n" in t][:k]

@@ -107,7 +107,7 @@ def cmd_prepare(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 def model_path(cfg: Config) -> str:
     """The model folder: built offline first when model.source is tiny."""
     if cfg.model.source == "tiny":
-        from socrates_ray.testing import ensure_tiny_model, split_corpus, tiny_model_corpus
+        from socrates_ray.models import ensure_tiny_model, split_corpus, tiny_model_corpus
 
         tiny = cfg.model.tiny
         # at its first build, the tokenizer learns the words of the data it will be finetuned on, if prepared already
@@ -174,7 +174,7 @@ class TrainError(SocratesError, RuntimeError):
 
 def resolve_adapter_path(cfg: Config) -> str | None:
     """evaluate.adapter_path, else the newest export of this run's training."""
-    from socrates_ray.eval_job import newest_adapter
+    from socrates_ray.eval.job import newest_adapter
     from socrates_ray.train.trainer import run_folder
 
     if cfg.evaluate.adapter_path:
@@ -211,8 +211,8 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_simulate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from socrates_ray.calibrate import resolve_temperature
-    from socrates_ray.simulate import load_eval_rows, run_simulation
+    from socrates_ray.eval.calibrate import resolve_temperature
+    from socrates_ray.eval.simulate import load_eval_rows, run_simulation
 
     path = model_path(cfg)
     ensure_ray(cfg)
@@ -229,7 +229,7 @@ def _token(cfg: Config) -> str | None:
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from socrates_ray.eval_job import run_evaluation
+    from socrates_ray.eval.job import run_evaluation
 
     path = model_path(cfg)
     adapter = resolve_adapter_path(cfg)
@@ -241,12 +241,12 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """synth -> prepare -> ingest stats -> finetune -> evaluate base and finetuned (batch simulation)
-    -> Serve, checked to answer what the evaluation scored."""
+    """synth -> prepare -> finetune (its tokenizing pass reports the ingest figures) -> evaluate base and
+    finetuned (batch simulation) -> Serve, checked to answer what the evaluation scored."""
     import time
 
-    from socrates_ray.eval_job import run_evaluation, serve_matches_evaluation
-    from socrates_ray.report import persona_corr
+    from socrates_ray.eval.job import run_evaluation, serve_matches_evaluation
+    from socrates_ray.eval.report import persona_corr
 
     started = time.time()
     out = cfg.run_dir
@@ -254,8 +254,10 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     ensure_ray(cfg)
     synth = cmd_synth(cfg, argparse.Namespace(out=cfg.data.raw))
     prepared = cmd_prepare(cfg, args)
-    ingest = cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
+    # ingest.materialize: training's one tokenizing pass reports the ingest figures (no pass of its own)
+    ingest = None if cfg.ingest.materialize else cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
     trained = cmd_train(cfg, args)
+    ingest = ingest or json.loads((Path(trained["run_dir"]) / "ingest_stats.json").read_text())
     path = model_path(cfg)
     adapter = resolve_adapter_path(cfg)
     # The batch path (a pool of model replicas, kept for every pass): 2-3x the rows/s of one HTTP request a row
@@ -287,7 +289,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if cfg.simulate.mode == "exact" and temps:
         how = "fitted on the validation split" if cfg.simulate.temperature == "auto" else "from simulate.temperature"
         verdicts.append("exact-mode temperature " + ", ".join(f"{k} {v:.2f}" for k, v in temps.items()) + f" ({how})")
-    from socrates_ray.report import fit_check_line
+    from socrates_ray.eval.report import fit_check_line
 
     if line := fit_check_line(results):
         verdicts.append(line)

@@ -172,6 +172,11 @@ class LoraSection(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear for every linear layer but the head."
     )
+    rank_pattern: dict[str, int] = Field(
+        default_factory=dict,
+        description="Ranks other than r for some modules, by name (peft's rank_pattern), e.g. {embed_tokens: 128}; "
+        "their alpha keeps the scale alpha / r.",
+    )
 
 
 class TrainSection(Section):

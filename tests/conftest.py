@@ -17,7 +17,7 @@ import pytest
 
 from socrates_ray.config import TinyModelSection
 from socrates_ray.data.synthetic import write_synthetic
-from socrates_ray.testing import ensure_tiny_model
+from socrates_ray.models import ensure_tiny_model
 
 
 @pytest.fixture(scope="session")

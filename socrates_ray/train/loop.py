@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from socrates_ray.checkpoint import TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint
+from socrates_ray.train.checkpoint import TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list
@@ -47,6 +47,7 @@ class LoopArgs:
     lora_alpha: int
     lora_dropout: float
     lora_targets: list[str]
+    lora_rank_pattern: dict[str, int]
     gradient_checkpointing: bool
     ds_config: dict[str, Any]  # train.deepspeed.build_ds_config
     use_gpu: bool
@@ -126,7 +127,7 @@ def all_sum(values: list[float], device: Any) -> list[float]:
     return t.tolist()
 
 
-def evaluate(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any) -> float:
+def eval_loss_of(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any) -> float:
     """Token-weighted eval loss over up to max_batches micro batches per rank (collective)."""
     import torch
 
@@ -248,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # --- model and engine ---------------------------------------------------------------------
     model, _keepalive = load_model_for_training(
         args.model_path, args.finetuning, args.lora_r, args.lora_alpha,
-        args.lora_dropout, args.lora_targets, ds_config, bf16, args.gradient_checkpointing,
+        args.lora_dropout, args.lora_targets, args.lora_rank_pattern, ds_config, bf16, args.gradient_checkpointing,
     )
     trainable, total = count_parameters(model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -343,7 +344,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             last = state.step >= args.total_steps
             if state.step % args.eval_every == 0 or last:
-                eval_loss = evaluate(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
+                eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
                 record["eval_loss"] = eval_loss
             log.write(record)
             if rank == 0 and (state.step % args.log_every == 0 or "eval_loss" in record or last):
@@ -380,5 +381,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.micro_in_epoch = 0
     if last_checkpoint_step != state.step:
         if math.isnan(eval_loss):  # no eval since this attempt started
-            eval_loss = evaluate(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
+            eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
         checkpoint_now({"step": state.step, "eval_loss": eval_loss, "final": True})

@@ -12,6 +12,7 @@ def load_model_for_training(
     lora_alpha: int,
     lora_dropout: float,
     lora_targets: list[str] | str,
+    lora_rank_pattern: dict[str, int],
     ds_config: dict[str, Any],
     bf16: bool,
     gradient_checkpointing: bool,
@@ -35,6 +36,10 @@ def load_model_for_training(
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             target_modules=lora_targets,
+            # other ranks for some modules, each with the alpha that keeps the scale alpha / r
+            rank_pattern=dict(lora_rank_pattern),
+            alpha_pattern={name: rank * lora_alpha // lora_r if rank * lora_alpha % lora_r == 0 else rank * lora_alpha / lora_r
+                           for name, rank in lora_rank_pattern.items()},
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from socrates_ray.checkpoint import check_resume, newest_checkpoint_any
+from socrates_ray.train.checkpoint import check_resume, newest_checkpoint_any
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
@@ -81,7 +82,8 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "optimizer steps (train.epochs, train.max_steps)": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
         "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision (train.precision)": "bf16" if bf16 else "fp32",
-        **({"train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}}
+        **({"train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
+                           **({"rank_pattern": lora.rank_pattern} if lora.rank_pattern else {})}}
            if t.finetuning == "lora" else {}),
     }
 
@@ -103,6 +105,40 @@ def fault_injection() -> dict[str, int]:
     return {"fault_kill_rank": rank, "fault_kill_step": step}
 
 
+def materialize_splits(cfg: Config, model_path: str, datasets: dict[str, Any], eval_part: str, log: Any) -> dict[str, Any]:
+    """Tokenize the train and eval splits once into the object store: the row count, the ingest
+    figures and every epoch read these blocks. The ingest figures (padding, steps per worker,
+    samples left out) come from batching the stored train rows as the workers will, and go to
+    <run>/ingest_stats.json, so no separate `socrates-ray ingest` pass is needed."""
+    import pyarrow.parquet as pq
+
+    from socrates_ray.data.ingest import collate_fn_for, format_ingest, measure_ingest
+
+    ing = cfg.ingest
+    for ds in datasets.values():
+        # blocks in input order, not in the order the tokenizer actors finish them: the same
+        # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
+        ds.context.execution_options.preserve_order = True
+    started = time.perf_counter()
+    train = datasets["train"].materialize()
+    tokenize_s = time.perf_counter() - started
+    stored = {"train": train, "eval": datasets["eval"].materialize()}
+    size = sum(ds.size_bytes() for ds in stored.values())
+    log(f"train: tokenized the train and {eval_part} splits once in {time.perf_counter() - started:.1f}s "
+        f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
+    split = Path(cfg.data.prepared) / cfg.train.setting / "train"
+    samples_in = pq.ParquetDataset(str(split)).read(columns=["answer"]).num_rows
+    pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
+    stats = measure_ingest(train, ing.num_workers, ing.micro_batch_size, collate_fn_for(pad_id, ing.layout, ing.max_length), samples_in)
+    # throughput of the tokenizing pass itself (measure_ingest timed reading the stored rows back)
+    stats.update(seconds=round(tokenize_s, 2), tokens_per_s=round(stats["tokens"] / tokenize_s, 1) if tokenize_s else 0.0)
+    folder = run_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ingest_stats.json").write_text(json.dumps(stats, indent=1))
+    log(format_ingest(stats, ing.layout))
+    return stored
+
+
 def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
     """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
     import ray.train
@@ -117,16 +153,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
             "Re-run `socrates-ray prepare` with data.validation_fraction > 0 to keep the test split unseen.")
     datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
     if ing.materialize:
-        # One tokenizing pass: the count below and every epoch read these blocks.
-        started = time.perf_counter()
-        for ds in datasets.values():
-            # blocks in input order, not in the order the tokenizer actors finish them: the same
-            # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
-            ds.context.execution_options.preserve_order = True
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
-        size = sum(ds.size_bytes() for ds in datasets.values())
-        log(f"train: tokenized the train and {eval_part} splits once in {time.perf_counter() - started:.1f}s "
-            f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
+        datasets = materialize_splits(cfg, model_path, datasets, eval_part, log)
     rows = datasets["train"].count()
     micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     if micro_per_epoch < t.grad_accum:
@@ -164,6 +191,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
         finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing,
         lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, lora_targets=t.lora.target_modules,
+        lora_rank_pattern=t.lora.rank_pattern,
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
         pad_id=Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id, layout=ing.layout,

@@ -10,7 +10,7 @@ import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, SimulateSection
 from socrates_ray.data.prompts import parse_answer_scale
-from socrates_ray.simulate import INPUT_COLUMNS, run_simulation
+from socrates_ray.eval.simulate import INPUT_COLUMNS, run_simulation
 
 pytestmark = pytest.mark.ray
 
@@ -52,7 +52,7 @@ def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, t
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from socrates_ray.simulate import SimulateError
+    from socrates_ray.eval.simulate import SimulateError
 
     class Refuse(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
@@ -87,7 +87,7 @@ def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from socrates_ray.simulate import ReplicaPool, SimulateError
+    from socrates_ray.eval.simulate import ReplicaPool, SimulateError
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)),

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from socrates_ray.anchor import AnchorError, fit_anchor, option_probs, predict_anchor
-from socrates_ray.evaluate import group_cells, model_metrics
+from socrates_ray.eval.anchor import AnchorError, fit_anchor, option_probs, predict_anchor
+from socrates_ray.eval.metrics import group_cells, model_metrics
 
 FRAMES = {"good": "Experts praise the plan.", "bad": "Critics attack the plan."}
 

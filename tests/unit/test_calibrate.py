@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from socrates_ray.calibrate import CalibrationError, fit_temperature, nll, resolve_temperature
+from socrates_ray.eval.calibrate import CalibrationError, fit_temperature, nll, resolve_temperature
 from socrates_ray.config import load_config
 from socrates_ray.score import shape_distribution
-from socrates_ray.simulate import SimulateError, check_params, run_simulation
+from socrates_ray.eval.simulate import SimulateError, check_params, run_simulation
 from socrates_ray.train.trainer import training_eval_part
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from socrates_ray.checkpoint import ResumeError, TrainState, check_resume, newest_checkpoint, newest_checkpoint_any
+from socrates_ray.train.checkpoint import ResumeError, TrainState, check_resume, newest_checkpoint, newest_checkpoint_any
 
 FINGERPRINT = {"ingest.micro_batch_size": 4, "ingest.num_workers": 2, "optimizer steps (train.epochs, train.max_steps)": 100}
 
@@ -63,8 +63,35 @@ def test_the_check_sees_checkpoints_another_worker_count_would_not_resume(tmp_pa
 def test_a_checkpoint_is_complete_with_every_ranks_optimizer_partition_fp32_or_bf16(tmp_path, prefix) -> None:
     # bf16 runs write bf16_zero_pp_rank_<r>_...: once counted as incomplete, so a restarted run that
     # Ray had not yet told about its newest checkpoint started over from step 0
-    from socrates_ray.checkpoint import is_complete
+    from socrates_ray.train.checkpoint import is_complete
 
     folder = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT, complete_ranks=2, prefix=prefix)
     assert is_complete(folder, 2) and not is_complete(folder, 3)
     assert newest_checkpoint(tmp_path, 2, None) == folder
+
+
+def test_a_newer_complete_folder_beats_rays_registered_checkpoint_and_an_incomplete_one_does_not(tmp_path) -> None:
+    """A worker that dies between writing a checkpoint and Ray's next poll leaves a complete folder
+    Ray never registered: resuming from the older registered one would train those steps twice."""
+    registered = saved(tmp_path / "checkpoint_000002", 2, FINGERPRINT, complete_ranks=2)
+    unregistered = saved(tmp_path / "checkpoint_000004", 4, FINGERPRINT, complete_ranks=2)
+    assert newest_checkpoint(tmp_path, 2, registered) == unregistered
+    saved(tmp_path / "checkpoint_000006", 6, FINGERPRINT, complete_ranks=1)  # rank 1's partition never written
+    assert newest_checkpoint(tmp_path, 2, registered) == unregistered
+    assert newest_checkpoint(tmp_path / "missing", 2, registered) == registered
+
+
+@pytest.mark.parametrize(
+    ("rows", "workers", "micro", "accum", "epochs", "max_steps", "expected"),
+    [
+        (100, 2, 4, 1, 2, None, (12, 24)),  # 50 rows a worker -> 12 full micro batches (2 rows dropped)
+        (100, 2, 4, 5, 1, None, (10, 2)),  # an epoch ends on an optimizer-step boundary: 12 -> 10
+        (100, 2, 4, 1, 3, 30, (12, 30)),  # max_steps caps the epochs
+        (100, 2, 4, 1, 1, 500, (12, 12)),  # ... and never extends them
+        (7, 2, 4, 1, 1, None, (0, 0)),  # too few rows for one micro batch: the caller refuses it
+    ],
+)
+def test_plan_steps_gives_equal_shards_whole_optimizer_steps(rows, workers, micro, accum, epochs, max_steps, expected) -> None:
+    from socrates_ray.train.trainer import plan_steps
+
+    assert plan_steps(rows, workers, micro, accum, epochs, max_steps) == expected

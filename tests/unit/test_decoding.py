@@ -3,7 +3,7 @@
 import pytest
 
 from socrates_ray.config import SimulateSection
-from socrates_ray.simulate import Decoding, SimulateError, exact_result, row_options
+from socrates_ray.eval.simulate import Decoding, SimulateError, exact_result, row_options
 
 
 def test_decoding_is_built_once_from_the_section_and_refuses_an_unfitted_temperature():

@@ -1,13 +1,13 @@
 """One error base the CLI catches, and typed errors recovered from Ray's wrappers."""
 
 
-from socrates_ray.calibrate import CalibrationError
+from socrates_ray.eval.calibrate import CalibrationError
 from socrates_ray.cli import main
 from socrates_ray.config import ConfigError
 from socrates_ray.data.ingest import IngestError
 from socrates_ray.errors import SocratesError, unwrap
 from socrates_ray.score import ScoreError
-from socrates_ray.simulate import SimulateError
+from socrates_ray.eval.simulate import SimulateError
 
 
 def test_every_user_error_shares_the_base_and_keeps_its_old_type():
@@ -31,7 +31,7 @@ def test_unwrap_rebuilds_the_innermost_typed_error_from_a_remote_traceback():
     # what a RayTaskError's text looks like when an actor raised SimulateError while handling a ScoreError
     text = ("ray::LocalReplica.predict() (pid=1, ip=1.2.3.4)\n  File \"x.py\", line 3\n"
             "socrates_ray.score.ScoreError: adapter 'a' is not loaded\n\nDuring handling...\n"
-            "socrates_ray.simulate.SimulateError: column 'prompt' is missing\n")
+            "socrates_ray.eval.simulate.SimulateError: column 'prompt' is missing\n")
     found = unwrap(RuntimeError(text))
     assert type(found) is SimulateError and str(found) == "column 'prompt' is missing"
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.cli import model_path
 from socrates_ray.config import load_config
-from socrates_ray.testing import tiny_model_corpus
+from socrates_ray.models import tiny_model_corpus
 
 SHAPE = ["model.tiny.hidden_size=16", "model.tiny.intermediate_size=32", "model.tiny.num_hidden_layers=1",
          "model.tiny.num_attention_heads=1", "model.tiny.num_key_value_heads=1", "model.tiny.vocab_size=400",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from socrates_ray.evaluate import (
+from socrates_ray.eval.metrics import (
     baseline_metrics, compare, gap_closed, group_cells, macro, model_metrics, relative, subgroup_gap_error,
 )
 
@@ -123,7 +123,7 @@ def test_cell_spread_is_zero_for_a_model_that_ignores_its_prompt() -> None:
 
 
 def test_fit_check_line_puts_the_finetuned_ratio_beside_the_true_distributions() -> None:
-    from socrates_ray.report import fit_check_line
+    from socrates_ray.eval.report import fit_check_line
 
     fit = {"split": "all_settings/train", "rows": 60, "cells": 10, "finetuned": {"wasserstein": 0.15},
            "uniform": {"wasserstein": 0.30}, "true_floor": {"wasserstein": 0.12}}
@@ -134,7 +134,7 @@ def test_fit_check_line_puts_the_finetuned_ratio_beside_the_true_distributions()
 
 
 def test_distance_to_the_truth_is_zero_for_the_truth_and_one_share_for_uniform() -> None:
-    from socrates_ray.evaluate import truth_distance
+    from socrates_ray.eval.metrics import truth_distance
 
     a, b = [0.1, 0.1, 0.1, 0.2, 0.5], [0.5, 0.3, 0.1, 0.05, 0.05]
     options = [1, 2, 3, 4, 5]
@@ -155,7 +155,7 @@ def test_per_participant_truth_removes_persona_sampling_and_measures_persona_rea
     (the cell's truth over everyone else would not say so), and orders them within the cell (persona
     reading 1); a model that gives both the cell's mixture is as good on the pooled distribution but
     reads no persona (0); swapping them reads it backwards (-1)."""
-    from socrates_ray.evaluate import truth_distance
+    from socrates_ray.eval.metrics import truth_distance
 
     options = [1, 2, 3]
     dem, rep = [0.1, 0.2, 0.7], [0.7, 0.2, 0.1]
@@ -182,8 +182,8 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from socrates_ray.eval_job import training_cells
-    from socrates_ray.simulate import INPUT_COLUMNS
+    from socrates_ray.eval.job import training_cells
+    from socrates_ray.eval.simulate import INPUT_COLUMNS
 
     # cells of 3, 50, 8 and 45 answers: the two big ones are the check's, capped at 40 answers each
     sizes = {("s1", 0): 3, ("s1", 1): 50, ("s2", 0): 8, ("s3", 2): 45}

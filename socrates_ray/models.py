@@ -1,10 +1,11 @@
-"""Offline tiny model and tokenizer builders, used by tests and the demo.
+"""The embedded default's base model (model.source=tiny): a tiny Qwen2 and its tokenizer, built offline.
 
 Nothing here downloads: the tokenizer is a byte-level BPE (digits split one per token, as Qwen2
 does, so "100" is three tokens) with a Qwen-style chat template, trained on the prompts the model
 will be finetuned on (the prepared training split, so a user's own wording gets whole-word tokens)
-or, before any data is prepared, on synthetic SocSci-format prompts; the model is a randomly initialised Qwen2ForCausalLM, the production base's
-architecture class. Both are saved as an ordinary Hugging Face folder.
+or, before any data is prepared, on synthetic SocSci-format prompts; the model is a randomly
+initialised Qwen2ForCausalLM, the production base's architecture class. Both are saved as an
+ordinary Hugging Face folder. The demo, `socrates-ray build-tiny`, the tests and the benches use it.
 """
 
 from __future__ import annotations

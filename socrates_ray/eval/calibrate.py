@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.errors import SocratesError
 from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, shape_distribution
-from socrates_ray.simulate import SimulateError, load_split_rows, run_simulation
+from socrates_ray.eval.simulate import SimulateError, load_split_rows, run_simulation
 
 T_BOUNDS = (0.2, MAX_DISTRIBUTION_TEMPERATURE)
 

@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from socrates_ray.anchor import describe, fit_anchor, predict_anchor
-from socrates_ray.calibrate import resolve_temperature
+from socrates_ray.eval.anchor import describe, fit_anchor, predict_anchor
+from socrates_ray.eval.calibrate import resolve_temperature
 from socrates_ray.config import Config
 from socrates_ray.data.synthetic import ROW_TRUTH_FILE
-from socrates_ray.evaluate import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
-from socrates_ray.report import results_table, temperature_line, write_report
-from socrates_ray.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
+from socrates_ray.eval.metrics import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
+from socrates_ray.eval.report import results_table, temperature_line, write_report
+from socrates_ray.eval.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
 
 
 def newest_adapter(run_dir: Path) -> str | None:
