@@ -124,25 +124,19 @@ def cmd_build_tiny(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, format_ingest, load_tokenizer, measure_ingest
+    from socrates_ray.data.ingest import build_ingest_dataset, format_ingest, ingest_figures, load_tokenizer
     from socrates_ray.data.tokenize import Encoder
 
     path = model_path(cfg)
     split_dir = str(Path(cfg.data.prepared) / args.split)
     if not Path(split_dir).exists():
         raise ConfigError(f"data.prepared: {split_dir} does not exist; run `socrates-ray prepare --config ...` first (or pick --split setting/train|eval)")
-    samples_in = pq.ParquetDataset(split_dir).read(columns=["answer"]).num_rows
     pad_id = Encoder(load_tokenizer(path), cfg.prompt.system_prompt).pad_id
     ensure_ray(cfg)
     ing = cfg.ingest
     ds = build_ingest_dataset(split_dir, path, cfg.prompt.system_prompt, ing.max_length, ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task)
-    stats = measure_ingest(ds, ing.num_workers, ing.micro_batch_size, collate_fn_for(pad_id, ing.layout, ing.max_length), samples_in)
+    stats = ingest_figures(ds, split_dir, ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length, pad_id, cfg.run_dir)
     print(format_ingest(stats, ing.layout))
-    out = cfg.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ingest_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
 
 

@@ -203,6 +203,23 @@ def measure_ingest(ds: Any, num_workers: int, micro_batch_size: int, collate_fn:
     }
 
 
+def ingest_figures(ds: Any, split_dir: str, num_workers: int, micro_batch_size: int, layout: str, max_length: int,
+                   pad_id: int, out_dir: Path, seconds: float | None = None) -> dict[str, Any]:
+    """measure_ingest over `ds` (the tokenized rows of split_dir), written to out_dir/ingest_stats.json.
+    seconds: the time a tokenizing pass took, when `ds` was stored by it (reading it back is not ingest)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    samples_in = pq.ParquetDataset(split_dir).read(columns=["answer"]).num_rows
+    stats = measure_ingest(ds, num_workers, micro_batch_size, collate_fn_for(pad_id, layout, max_length), samples_in)
+    if seconds is not None:
+        stats.update(seconds=round(seconds, 2), tokens_per_s=round(stats["tokens"] / seconds, 1) if seconds else 0.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ingest_stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
 def format_ingest(stats: dict[str, Any], layout: str) -> str:
     return (
         f"ingest ({layout}): {stats['tokens']:,} tokens in {stats['seconds']}s = {stats['tokens_per_s']:,.0f} tokens/s; "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -105,14 +104,12 @@ def fault_injection() -> dict[str, int]:
     return {"fault_kill_rank": rank, "fault_kill_step": step}
 
 
-def materialize_splits(cfg: Config, model_path: str, datasets: dict[str, Any], eval_part: str, log: Any) -> dict[str, Any]:
+def materialize_splits(cfg: Config, datasets: dict[str, Any], eval_part: str, pad_id: int, log: Any) -> dict[str, Any]:
     """Tokenize the train and eval splits once into the object store: the row count, the ingest
     figures and every epoch read these blocks. The ingest figures (padding, steps per worker,
     samples left out) come from batching the stored train rows as the workers will, and go to
     <run>/ingest_stats.json, so no separate `socrates-ray ingest` pass is needed."""
-    import pyarrow.parquet as pq
-
-    from socrates_ray.data.ingest import collate_fn_for, format_ingest, measure_ingest
+    from socrates_ray.data.ingest import format_ingest, ingest_figures
 
     ing = cfg.ingest
     for ds in datasets.values():
@@ -126,15 +123,9 @@ def materialize_splits(cfg: Config, model_path: str, datasets: dict[str, Any], e
     size = sum(ds.size_bytes() for ds in stored.values())
     log(f"train: tokenized the train and {eval_part} splits once in {time.perf_counter() - started:.1f}s "
         f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
-    split = Path(cfg.data.prepared) / cfg.train.setting / "train"
-    samples_in = pq.ParquetDataset(str(split)).read(columns=["answer"]).num_rows
-    pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
-    stats = measure_ingest(train, ing.num_workers, ing.micro_batch_size, collate_fn_for(pad_id, ing.layout, ing.max_length), samples_in)
-    # throughput of the tokenizing pass itself (measure_ingest timed reading the stored rows back)
-    stats.update(seconds=round(tokenize_s, 2), tokens_per_s=round(stats["tokens"] / tokenize_s, 1) if tokenize_s else 0.0)
-    folder = run_folder(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ingest_stats.json").write_text(json.dumps(stats, indent=1))
+    split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / "train")
+    stats = ingest_figures(train, split_dir, ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length, pad_id,
+                           run_folder(cfg), seconds=tokenize_s)
     log(format_ingest(stats, ing.layout))
     return stored
 
@@ -151,9 +142,10 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         log(f"train: warning: no validation split under {cfg.data.prepared}/{cfg.train.setting}/val (prepared with "
             "data.validation_fraction=0, or before it existed); eval loss and keep_by read the TEST split. "
             "Re-run `socrates-ray prepare` with data.validation_fraction > 0 to keep the test split unseen.")
+    pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
     datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
     if ing.materialize:
-        datasets = materialize_splits(cfg, model_path, datasets, eval_part, log)
+        datasets = materialize_splits(cfg, datasets, eval_part, pad_id, log)
     rows = datasets["train"].count()
     micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     if micro_per_epoch < t.grad_accum:
@@ -194,7 +186,7 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         lora_rank_pattern=t.lora.rank_pattern,
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
-        pad_id=Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id, layout=ing.layout,
+        pad_id=pad_id, layout=ing.layout,
         max_length=ing.max_length, micro_per_epoch=micro_per_epoch, total_steps=total,
         # the cadence of metrics, eval loss, checkpoints and preemption checks (optimizer steps)
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
