@@ -15,15 +15,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 # torch is installed first and alone, so the resolver can only take the exact pinned build. pip's
 # own chatter (on some machines a warning per index entry) goes to .venv/install.log, shown only
-# when an install fails.
+# when an install fails. pip compiles bytecode one file at a time (~1 of the ~2 install minutes on
+# 2 cores); compileall -j 0 does it on every core. Compiled it must be: where PYTHONDONTWRITEBYTECODE
+# is set, every Ray worker would otherwise recompile all it imports at each start.
 LOGGED = >>$(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned packages into $(VENV) (pip log: $(VENV)/install.log)"
 	@$(PIP) install --quiet --upgrade pip $(LOGGED)
-	@$(PIP) install --quiet torch==2.13.0 $(LOGGED)
-	@$(PIP) install --quiet -c constraints.txt -e ".[test]" $(LOGGED)
+	@$(PIP) install --quiet --no-compile torch==2.13.0 $(LOGGED)
+	@$(PIP) install --quiet --no-compile -c constraints.txt -e ".[test]" $(LOGGED)
+	@# (a few files no Python 3.11 parses, e.g. torch's py312 test intrinsics, fail here as under pip: not an error)
+	@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >>$(VENV)/install.log 2>&1 || true
 	touch $(STAMP)
 
 install: $(STAMP)
