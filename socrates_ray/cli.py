@@ -79,8 +79,23 @@ def quiet_libraries(run: RunSection) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
+    level = getattr(logging, run.log_level.upper())
     for name in ("ray", "ray.data", "ray.train", "ray.serve", "DeepSpeed", "transformers", "peft", "torch"):
-        logging.getLogger(name).setLevel(getattr(logging, run.log_level.upper()))
+        logging.getLogger(name).setLevel(level)
+    # DeepSpeed and Serve set their loggers' levels again when imported or started (DeepSpeed's
+    # "Setting accelerator to CPU" warning, Serve's "Started Serve" INFO lines); a filter stays.
+    for name in ("DeepSpeed", "ray.serve"):
+        logging.getLogger(name).addFilter(AtLeast(level))
+
+
+class AtLeast:
+    """A logging filter that keeps records at `level` and above, whatever the logger's level is set to later."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno >= self.level
 
 
 def cmd_synth(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
