@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.eval.job import newest_adapter
+from socrates_ray.eval.job import chosen_adapter
 from socrates_ray.score import Scorer
 from socrates_ray.eval.simulate import load_split_rows
 
@@ -45,7 +45,7 @@ def main() -> None:
     import yaml
 
     model = a.model or yaml.safe_load(Path(a.run, "config.yaml").read_text())["model"]["path"]
-    adapter = newest_adapter(Path(a.run))
+    adapter = chosen_adapter(Path(a.run))
     if adapter is None:
         raise SystemExit(f"no exported adapter under {a.run}/checkpoint_*/export")
     rows = [r for r in load_split_rows(a.prepared, a.setting, "eval", None).to_pylist()

@@ -182,15 +182,15 @@ class TrainError(SocratesError, RuntimeError):
 
 
 def resolve_adapter_path(cfg: Config) -> str | None:
-    """evaluate.adapter_path, else the newest export of this run's training."""
-    from socrates_ray.eval.job import newest_adapter
+    """evaluate.adapter_path, else the export of this run's training that train.keep_by chooses."""
+    from socrates_ray.eval.job import chosen_adapter
     from socrates_ray.train.trainer import run_folder
 
     if cfg.evaluate.adapter_path:
         if not (Path(cfg.evaluate.adapter_path) / "adapter_config.json").is_file():
             raise ConfigError(f"evaluate.adapter_path: {cfg.evaluate.adapter_path} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)")
         return cfg.evaluate.adapter_path
-    return newest_adapter(run_folder(cfg))
+    return chosen_adapter(run_folder(cfg), cfg.train.keep_by)
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:

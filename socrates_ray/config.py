@@ -215,7 +215,9 @@ class TrainSection(Section):
         "checkpoints at once, so the restart loses nothing. 0 = never check.",
     )
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept.")
-    keep_by: Literal["latest", "eval_loss"] = Field("latest", description="Keep the latest k, or the best k by eval loss.")
+    keep_by: Literal["latest", "eval_loss"] = Field(
+        "latest", description="Keep the latest k checkpoints, or the best k by eval loss; evaluate and serve take the "
+        "newest of them, or the best.")
     storage_path: str = Field(
         "runs", description="Where runs live: a local/NFS folder or s3://... (multi-node runs need shared storage)."
     )

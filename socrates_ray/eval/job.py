@@ -30,10 +30,26 @@ from socrates_ray.eval.report import results_table, temperature_line, write_repo
 from socrates_ray.eval.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
 
 
-def newest_adapter(run_dir: Path) -> str | None:
-    """The exported adapter of the newest checkpoint in a training run folder."""
+def chosen_adapter(run_dir: Path, keep_by: str = "latest") -> str | None:
+    """The exported adapter a training run folder offers: its newest checkpoint's, or with
+    keep_by="eval_loss" (train.keep_by) the one whose step had the lowest eval loss in metrics.jsonl
+    (checkpoints without a recorded eval loss count only when none has one)."""
+    import json
+
     found = sorted(glob.glob(str(run_dir / "checkpoint_*" / "export" / "adapter_config.json")))
-    return os.path.dirname(found[-1]) if found else None
+    if not found:
+        return None
+    if keep_by == "eval_loss" and (run_dir / "metrics.jsonl").is_file():
+        losses = {}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("eval_loss") is not None:
+                losses[record["step"]] = record["eval_loss"]
+        scored = [(losses[step], path) for path in found
+                  if (step := int(Path(path).parent.parent.name.removeprefix("checkpoint_"))) in losses]
+        if scored:
+            return os.path.dirname(min(scored)[1])
+    return os.path.dirname(found[-1])
 
 
 def load_truth(raw: str) -> dict[tuple[str, int, int], tuple[list[int], list[float]]] | None:

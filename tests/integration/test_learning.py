@@ -85,10 +85,10 @@ def test_a_short_finetune_learns_what_a_frame_and_a_persona_do(ray_local, tmp_pa
     assert main(["train", *common, "train.max_steps=150", "train.eval_every=150", "train.checkpoint_every=150"]) == 0
 
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.eval.job import newest_adapter
+    from socrates_ray.eval.job import chosen_adapter
     from socrates_ray.score import Scorer
 
-    adapter = newest_adapter(tmp_path / "framed")
+    adapter = chosen_adapter(tmp_path / "framed")
     assert adapter is not None
     scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     scorer.load_adapter("framed", adapter)

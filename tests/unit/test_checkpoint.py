@@ -95,3 +95,21 @@ def test_plan_steps_gives_equal_shards_whole_optimizer_steps(rows, workers, micr
     from socrates_ray.train.trainer import plan_steps
 
     assert plan_steps(rows, workers, micro, accum, epochs, max_steps) == expected
+
+
+def test_the_adapter_evaluate_and_serve_take_follows_train_keep_by(tmp_path) -> None:
+    """keep_by=eval_loss keeps the best checkpoints by eval loss; evaluate once took the newest anyway."""
+    from socrates_ray.eval.job import chosen_adapter
+
+    for step in (4, 8, 12):
+        (tmp_path / f"checkpoint_{step:06d}" / "export").mkdir(parents=True)
+        (tmp_path / f"checkpoint_{step:06d}" / "export" / "adapter_config.json").write_text("{}")
+    losses = {4: 1.5, 8: 0.9, 12: 1.1}
+    (tmp_path / "metrics.jsonl").write_text("\n".join(
+        json.dumps({"step": s, "loss": 1.0, **({"eval_loss": losses[s]} if s in losses else {})}) for s in range(1, 13)))
+    assert chosen_adapter(tmp_path).endswith("checkpoint_000012/export")
+    assert chosen_adapter(tmp_path, "latest").endswith("checkpoint_000012/export")
+    assert chosen_adapter(tmp_path, "eval_loss").endswith("checkpoint_000008/export")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 12, "loss": 1.0}))  # no eval loss recorded
+    assert chosen_adapter(tmp_path, "eval_loss").endswith("checkpoint_000012/export")
+    assert chosen_adapter(tmp_path / "missing") is None
