@@ -86,6 +86,21 @@ def build_ds_config(
     }
 
 
+def skip_inference_comm_op() -> None:
+    """Keep DeepSpeed on CPU from JIT-compiling its shared-memory all-reduce op at init_distributed.
+
+    DeepSpeed 0.19's TorchBackend builds deepspeed_shm_comm whenever the accelerator is the CPU, but
+    only inference_all_reduce (DeepSpeed inference, tensor parallelism) uses it; training's gradient
+    reduction goes through torch.distributed (gloo) either way, so the numbers do not change. The
+    build cost 33 s of a 2-core demo each time the venv's path changed (ninja sees new include
+    paths), i.e. on every fresh clone. Call before deepspeed.init_distributed, on CPU only."""
+    import importlib
+
+    # importlib, not `deepspeed.comm.torch`: that attribute of the package is PyTorch itself
+    backend = importlib.import_module("deepspeed.comm.torch")
+    backend.build_shm_op = lambda: None
+
+
 def normalize_cuda_arch_list(environ: Any = os.environ) -> str | None:
     """Make TORCH_CUDA_ARCH_LIST readable by DeepSpeed 0.19's JIT op builder, in place.
 

@@ -29,7 +29,7 @@ from typing import Any
 from socrates_ray.train.checkpoint import TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
-from socrates_ray.train.deepspeed import normalize_cuda_arch_list
+from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
@@ -235,6 +235,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
+    if not args.use_gpu:
+        skip_inference_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if args.use_gpu else "gloo")
     # Where each rank runs (node, host, pid): written per attempt, so a multi-node run shows how
     # it was placed and where it went after a node was lost.

@@ -1,5 +1,6 @@
-"""normalize_cuda_arch_list: DeepSpeed's JIT op builder (FusedAdam, every GPU training run) fails on
-the arch-specific TORCH_CUDA_ARCH_LIST entries Hopper images set ("9.0a"); seen on an H100."""
+"""DeepSpeed environment fixes. normalize_cuda_arch_list: the JIT op builder (FusedAdam, every GPU
+training run) fails on the arch-specific TORCH_CUDA_ARCH_LIST entries Hopper images set ("9.0a");
+seen on an H100. skip_inference_comm_op: no shm op build on CPU."""
 
 import pytest
 
@@ -35,3 +36,17 @@ def test_deepspeeds_own_builder_accepts_the_result(monkeypatch):
     normalize_cuda_arch_list(os.environ)
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
     builder.compute_capability_args()  # no error
+
+
+def test_training_on_cpu_skips_deepspeeds_inference_only_shm_op(monkeypatch) -> None:
+    """DeepSpeed's TorchBackend JIT-builds deepspeed_shm_comm on CPU (33 s per new venv path); only
+    inference_all_reduce uses it. The skip must patch deepspeed.comm.torch, not `deepspeed.comm.torch`
+    the attribute (which is PyTorch): a first version did, and the op kept building."""
+    import importlib
+
+    from socrates_ray.train.deepspeed import skip_inference_comm_op
+
+    backend = importlib.import_module("deepspeed.comm.torch")
+    monkeypatch.setattr(backend, "build_shm_op", backend.build_shm_op)  # restored after the test
+    skip_inference_comm_op()
+    assert backend.build_shm_op() is None
