@@ -203,7 +203,7 @@ def training_cells(prepared: str, setting: str, n_cells: int, per_cell: int | No
     return table.take(pa.array([i for i, k in enumerate(keys) if k in chosen]))
 
 
-SERVE_CHECK_ROWS = 160  # a model; through HTTP on 2 cores ~30 rows/s
+SERVE_CHECK_ROWS = 64  # a model: 128 HTTP requests, ~5 s on 2 cores after the app's ~18 s start
 
 
 def serve_matches_evaluation(cfg: Config, path: str, adapter: str, results: dict[str, Any], token: str | None = None) -> dict[str, Any]:

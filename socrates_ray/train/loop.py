@@ -104,6 +104,7 @@ def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
         attention_mask=packed_attention_mask(batch["seq_ids"].to(device), dtype),
         position_ids=batch["position_ids"].to(device),
         logits_to_keep=keep,
+        use_cache=False,  # training builds no KV cache (transformers would, for a config with use_cache)
     ).logits
     return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
 
