@@ -85,7 +85,9 @@ def quiet_libraries(run: RunSection) -> None:
     # DeepSpeed and Serve set their loggers' levels again when imported or started (DeepSpeed's
     # "Setting accelerator to CPU" warning, Serve's "Started Serve" INFO lines); a filter stays.
     for name in ("DeepSpeed", "ray.serve"):
-        logging.getLogger(name).addFilter(AtLeast(level))
+        logger = logging.getLogger(name)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, AtLeast)]  # one per logger, however many runs
+        logger.addFilter(AtLeast(level))
 
 
 class AtLeast:

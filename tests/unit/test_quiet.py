@@ -20,6 +20,8 @@ def test_a_logger_that_resets_its_level_keeps_only_errors_and_verbose_runs_keep_
         quiet_libraries(RunSection(log_level="info"))  # verbose: nothing added
         assert logger.filters == before
         quiet_libraries(RunSection())
+        quiet_libraries(RunSection())  # a second command in the same process adds no second filter
+        assert sum(type(f).__name__ == "AtLeast" for f in logger.filters) == 1
         logger.setLevel(logging.INFO)  # what DeepSpeed's LoggerFactory does when imported
         with caplog.at_level(logging.INFO, logger="DeepSpeed"):
             logger.warning("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
