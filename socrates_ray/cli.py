@@ -54,7 +54,9 @@ def ensure_ray(cfg: Config) -> None:
         return
     ing, t = cfg.ingest, cfg.train
     reserved = ing.num_workers * t.cpus_per_worker + 2 * ing.tokenize_actors * ing.cpus_per_task + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), include_dashboard=False, **options)
+    # address="local": a new instance even where another local one runs (without it ray.init joins
+    # that one and refuses num_cpus: "When connecting to an existing cluster, num_cpus ... must not be provided")
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), include_dashboard=False, **options)
     if not verbose:
         import logging
 

@@ -39,6 +39,6 @@ def ray_local():
     # A test-owned instance: never attach to another cluster that happens to run here.
     os.environ.pop("RAY_ADDRESS", None)
     # 4 logical CPUs on 2 cores, as `socrates-ray` itself starts them (see cli.ensure_ray).
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

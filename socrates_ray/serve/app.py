@@ -1,4 +1,4 @@
-"""The Ray Serve HTTP app: build_app(cfg) -> serve.Application.
+"""The Ray Serve HTTP app: build_app(cfg, model_path) -> serve.Application.
 
 Routes:
   POST /v1/predict           persona + stimulus (or a full prompt) -> answer distribution and/or samples
@@ -29,7 +29,7 @@ from ray import serve
 from socrates_ray.config import Config, ServeSection
 from socrates_ray.data.prompts import build_messages, build_prompt, parse_answer_scale
 from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, parse_first_integer
-from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, list_adapters
+from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, ReplicaSettings, list_adapters
 
 MAX_OPTIONS = 1001
 
@@ -83,13 +83,40 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": status}})
 
 
-def build_fastapi(cfg: ServeSection) -> FastAPI:
-    """The FastAPI app: error handlers, body-size and auth middleware (routes live on the deployment)."""
-    api = FastAPI(title="socrates_ray", docs_url="/docs")
-    # Read in the process that builds the app (where the user exported it), not in the replica.
-    token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else None
+def replica_settings(cfg: Config, model_path: str) -> ReplicaSettings:
+    """The builder: cfg.serve -> what every replica gets. The bearer token is read here, in the
+    process that builds the app (where the user exported it), not in the replica."""
+    s = cfg.serve
+    token = os.environ.get(s.auth_token_env, "") if s.auth_token_env else None
     if token == "":
-        raise ValueError(f"serve.auth_token_env: the environment variable {cfg.auth_token_env} is empty or unset; export the token first")
+        raise ValueError(f"serve.auth_token_env: the environment variable {s.auth_token_env} is empty or unset; export the token first")
+    return ReplicaSettings(
+        model_path=model_path, system_prompt=cfg.prompt.system_prompt, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
+        precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters=dict(s.adapters),
+        max_loaded_adapters=s.max_loaded_adapters, max_batch_size=s.max_batch_size,
+        batch_wait_timeout_s=s.batch_wait_timeout_s, max_n=s.max_n, max_tokens_limit=s.max_tokens_limit,
+        max_body_bytes=s.max_body_bytes, token=token,
+    )
+
+
+def deployment_options(s: ServeSection) -> dict[str, Any]:
+    """SocratesModel's Serve options (replicas, autoscaling, resources) for `s`."""
+    return {
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": s.autoscaling.min_replicas,
+            "max_replicas": s.autoscaling.max_replicas,
+            "target_ongoing_requests": s.autoscaling.target_ongoing_requests,
+        },
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+    }
+
+
+def build_api(replica: "SocratesModel") -> FastAPI:
+    """One replica's FastAPI app: error handlers, the body-size and auth guard, and its routes
+    (the replica's methods). Built in the replica, after its constructor (Serve's late-bound ingress)."""
+    settings = replica.settings
+    api = FastAPI(title="socrates_ray", docs_url="/docs")
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,138 +129,133 @@ def build_fastapi(cfg: ServeSection) -> FastAPI:
     @api.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-            return error(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes} (serve.max_body_bytes)")
-        if token is not None and request.url.path != "/healthz":
-            if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return error(413, f"request body of {length} bytes is over the limit of {settings.max_body_bytes} (serve.max_body_bytes)")
+        if settings.token is not None and request.url.path != "/healthz":
+            if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {settings.token}"):
                 return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'", "authentication_error")
         return await call_next(request)
 
+    api.post("/v1/predict")(replica.predict)
+    api.post("/v1/chat/completions")(replica.chat)
+    api.get("/v1/models")(replica.models)
+    api.get("/healthz")(replica.healthz)
     return api
+
+
+@serve.deployment(name="SocratesModel")
+@serve.ingress()  # the app is built per replica by __serve_build_asgi_app__ (build_api)
+class SocratesModel:
+    """One Serve replica: the model (ModelCore) behind the HTTP routes. Options: deployment_options;
+    arguments: replica_settings."""
+
+    def __init__(self, settings: ReplicaSettings) -> None:
+        self.settings = settings
+        self.core = ModelCore(settings)
+        self.system_prompt = settings.system_prompt
+        self.model_name = os.path.basename(os.path.normpath(settings.model_path))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    def _limits(self, n: int, max_tokens: int | None) -> None:
+        if n > self.settings.max_n:
+            raise BadRequest(f"n={n} is over the limit of {self.settings.max_n} (serve.max_n)")
+        if max_tokens is not None and max_tokens > self.settings.max_tokens_limit:
+            raise BadRequest(f"max_tokens={max_tokens} is over the limit of {self.settings.max_tokens_limit}")
+
+    def _fits(self, text: str, extra: int) -> int:
+        """The prompt's token count; 400 when it plus `extra` new tokens overflow the context."""
+        prompt_tokens = self.core.context_tokens(text)
+        used = prompt_tokens + extra
+        if used > self.core.scorer.context:
+            raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.scorer.context}; shorten the prompt")
+        return prompt_tokens
+
+    async def predict(self, req: PredictRequest) -> Any:
+        try:
+            self._limits(req.n, req.max_tokens if req.mode == "sample" else None)
+            if (req.prompt is None) == (req.stimulus is None):
+                raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
+            prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
+            scale = parse_answer_scale(req.stimulus or prompt)
+            adapter = await self.core.ensure_adapter(req.adapter)
+            prefix = self.core.scorer.encoder.prefix_text(prompt)
+            body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
+                                    "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
+            if req.mode == "distribution":
+                options = req.options or scale.options
+                if not options:
+                    raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
+                                     "send 'options' or use mode 'sample' for open-ended amounts", )
+                self._fits(prefix, 3 * len(options) + 1)
+                probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
+                body.update(options=list(options), probs=[float(p) for p in probs])
+            else:
+                self._fits(prefix, req.max_tokens)
+                outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
+                answers = [parse_first_integer(o["text"]) for o in outs]
+                body.update(samples=[o["text"] for o in outs], answers=answers,
+                            unparsable=sum(a is None for a in answers))
+            return body
+        except BadRequest as err:
+            return error(400, str(err))
+        except AdapterNotFound as err:
+            return error(404, str(err), "not_found_error", "adapter")
+
+    async def chat(self, req: ChatRequest) -> Any:
+        try:
+            if req.stream:
+                raise BadRequest("stream=true is not supported; send stream=false")
+            max_tokens = req.max_completion_tokens or req.max_tokens or 16
+            self._limits(req.n, max_tokens)
+            adapter = await self.core.ensure_adapter(None if req.model in ("base", self.model_name) else req.model)
+            messages = [m.model_dump() for m in req.messages]
+            if messages[0]["role"] != "system":
+                # The template would otherwise insert its own default system prompt (STACK_NOTES).
+                messages = build_messages("", self.system_prompt)[:1] + messages
+            prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt_tokens = self._fits(prefix, max_tokens)
+            outs = await self.core.submit(
+                Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
+            )
+        except BadRequest as err:
+            return error(400, str(err))
+        except AdapterNotFound as err:
+            return error(404, str(err), "not_found_error", "model")
+        choices = []
+        for i, o in enumerate(outs):
+            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
+                                      "finish_reason": o["finish_reason"], "logprobs": None}
+            if req.logprobs:
+                choice["logprobs"] = {"content": [
+                    {"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode()), "top_logprobs": []}
+                    for t in o["logprobs"]
+                ]}
+            choices.append(choice)
+        completion = sum(o["tokens"] for o in outs)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": req.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+        }
+
+    async def models(self) -> Any:
+        names = ["base"] + list_adapters(self.settings.adapters_dir, self.settings.adapters)
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "socrates_ray",
+             "parent": None if n == "base" else "base"} for n in names
+        ]}
+
+    async def healthz(self) -> Any:
+        return {"status": "ok", "model": self.model_name, "device": self.core.scorer.device, "batches": self.core.batches,
+                "batched_requests": self.core.batched_jobs,
+                "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
 
 
 def build_app(cfg: Config, model_path: str) -> serve.Application:
     """The Serve application for `cfg.serve`, serving the model at `model_path`."""
-    s = cfg.serve
-    api = build_fastapi(s)
-
-    @serve.deployment(
-        name="SocratesModel",
-        max_ongoing_requests=s.max_ongoing_requests,
-        autoscaling_config={
-            "min_replicas": s.autoscaling.min_replicas,
-            "max_replicas": s.autoscaling.max_replicas,
-            "target_ongoing_requests": s.autoscaling.target_ongoing_requests,
-        },
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
-    )
-    @serve.ingress(api)
-    class SocratesModel:
-        def __init__(self, model_path: str, system_prompt: str, serve_cfg: dict[str, Any]) -> None:
-            self.cfg = ServeSection(**serve_cfg)
-            self.core = ModelCore(model_path, system_prompt, self.cfg)
-            self.system_prompt = system_prompt
-            self.model_name = os.path.basename(os.path.normpath(model_path))
-
-        def _limits(self, n: int, max_tokens: int | None) -> None:
-            if n > self.cfg.max_n:
-                raise BadRequest(f"n={n} is over the limit of {self.cfg.max_n} (serve.max_n)")
-            if max_tokens is not None and max_tokens > self.cfg.max_tokens_limit:
-                raise BadRequest(f"max_tokens={max_tokens} is over the limit of {self.cfg.max_tokens_limit}")
-
-        def _fits(self, text: str, extra: int) -> int:
-            """The prompt's token count; 400 when it plus `extra` new tokens overflow the context."""
-            prompt_tokens = self.core.context_tokens(text)
-            used = prompt_tokens + extra
-            if used > self.core.scorer.context:
-                raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.scorer.context}; shorten the prompt")
-            return prompt_tokens
-
-        @api.post("/v1/predict")
-        async def predict(self, req: PredictRequest) -> Any:
-            try:
-                self._limits(req.n, req.max_tokens if req.mode == "sample" else None)
-                if (req.prompt is None) == (req.stimulus is None):
-                    raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
-                prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
-                scale = parse_answer_scale(req.stimulus or prompt)
-                adapter = await self.core.ensure_adapter(req.adapter)
-                prefix = self.core.scorer.encoder.prefix_text(prompt)
-                body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
-                                        "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
-                if req.mode == "distribution":
-                    options = req.options or scale.options
-                    if not options:
-                        raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
-                                         "send 'options' or use mode 'sample' for open-ended amounts", )
-                    self._fits(prefix, 3 * len(options) + 1)
-                    probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
-                    body.update(options=list(options), probs=[float(p) for p in probs])
-                else:
-                    self._fits(prefix, req.max_tokens)
-                    outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
-                    answers = [parse_first_integer(o["text"]) for o in outs]
-                    body.update(samples=[o["text"] for o in outs], answers=answers,
-                                unparsable=sum(a is None for a in answers))
-                return body
-            except BadRequest as err:
-                return error(400, str(err))
-            except AdapterNotFound as err:
-                return error(404, str(err), "not_found_error", "adapter")
-
-        @api.post("/v1/chat/completions")
-        async def chat(self, req: ChatRequest) -> Any:
-            try:
-                if req.stream:
-                    raise BadRequest("stream=true is not supported; send stream=false")
-                max_tokens = req.max_completion_tokens or req.max_tokens or 16
-                self._limits(req.n, max_tokens)
-                adapter = await self.core.ensure_adapter(None if req.model in ("base", self.model_name) else req.model)
-                messages = [m.model_dump() for m in req.messages]
-                if messages[0]["role"] != "system":
-                    # The template would otherwise insert its own default system prompt (STACK_NOTES).
-                    messages = build_messages("", self.system_prompt)[:1] + messages
-                prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                prompt_tokens = self._fits(prefix, max_tokens)
-                outs = await self.core.submit(
-                    Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
-                )
-            except BadRequest as err:
-                return error(400, str(err))
-            except AdapterNotFound as err:
-                return error(404, str(err), "not_found_error", "model")
-            choices = []
-            for i, o in enumerate(outs):
-                choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
-                                          "finish_reason": o["finish_reason"], "logprobs": None}
-                if req.logprobs:
-                    choice["logprobs"] = {"content": [
-                        {"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode()), "top_logprobs": []}
-                        for t in o["logprobs"]
-                    ]}
-                choices.append(choice)
-            completion = sum(o["tokens"] for o in outs)
-            return {
-                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": req.model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
-            }
-
-        @api.get("/v1/models")
-        async def models(self) -> Any:
-            names = ["base"] + list_adapters(self.cfg.adapters_dir, self.cfg.adapters)
-            return {"object": "list", "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "socrates_ray",
-                 "parent": None if n == "base" else "base"} for n in names
-            ]}
-
-        @api.get("/healthz")
-        async def healthz(self) -> Any:
-            return {"status": "ok", "model": self.model_name, "device": self.core.scorer.device, "batches": self.core.batches,
-                    "batched_requests": self.core.batched_jobs,
-                    "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
-
-    return SocratesModel.bind(model_path, cfg.prompt.system_prompt, s.model_dump())
+    return SocratesModel.options(**deployment_options(cfg.serve)).bind(replica_settings(cfg, model_path))
 
 
 def start_serve(cfg: Config, model_path: str, blocking: bool = False) -> str:

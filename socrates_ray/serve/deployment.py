@@ -9,6 +9,9 @@ loop keeps accepting requests (and so batches fill) while a forward pass is runn
 
 Adapters: names resolve to folders under serve.adapters_dir or in serve.adapters; a bounded LRU
 (`serve.multiplexed`) keeps at most serve.max_loaded_adapters loaded per replica.
+
+A replica reads no config: app.replica_settings builds a ReplicaSettings (plain values) from it
+where the app is built, and Serve ships that to every replica.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import Any
 
 from ray import serve
 
-from socrates_ray.config import ServeSection
 from socrates_ray.precision import resolve_precision
 from socrates_ray.score import ScoreError, Scorer
 
@@ -65,6 +67,27 @@ def list_adapters(adapters_dir: str | None, extra: dict[str, str]) -> list[str]:
     return sorted(names)
 
 
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """What one replica needs, as plain values (app.replica_settings builds it from cfg.serve)."""
+
+    model_path: str
+    system_prompt: str
+    num_cpus: float
+    num_gpus: float
+    precision: str  # "auto" | "bf16" | "fp32", resolved where the replica runs
+    max_length: int
+    adapters_dir: str | None
+    adapters: dict[str, str]
+    max_loaded_adapters: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    max_n: int
+    max_tokens_limit: int
+    max_body_bytes: int
+    token: str | None = field(default=None, repr=False)  # the bearer token clients must send; None = no auth
+
+
 @dataclass
 class Job:
     """One request's work: kind 'dist' (prompt + options) or 'gen' (templated prefix text)."""
@@ -99,29 +122,28 @@ class _LoadedAdapter:
 class ModelCore:
     """Scorer + multiplexed adapters + batching; owned by the ingress deployment."""
 
-    def __init__(self, model_path: str, system_prompt: str, cfg: ServeSection) -> None:
+    def __init__(self, s: ReplicaSettings) -> None:
         import torch
 
-        self.cfg = cfg
-        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        device = "cuda" if s.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         if device == "cpu":
-            torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        precision = resolve_precision(cfg.precision, device == "cuda")  # resolved where the replica runs
-        self.scorer = Scorer(model_path, system_prompt, device=device, max_length=cfg.max_length, precision=precision)
+            torch.set_num_threads(max(1, int(s.num_cpus)))
+        precision = resolve_precision(s.precision, device == "cuda")  # resolved where the replica runs
+        self.scorer = Scorer(s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
         self.batches = 0
         self.batched_jobs = 0
         self.model_seconds = 0.0  # wall time inside scorer calls (healthz; bench/serve.py's busy share)
-        self.run_batch.set_max_batch_size(cfg.max_batch_size)
-        self.run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.run_batch.set_max_batch_size(s.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
         async def load(adapter_name: str) -> _LoadedAdapter:
-            path = resolve_adapter(adapter_name, cfg.adapters_dir, cfg.adapters)
+            path = resolve_adapter(adapter_name, s.adapters_dir, s.adapters)
             with self.lock:
                 await asyncio.to_thread(self.scorer.load_adapter, adapter_name, path)
             return _LoadedAdapter(self.scorer, adapter_name, self.lock)
 
-        self.get_adapter = serve.multiplexed(max_num_models_per_replica=cfg.max_loaded_adapters)(load)
+        self.get_adapter = serve.multiplexed(max_num_models_per_replica=s.max_loaded_adapters)(load)
 
     async def ensure_adapter(self, name: str | None) -> str | None:
         """None/'base' -> None (the base model); otherwise load (or reuse) the adapter."""
@@ -130,7 +152,7 @@ class ModelCore:
         handle = await self.get_adapter(name)
         return handle.name
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch  # sized in __init__ from the settings (set_max_batch_size, set_batch_wait_timeout_s)
     async def run_batch(self, jobs: list[Job]) -> list[Any]:
         self.batches += 1
         self.batched_jobs += len(jobs)
