@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(VENV)/bin/socrates-ray demo --config configs/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
