@@ -114,15 +114,23 @@ class AnswerScale:
         return list(range(self.low, self.high + 1))  # type: ignore[arg-type]
 
 
-_NUM = r"(-?\d+)"
+# Linear in the text, whatever it holds (a stimulus reaches the Serve app from any client): numbers
+# of at most 9 digits, labels and the text between a two-option answer's parts of at most 200
+# characters (an unbounded `[^.]*?` rescanned to the next period from every "return 1 for": a 216 KB
+# stimulus took 49 s).
+_NUM = r"(-?\d{1,9})(?!\d)"
+_SPAN = 200
+# A scale with more answers than this is an amount, not a set of options to score one by one
+# (SocSci210's longest bounded scale has 101; "an integer from 1 to 100000000" would be 1e8 options).
+MAX_SCALE_OPTIONS = 1001
 _INTEGER_FROM_TO = re.compile(
     rf"\b(?:integer|number|whole number)\s+(?:from|between)\s+{_NUM}\s+(?:to|and|-)\s+{_NUM}", re.I
 )
 _SCALE_LABELS = re.compile(
-    rf"\bscale\s+(?:from|of)\s+{_NUM}\s*\([^)]*\)\s*(?:to|-)\s*{_NUM}\s*\([^)]*\)", re.I
+    rf"\bscale\s+(?:from|of)\s+{_NUM}\s*\([^)]{{0,{_SPAN}}}\)\s*(?:to|-)\s*{_NUM}\s*\([^)]{{0,{_SPAN}}}\)", re.I
 )
 _TWO_OPTION_LABELLED = re.compile(
-    rf"\b(?:return|answer|enter|respond with)\s+{_NUM}\s+(?:for|if|to indicate|=)\s+[^.]*?\bor\s+{_NUM}\s+(?:for|if|to indicate|=)\b",
+    rf"\b(?:return|answer|enter|respond with)\s+{_NUM}\s+(?:for|if|to indicate|=)\s+[^.]{{0,{_SPAN}}}?\bor\s+{_NUM}\s+(?:for|if|to indicate|=)\b",
     re.I,
 )
 _TWO_OPTION_PLAIN = re.compile(rf"\b(?:return|answer|enter|respond with)\s+(?:either\s+)?{_NUM}\s+or\s+{_NUM}\b", re.I)
@@ -149,14 +157,28 @@ def _sentence_around(text: str, start: int) -> str:
 
 def _bounded(a: str, b: str, phrasing: str) -> AnswerScale:
     low, high = sorted((int(a), int(b)))
+    if high - low + 1 > MAX_SCALE_OPTIONS:
+        return AnswerScale("open", phrasing=f"{phrasing} with {high - low + 1:,} answers: an amount")
     return AnswerScale("bounded", low, high, phrasing)
 
 
-@lru_cache(maxsize=65536)
+CACHED_TEXT_CHARS = 4096  # stimuli longer than this are parsed each time: the cache holds <= ~16 MB of text
+
+
 def parse_answer_scale(stimuli: str) -> AnswerScale:
     """Find the answer scale in a stimulus. The answer-format sentence comes last, so the last
     match of each phrasing wins (a vignette's "from 2010 to 2020" must not). Open-ended amounts
-    ("Only return an integer representing dollars") have no bounded scale."""
+    ("Only return an integer representing dollars") and scales of more than MAX_SCALE_OPTIONS
+    answers have no bounded scale."""
+    return _parse_cached(stimuli) if len(stimuli) <= CACHED_TEXT_CHARS else _parse(stimuli)
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(stimuli: str) -> AnswerScale:
+    return _parse(stimuli)
+
+
+def _parse(stimuli: str) -> AnswerScale:
     for pattern, phrasing in (
         (_INTEGER_FROM_TO, "integer from A to B"),
         (_SCALE_LABELS, "scale from A (label) to B (label)"),

@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from socrates_ray.data.prompts import PERSONA_ORDER
+from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, PERSONA_ORDER
 from socrates_ray.errors import SocratesError
 
 ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0)
 SPREADS = (0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8)
 INTERACT_FIELDS = ("party_id", "ideology")
-MAX_OPTIONS = 1001
-MIN_STUDIES = 3  # a bounded scale wider than this is treated as open-ended
+MIN_STUDIES = 3  # a stimulus word is a feature only when at least this many studies use it
 
 
 class AnchorError(SocratesError, ValueError):
@@ -60,7 +59,7 @@ class Anchor:
 
 def _bounded(row: dict[str, Any]) -> bool:
     low, high = row["scale_low"], row["scale_high"]
-    return low is not None and high is not None and 0 < high - low < MAX_OPTIONS
+    return low is not None and high is not None and 0 < high - low < MAX_SCALE_OPTIONS
 
 
 def _persona_features(demo: dict[str, Any] | None, age_mean: float, age_sd: float) -> dict[str, float]:

@@ -27,11 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ray import serve
 
 from socrates_ray.config import Config, ServeSection
-from socrates_ray.data.prompts import build_messages, build_prompt, parse_answer_scale
+from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale
 from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, parse_first_integer
 from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, ReplicaSettings, list_adapters
-
-MAX_OPTIONS = 1001
 
 
 class Strict(BaseModel):
@@ -44,7 +42,7 @@ class PredictRequest(Strict):
     prompt: str | None = Field(None, min_length=1, description="A full prompt instead of persona + stimulus.")
     adapter: str | None = Field(None, description="Adapter name; null or 'base' = the base model.")
     mode: Literal["distribution", "sample"] = "distribution"
-    options: list[int] | None = Field(None, min_length=1, max_length=MAX_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
+    options: list[int] | None = Field(None, min_length=1, max_length=MAX_SCALE_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
     n: int = Field(1, ge=1)
     # Up to MAX_DISTRIBUTION_TEMPERATURE on an option distribution (what simulate.temperature=auto
     # may fit); sampling text keeps OpenAI's cap of 2.

@@ -121,3 +121,26 @@ def test_last_format_sentence_wins():
 
 def test_unknown_scale():
     assert parse_answer_scale("Tell us what you think.").kind == "unknown"
+
+
+def test_a_scale_of_more_than_max_scale_options_answers_is_an_amount_never_a_list_of_them():
+    from socrates_ray.data.prompts import MAX_SCALE_OPTIONS
+
+    huge = parse_answer_scale("Only return an integer from 1 to 100000000, nothing else.")
+    assert huge.kind == "open" and huge.options == [] and "100,000,000 answers" in huge.phrasing
+    widest = parse_answer_scale(f"Only return an integer from 0 to {MAX_SCALE_OPTIONS - 1}, nothing else.")
+    assert widest.bounded and len(widest.options) == MAX_SCALE_OPTIONS
+    # more digits than any scale has (int() of 5,000 digits raises in Python 3.11): no scale, no error
+    assert parse_answer_scale("Only return an integer from 1 to " + "9" * 5000 + ", nothing else.").kind == "unknown"
+
+
+def test_hostile_stimuli_parse_in_one_pass_with_the_same_answers():
+    # Before: "return 1 for" repeated without a period rescanned the rest of the text from each
+    # repeat (72 KB: 2.4 s; the 216 KB a client sent to the Serve app stalled a replica 49 s).
+    flood = "Please return 1 for yes " * 15_000  # 360 KB
+    assert parse_answer_scale(flood).kind == "unknown"
+    assert parse_answer_scale("On a scale from 1 (" + "x" * 300_000).kind == "unknown"
+    tail = " Only return 1 if Yes or 2 if No, nothing else."
+    assert (parse_answer_scale(flood + tail).low, parse_answer_scale(flood + tail).high) == (1, 2)
+    long_text = "A vignette. " * 1000 + "Only return an integer from 1 to 7, nothing else."  # past the cache's size cut
+    assert parse_answer_scale(long_text).options == list(range(1, 8))
