@@ -30,6 +30,9 @@ PAPER_MAX_NEW_TOKENS = 32
 # The highest temperature applied to an option distribution (20: uniform to 3 decimals): the
 # bound of calibrate's fit and the most the Serve app's distribution mode accepts.
 MAX_DISTRIBUTION_TEMPERATURE = 20.0
+# Temperatures below this decode greedily, as 0 does: dividing logits by 1e-300 overflows to inf
+# and the sampler fails on the NaN probabilities (a Serve request with temperature 1e-300 did).
+GREEDY_BELOW = 1e-3
 _FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
 
 
@@ -52,7 +55,7 @@ def parse_first_integer(text: str) -> int | None:
 def shape_distribution(logprobs: np.ndarray, temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
     """Option log-probabilities -> probabilities: renormalised over the options, sharpened or
     flattened by temperature, then cut to the smallest top set holding top_p of the mass."""
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         probs = np.zeros_like(logprobs, dtype=np.float64)
         probs[int(np.argmax(logprobs))] = 1.0
         return probs
@@ -281,7 +284,7 @@ class Scorer:
         for row, x in enumerate(encoded):
             ids[row, width - len(x) :] = torch.tensor(x)
             attention[row, width - len(x) :] = 1
-        greedy = temperature <= 0
+        greedy = temperature < GREEDY_BELOW
         with torch.inference_mode(), self._use(adapter):
             out = self.model.generate(
                 input_ids=ids.to(self.device), attention_mask=attention.to(self.device),

@@ -163,36 +163,44 @@ class ModelCore:
             self.model_seconds += time.perf_counter() - start
 
     def _run_sync(self, jobs: list[Job]) -> list[Any]:
-        """Group jobs so each group is one scorer call; a group's error goes to its jobs only."""
+        """Group jobs so each group is one scorer call. A group that fails is retried one job at a
+        time, so each job gets its own answer or its own error: one bad request never fails its
+        neighbours (a ScoreError becomes that request's 400, anything else its 500)."""
         results: list[Any] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.group(), []).append(i)
         with self.lock:
-            for key, idx in groups.items():
-                first = jobs[idx[0]]
+            for idx in groups.values():
                 try:
-                    if first.kind == "dist":
-                        out = self.scorer.distributions(
-                            [jobs[i].text for i in idx], [jobs[i].options for i in idx], first.adapter, first.temperature, first.top_p
-                        )
-                    else:
-                        out = self.scorer.generate(
-                            [jobs[i].text for i in idx], first.n, first.temperature, first.top_p,
-                            first.max_tokens, first.adapter, first.logprobs,
-                        )
-                    for i, value in zip(idx, out):
+                    for i, value in zip(idx, self._score([jobs[i] for i in idx])):
                         results[i] = value
-                except ScoreError as err:
-                    # An adapter unloaded between lookup and use, or an over-long input: per job.
+                except Exception as err:
+                    if len(idx) == 1:
+                        results[idx[0]] = err
+                        continue
                     for i in idx:
-                        results[i] = err
+                        try:
+                            results[i] = self._score([jobs[i]])[0]
+                        except Exception as own:
+                            results[i] = own
         return results
+
+    def _score(self, group: list[Job]) -> list[Any]:
+        """One scorer call for jobs of one group (same kind, adapter and decoding)."""
+        first = group[0]
+        if first.kind == "dist":
+            return self.scorer.distributions([j.text for j in group], [j.options for j in group], first.adapter,
+                                             first.temperature, first.top_p)
+        return self.scorer.generate([j.text for j in group], first.n, first.temperature, first.top_p,
+                                    first.max_tokens, first.adapter, first.logprobs)
 
     async def submit(self, job: Job) -> Any:
         result = await self.run_batch(job)
         if isinstance(result, ScoreError):
             raise BadRequest(str(result))
+        if isinstance(result, Exception):
+            raise result  # this request's own 500; its batch neighbours got their answers
         return result
 
     def context_tokens(self, text: str) -> int:

@@ -26,6 +26,7 @@ def test_shape_distribution_temperature_and_top_p() -> None:
     cut = shape_distribution(lp, top_p=0.8)  # 0.5 + 0.3 reaches 0.8: the last two go
     assert np.allclose(cut, [0.5 / 0.8, 0.3 / 0.8, 0, 0])
     assert np.allclose(shape_distribution(lp, temperature=0), [1, 0, 0, 0])
+    assert np.allclose(shape_distribution(lp, temperature=1e-300), [1, 0, 0, 0])  # greedy, not NaN from overflow
 
 
 def test_option_layout_scores_each_option_after_the_prompt() -> None:
@@ -63,6 +64,12 @@ def test_exact_distribution_matches_brute_force_including_multi_token_answers(sc
     dists = scorer.distributions(prompts, options)
     for d, opts in zip(dists, options):
         assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0) and (d > 0).all()
+
+
+def test_a_vanishing_temperature_generates_greedily_instead_of_failing(scorer: Scorer) -> None:
+    prefix = scorer.encoder.prefix_text("- Age: 30\n" + STIMULUS.format(hi=5))
+    tiny, zero = (scorer.generate([prefix], 1, t, 1.0, 4)[0][0]["text"] for t in (1e-300, 0.0))
+    assert tiny == zero
 
 
 def test_exact_scoring_refuses_prompts_over_the_context(scorer: Scorer) -> None:

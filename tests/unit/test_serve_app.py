@@ -28,3 +28,35 @@ def test_replica_settings_read_the_token_where_the_app_is_built_and_never_print_
     monkeypatch.setenv("SOCRATES_UNIT_TOKEN", "")
     with pytest.raises(ValueError, match="SOCRATES_UNIT_TOKEN is empty or unset"):
         replica_settings(cfg, "runs/tiny-model")
+
+
+def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_answers():
+    import threading
+
+    from socrates_ray.score import ScoreError
+    from socrates_ray.serve.deployment import Job, ModelCore
+
+    class FakeScorer:
+        calls = 0
+
+        def distributions(self, texts, options, adapter, temperature, top_p):
+            FakeScorer.calls += 1
+            if "too long" in texts:
+                raise ScoreError("prompt 'too long' needs 900 tokens")
+            if "crash" in texts:
+                raise RuntimeError("a fault inside the model")
+            return [[round(1 / len(o), 3)] * len(o) for o in options]
+
+    core = object.__new__(ModelCore)  # the batching logic alone: no model, no Serve
+    core.scorer, core.lock = FakeScorer(), threading.Lock()
+    jobs = [Job("dist", None, t, opts) for t, opts in
+            [("a", [1, 2]), ("too long", [1, 2]), ("crash", [1, 2]), ("b", [1, 2, 3, 4])]]
+    results = core._run_sync(jobs)
+    assert results[0] == [0.5, 0.5] and results[3] == [0.25] * 4  # the valid requests are answered
+    assert isinstance(results[1], ScoreError) and "too long" in str(results[1])  # its own message, not a neighbour's
+    assert isinstance(results[2], RuntimeError)
+    assert FakeScorer.calls == 1 + 4  # one batched call, then one call a job
+    # a group that succeeds is one call
+    FakeScorer.calls = 0
+    assert core._run_sync([Job("dist", None, "a", [1, 2]), Job("dist", None, "b", [1, 2])]) == [[0.5, 0.5]] * 2
+    assert FakeScorer.calls == 1
