@@ -384,16 +384,29 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def run_prepare(cfg: Config, log: Any = print) -> dict[str, Any]:
-    """Prepare `cfg.data.raw` into `cfg.data.prepared`; returns the summary."""
+    """Prepare `cfg.data.raw` into `cfg.data.prepared`; returns the summary.
+
+    All or nothing: everything is written into a hidden staging folder beside the target, which
+    replaces the target only once complete (summary.json written last). A failed run leaves the
+    previous prepared folder as it was and no partial splits a later stage could read."""
     start = time.perf_counter()
     fs, root, files = open_source(cfg.data.raw)
-    out = Path(cfg.data.prepared)
-    if out.exists() and any(out.iterdir()):
-        # Old parts would mix with new ones; prepare always rewrites the folder it owns.
-        for sub in ["quarantine", "splits", *SETTING_FILES]:
-            _remove_tree(out / sub)
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"prepare: {len(files)} shard(s) under {cfg.data.raw} -> {out}")
+    target = Path(cfg.data.prepared)
+    out = target.with_name(f".{target.name}.partial")
+    _remove_tree(out)  # a crashed run's leftovers
+    out.mkdir(parents=True)
+    try:
+        summary = _prepare_into(cfg, fs, root, files, out, start, log)
+    except BaseException:
+        _remove_tree(out)
+        raise
+    _replace_folder(out, target)
+    log(format_summary(summary))
+    return summary
+
+
+def _prepare_into(cfg: Config, fs: Any, root: str, files: list[str], out: Path, start: float, log: Any) -> dict[str, Any]:
+    log(f"prepare: {len(files)} shard(s) under {cfg.data.raw} -> {cfg.data.prepared}")
     if "prompt" not in _open_parquet(fs, files[0]).schema_arrow.names:
         log("prepare: no `prompt` column; building prompts from demographic + stimuli in SocSci210's format")
     studies, duplicates = scan_keys(fs, files)
@@ -417,10 +430,19 @@ def run_prepare(cfg: Config, log: Any = print) -> dict[str, Any]:
     (out / "splits").mkdir(exist_ok=True)
     for setting, content in splits.manifest().items():
         (out / "splits" / f"{setting}.json").write_text(json.dumps(content, indent=1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     dump_config(cfg, out)
-    log(format_summary(summary))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder `new` where `target` is: the old one (every setting of it) goes."""
+    old = target.with_name(f".{target.name}.old")
+    _remove_tree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    _remove_tree(old)
 
 
 def _prepare_with_ray(files: list[str], fs: fsspec.AbstractFileSystem, duplicates: dict[int, set[int]], args: tuple, parallelism: int, log: Any) -> list[FileStats]:

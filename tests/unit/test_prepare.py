@@ -284,3 +284,32 @@ def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, s
                         log=lambda *_: None)
     assert again["settings"] == summary["settings"]
     assert json.loads((prep / "splits" / "validation.json").read_text())["fraction"] == 0.3
+
+
+def test_prepare_is_all_or_nothing_and_a_rerun_replaces_every_setting(tmp_path, synth_dir):
+    prepared = tmp_path / "prep"
+    settings = "data.settings=[unseen_studies, unseen_conditions, unseen_tasks, all_settings]"
+    run_prepare(_cfg(synth_dir, prepared, settings), log=lambda *_: None)
+
+    def train_rows(setting):
+        return pq.read_table(prepared / setting / "train").num_rows
+
+    # a re-run on fewer shards: every setting holds only the new rows (all_settings kept the old ones)
+    fewer = tmp_path / "fewer"
+    shutil.copytree(synth_dir / "metadata", fewer / "metadata")
+    (fewer / "data").mkdir()
+    first_shard = sorted((synth_dir / "data").glob("*.parquet"))[0]
+    shutil.copy(first_shard, fewer / "data" / first_shard.name)
+    summary = run_prepare(_cfg(fewer, prepared, settings), log=lambda *_: None)
+    for setting in ("unseen_studies", "all_settings"):
+        assert train_rows(setting) == summary["settings"][setting]["train"]["rows"], setting
+
+    # a re-run that fails leaves the previous folder whole and nothing half-written beside it
+    broken = tmp_path / "broken"
+    shutil.copytree(fewer, broken)
+    (broken / "data" / "zz-damaged.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(PrepareError, match="zz-damaged.parquet"):
+        run_prepare(_cfg(broken, prepared, settings), log=lambda *_: None)
+    assert json.loads((prepared / "summary.json").read_text()) == summary
+    assert train_rows("all_settings") == summary["settings"]["all_settings"]["train"]["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
