@@ -23,6 +23,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from ray import serve
 
@@ -123,6 +124,13 @@ def build_api(replica: "SocratesModel") -> FastAPI:
         if first.get("type") == "json_invalid":
             return error(400, "request body is not valid JSON", param=None)
         return error(400, f"{where or 'body'}: {first.get('msg', 'invalid')}", param=where or None)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 4xx (a body that is not UTF-8, an integer too long to parse, an unknown
+        # route) in the documented error shape, not {"detail": ...}
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error(exc.status_code, str(exc.detail), kind)
 
     @api.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:

@@ -128,6 +128,7 @@ class ModelCore:
         device = "cuda" if s.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, int(s.num_cpus)))
+        self.settings = s
         precision = resolve_precision(s.precision, device == "cuda")  # resolved where the replica runs
         self.scorer = Scorer(s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
@@ -149,6 +150,7 @@ class ModelCore:
         """None/'base' -> None (the base model); otherwise load (or reuse) the adapter."""
         if name is None or name in BASE_NAMES:
             return None
+        resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)  # 400 / 404 before the multiplexer sees it
         handle = await self.get_adapter(name)
         return handle.name
 

@@ -140,17 +140,27 @@ def test_openai_client_works_unchanged(app) -> None:
         ({"stimulus": STIMULUS, "mode": "sample", "max_tokens": 17}, 400, "max_tokens"),
         ({"stimulus": "How much would you pay? Only return an integer representing dollars."}, 400, "no bounded answer scale"),
         ({"stimulus": "x" * 30000}, 413, "over the limit"),
+        # issue 14's probe: these gave 500 or FastAPI's {"detail": ...} instead of the documented body
+        ({"stimulus": STIMULUS, "adapter": ""}, 400, "not allowed"),
+        (b'{"stimulus": "\xff\xfe broken utf-8"}', 400, ""),
+        ('{"stimulus": "x", "n": ' + "9" * 5000 + "}", 400, ""),
+        ({"stimulus": "Only return an integer from 1 to 100000000, nothing else."}, 400, "no bounded answer scale"),
+        ({"stimulus": "Please return 1 for yes " * 500}, 400, "no bounded answer scale"),
+        ({"stimulus": STIMULUS, "mode": "sample", "temperature": 1e-300, "max_tokens": 2}, 200, None),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_the_replica_keeps_serving(app, body, status, fragment) -> None:
     r = post("/v1/predict", body)
     assert r.status_code == status, r.text
-    assert fragment in r.json()["error"]["message"]
+    if fragment is not None:
+        assert fragment in r.json()["error"]["message"]
     assert post("/v1/predict", {"stimulus": STIMULUS}).status_code == 200
 
 
 def test_chat_rejects_too_many_tokens_and_missing_messages(app) -> None:
     assert post("/v1/chat/completions", {"model": "base", "messages": []}).status_code == 400
+    empty_model = post("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "hi"}]})
+    assert empty_model.status_code == 400 and "not allowed" in empty_model.json()["error"]["message"]
     assert post("/v1/chat/completions", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999}).status_code == 400
 
 
