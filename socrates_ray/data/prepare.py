@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
-from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, REQUIRED_COLUMNS, as_int, check_demographic, validate_row
+from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, RAW_SCHEMA, REASONS, REQUIRED_COLUMNS, as_int, check_demographic, validate_row
 from socrates_ray.data.splits import SETTING_FILES, SPLITS, Splits, StudyKeys, build_splits
 from socrates_ray.errors import SocratesError
 
@@ -126,7 +126,26 @@ def _open_parquet(fs: fsspec.AbstractFileSystem, path: str) -> pq.ParquetFile:
             f"data.raw: {path} lacks columns {missing} (has {sorted(names)}); "
             f"expected SocSci210's columns {list(REQUIRED_COLUMNS)} (+ optional reasoning and prompt)"
         )
+    for name in REQUIRED_COLUMNS:
+        arrow_type = pf.schema_arrow.field(name).type
+        accepted, expected = _COLUMN_KINDS.get(name, _INTEGER_COLUMN)
+        if not any(check(arrow_type) for check in accepted):
+            raise PrepareError(
+                f"data.raw: {path}: column {name!r} is {arrow_type}; expected {expected} "
+                f"(SocSci210: {RAW_SCHEMA.field(name).type}); cast the column and re-export the shard"
+            )
     return pf
+
+
+# What each required column may be stored as: what validate_row can read a value from (numbers as
+# text, a demographic as an Arrow map or JSON text). Anything else would quarantine every row.
+_TEXT = (pa.types.is_string, pa.types.is_large_string)
+_INTEGER_COLUMN = ((pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, *_TEXT), "an integer (or numeric text)")
+_COLUMN_KINDS = {
+    "study_id": ((*_TEXT, pa.types.is_integer), "text"),
+    "stimuli": (_TEXT, "text"),
+    "demographic": ((pa.types.is_struct, pa.types.is_map, *_TEXT), "a struct of the 16 demographic fields (or a map, or JSON text)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------

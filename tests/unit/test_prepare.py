@@ -183,7 +183,7 @@ def test_rerun_replaces_previous_output(tmp_path, synth_dir):
     assert pq.read_table(tmp_path / "prep" / "unseen_studies").num_rows == second["rows_kept"] == first["rows_kept"]
 
 
-def test_unreadable_inputs_give_clear_errors(tmp_path, capsys):
+def test_unreadable_inputs_give_clear_errors(tmp_path, capsys, synth_dir):
     with pytest.raises(PrepareError, match="does not exist.*socrates-ray synth"):
         run_prepare(_cfg(tmp_path / "missing", tmp_path / "p"), log=lambda *_: None)
     (tmp_path / "empty").mkdir()
@@ -197,6 +197,18 @@ def test_unreadable_inputs_give_clear_errors(tmp_path, capsys):
     pq.write_table(pa.table({"study_id": ["abcde"], "response": [1]}), tmp_path / "narrow" / "y.parquet")
     with pytest.raises(PrepareError, match=r"lacks columns \['sample_id'"):
         run_prepare(_cfg(tmp_path / "narrow", tmp_path / "p"), log=lambda *_: None)
+    # a column of a type no row could be read from: one error naming it (was: exit 0, every row quarantined)
+    table = pq.read_table(next(iter(sorted(synth_dir.glob("data/*.parquet")))))
+    (tmp_path / "typed").mkdir()
+    bad = table.set_column(table.schema.get_field_index("response"), "response", pa.array([[int(v)] for v in table["response"].to_pylist()]))
+    pq.write_table(bad, tmp_path / "typed" / "z.parquet")
+    with pytest.raises(PrepareError, match=r"column 'response' is list<.*int64>; expected an integer"):
+        run_prepare(_cfg(tmp_path / "typed", tmp_path / "p"), log=lambda *_: None)
+    # numbers stored as text are still read (validate_row parses them)
+    as_text = table.set_column(table.schema.get_field_index("response"), "response", pa.array([str(v) for v in table["response"].to_pylist()]))
+    (tmp_path / "text").mkdir()
+    pq.write_table(as_text, tmp_path / "text" / "t.parquet")
+    assert run_prepare(_cfg(tmp_path / "text", tmp_path / "p2"), log=lambda *_: None)["rows_kept"] > 0
     # through the CLI: exit code 2 and a one-line reason, no traceback
     assert main(["prepare", f"data.raw={tmp_path / 'broken'}", f"data.prepared={tmp_path / 'p'}", "data.parallelism=1"]) == 2
     err = capsys.readouterr().err
