@@ -178,7 +178,7 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
             f"training failed after train.max_failures={cfg.train.max_failures} retries ({first_lines}); "
             f"run the same command again to resume from the latest checkpoint in {run_folder(cfg)}"
         ) from None
-    return {"checkpoint": result.checkpoint.path if result.checkpoint else None, "run_dir": str(run_folder(cfg))}
+    return {"checkpoint": result.checkpoint, "run_dir": str(result.run_dir)}
 
 
 class TrainError(SocratesError, RuntimeError):

@@ -38,7 +38,7 @@ PROGRESS_FILE = "progress.log"
 
 @dataclass(frozen=True)
 class LoopArgs:
-    """Everything a worker's loop needs, as plain values (trainer.build_trainer builds it from the
+    """Everything a worker's loop needs, as plain values (trainer.loop_args_for builds it from the
     config; Ray Train ships it to each worker as `dataclasses.asdict`)."""
 
     model_path: str
@@ -273,7 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as registered:
         resume_from = newest_checkpoint(run_dir, world, Path(registered) if registered else None)
         if resume_from is not None:
-            # build_trainer checked already; this guards TorchTrainers built some other way
+            # plan_run checked already; this guards TorchTrainers built some other way
             check_resume(resume_from, args.fingerprint, run_dir.name)
             state = load_checkpoint(engine, resume_from, args.finetuning)
     log.placement(workers, state.step if resume_from else None)

@@ -1,4 +1,5 @@
-"""build_trainer(cfg) -> TorchTrainer: scaling, storage, failure handling, checkpoints, data.
+"""Training as Ray Train runs it: plan_run (rows, steps, the resume check) -> the DeepSpeed config
+-> the loop's plain arguments -> TorchTrainer; run_training does all of it and fits.
 
 The run name is pinned (cfg.run.name), so re-running the same command finds
 <storage_path>/<name>/ and resumes from its latest checkpoint instead of starting over.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from socrates_ray.train.checkpoint import check_resume, newest_checkpoint_any
+from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
@@ -130,12 +131,32 @@ def materialize_splits(cfg: Config, datasets: dict[str, Any], eval_part: str, pa
     return stored
 
 
-def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
-    """The TorchTrainer for cfg; counts the packed training rows once to plan the schedule."""
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchConfig, TorchTrainer
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run trains on and for how long, fixed before any worker starts (plan_run)."""
 
+    datasets: dict[str, Any]  # "train" and "eval" ingest Datasets (materialized under ingest.materialize)
+    rows: int  # packed training rows
+    micro_per_epoch: int  # micro batches per worker per epoch
+    total_steps: int  # optimizer steps of the whole run
+    bf16: bool
+    pad_id: int
+    fingerprint: dict[str, Any]  # what a resume must find unchanged (run_fingerprint)
+    finished: Path | None  # a complete checkpoint at the last step: nothing is left to train
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOutcome:
+    """What run_training returns: the newest checkpoint folder (a path or URI) and the run's folder."""
+
+    checkpoint: str | None
+    run_dir: Path
+    error: BaseException | None = None
+
+
+def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
+    """Count the packed training rows once, plan the schedule, and check the run's checkpoints: a
+    resume under another data stream or schedule is refused here, before any worker starts."""
     t, ing = cfg.train, cfg.ingest
     eval_part = training_eval_part(cfg)
     if eval_part == "eval":
@@ -155,52 +176,60 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
         )
     bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
     fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16)
+    finished = None
     if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
-        check_resume(last, fingerprint, cfg.run.name)  # before any worker starts: refused, never silently continued
-    ds_config = build_ds_config(
-        zero_stage=t.zero_stage,
-        offload_optimizer=t.offload_optimizer,
-        offload_params=t.offload_params,
-        bf16=bf16,
-        micro_batch_size=ing.micro_batch_size,
-        grad_accum=t.grad_accum,
-        world_size=ing.num_workers,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip,
-        warmup_steps=int(t.warmup_ratio * total),
-        total_steps=total,
-        on_gpu=t.use_gpu,
-        persistence_threshold=t.zero3_persistence_threshold,
-        hidden_size=model_hidden_size(model_path),
+        check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued
+        if TrainState.load(last).step >= total and is_complete(last, ing.num_workers):
+            finished = last
+    return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished)
+
+
+def deepspeed_config_for(cfg: Config, plan: RunPlan, model_path: str) -> dict[str, Any]:
+    """train.* and ingest.* as DeepSpeed's config dict (train.deepspeed.build_ds_config)."""
+    t, ing = cfg.train, cfg.ingest
+    return build_ds_config(
+        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params, bf16=plan.bf16,
+        micro_batch_size=ing.micro_batch_size, grad_accum=t.grad_accum, world_size=ing.num_workers,
+        lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+        warmup_steps=int(t.warmup_ratio * plan.total_steps), total_steps=plan.total_steps,
+        on_gpu=t.use_gpu, persistence_threshold=t.zero3_persistence_threshold, hidden_size=model_hidden_size(model_path),
     )
-    log(
-        f"train: {rows:,} packed rows -> {micro_per_epoch} micro batches per worker per epoch, {total} optimizer steps; "
-        f"global batch {ds_config['train_batch_size']} rows = micro {ing.micro_batch_size} x accumulation {t.grad_accum} "
-        f"x {ing.num_workers} workers"
-    )
-    loop_args = LoopArgs(
+
+
+def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[str, Any]) -> LoopArgs:
+    """The plain values each worker's loop runs on (train.loop.LoopArgs)."""
+    t, ing = cfg.train, cfg.ingest
+    return LoopArgs(
         model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
         finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing,
         lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, lora_targets=t.lora.target_modules,
         lora_rank_pattern=t.lora.rank_pattern,
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
-        pad_id=pad_id, layout=ing.layout,
-        max_length=ing.max_length, micro_per_epoch=micro_per_epoch, total_steps=total,
+        pad_id=plan.pad_id, layout=ing.layout,
+        max_length=ing.max_length, micro_per_epoch=plan.micro_per_epoch, total_steps=plan.total_steps,
         # the cadence of metrics, eval loss, checkpoints and preemption checks (optimizer steps)
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
-        run_dir=str(run_folder(cfg)), fingerprint=fingerprint,
+        run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
         **fault_injection(),
     )
+
+
+def torch_trainer(cfg: Config, plan: RunPlan, args: LoopArgs) -> Any:
+    """Ray Train's TorchTrainer: scaling, storage, failure handling, checkpoint retention, data."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
     keep_best = t.keep_by == "eval_loss"
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=dataclasses.asdict(loop_args),
+        train_loop_config=dataclasses.asdict(args),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=ing.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},
+            num_workers=cfg.ingest.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},
             placement_strategy=t.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
@@ -214,24 +243,38 @@ def build_trainer(cfg: Config, model_path: str, log: Any = print) -> Any:
             ),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if not t.use_gpu else None,
         ),
-        datasets=datasets,
+        datasets=plan.datasets,
         # Same order every run, so skipping the micro batches already trained resumes exactly.
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
 
 
-def run_training(cfg: Config, model_path: str, log: Any = print) -> Any:
-    """Build and fit on the connected Ray instance; returns Ray's Result (.checkpoint = latest)."""
-    trainer = build_trainer(cfg, model_path, log)
-    # after build_trainer's resume check: a refused run leaves the folder's recorded config as it was
+def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutcome:
+    """Plan, then fit on the connected Ray instance; a run whose last step is already checkpointed
+    starts no workers (re-running a finished command is free)."""
+    ing, t = cfg.ingest, cfg.train
+    plan = plan_run(cfg, model_path, log)
+    if plan.finished is not None:
+        log(f"train: run.name={cfg.run.name} already finished: {plan.finished} holds step {plan.total_steps} of "
+            f"{plan.total_steps}; nothing to train (choose a new run.name to train again)")
+        return TrainingOutcome(str(plan.finished), run_folder(cfg))
+    ds_config = deepspeed_config_for(cfg, plan, model_path)
+    log(
+        f"train: {plan.rows:,} packed rows -> {plan.micro_per_epoch} micro batches per worker per epoch, "
+        f"{plan.total_steps} optimizer steps; global batch {ds_config['train_batch_size']} rows = micro "
+        f"{ing.micro_batch_size} x accumulation {t.grad_accum} x {ing.num_workers} workers"
+    )
+    trainer = torch_trainer(cfg, plan, loop_args_for(cfg, plan, model_path, ds_config))
+    # after plan_run's resume check: a refused run leaves the folder's recorded config as it was
     dump_config(cfg, run_folder(cfg))
     if cfg.run.verbose:  # worker output reaches the terminal through Ray itself
         result = trainer.fit()
     else:
         with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
             result = trainer.fit()
-    log(f"train: finished; latest checkpoint {result.checkpoint.path if result.checkpoint else None}; metrics {run_folder(cfg) / 'metrics.jsonl'}")
-    return result
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    log(f"train: finished; latest checkpoint {checkpoint}; metrics {run_folder(cfg) / 'metrics.jsonl'}")
+    return TrainingOutcome(checkpoint, run_folder(cfg), result.error)
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ def ray_head(tmp_path_factory):
     yield {"address": address, "env": env}
     head.send_signal(signal.SIGINT)  # --block shuts its own processes down on SIGINT
     with contextlib.suppress(subprocess.TimeoutExpired):
-        head.wait(30)
+        head.wait(10)
     with contextlib.suppress(ProcessLookupError):  # and whatever it left in its session
         os.killpg(head.pid, signal.SIGKILL)
 

@@ -40,6 +40,13 @@ def train(tmp_path, prepared, tiny_model, name, *overrides):
     return main(args)
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One runs folder for the module: the ZeRO-3 run trained by the stage test is the one the
+    reload test reads (run alone, the reload test trains its own)."""
+    return tmp_path_factory.mktemp("runs")
+
+
 def metrics(tmp_path, name):
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
@@ -49,7 +56,8 @@ def latest_state(tmp_path, name):
     return folders[-1], json.loads((folders[-1] / "state.json").read_text())
 
 
-def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, tmp_path, prepared, tiny_model):
+def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, tiny_model):
+    tmp_path = runs
     assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2") == 0
     assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0") == 0
     z2, z3 = metrics(tmp_path, "z2"), metrics(tmp_path, "z3")
@@ -83,10 +91,10 @@ PROBE = textwrap.dedent(
 )
 
 
-def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_local, tmp_path, prepared, tiny_model):
-    if not (tmp_path / "z3").exists():
-        assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0", "train.max_steps=4") == 0
-    folder, state = latest_state(tmp_path, "z3")
+def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_local, runs, tmp_path, prepared, tiny_model):
+    if not (runs / "z3").exists():
+        assert train(runs, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0", "train.max_steps=4") == 0
+    folder, state = latest_state(runs, "z3")
     from safetensors.torch import load_file
 
     adapter = load_file(folder / "export" / "adapter_model.safetensors")
@@ -135,7 +143,9 @@ def test_rerunning_the_command_resumes_instead_of_restarting(ray_local, tmp_path
     err = capsys.readouterr().err
     assert "ingest.micro_batch_size: 2 -> 4" in err and "new run.name" in err
     assert (tmp_path / "again" / "config.yaml").read_text() == recorded  # the run's record is untouched
+    capsys.readouterr()
     assert train(tmp_path, prepared, tiny_model, "again", *crash) == 0  # the old settings: finished, nothing to redo
+    assert "already finished" in capsys.readouterr().out  # and no worker started for it
     assert len(metrics(tmp_path, "again")) == 9
     assert latest_state(tmp_path, "again")[1]["step"] == 8
 

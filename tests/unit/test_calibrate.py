@@ -89,7 +89,7 @@ def test_resuming_with_other_settings_is_refused_not_mixed(tmp_path):
 def test_training_evaluates_on_validation_when_prepare_made_one(tmp_path):
     cfg = load_config(None, [f"data.prepared={tmp_path}", "train.setting=unseen_studies"])
     (tmp_path / "unseen_studies" / "eval").mkdir(parents=True)
-    assert training_eval_part(cfg) == "eval"  # old prepared folder: falls back (and build_trainer warns)
+    assert training_eval_part(cfg) == "eval"  # old prepared folder: falls back (and plan_run warns)
     (tmp_path / "unseen_studies" / "val").mkdir()
     assert training_eval_part(cfg) == "eval"  # an empty val folder holds nothing to evaluate
     (tmp_path / "unseen_studies" / "val" / "part-00000-000.parquet").write_bytes(b"")
