@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from socrates_ray.config import load_config
-from socrates_ray.data.prepare import run_prepare
 
 pytestmark = pytest.mark.ray
 
@@ -35,10 +33,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, synth_dir):
-    out = tmp_path_factory.mktemp("prepared-cluster")
-    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1", "data.settings=[unseen_studies]"]), log=lambda *_: None)
-    return out
+def prepared(train_prepared):
+    return train_prepared
 
 
 def train_overrides(storage: Path, prepared: Path, tiny_model: Path, name: str, steps: int) -> list[str]:
@@ -136,7 +132,7 @@ def test_two_node_training_survives_losing_a_node(tmp_path, prepared, tiny_model
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 5, "include_dashboard": False})
     second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    name, steps = "two-nodes", 40
+    name, steps = "two-nodes", 24
     try:
         driver = subprocess.Popen(
             [sys.executable, "-m", "socrates_ray.cli", "train", "--config", "configs/demo.yaml",

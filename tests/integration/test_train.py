@@ -10,17 +10,13 @@ import pytest
 import torch
 
 from socrates_ray.cli import main
-from socrates_ray.config import load_config
-from socrates_ray.data.prepare import run_prepare
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, synth_dir):
-    out = tmp_path_factory.mktemp("prepared-train")
-    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1", "data.settings=[unseen_studies]"]), log=lambda *_: None)
-    return out
+def prepared(train_prepared):
+    return train_prepared
 
 
 def train(tmp_path, prepared, tiny_model, name, *overrides):
