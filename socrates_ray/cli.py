@@ -160,13 +160,13 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from socrates_ray.train.trainer import run_folder, run_training
+    from socrates_ray.data.prepare import split_problem
+    from socrates_ray.train.trainer import run_folder, run_training, training_eval_part
 
     path = model_path(cfg)
-    split = Path(cfg.data.prepared) / cfg.train.setting
-    for part in ("train", "eval"):
-        if not (split / part).exists():
-            raise ConfigError(f"data.prepared: {split / part} does not exist; run `socrates-ray prepare --config ...` first (train.setting={cfg.train.setting})")
+    for part in ("train", training_eval_part(cfg)):
+        if (problem := split_problem(cfg.data.prepared, cfg.train.setting, part)) is not None:
+            raise ConfigError(f"train.setting={cfg.train.setting}: {problem}")
     ensure_ray(cfg)
     import ray.train
 

@@ -29,6 +29,13 @@ from socrates_ray.data.raw_source import PrepareError, open_parquet, open_source
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, check_demographic, validate_row
 from socrates_ray.data.splits import SETTING_FILES, SPLITS, Splits, build_splits
 
+SUMMARY_FILE = "summary.json"
+EMPTY_SPLIT = {
+    "train": "nothing to train on under this setting",
+    "val": "training's eval loss, keep_by and the fitted temperature would read the test split",
+    "eval": "nothing to evaluate under this setting",
+}
+
 PREPARED_SCHEMA = pa.schema(
     [
         pa.field("study_id", pa.string()),
@@ -256,6 +263,11 @@ def summarize(total: FileStats, splits: Splits, settings: list[str], files: int,
             for s in settings
         },
         "split_files_name_absent_studies": splits.missing_studies,
+        "warnings": [
+            f"{s}/{split} has no rows: {EMPTY_SPLIT[split]}"
+            for s in settings for split in SPLITS
+            if not total.split_rows.get(f"{s}/{split}", 0) and (split != "val" or splits.validation_fraction > 0)
+        ],
         "input_files": files,
         "seconds": round(seconds, 2),
     }
@@ -284,7 +296,26 @@ def format_summary(summary: dict[str, Any]) -> str:
     for setting, absent in summary["split_files_name_absent_studies"].items():
         if absent:
             lines.append(f"warning: {SETTING_FILES[setting]} names {len(absent)} studies not in the data, e.g. {absent[:3]}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
+
+
+def split_problem(prepared: str | Path, setting: str, split: str) -> str | None:
+    """Why <prepared>/<setting>/<split> has nothing to read, as a message that says what to do;
+    None when it holds rows. Every stage that reads a split asks this before it starts."""
+    if any((Path(prepared) / setting / split).glob("*.parquet")):
+        return None
+    summary = Path(prepared) / SUMMARY_FILE
+    if not summary.is_file():
+        return (f"data.prepared: {prepared} holds no prepared data (no {SUMMARY_FILE}); "
+                f"run `socrates-ray prepare --config ...` with '{setting}' in data.settings first")
+    prepared_settings = json.loads(summary.read_text()).get("settings", {})
+    if setting not in prepared_settings:
+        return (f"data.prepared: {prepared} was prepared without {setting} (it has {sorted(prepared_settings)}); "
+                f"add it to data.settings and re-run `socrates-ray prepare`")
+    return (f"data.prepared: {setting}/{split} is empty: prepare placed none of the kept rows there ({EMPTY_SPLIT[split]}; "
+            f"prepare's summary warned). Check the split files under data.raw's metadata/ or the data.*_fraction settings, "
+            f"or use another setting")
 
 
 def run_prepare(cfg: Config, log: Any = print) -> dict[str, Any]:
@@ -335,7 +366,7 @@ def _prepare_into(cfg: Config, fs: Any, root: str, files: list[str], out: Path, 
     for setting, content in splits.manifest().items():
         (out / "splits" / f"{setting}.json").write_text(json.dumps(content, indent=1))
     dump_config(cfg, out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -16,8 +16,9 @@ whole conditions (unseen_conditions), whole tasks (unseen_tasks), a mix of the t
 (all_settings). So the validation split shows the shift the test split shows, without touching
 the test split: training's eval loss, checkpoint selection (keep_by) and the fitted exact-mode
 temperature (simulate.temperature: auto) all read it. The units are chosen once from pass 1's keys
-(round(fraction x units), at least one, never all; ranked by a seeded hash), so every shard agrees
-and a re-run picks the same ones; splits/validation.json lists them.
+(round(fraction x units), at least one, never all, never a study's last training condition or
+task; ranked by a seeded hash), so every shard agrees and a re-run picks the same ones;
+splits/validation.json lists them.
 """
 
 from __future__ import annotations
@@ -262,12 +263,27 @@ def build_splits(
 
 
 def _take(candidates: list, share: float, seed: int, kind: str) -> frozenset:
-    """round(share * n) of the candidate units (at least 1, never all), ranked by a seeded hash."""
+    """round(share * n) of the candidate units (at least 1, never all), ranked by a seeded hash.
+    Units are (study_id, number) pairs or study ids; a pair is skipped when it is the last unit its
+    study still trains on, so validation never takes a study out of the train split."""
     n = len(candidates)
     if n < 2 or share <= 0:
         return frozenset()
     k = min(n - 1, max(1, round(share * n)))
-    return frozenset(sorted(candidates, key=lambda u: unit_draw(seed, kind, u))[:k])
+    left: dict[Any, int] = {}
+    for unit in candidates:
+        if isinstance(unit, tuple):
+            left[unit[0]] = left.get(unit[0], 0) + 1
+    taken: list = []
+    for unit in sorted(candidates, key=lambda u: unit_draw(seed, kind, u)):
+        if len(taken) == k:
+            break
+        if isinstance(unit, tuple):
+            if left[unit[0]] < 2:
+                continue
+            left[unit[0]] -= 1
+        taken.append(unit)
+    return frozenset(taken)
 
 
 def draw_validation(splits: Splits, studies: dict[str, StudyKeys], fraction: float, seed: int) -> dict[str, dict[str, frozenset]]:

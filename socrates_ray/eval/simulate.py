@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from socrates_ray.config import SimulateSection
+from socrates_ray.data.prepare import split_problem
 from socrates_ray.errors import SocratesError, unwrap
 from socrates_ray.score import Scorer, parse_first_integer
 
@@ -48,12 +49,9 @@ def load_eval_rows(prepared: str, setting: str, max_per_cell: int | None, seed: 
 
 def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int | None, seed: int = 0) -> pa.Table:
     """One split (train / val / eval) of one setting; with max_per_cell, a seeded subsample of each cell."""
+    if (problem := split_problem(prepared, setting, split)) is not None:
+        raise SimulateError(problem)
     files = sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet")))
-    if not files:
-        raise SimulateError(
-            f"data.prepared: no {split} Parquet files under {prepared}/{setting}/{split}; run `socrates-ray prepare` "
-            f"with '{setting}' in data.settings first"
-        )
     table = pq.read_table(files, columns=INPUT_COLUMNS)
     if max_per_cell is None:
         return table

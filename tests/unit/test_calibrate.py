@@ -58,8 +58,10 @@ def test_answers_outside_the_options_are_counted_and_all_of_them_is_an_error():
 
 
 def test_auto_without_a_validation_split_says_how_to_get_one(tmp_path):
+    # prepared with data.validation_fraction=0: the summary lists all_settings, its val split is empty
+    (tmp_path / "summary.json").write_text('{"settings": {"all_settings": {}}}')
     cfg = load_config(None, [f"data.prepared={tmp_path}", "train.setting=all_settings", "simulate.temperature=auto"])
-    with pytest.raises(CalibrationError, match=r"all_settings/val.*data.validation_fraction > 0.*a number"):
+    with pytest.raises(CalibrationError, match=r"all_settings/val is empty.*data.validation_fraction > 0.*a number"):
         resolve_temperature(cfg, cfg.simulate, "unused", tmp_path / "cal", log=lambda *_: None)
     fixed = cfg.simulate.model_copy(update={"temperature": 1.7})
     assert resolve_temperature(cfg, fixed, "unused", tmp_path / "cal") == (1.7, None)

@@ -325,3 +325,44 @@ def test_prepare_is_all_or_nothing_and_a_rerun_replaces_every_setting(tmp_path, 
     assert json.loads((prepared / "summary.json").read_text()) == summary
     assert train_rows("all_settings") == summary["settings"]["all_settings"]["train"]["rows"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_validation_never_takes_a_studys_last_training_condition_or_task():
+    from socrates_ray.data.splits import Mapping75, Splits, StudyKeys, draw_validation
+
+    # issue 14's survey: studies with one condition and one or two tasks
+    studies = {"one": StudyKeys({1}, {1}, [1, 2]), "two": StudyKeys({1}, {1, 2}, [3, 4]), "many": StudyKeys({1, 2, 3}, {1, 2, 3, 4}, [5])}
+    none = Mapping75({}, {}, {})
+    splits = Splits(frozenset(studies), frozenset(), none, none, {}, {}, 0.9, 0)
+    for seed in range(20):
+        drawn = draw_validation(splits, studies, 0.9, seed)
+        for setting, units in drawn.items():
+            for kind, total in (("conditions", "conditions"), ("tasks", "tasks")):
+                for study, keys in studies.items():
+                    taken = {n for s, n in units[kind] if s == study}
+                    assert len(taken) < len(getattr(keys, total)), (seed, setting, kind, study)  # one always trains
+        assert drawn["unseen_tasks"]["tasks"]  # and validation still holds something
+
+
+def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_read(tmp_path, synth_dir):
+    from socrates_ray.data.prepare import split_problem
+    from socrates_ray.eval.simulate import SimulateError, load_split_rows
+
+    # one condition a study, no metadata files: no condition can be held out for unseen_conditions
+    table = pq.read_table(synth_dir / "data")
+    rows = table.to_pylist()
+    first = {}
+    for r in rows:
+        first.setdefault(r["study_id"], r["condition_num"])
+    keep = [r for r in rows if r["condition_num"] == first[r["study_id"]]]
+    (tmp_path / "raw" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(keep, schema=table.schema), tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
+    lines = []
+    summary = run_prepare(_cfg(tmp_path / "raw", tmp_path / "prep", "data.settings=[unseen_conditions,unseen_studies]"), log=lines.append)
+    assert "unseen_conditions/eval has no rows: nothing to evaluate under this setting" in summary["warnings"]
+    assert any(line.startswith("warning: unseen_conditions/eval has no rows") for line in "\n".join(lines).splitlines())
+    with pytest.raises(SimulateError, match="unseen_conditions/eval is empty: prepare placed none of the kept rows there"):
+        load_split_rows(str(tmp_path / "prep"), "unseen_conditions", "eval", None)
+    assert split_problem(tmp_path / "prep", "unseen_studies", "eval") is None
+    assert "prepared without unseen_tasks" in split_problem(tmp_path / "prep", "unseen_tasks", "train")
+    assert "no summary.json" in split_problem(tmp_path / "nowhere", "unseen_tasks", "train")
