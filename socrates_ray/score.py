@@ -168,7 +168,7 @@ class Scorer:
         if adapter is None:
             return self.model.disable_adapter() if self._peft else contextlib.nullcontext()
         if adapter not in self.adapters:
-            raise ScoreError(f"unknown adapter {adapter!r}; loaded: {sorted(self.adapters)}")
+            raise ScoreError(f"unknown adapter {adapter!r}: load it first (Scorer.load_adapter)")
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 

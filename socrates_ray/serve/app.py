@@ -111,11 +111,36 @@ def deployment_options(s: ServeSection) -> dict[str, Any]:
     }
 
 
+class BodyLimit:
+    """A 413 for a body over `limit` bytes, counted as the bytes arrive: a chunked body (no
+    Content-Length, which the guard checks up front) is cut off at the limit, never read whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # FastAPI passes an HTTPException from reading the body to its handler
+                    raise StarletteHTTPException(413, "body over the limit")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def build_api(replica: "SocratesModel") -> FastAPI:
     """One replica's FastAPI app: error handlers, the body-size and auth guard, and its routes
     (the replica's methods). Built in the replica, after its constructor (Serve's late-bound ingress)."""
     settings = replica.settings
     api = FastAPI(title="socrates_ray", docs_url="/docs")
+    api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -130,6 +155,8 @@ def build_api(replica: "SocratesModel") -> FastAPI:
         # FastAPI's own 4xx (a body that is not UTF-8, an integer too long to parse, an unknown
         # route) in the documented error shape, not {"detail": ...}
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if exc.status_code == 413:
+            return error(413, f"request body is over the limit of {settings.max_body_bytes} bytes (serve.max_body_bytes)")
         return error(exc.status_code, str(exc.detail), kind)
 
     @api.middleware("http")
@@ -185,24 +212,24 @@ class SocratesModel:
                 raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
             prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
             scale = parse_answer_scale(req.stimulus or prompt)
-            adapter = await self.core.ensure_adapter(req.adapter)
-            prefix = self.core.scorer.encoder.prefix_text(prompt)
-            body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
-                                    "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
-            if req.mode == "distribution":
-                options = req.options or scale.options
-                if not options:
-                    raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
-                                     "send 'options' or use mode 'sample' for open-ended amounts", )
-                self._fits(prefix, 3 * len(options) + 1)
-                probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
-                body.update(options=list(options), probs=[float(p) for p in probs])
-            else:
-                self._fits(prefix, req.max_tokens)
-                outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
-                answers = [parse_first_integer(o["text"]) for o in outs]
-                body.update(samples=[o["text"] for o in outs], answers=answers,
-                            unparsable=sum(a is None for a in answers))
+            async with self.core.using_adapter(req.adapter) as adapter:  # pinned until answered
+                prefix = self.core.scorer.encoder.prefix_text(prompt)
+                body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
+                                        "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
+                if req.mode == "distribution":
+                    options = req.options or scale.options
+                    if not options:
+                        raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
+                                         "send 'options' or use mode 'sample' for open-ended amounts", )
+                    self._fits(prefix, 3 * len(options) + 1)
+                    probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
+                    body.update(options=list(options), probs=[float(p) for p in probs])
+                else:
+                    self._fits(prefix, req.max_tokens)
+                    outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
+                    answers = [parse_first_integer(o["text"]) for o in outs]
+                    body.update(samples=[o["text"] for o in outs], answers=answers,
+                                unparsable=sum(a is None for a in answers))
             return body
         except BadRequest as err:
             return error(400, str(err))
@@ -215,16 +242,16 @@ class SocratesModel:
                 raise BadRequest("stream=true is not supported; send stream=false")
             max_tokens = req.max_completion_tokens or req.max_tokens or 16
             self._limits(req.n, max_tokens)
-            adapter = await self.core.ensure_adapter(None if req.model in ("base", self.model_name) else req.model)
-            messages = [m.model_dump() for m in req.messages]
-            if messages[0]["role"] != "system":
-                # The template would otherwise insert its own default system prompt (STACK_NOTES).
-                messages = build_messages("", self.system_prompt)[:1] + messages
-            prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            prompt_tokens = self._fits(prefix, max_tokens)
-            outs = await self.core.submit(
-                Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
-            )
+            async with self.core.using_adapter(None if req.model in ("base", self.model_name) else req.model) as adapter:
+                messages = [m.model_dump() for m in req.messages]
+                if messages[0]["role"] != "system":
+                    # The template would otherwise insert its own default system prompt (STACK_NOTES).
+                    messages = build_messages("", self.system_prompt)[:1] + messages
+                prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                prompt_tokens = self._fits(prefix, max_tokens)
+                outs = await self.core.submit(
+                    Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
+                )
         except BadRequest as err:
             return error(400, str(err))
         except AdapterNotFound as err:
@@ -254,7 +281,7 @@ class SocratesModel:
         ]}
 
     async def healthz(self) -> Any:
-        return {"status": "ok", "model": self.model_name, "device": self.core.scorer.device, "batches": self.core.batches,
+        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.scorer.device, "batches": self.core.batches,
                 "batched_requests": self.core.batched_jobs,
                 "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
 

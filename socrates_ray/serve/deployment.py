@@ -8,7 +8,9 @@ generation with the same sampling settings). The model runs in a worker thread s
 loop keeps accepting requests (and so batches fill) while a forward pass is running.
 
 Adapters: names resolve to folders under serve.adapters_dir or in serve.adapters; a bounded LRU
-(`serve.multiplexed`) keeps at most serve.max_loaded_adapters loaded per replica.
+(`serve.multiplexed`) keeps at most serve.max_loaded_adapters cached per replica, and a request
+pins the adapter it uses until it is answered, so an eviction never pulls an adapter from under a
+queued request (an evicted adapter is unloaded after the batch that last used it).
 
 A replica reads no config: app.replica_settings builds a ReplicaSettings (plain values) from it
 where the app is built, and Serve ships that to every replica.
@@ -17,12 +19,15 @@ where the app is built, and Serve ships that to every replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ray import serve
 
@@ -108,15 +113,18 @@ class Job:
         return ("gen", self.adapter, self.temperature, self.top_p, self.n, self.max_tokens, self.logprobs)
 
 
-class _LoadedAdapter:
-    """What the multiplexer caches; deleting it (LRU eviction) unloads the adapter's weights."""
+class _AdapterHandle:
+    """What the multiplexer caches for one load of an adapter. Ray calls __del__ when its LRU evicts
+    the handle (and Python may call it again at garbage collection): that only tells the replica the
+    adapter left the cache; the replica unloads it once no request still in flight uses it."""
 
-    def __init__(self, scorer: Scorer, name: str, lock: threading.Lock) -> None:
-        self.scorer, self.name, self.lock = scorer, name, lock
+    def __init__(self, core: "ModelCore", name: str, generation: int) -> None:
+        self.core, self.name, self.generation, self.evicted = core, name, generation, False
 
     def __del__(self) -> None:
-        with self.lock:
-            self.scorer.unload_adapter(self.name)
+        if not self.evicted:
+            self.evicted = True
+            self.core._left_cache(self.name, self.generation)
 
 
 class ModelCore:
@@ -138,21 +146,65 @@ class ModelCore:
         self.run_batch.set_max_batch_size(s.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
-        async def load(adapter_name: str) -> _LoadedAdapter:
-            path = resolve_adapter(adapter_name, s.adapters_dir, s.adapters)
-            with self.lock:
-                await asyncio.to_thread(self.scorer.load_adapter, adapter_name, path)
-            return _LoadedAdapter(self.scorer, adapter_name, self.lock)
+        self._init_adapters()
+
+        async def load(name: str) -> _AdapterHandle:  # a plain function: Serve sets attributes on what it wraps
+            return await self._load_adapter(name)
 
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=s.max_loaded_adapters)(load)
 
-    async def ensure_adapter(self, name: str | None) -> str | None:
-        """None/'base' -> None (the base model); otherwise load (or reuse) the adapter."""
+    # --- adapters: an LRU of loaded adapters, each pinned while a request uses it -------------------
+    def _init_adapters(self) -> None:
+        self._cached: dict[str, int] = {}  # adapter -> generation of the multiplexer's handle for it
+        self._pins: Counter[str] = Counter()  # adapter -> requests in flight that use it
+        self._generations = itertools.count()
+        self._state = threading.Lock()  # guards _cached and _pins (event loop, executor threads, GC)
+
+    async def _load_adapter(self, name: str) -> _AdapterHandle:
+        """What the multiplexer calls on a miss. Loading a name that is still loaded (evicted while a
+        request held it) reuses it."""
+        path = resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)
+        await asyncio.to_thread(self._load_sync, name, path)
+        with self._state:
+            generation = self._cached[name] = next(self._generations)
+        return _AdapterHandle(self, name, generation)
+
+    def _load_sync(self, name: str, path: Path) -> None:
+        with self.lock:
+            self._unload_unused()
+            self.scorer.load_adapter(name, path)
+
+    def _left_cache(self, name: str, generation: int) -> None:
+        with self._state:
+            if self._cached.get(name) == generation:  # not a handle an earlier load left behind
+                del self._cached[name]
+
+    def _unload_unused(self) -> None:
+        """Unload adapters neither cached nor used by a request in flight (the caller holds self.lock)."""
+        with self._state:
+            keep = set(self._cached) | {name for name, count in self._pins.items() if count > 0}
+        for name in [n for n in self.scorer.adapters if n not in keep]:
+            self.scorer.unload_adapter(name)
+
+    @contextlib.asynccontextmanager
+    async def using_adapter(self, name: str | None) -> AsyncIterator[str | None]:
+        """The adapter one request scores with (None/'base': the base model), loaded and pinned until
+        the request is answered: other requests that make the LRU evict it meanwhile never unload it
+        under this one."""
         if name is None or name in BASE_NAMES:
-            return None
+            yield None
+            return
         resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)  # 400 / 404 before the multiplexer sees it
-        handle = await self.get_adapter(name)
-        return handle.name
+        await self.get_adapter(name)
+        with self._state:  # no await between the load and the pin: nothing can evict it in between
+            self._pins[name] += 1
+        try:
+            yield name
+        finally:
+            with self._state:
+                self._pins[name] -= 1
+                if self._pins[name] <= 0:
+                    del self._pins[name]
 
     @serve.batch  # sized in __init__ from the settings (set_max_batch_size, set_batch_wait_timeout_s)
     async def run_batch(self, jobs: list[Job]) -> list[Any]:
@@ -186,6 +238,7 @@ class ModelCore:
                             results[i] = self._score([jobs[i]])[0]
                         except Exception as own:
                             results[i] = own
+            self._unload_unused()
         return results
 
     def _score(self, group: list[Job]) -> list[Any]:

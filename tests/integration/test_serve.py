@@ -157,6 +157,22 @@ def test_bad_input_is_a_clear_4xx_and_the_replica_keeps_serving(app, body, statu
     assert post("/v1/predict", {"stimulus": STIMULUS}).status_code == 200
 
 
+def test_a_chunked_body_over_the_limit_is_a_413_not_read_whole(app) -> None:
+    # no Content-Length: the limit (serve.max_body_bytes=20000) is counted as the bytes arrive
+    def chunks():
+        yield b'{"stimulus": "'
+        for _ in range(60):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = requests.post(URL + "/v1/predict", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert "content-length" not in {k.lower() for k in r.request.headers} and r.request.headers["Transfer-Encoding"] == "chunked"
+    assert r.status_code == 413 and "over the limit of 20000 bytes" in r.json()["error"]["message"]
+    small = requests.post(URL + "/v1/predict", data=iter([b'{"stimulus": ', f'"{STIMULUS}"'.encode(), b"}"]),
+                          headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert small.status_code == 200, small.text  # a chunked body under the limit is read as usual
+
+
 def test_chat_rejects_too_many_tokens_and_missing_messages(app) -> None:
     assert post("/v1/chat/completions", {"model": "base", "messages": []}).status_code == 400
     empty_model = post("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "hi"}]})

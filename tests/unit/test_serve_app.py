@@ -38,6 +38,7 @@ def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_
 
     class FakeScorer:
         calls = 0
+        adapters: dict = {}
 
         def distributions(self, texts, options, adapter, temperature, top_p):
             FakeScorer.calls += 1
@@ -49,6 +50,7 @@ def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_
 
     core = object.__new__(ModelCore)  # the batching logic alone: no model, no Serve
     core.scorer, core.lock = FakeScorer(), threading.Lock()
+    core._init_adapters()
     jobs = [Job("dist", None, t, opts) for t, opts in
             [("a", [1, 2]), ("too long", [1, 2]), ("crash", [1, 2]), ("b", [1, 2, 3, 4])]]
     results = core._run_sync(jobs)
@@ -60,3 +62,68 @@ def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_
     FakeScorer.calls = 0
     assert core._run_sync([Job("dist", None, "a", [1, 2]), Job("dist", None, "b", [1, 2])]) == [[0.5, 0.5]] * 2
     assert FakeScorer.calls == 1
+
+
+def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_request_is_answered():
+    import asyncio
+    import threading
+    from collections import OrderedDict
+
+    from socrates_ray.serve.deployment import Job, ModelCore, ReplicaSettings
+
+    class FakeScorer:
+        def __init__(self):
+            self.adapters, self.loads = {}, 0
+
+        def load_adapter(self, name, path):
+            if name not in self.adapters:
+                self.adapters[name], self.loads = str(path), self.loads + 1
+
+        def unload_adapter(self, name):
+            self.adapters.pop(name, None)
+
+        def distributions(self, texts, options, adapter, temperature, top_p):
+            assert adapter in self.adapters, f"unknown adapter {adapter!r}"  # what a real scorer refuses
+            return [[0.5, 0.5] for _ in texts]
+
+    class LRU:
+        """What serve.multiplexed does on a miss over capacity: evict the least recently used handle
+        and call its __del__ (Ray 2.60, serve/multiplex.py)."""
+
+        def __init__(self, load, capacity):
+            self.load, self.capacity, self.models = load, capacity, OrderedDict()
+
+        async def __call__(self, name):
+            if name in self.models:
+                self.models.move_to_end(name)
+                return self.models[name]
+            while len(self.models) >= self.capacity:
+                _, evicted = self.models.popitem(last=False)
+                evicted.__del__()
+            self.models[name] = await self.load(name)
+            return self.models[name]
+
+    extra = {f"a{i}": f"/adapters/a{i}" for i in range(4)}
+    core = object.__new__(ModelCore)
+    core.settings = ReplicaSettings("m", "", 1, 0, "fp32", 512, None, extra, 1, 8, 0.01, 4, 64, 1 << 20)
+    core.scorer, core.lock = FakeScorer(), threading.Lock()
+    core._init_adapters()
+    core.get_adapter = LRU(core._load_adapter, capacity=1)
+
+    async def scenario():
+        async with core.using_adapter("a1") as first:
+            async with core.using_adapter("a2"):  # evicts a1 from the LRU while a1's request is queued
+                pass
+            assert core._run_sync([Job("dist", first, "x", [1, 2])]) == [[0.5, 0.5]]  # a1 still there
+            async with core.using_adapter("a1"):  # back in the cache: reused, not loaded twice
+                assert core.scorer.loads == 2
+        core._run_sync([Job("dist", None, "x", [1, 2])])  # after a batch, nothing unused stays loaded
+        assert set(core.scorer.adapters) == {"a1"}  # a1 is the LRU's one entry; a2 was evicted and freed
+        async with core.using_adapter("a3"):
+            pass
+        core._run_sync([Job("dist", None, "x", [1, 2])])
+        assert set(core.scorer.adapters) == {"a3"}
+        async with core.using_adapter(None) as base:
+            assert base is None
+
+    asyncio.run(scenario())
