@@ -102,6 +102,10 @@ def init_single_process_group(device: str) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    if device == "cpu":  # as the training loop does: no 36 s JIT build of an op training never calls
+        from socrates_ray.train.deepspeed import skip_inference_comm_op
+
+        skip_inference_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 

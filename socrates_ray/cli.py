@@ -147,9 +147,12 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from socrates_ray.data.tokenize import Encoder
 
     path = model_path(cfg)
+    from socrates_ray.data.prepare import split_problem
+
     split_dir = str(Path(cfg.data.prepared) / args.split)
-    if not Path(split_dir).exists():
-        raise ConfigError(f"data.prepared: {split_dir} does not exist; run `socrates-ray prepare --config ...` first (or pick --split setting/train|eval)")
+    setting, _, part = args.split.partition("/")
+    if (problem := split_problem(cfg.data.prepared, setting, part or "train")) is not None:
+        raise ConfigError(f"--split {args.split}: {problem}")
     pad_id = Encoder(load_tokenizer(path), cfg.prompt.system_prompt).pad_id
     ensure_ray(cfg)
     ing = cfg.ingest

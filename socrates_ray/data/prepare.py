@@ -301,14 +301,17 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def split_problem(prepared: str | Path, setting: str, split: str) -> str | None:
-    """Why <prepared>/<setting>/<split> has nothing to read, as a message that says what to do;
-    None when it holds rows. Every stage that reads a split asks this before it starts."""
-    if any((Path(prepared) / setting / split).glob("*.parquet")):
-        return None
+    """Why <prepared>/<setting>/<split> cannot be read, as a message that says what to do; None when
+    it holds rows of a complete prepared folder. Every stage that reads a split asks this first.
+
+    summary.json is prepare's completion marker (written last, after every split): a folder without
+    it (a copy cut short, or written by hand) is refused even where Parquet files are present."""
     summary = Path(prepared) / SUMMARY_FILE
     if not summary.is_file():
-        return (f"data.prepared: {prepared} holds no prepared data (no {SUMMARY_FILE}); "
-                f"run `socrates-ray prepare --config ...` with '{setting}' in data.settings first")
+        return (f"data.prepared: {prepared} is not a complete prepared folder (no {SUMMARY_FILE}, which prepare "
+                f"writes last); run `socrates-ray prepare --config ...` with '{setting}' in data.settings")
+    if any((Path(prepared) / setting / split).glob("*.parquet")):
+        return None
     prepared_settings = json.loads(summary.read_text()).get("settings", {})
     if setting not in prepared_settings:
         return (f"data.prepared: {prepared} was prepared without {setting} (it has {sorted(prepared_settings)}); "

@@ -194,6 +194,7 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
     ]
     (tmp_path / "u" / "train").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(records).select(INPUT_COLUMNS), tmp_path / "u" / "train" / "part-0.parquet")
+    (tmp_path / "summary.json").write_text('{"settings": {"u": {}}}')  # prepare's completion marker
     for seed in (0, 1, 2):
         table = training_cells(str(tmp_path), "u", 2, 40, seed)
         cells = set(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist()))

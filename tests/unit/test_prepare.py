@@ -366,3 +366,6 @@ def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_re
     assert split_problem(tmp_path / "prep", "unseen_studies", "eval") is None
     assert "prepared without unseen_tasks" in split_problem(tmp_path / "prep", "unseen_tasks", "train")
     assert "no summary.json" in split_problem(tmp_path / "nowhere", "unseen_tasks", "train")
+    # summary.json is the completion marker: splits without it (a copy cut short) are refused
+    (tmp_path / "prep" / "summary.json").unlink()
+    assert "not a complete prepared folder" in split_problem(tmp_path / "prep", "unseen_studies", "eval")
