@@ -164,15 +164,16 @@ class ModelCore:
         """What the multiplexer calls on a miss. Loading a name that is still loaded (evicted while a
         request held it) reuses it."""
         path = resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)
-        await asyncio.to_thread(self._load_sync, name, path)
-        with self._state:
-            generation = self._cached[name] = next(self._generations)
+        generation = next(self._generations)
+        await asyncio.to_thread(self._load_sync, name, path, generation)
         return _AdapterHandle(self, name, generation)
 
-    def _load_sync(self, name: str, path: Path) -> None:
+    def _load_sync(self, name: str, path: Path, generation: int) -> None:
         with self.lock:
             self._unload_unused()
             self.scorer.load_adapter(name, path)
+            with self._state:  # cached before the model lock is released: no batch's sweep can unload it first
+                self._cached[name] = generation
 
     def _left_cache(self, name: str, generation: int) -> None:
         with self._state:
