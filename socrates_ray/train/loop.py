@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,9 @@ class LoopArgs:
     preemption_check_every: int
     run_dir: str
     fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
-    fault_kill_rank: int | None = None  # test-only (trainer.fault_injection): this rank exits hard
-    fault_kill_step: int | None = None  # at this optimizer step, once per run
+    # test-only (trainer.fault_injection): [rank, step] pairs; that rank exits hard at that optimizer
+    # step, each once per run
+    fault_kills: list[list[int]] = field(default_factory=list)
 
 
 def say(*parts: object, progress: Path | None = None) -> None:
@@ -369,7 +370,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         say(f"[socrates_ray] preemption notice for ranks {notice.preempted_ranks} "
                             f"(deadline {notice.deadline_ms} ms): checkpointing step {state.step}", progress=progress)
                     checkpoint_now({"step": state.step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
-            if state.step == args.fault_kill_step and rank == args.fault_kill_rank:
+            if [rank, state.step] in args.fault_kills:
                 marker = run_dir / f"fault_fired_step{state.step}_rank{rank}"
                 if not marker.exists():  # once per run, so the retried attempt gets past it
                     marker.parent.mkdir(parents=True, exist_ok=True)

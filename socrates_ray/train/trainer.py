@@ -91,18 +91,20 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
 FAULT_ENV = "SOCRATES_FAULT_KILL"
 
 
-def fault_injection() -> dict[str, int]:
-    """A test-only hook, outside the user's config: SOCRATES_FAULT_KILL="RANK:STEP" in the driver's
-    environment makes that rank exit hard at that optimizer step, once per run (a marker file in
-    the run folder stops it firing again after Ray Train restarts the workers)."""
+def fault_injection() -> dict[str, list[list[int]]]:
+    """A test-only hook, outside the user's config: SOCRATES_FAULT_KILL="RANK:STEP[,RANK:STEP...]" in
+    the driver's environment makes that rank exit hard at that optimizer step, each once per run (a
+    marker file in the run folder stops it firing again after Ray Train restarts the workers)."""
     value = os.environ.get(FAULT_ENV, "")
     if not value:
         return {}
     try:
-        rank, step = (int(v) for v in value.split(":"))
+        kills = [[int(v) for v in item.split(":")] for item in value.split(",")]
+        if any(len(kill) != 2 for kill in kills):
+            raise ValueError
     except ValueError:
-        raise ValueError(f"{FAULT_ENV}={value!r}: expected RANK:STEP, e.g. 1:5") from None
-    return {"fault_kill_rank": rank, "fault_kill_step": step}
+        raise ValueError(f"{FAULT_ENV}={value!r}: expected RANK:STEP[,RANK:STEP...], e.g. 1:5 or 1:5,0:7") from None
+    return {"fault_kills": kills}
 
 
 def materialize_splits(cfg: Config, datasets: dict[str, Any], eval_part: str, pad_id: int, log: Any) -> dict[str, Any]:
