@@ -79,6 +79,51 @@ class TokenizePack:
         )
 
 
+@dataclass(frozen=True)
+class RowEstimate:
+    """How many training rows a split will give, from a tokenized sample (estimate_rows)."""
+
+    samples: int  # samples in the split (Parquet metadata: nothing is read)
+    sampled: int  # samples tokenized for the estimate
+    rows: int  # training rows expected from the whole split
+
+
+def estimate_rows(split_dir: str, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
+                  pack_window: int, seed: int, sample_size: int = 4096) -> RowEstimate:
+    """The training rows of a split without tokenizing it: its sample count from the Parquet footers
+    times the rows per sample of a seeded sample of whole row groups, tokenized and packed here as
+    TokenizePack does (pack_window shuffled samples at a time). A streamed run plans its schedule
+    from this instead of a full tokenizing pass before step 1; the same seed gives the same estimate."""
+    import fsspec
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(split_dir)
+    files = sorted(p for p in fs.find(root) if p.endswith(".parquet")) if fs.exists(root) else []
+    if not files:
+        raise IngestError(f"data.prepared: no Parquet files under {split_dir}; run `socrates-ray prepare` first")
+    groups = []
+    for path in files:
+        meta = pq.ParquetFile(fs.open(path, "rb")).metadata
+        groups += [(path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    samples = sum(n for *_, n in groups)
+    rng = np.random.default_rng(seed)
+    tables, sampled = [], 0
+    for i in rng.permutation(len(groups)):
+        if sampled >= sample_size:
+            break
+        path, group, n = groups[i]
+        tables.append(pq.ParquetFile(fs.open(path, "rb")).read_row_group(group, columns=["prompt", "answer"]))
+        sampled += n
+    if not sampled:
+        return RowEstimate(samples=samples, sampled=0, rows=0)
+    table = pa.concat_tables(tables)
+    table = table.take(pa.array(rng.permutation(table.num_rows)[:sample_size]))
+    pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout)
+    rows = sum(pack(table.slice(start, pack_window)).num_rows for start in range(0, table.num_rows, pack_window))
+    return RowEstimate(samples=samples, sampled=table.num_rows, rows=round(samples * rows / table.num_rows))
+
+
 def build_ingest_dataset(
     split_dir: str,
     tokenizer_path: str,

@@ -56,7 +56,9 @@ class LoopArgs:
     pad_id: int
     layout: str  # ingest.layout
     max_length: int
-    micro_per_epoch: int  # micro batches each worker trains per epoch (train.trainer.plan_steps)
+    # micro batches each worker trains per epoch (train.trainer.plan_steps); None: until the shards
+    # end (a streamed run, whose count is an estimate)
+    micro_per_epoch: int | None
     total_steps: int  # optimizer steps of the whole run
     eval_every: int
     log_every: int
@@ -311,7 +313,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for _ in range(state.micro_in_epoch):  # resume mid-epoch: skip what was already trained
             next(batches, None)
         trained_before = state.micro_in_epoch
-        while state.micro_in_epoch < args.micro_per_epoch and state.step < args.total_steps:
+        per_epoch = args.micro_per_epoch if args.micro_per_epoch is not None else math.inf
+        while state.micro_in_epoch < per_epoch and state.step < args.total_steps:
             t0 = time.perf_counter()
             batch = next(batches, None)
             meter.wait += time.perf_counter() - t0
@@ -380,7 +383,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.reset()  # the next step's clock starts here
         if state.micro_in_epoch == trained_before and state.step < args.total_steps:
             raise RuntimeError(f"rank {rank}: the training shard gave no batch in epoch {state.epoch}; is the split empty?")
-        if state.micro_in_epoch >= args.micro_per_epoch or state.step < args.total_steps:
+        if state.micro_in_epoch >= per_epoch or state.step < args.total_steps:
             state.epoch += 1
             state.micro_in_epoch = 0
     if last_checkpoint_step != state.step:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
 from socrates_ray.config import Config, dump_config
-from socrates_ray.data.ingest import build_ingest_dataset, load_tokenizer
+from socrates_ray.data.ingest import build_ingest_dataset, estimate_rows, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.precision import resolve_precision
 from socrates_ray.train.deepspeed import build_ds_config
@@ -63,6 +63,17 @@ def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
     )
 
 
+def estimate_split_rows(cfg: Config, model_path: str, log: Any) -> int:
+    """estimate_rows for train.setting's train split, logged (streamed ingest's plan)."""
+    ing = cfg.ingest
+    started = time.perf_counter()
+    est = estimate_rows(str(Path(cfg.data.prepared) / cfg.train.setting / "train"), model_path, cfg.prompt.system_prompt,
+                        ing.max_length, ing.layout, ing.pack_window, cfg.run.seed)
+    log(f"train: about {est.rows:,} training rows from {est.samples:,} samples (estimated from {est.sampled:,} tokenized "
+        f"in {time.perf_counter() - started:.1f}s; streamed ingest tokenizes the rest beside the workers)")
+    return est.rows
+
+
 def training_eval_part(cfg: Config) -> str:
     """The split training's eval loss (and keep_by) reads: "val" when prepare made one, else "eval"."""
     val = Path(cfg.data.prepared) / cfg.train.setting / "val"
@@ -74,7 +85,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
     would change: a resumed run must see the same ones (checkpoint.check_resume)."""
     t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
     return {
-        "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training rows (data.prepared)": rows,
+        "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training rows (data.prepared; estimated unless ingest.materialize)": rows,
         "model.path": model_path, "prompt.system_prompt": cfg.prompt.system_prompt,
         "ingest.layout": ing.layout, "ingest.max_length": ing.max_length, "ingest.pack_window": ing.pack_window,
         "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed,
@@ -145,6 +156,7 @@ class RunPlan:
     pad_id: int
     fingerprint: dict[str, Any]  # what a resume must find unchanged (run_fingerprint)
     finished: Path | None  # a complete checkpoint at the last step: nothing is left to train
+    estimated: bool = False  # rows (and so micro_per_epoch) from a tokenized sample (streamed ingest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +169,9 @@ class TrainingOutcome:
 
 
 def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
-    """Count the packed training rows once, plan the schedule, and check the run's checkpoints: a
-    resume under another data stream or schedule is refused here, before any worker starts."""
+    """Count the training rows (materialized: exactly, from the stored rows; streamed: estimated from
+    a tokenized sample, estimate_rows), plan the schedule, and check the run's checkpoints: a resume
+    under another data stream or schedule is refused here, before any worker starts."""
     t, ing = cfg.train, cfg.ingest
     eval_part = training_eval_part(cfg)
     if eval_part == "eval":
@@ -169,7 +182,12 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
     datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
     if ing.materialize:
         datasets = materialize_splits(cfg, datasets, eval_part, pad_id, log)
-    rows = datasets["train"].count()
+        rows, estimated = datasets["train"].count(), False
+    else:
+        # Streamed: the workers' stream is the only tokenizing pass (on SocSci210 a counting pass
+        # would tokenize 2.9M prompts on the driver before step 1). The schedule is planned from a
+        # sample; each epoch still runs until the shards end, so no row is left out.
+        rows, estimated = estimate_split_rows(cfg, model_path, log), True
     micro_per_epoch, total = plan_steps(rows, ing.num_workers, ing.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     if micro_per_epoch < t.grad_accum:
         raise ValueError(
@@ -183,7 +201,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
         check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued
         if TrainState.load(last).step >= total and is_complete(last, ing.num_workers):
             finished = last
-    return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished)
+    return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished, estimated)
 
 
 def deepspeed_config_for(cfg: Config, plan: RunPlan, model_path: str) -> dict[str, Any]:
@@ -209,7 +227,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
         pad_id=plan.pad_id, layout=ing.layout,
-        max_length=ing.max_length, micro_per_epoch=plan.micro_per_epoch, total_steps=plan.total_steps,
+        max_length=ing.max_length, micro_per_epoch=None if plan.estimated else plan.micro_per_epoch, total_steps=plan.total_steps,
         # the cadence of metrics, eval loss, checkpoints and preemption checks (optimizer steps)
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
@@ -262,7 +280,8 @@ def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutc
         return TrainingOutcome(str(plan.finished), run_folder(cfg))
     ds_config = deepspeed_config_for(cfg, plan, model_path)
     log(
-        f"train: {plan.rows:,} packed rows -> {plan.micro_per_epoch} micro batches per worker per epoch, "
+        f"train: {'about ' if plan.estimated else ''}{plan.rows:,} packed rows -> {plan.micro_per_epoch} micro batches "
+        f"per worker per epoch, "
         f"{plan.total_steps} optimizer steps; global batch {ds_config['train_batch_size']} rows = micro "
         f"{ing.micro_batch_size} x accumulation {t.grad_accum} x {ing.num_workers} workers"
     )

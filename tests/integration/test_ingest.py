@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
-from socrates_ray.data.ingest import IngestError, build_ingest_dataset, collate_fn_for, measure_ingest
+from socrates_ray.data.ingest import IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, measure_ingest
 from socrates_ray.data.prepare import run_prepare
 
 pytestmark = pytest.mark.ray
@@ -30,6 +30,13 @@ def test_packed_ingest_gives_equal_shards_and_little_padding(ray_local, prepared
     assert packed["samples_per_row"] > 2
     # equal split + drop_last may leave out less than one micro batch of rows per worker
     assert 0 <= packed["samples_not_in_rows"] < 2 * 2 * 2 * packed["samples_per_row"] + 1
+    # A streamed run plans its schedule from a tokenized sample instead of a counting pass: a quarter
+    # of the split (seeded, so the same each time) predicts how densely the whole split packs.
+    split = str(prepared / "unseen_studies" / "train")
+    est = estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128, seed=0, sample_size=n // 4)
+    assert est.samples == n and est.sampled < n
+    assert est == estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128, seed=0, sample_size=n // 4)
+    assert abs(n / est.rows - packed["samples_per_row"]) / packed["samples_per_row"] < 0.05
     _, padded = _run(prepared, tiny_model, "pad_max_length")
     assert padded["non_padding_share"] < 0.5 < packed["non_padding_share"]
     assert abs(padded["tokens"] - packed["tokens"]) / padded["tokens"] < 0.01
@@ -39,6 +46,8 @@ def test_pad_longest_and_shard_count(ray_local, prepared, tiny_model):
     n, stats = _run(prepared, tiny_model, "pad_longest", workers=3)
     assert len(stats["steps_per_worker"]) == 3 and len(set(stats["steps_per_worker"])) == 1
     assert stats["samples_per_row"] == 1.0 and stats["non_padding_share"] > 0.8
+    split = str(prepared / "unseen_studies" / "train")
+    assert estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pad_longest", 128, seed=0, sample_size=64).rows == n
 
 
 def test_too_short_max_length_is_a_clear_error(ray_local, prepared, tiny_model):
