@@ -144,15 +144,14 @@ def cmd_build_tiny(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from socrates_ray.data.ingest import build_ingest_dataset, format_ingest, ingest_figures, load_tokenizer
-    from socrates_ray.data.tokenize import Encoder
-
-    path = model_path(cfg)
     from socrates_ray.data.prepare import split_problem
+    from socrates_ray.data.tokenize import Encoder
 
     split_dir = str(Path(cfg.data.prepared) / args.split)
     setting, _, part = args.split.partition("/")
     if (problem := split_problem(cfg.data.prepared, setting, part or "train")) is not None:
         raise ConfigError(f"--split {args.split}: {problem}")
+    path = model_path(cfg)  # after the split check: a tiny base is built from the prepared split
     pad_id = Encoder(load_tokenizer(path), cfg.prompt.system_prompt).pad_id
     ensure_ray(cfg)
     ing = cfg.ingest
