@@ -1,7 +1,7 @@
 """`socrates-ray <command> --config configs/X.yaml key.sub=value ...`: argv -> config -> command.
 
 Every command takes the same config file and dotted overrides; `--help` lists every config key
-with its type, default and description, taken from the schema in config.py.
+with its type, default and description, taken from the schema in config/schema.py.
 """
 
 from __future__ import annotations

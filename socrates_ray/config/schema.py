@@ -1,20 +1,15 @@
-"""Typed configuration: one pydantic model per YAML section, loaded by `load_config`.
+"""The config schema: one pydantic model per YAML section (loading.py reads files into it).
 
 The schema is the documentation: every field has a type, a default and a description, and
 `socrates-ray <command> --help` prints them. Unknown keys are errors that name the dotted path.
-Overrides are `key.sub=value` strings whose value is parsed as YAML (`ingest.max_length=256`,
-`data.settings=[unseen_studies]`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from socrates_ray.errors import SocratesError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
 
@@ -365,82 +360,3 @@ class Config(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
-
-
-class ConfigError(SocratesError, ValueError):
-    """A config file or override that cannot be used; the message names the dotted path."""
-
-
-def apply_override(tree: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r}: expected key.sub=value, e.g. ingest.max_length=512")
-    key, raw_value = override.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override {override!r}: empty key segment in {key!r}")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key (check the spelling; `socrates-ray --help-config` lists every key)")
-        else:
-            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
-
-
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file (or start from defaults when path is None), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: no such file {p} (expected a YAML file such as configs/demo.yaml)")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections at the top, got {type(loaded).__name__}")
-        tree, source = loaded, str(p)
-    for override in overrides:
-        apply_override(tree, override)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source + (" + overrides" if overrides else ""))) from None
-
-
-def dump_config(cfg: Config, folder: str | Path) -> Path:
-    """Write the resolved config as `config.yaml` into an output folder (every run keeps one)."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "config.yaml"
-    target.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    return target
-
-
-def describe_schema(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) for every leaf field: the --help text."""
-    rows: list[tuple[str, str, str, str]] = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_schema(annotation, key + "."))
-            continue
-        default = field.get_default(call_default_factory=True)
-        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        rows.append((key, type_name, repr(default), field.description or ""))
-    return rows
