@@ -197,6 +197,12 @@ class TrainSection(Section):
     epochs: int = Field(1, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: epochs).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    attention: Literal["dense", "segments"] = Field(
+        "dense", description="How packed rows keep their examples apart. dense: a (B, 1, L, L) mask over the whole row "
+        "(cost grows with max_length^2); segments: no mask, one causal attention call per example (cost grows with "
+        "each example's length^2; at 2048 tokens of ~290-token examples, bench/attention.py). Same losses to float "
+        "rounding. The demo keeps dense until its figures are re-measured with segments.",
+    )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
     log_every: int = Field(

@@ -30,6 +30,7 @@ from socrates_ray.train.checkpoint import TrainState, check_resume, load_checkpo
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
+from socrates_ray.train.attention import row_segments
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
@@ -49,6 +50,7 @@ class LoopArgs:
     lora_targets: list[str]
     lora_rank_pattern: dict[str, int]
     gradient_checkpointing: bool
+    attention: str  # "dense" | "segments" (train.attention)
     ds_config: dict[str, Any]  # train.deepspeed.build_ds_config
     use_gpu: bool
     seed: int
@@ -91,23 +93,29 @@ def label_positions(labels: Any) -> Any:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
-def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any) -> Any:
+def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> Any:
     """Mean loss over the batch's label tokens; packed examples never attend to each other.
 
-    The output layer and the softmax over the vocabulary run only at label_positions (the model's
-    logits_to_keep), not at every prompt token: the same loss as the model's own full-logits
-    loss (tests/unit/test_loss.py), without projecting ~99% of the hidden states that no label reads."""
+    attention "dense": a (B, 1, L, L) additive mask from seq_ids; "segments": no mask, one causal
+    attention call per example (train/attention.py; the model was loaded with it). The output layer
+    and the softmax over the vocabulary run only at label_positions (the model's logits_to_keep),
+    not at every prompt token: the same loss as the model's own full-logits loss
+    (tests/unit/test_loss.py), without projecting ~99% of the hidden states that no label reads."""
     import torch.nn.functional as F
 
     device = engine.device
     labels = batch["labels"].to(device)
     keep = label_positions(labels)
+    if attention == "segments":
+        mask = {"attention_mask": None, "packed_segments": row_segments(batch["seq_ids"])}
+    else:
+        mask = {"attention_mask": packed_attention_mask(batch["seq_ids"].to(device), dtype)}
     logits = engine(
         input_ids=batch["input_ids"].to(device),
-        attention_mask=packed_attention_mask(batch["seq_ids"].to(device), dtype),
         position_ids=batch["position_ids"].to(device),
         logits_to_keep=keep,
         use_cache=False,  # training builds no KV cache (transformers would, for a config with use_cache)
+        **mask,
     ).logits
     return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
 
@@ -131,7 +139,7 @@ def all_sum(values: list[float], device: Any) -> list[float]:
     return t.tolist()
 
 
-def eval_loss_of(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any) -> float:
+def eval_loss_of(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any, attention: str) -> float:
     """Token-weighted eval loss over up to max_batches micro batches per rank (collective)."""
     import torch
 
@@ -144,7 +152,7 @@ def eval_loss_of(engine: Any, shard: Any, collate_fn: Any, micro: int, max_batch
             if not all_have_batch(batch, engine.device):
                 break
             n = int((batch["labels"] != IGNORE_INDEX).sum())
-            loss_sum += float(forward_loss(engine, batch, dtype)) * n
+            loss_sum += float(forward_loss(engine, batch, dtype, attention)) * n
             count += n
     engine.train()
     loss_sum, count = all_sum([loss_sum, count], engine.device)
@@ -256,6 +264,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model, _keepalive = load_model_for_training(
         args.model_path, args.finetuning, args.lora_r, args.lora_alpha,
         args.lora_dropout, args.lora_targets, args.lora_rank_pattern, ds_config, bf16, args.gradient_checkpointing,
+        args.attention,
     )
     trainable, total = count_parameters(model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -283,7 +292,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         say(
             f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {args.finetuning} ZeRO-{ds_config['zero_optimization']['stage']} "
-            f"{'bf16' if bf16 else 'fp32'}, {trainable:,} of {total:,} parameters trainable; global batch "
+            f"{'bf16' if bf16 else 'fp32'}, attention {args.attention}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {args.total_steps} optimizer steps; "
             f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"
@@ -320,7 +329,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, engine.device):
                 break
-            loss = forward_loss(engine, batch, dtype)
+            loss = forward_loss(engine, batch, dtype, args.attention)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
@@ -351,7 +360,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             last = state.step >= args.total_steps
             if state.step % args.eval_every == 0 or last:
-                eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
+                eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype, args.attention)
                 record["eval_loss"] = eval_loss
             log.write(record)
             if rank == 0 and (state.step % args.log_every == 0 or "eval_loss" in record or last):
@@ -388,5 +397,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.micro_in_epoch = 0
     if last_checkpoint_step != state.step:
         if math.isnan(eval_loss):  # no eval since this attempt started
-            eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype)
+            eval_loss = eval_loss_of(engine, eval_shard, collate_fn, micro, args.eval_batches, dtype, args.attention)
         checkpoint_now({"step": state.step, "eval_loss": eval_loss, "final": True})

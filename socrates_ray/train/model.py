@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from socrates_ray.train.attention import register as register_segment_attention
+
 
 def load_model_for_training(
     path: str,
@@ -16,6 +18,7 @@ def load_model_for_training(
     ds_config: dict[str, Any],
     bf16: bool,
     gradient_checkpointing: bool,
+    attention: str = "dense",
 ) -> tuple[Any, Any]:
     """(model, keepalive). Under ZeRO-3 the HfDeepSpeedConfig must exist (and stay alive) before
     from_pretrained, so each rank loads only its partition instead of the whole model."""
@@ -24,7 +27,10 @@ def load_model_for_training(
     from transformers.integrations import HfDeepSpeedConfig
 
     keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    # attention "segments": one causal SDPA call per packed example (train/attention.py); "dense":
+    # the model's own SDPA, given a (B, 1, L, L) mask by the loop
+    implementation = {"attn_implementation": register_segment_attention()} if attention == "segments" else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32, **implementation)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

@@ -221,7 +221,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
     t, ing = cfg.train, cfg.ingest
     return LoopArgs(
         model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
-        finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing,
+        finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing, attention=t.attention,
         lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, lora_targets=t.lora.target_modules,
         lora_rank_pattern=t.lora.rank_pattern,
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),

@@ -113,10 +113,13 @@ def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, 
     assert arrived["package"].startswith(arrived["cwd"]) and arrived["bytes"] < 5 * 2**20
 
     done = submit(ray_head, ray_head["env"], "python", "jobs/finetune.py", "--config", "configs/demo.yaml",
-                  *train_overrides(tmp_path, prepared, tiny_model, "job", steps=3), "train.checkpoint_every=2")
+                  *train_overrides(tmp_path, prepared, tiny_model, "job", steps=3), "train.checkpoint_every=2",
+                  # packed rows (~3 examples each) through the per-example attention path; every other
+                  # training test runs the dense mask
+                  "ingest.layout=pack", "ingest.max_length=1024", "ingest.micro_batch_size=1", "train.attention=segments")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    assert "succeeded" in out and "train: finished" in out
+    assert "succeeded" in out and "train: finished" in out and "attention segments" in out
     assert [m["step"] for m in read_jsonl(tmp_path / "job" / "metrics.jsonl")] == [1, 2, 3]
     export = tmp_path / "job" / "checkpoint_000003" / "export"
     assert (export / "adapter_config.json").exists() and (export / "adapter_model.safetensors").stat().st_size > 0
