@@ -255,6 +255,53 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return run_evaluation(cfg, path, adapter, endpoint=endpoint, token=_token(cfg))
 
 
+def screen_adapters(cfg: Config, models: list[str], named: dict[str, str]) -> dict[str, str | None]:
+    """Model name -> adapter folder (None = the base model) for a screening."""
+    from socrates_ray.screen.spec import ExperimentError
+
+    found: dict[str, str | None] = {}
+    for name in models:
+        if name == "base":
+            found[name] = None
+        elif name == "finetuned":
+            if (adapter := resolve_adapter_path(cfg)) is None:
+                raise ExperimentError(f"models: finetuned, but run {cfg.run_dir} has no exported adapter; train first "
+                                      "(socrates-ray train or demo), set evaluate.adapter_path, or screen with models: [base]")
+            found[name] = adapter
+        else:
+            if not (Path(named[name]) / "adapter_config.json").is_file():
+                raise ExperimentError(f"adapters.{name}: {named[name]} has no adapter_config.json (expected a PEFT adapter folder)")
+            found[name] = named[name]
+    return found
+
+
+def cmd_screen(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """Screen a planned experiment (--experiment), or measure how far screenings can be trusted on a
+    prepared split's held-out studies (--from-split)."""
+    from socrates_ray.screen.spec import ExperimentError, load_experiment
+
+    if bool(args.experiment) == bool(args.from_split):
+        raise ExperimentError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING "
+                              "(replay a prepared split's held-out studies and fit the interval scale), not both or neither")
+    endpoint = cfg.simulate.endpoint if cfg.simulate.backend == "http" else None
+    if args.from_split:
+        from socrates_ray.screen.trust import run_from_split
+
+        adapters = {"base": None}
+        if (adapter := resolve_adapter_path(cfg)) is not None:
+            adapters["finetuned"] = adapter
+        path = model_path(cfg)
+        ensure_ray(cfg)
+        return run_from_split(cfg, args.from_split, path, adapters, endpoint=endpoint, token=_token(cfg))
+    from socrates_ray.screen.job import run_screen
+
+    experiment = load_experiment(args.experiment)
+    adapters = screen_adapters(cfg, experiment.models, experiment.adapters)
+    path = model_path(cfg)
+    ensure_ray(cfg)
+    return run_screen(cfg, experiment, path, adapters, endpoint=endpoint, token=_token(cfg))
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """synth -> prepare -> finetune (its tokenizing pass reports the ingest figures) -> evaluate base and
     finetuned (batch simulation) -> Serve, checked to answer what the evaluation scored."""
@@ -322,6 +369,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {
     "serve": (cmd_serve, "deploy the Ray Serve HTTP app: base model + adapters, batching, OpenAI-compatible chat"),
     "simulate": (cmd_simulate, "predict a split's eval rows (exact distributions or sampling) into Parquet; resumable"),
     "evaluate": (cmd_evaluate, "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots"),
+    "screen": (cmd_screen, "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split"),
     "build-tiny": (cmd_build_tiny, "build the offline tiny Qwen2 model and tokenizer into model.path"),
 }
 
@@ -346,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "simulate":
             p.add_argument("--setting", default="unseen_studies", help="split setting whose eval rows to simulate")
             p.add_argument("--out", default=None, help="output folder (default: <run>/simulate/<setting>)")
+        if name == "screen":
+            p.add_argument("--experiment", default=None, help="experiment spec YAML (e.g. configs/experiments/carbon_tax_framing.yaml)")
+            p.add_argument("--from-split", default=None, choices=["unseen_studies", "unseen_conditions", "unseen_tasks"],
+                           help="replay this setting's held-out studies as screenings: agreement with the humans, fitted interval scale")
         if name == "ingest":
             p.add_argument("--split", default="unseen_studies/train", help="<setting>/<train|eval> under data.prepared")
     return parser

@@ -37,12 +37,13 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_validation_errors(err: ValidationError, source: str, help_hint: str = "`socrates-ray --help-config` lists every key") -> str:
+    """One line per bad key, each naming its dotted path (shared by configs and screening specs)."""
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key (check the spelling; `socrates-ray --help-config` lists every key)")
+            lines.append(f"  {path}: unknown key (check the spelling; {help_hint})")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -68,7 +69,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source + (" + overrides" if overrides else ""))) from None
+        raise ConfigError(format_validation_errors(err, source + (" + overrides" if overrides else ""))) from None
 
 
 def dump_config(cfg: Config, folder: str | Path) -> Path:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.eval.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.eval.calibrate import resolve_temperature
-from socrates_ray.config import Config
+from socrates_ray.config import Config, SimulateSection
 from socrates_ray.data.synthetic import ROW_TRUTH_FILE
 from socrates_ray.eval.metrics import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
 from socrates_ray.eval.report import results_table, temperature_line, write_report
@@ -74,6 +74,19 @@ def load_row_truth(raw: str) -> RowTruth | None:
             if p is not None}
 
 
+def model_simulate_section(sim: SimulateSection, adapter_name: str | None, adapter_path: str | None, endpoint: str | None,
+                           temperature: Any) -> SimulateSection:
+    """simulate's settings for one model of a multi-model pass: local replicas know the adapter by its
+    folder, the Serve app (endpoint) by its name."""
+    return sim.model_copy(update={
+        "adapter_path": adapter_path,
+        "backend": "http" if endpoint else "local",
+        "endpoint": endpoint or sim.endpoint,
+        "adapter": adapter_name,
+        "temperature": temperature,
+    })
+
+
 def run_evaluation(
     cfg: Config, model_path: str, adapter_path: str | None, log: Callable[[str], None] = print,
     endpoint: str | None = None, token: str | None = None,
@@ -101,14 +114,8 @@ def _evaluate(
     trained_on = cfg.train.setting
     runs = [("base", None)] + ([("finetuned", adapter_path)] if adapter_path else [])
 
-    def model_sim(name: str, adapter: str | None, temperature: Any) -> Any:
-        return cfg.simulate.model_copy(update={
-            "adapter_path": adapter,
-            "backend": "http" if endpoint else "local",
-            "endpoint": endpoint or cfg.simulate.endpoint,
-            "adapter": None if adapter is None else "finetuned",
-            "temperature": temperature,
-        })
+    def model_sim(name: str, adapter: str | None, temperature: Any) -> SimulateSection:
+        return model_simulate_section(cfg.simulate, None if adapter is None else "finetuned", adapter, endpoint, temperature)
 
     # simulate.temperature=auto: one temperature per model, fitted on the validation split (never the test split)
     temperatures: dict[str, float] = {}

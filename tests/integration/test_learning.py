@@ -115,3 +115,30 @@ def test_a_short_finetune_learns_what_a_frame_and_a_persona_do(ray_local, tmp_pa
     assert up - down > 0.5, seen
     assert democrat - republican > 0.5, seen
     assert abs(base_up - base_down) < up - down and abs(base_democrat - base_republican) < democrat - republican, seen
+
+    # the researcher's view of the same adapter: `socrates-ray screen` on a planned up-vs-down experiment on
+    # the new topic recovers the large true effect (about -2 points: 3.99 vs 2.01 above) in the right direction
+    import json
+
+    import yaml
+
+    spec = {"name": "garden", "population": {"source": "marginals", "n_per_arm": 60, "seed": 0,
+                                             "marginals": {"party_id": {p: 1.0 for p in PARTIES}, "age": {"45": 1.0}, "gender": {"Female": 1.0}}},
+            "conditions": [{"name": "up", "stimulus": f"The council is discussing {topic}. {FRAMES['up']}"},
+                           {"name": "down", "stimulus": f"The council is discussing {topic}. {FRAMES['down']}"}],
+            "outcomes": [{"name": "support", "question": QUESTION}], "subgroups": ["party_id"],
+            "contrasts": [{"treatment": "down", "control": "up", "expected": "negative"}],
+            "analysis": {"bootstrap": 200, "min_subgroup_n": 10}}
+    (tmp_path / "garden.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["screen", "--experiment", str(tmp_path / "garden.yaml"), *common, "simulate.temperature=1.0",
+                 "simulate.replicas=1"]) == 0
+    folder = tmp_path / "framed" / "screen" / "garden"
+    screened = json.loads((folder / "screen.json").read_text())
+    effect = screened["models"]["finetuned"]["outcomes"]["support"]["contrasts"][0]
+    base_effect = screened["models"]["base"]["outcomes"]["support"]["contrasts"][0]
+    print("screen", {k: effect[k] for k in ("difference", "interval", "d", "verdict", "humans_per_arm_needed")})
+    assert effect["difference"] < -0.5 and effect["interval"][1] < 0 and effect["verdict"] == "negative: as expected", effect
+    assert abs(base_effect["difference"]) < abs(effect["difference"]), base_effect
+    assert effect["humans_per_arm_needed"] is not None and effect["humans_per_arm_needed"] < 200, effect
+    assert all((folder / f).is_file() for f in ("report.md", "distributions.png", "effects.png"))
+

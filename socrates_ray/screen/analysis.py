@@ -1,0 +1,184 @@
+"""Effects, intervals and power from simulated participants (pure numpy/scipy: no Ray, no model).
+
+Each simulated participant i is an answer distribution p_i over the outcome's options. An arm's
+predicted distribution is the mean of its participants' p_i; its mean answer is the mean of their
+expected answers mu_i; its spread counts both who the people are and how uncertain each answer is
+(law of total variance: sd^2 = mean_i var_i + var_i mu_i).
+
+A contrast's interval is for the effect a human study of the same size would observe: each
+bootstrap draw resamples the personas (persona sampling) and draws one answer from each resampled
+participant's distribution (the model's own per-participant uncertainty), then takes the
+difference in mean answers. It narrows as n_per_arm grows. `scale` (fitted on held-out human
+studies by screen.trust) stretches every interval's half-widths around the point estimate.
+
+Power: humans per arm needed to detect the predicted standardized effect with a two-sided t test
+(two-sample for between-subject designs, paired for within-subject ones), from the noncentral t
+distribution, as statsmodels' TTestIndPower / TTestPower compute it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import optimize, stats
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm's participants for one outcome: option values (K,) and distributions (n, K)."""
+
+    options: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def of(cls, options: list[int], probs: list[list[float]]) -> "Arm":
+        p = np.asarray(probs, dtype=float).reshape(len(probs), len(options))
+        return cls(np.asarray(options, dtype=float), p / p.sum(axis=1, keepdims=True))
+
+    @property
+    def n(self) -> int:
+        return self.probs.shape[0]
+
+    def means(self) -> np.ndarray:
+        return self.probs @ self.options
+
+    def variances(self) -> np.ndarray:
+        return self.probs @ self.options**2 - self.means() ** 2
+
+    def take(self, rows: np.ndarray) -> "Arm":
+        return Arm(self.options, self.probs[rows])
+
+
+def summarize_arm(arm: Arm) -> dict[str, Any]:
+    """Predicted distribution, mean answer and sd (persona spread + answer uncertainty) of an arm."""
+    mu = arm.means()
+    return {"n": arm.n, "options": arm.options.astype(int).tolist(), "distribution": arm.probs.mean(axis=0).round(4).tolist(),
+            "mean": float(mu.mean()), "sd": float(math.sqrt(max(arm.variances().mean() + mu.var(), 0.0)))}
+
+
+def standardized_effect(treatment: Arm, control: Arm, paired: bool) -> float:
+    """Cohen's d (between: difference over the pooled sd) or d_z (within: mean over the sd of the
+    per-person differences), from the predicted distributions."""
+    diff = treatment.means().mean() - control.means().mean()
+    if paired:
+        d_mu = treatment.means() - control.means()
+        sd = math.sqrt(d_mu.var() + (treatment.variances() + control.variances()).mean())
+    else:
+        st, sc = summarize_arm(treatment)["sd"], summarize_arm(control)["sd"]
+        sd = math.sqrt((st**2 + sc**2) / 2)
+    return float(diff / sd) if sd > 0 else 0.0
+
+
+def _draw_answers(arm: Arm, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One answer per (bootstrap draw, resampled participant): rows (B, n) -> answers (B, n)."""
+    cdf = np.cumsum(arm.probs, axis=1)
+    u = rng.random(rows.shape)
+    index = (u[..., None] > cdf[rows]).sum(axis=-1)
+    return arm.options[np.minimum(index, len(arm.options) - 1)]
+
+
+def bootstrap_effects(treatment: Arm, control: Arm, paired: bool, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(differences in mean answers, standardized effects) of `draws` simulated studies of the same size."""
+    rows_t = rng.integers(0, treatment.n, size=(draws, treatment.n))
+    rows_c = rows_t if paired else rng.integers(0, control.n, size=(draws, control.n))
+    yt, yc = _draw_answers(treatment, rows_t, rng), _draw_answers(control, rows_c, rng)
+    diff = yt.mean(axis=1) - yc.mean(axis=1)
+    if paired:
+        sd = (yt - yc).std(axis=1, ddof=1)
+    else:
+        sd = np.sqrt((yt.var(axis=1, ddof=1) + yc.var(axis=1, ddof=1)) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(sd > 0, diff / sd, 0.0)
+    return diff, d
+
+
+def scaled_interval(estimate: float, lo: float, hi: float, scale: float) -> list[float]:
+    """The interval with its half-widths on each side of the estimate multiplied by scale."""
+    return [float(estimate - scale * (estimate - lo)), float(estimate + scale * (hi - estimate))]
+
+
+def contrast_effect(treatment: Arm, control: Arm, paired: bool, level: float, draws: int, rng: np.random.Generator,
+                    scale: float = 1.0) -> dict[str, Any]:
+    """Difference in mean answers (treatment - control) and standardized effect, each with the
+    interval (at `level`, stretched by `scale`) a human study with these arms' sizes would see."""
+    if paired and treatment.n != control.n:
+        raise ValueError(f"a paired contrast needs the same participants in both arms ({treatment.n} vs {control.n})")
+    diff = float(treatment.means().mean() - control.means().mean())
+    d = standardized_effect(treatment, control, paired)
+    boot_diff, boot_d = bootstrap_effects(treatment, control, paired, draws, rng)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    lo, hi = np.quantile(boot_diff, q)
+    dlo, dhi = np.quantile(boot_d, q)
+    return {"difference": diff, "interval": scaled_interval(diff, lo, hi, scale), "d": d,
+            "d_interval": scaled_interval(d, dlo, dhi, scale), "n_treatment": treatment.n, "n_control": control.n}
+
+
+def power_at(d: float, n: float, alpha: float, paired: bool) -> float:
+    """Power of a two-sided t test with n humans per arm (pairs when paired) to detect effect d."""
+    if n < 2:
+        return float("nan")
+    df, ncp = (n - 1, d * math.sqrt(n)) if paired else (2 * n - 2, d * math.sqrt(n / 2))
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    power = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    # scipy's noncentral t is NaN for extreme noncentrality; the power there is 1 to many digits
+    return power if math.isfinite(power) else float(stats.norm.sf(crit - abs(ncp)))
+
+
+def n_needed(d: float, alpha: float, power: float, paired: bool, most: int = 10_000_000) -> int | None:
+    """Humans per arm (pairs when paired) for `power` to detect d; None when more than `most` are needed."""
+    if not math.isfinite(d) or abs(d) < 1e-9:
+        return None
+    # the normal approximation brackets the answer (the noncentral t is NaN far past it)
+    z = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) / abs(d)
+    approx = z**2 * (1 if paired else 2)
+    if approx > most:
+        return None
+    if power_at(d, 2, alpha, paired) >= power:
+        return 2
+    n = optimize.brentq(lambda x: power_at(d, x, alpha, paired) - power, 2.0, 2 * approx + 10)
+    return int(math.ceil(n - 1e-9))
+
+
+def verdict(interval: list[float], expected: str | None) -> str:
+    """How the predicted interval reads against the researcher's expected direction."""
+    if interval[0] > 0 or interval[1] < 0:
+        sign = "positive" if interval[0] > 0 else "negative"
+        if expected is None:
+            return sign
+        return f"{sign}: as expected" if sign == expected else f"{sign}: AGAINST the expected {expected}"
+    return "uncertain (the interval includes 0)"
+
+
+def observed_contrast(treatment: list[int], control: list[int], level: float) -> dict[str, Any] | None:
+    """A human contrast: difference in mean answers with a Welch t interval; None when an arm has < 2 answers."""
+    t, c = np.asarray(treatment, dtype=float), np.asarray(control, dtype=float)
+    if len(t) < 2 or len(c) < 2:
+        return None
+    diff = float(t.mean() - c.mean())
+    vt, vc = t.var(ddof=1) / len(t), c.var(ddof=1) / len(c)
+    se = math.sqrt(vt + vc)
+    if se == 0:
+        return {"difference": diff, "interval": [diff, diff], "n_treatment": len(t), "n_control": len(c)}
+    df = (vt + vc) ** 2 / ((vt**2 / (len(t) - 1) if vt else 0) + (vc**2 / (len(c) - 1) if vc else 0))
+    half = float(stats.t.ppf((1 + level) / 2, df) * se)
+    return {"difference": diff, "interval": [diff - half, diff + half], "n_treatment": len(t), "n_control": len(c)}
+
+
+def needed_scale(estimate: float, interval: list[float], observed: float) -> float:
+    """The smallest `scale` at which the interval (stretched around estimate) covers `observed`."""
+    if observed >= estimate:
+        width = interval[1] - estimate
+        return 0.0 if observed == estimate else (math.inf if width <= 0 else (observed - estimate) / width)
+    width = estimate - interval[0]
+    return math.inf if width <= 0 else (estimate - observed) / width
+
+
+def fit_interval_scale(needed: list[float], level: float) -> float:
+    """The factor at which `level` of the intervals cover their observed effect (the level-quantile
+    of each one's needed scale)."""
+    if not needed:
+        return 1.0
+    return float(np.quantile(np.asarray(needed, dtype=float), level, method="higher"))
