@@ -49,21 +49,26 @@ def format_validation_errors(err: ValidationError, source: str, help_hint: str =
     return "\n".join(lines)
 
 
+def load_yaml_mapping(path: str | Path, option: str, example: str, holds: str, error: type[SocratesError]) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; `error` names the option, the example and what went wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{option}: no such file {p} (expected a YAML file such as {example})")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{p}: expected a mapping of {holds} at the top, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (or start from defaults when path is None), apply overrides, validate."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: no such file {p} (expected a YAML file such as configs/demo.yaml)")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections at the top, got {type(loaded).__name__}")
-        tree, source = loaded, str(p)
+        tree, source = load_yaml_mapping(path, "--config", "configs/demo.yaml", "sections", ConfigError), str(path)
     for override in overrides:
         apply_override(tree, override)
     try:

@@ -16,6 +16,12 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
 def _fmt_interval(iv: list[float]) -> str:
     return f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
 
@@ -35,9 +41,7 @@ def plot_distributions(results: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("answer")
             ax.set_ylabel("predicted share")
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_effects(results: dict[str, Any], path: Path) -> None:
@@ -73,9 +77,7 @@ def plot_effects(results: dict[str, Any], path: Path) -> None:
     ax.set_yticklabels(list(reversed(labels)), fontsize=8)
     ax.set_xlabel(f"predicted difference in mean answer (treatment - control), {results['analysis']['interval']:.0%} interval")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_screen_report(results: dict[str, Any], folder: Path) -> Path:
@@ -138,9 +140,7 @@ def plot_trust(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("predicted effect")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_trust_report(results: dict[str, Any], folder: Path) -> Path:

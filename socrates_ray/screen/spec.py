@@ -24,10 +24,9 @@ import string
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from socrates_ray.config.loading import format_validation_errors
+from socrates_ray.config.loading import format_validation_errors, load_yaml_mapping
 from socrates_ray.data.prompts import AnswerScale, parse_answer_scale
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS
 from socrates_ray.errors import SocratesError
@@ -192,19 +191,12 @@ def outcome_scale(outcome: Outcome, where: str) -> AnswerScale:
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML; every problem names its dotted path."""
-    p = Path(path)
-    if not p.is_file():
-        raise ExperimentError(f"--experiment: no such file {p} (expected a YAML spec such as configs/experiments/carbon_tax_framing.yaml)")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise ExperimentError(f"{p}: expected a mapping (name, population, conditions, outcomes, ...), got {type(tree).__name__}")
+    tree = load_yaml_mapping(path, "--experiment", "configs/experiments/carbon_tax_framing.yaml",
+                             "fields (name, population, conditions, outcomes, ...)", ExperimentError)
     try:
         experiment = Experiment.model_validate(tree)
     except ValidationError as err:
-        raise ExperimentError(format_validation_errors(err, str(p), "the fields are described in socrates_ray/screen/spec.py")) from None
+        raise ExperimentError(format_validation_errors(err, str(path), "the fields are described in socrates_ray/screen/spec.py")) from None
     for i, outcome in enumerate(experiment.outcomes):
         outcome_scale(outcome, f"outcomes.{i}")
     return experiment
