@@ -282,7 +282,7 @@ def cmd_screen(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
     if bool(args.experiment) == bool(args.from_split):
         raise ExperimentError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING "
-                              "(replay a prepared split's held-out studies and fit the interval scale), not both or neither")
+                              "(replay a prepared split's held-out studies and fit the model error added to intervals), not both or neither")
     endpoint = cfg.simulate.endpoint if cfg.simulate.backend == "http" else None
     if args.from_split:
         from socrates_ray.screen.trust import run_from_split
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "screen":
             p.add_argument("--experiment", default=None, help="experiment spec YAML (e.g. configs/experiments/carbon_tax_framing.yaml)")
             p.add_argument("--from-split", default=None, choices=["unseen_studies", "unseen_conditions", "unseen_tasks"],
-                           help="replay this setting's held-out studies as screenings: agreement with the humans, fitted interval scale")
+                           help="replay this setting's held-out studies as screenings: agreement with the humans, fitted model error")
         if name == "ingest":
             p.add_argument("--split", default="unseen_studies/train", help="<setting>/<train|eval> under data.prepared")
     return parser

@@ -8,8 +8,12 @@ expected answers mu_i; its spread counts both who the people are and how uncerta
 A contrast's interval is for the effect a human study of the same size would observe: each
 bootstrap draw resamples the personas (persona sampling) and draws one answer from each resampled
 participant's distribution (the model's own per-participant uncertainty), then takes the
-difference in mean answers. It narrows as n_per_arm grows. `scale` (fitted on held-out human
-studies by screen.trust) stretches every interval's half-widths around the point estimate.
+difference in mean answers. It narrows as n_per_arm grows. That interval trusts the model's
+effect; `model_error` (the sd of the model's error in an effect, as a share of the answer scale's
+range, fitted on held-out human studies by screen.trust) adds what the model gets wrong, in
+quadrature: half-width = sqrt(bootstrap half-width^2 + (z * model_error * range)^2). An additive
+term, not a factor on the bootstrap's width: a factor that covers small studies (sampling noise
+dominates) under-covers large ones (the model's bias dominates).
 
 Power: humans per arm needed to detect the predicted standardized effect with a two-sided t test
 (two-sample for between-subject designs, paired for within-subject ones), from the noncentral t
@@ -59,17 +63,14 @@ def summarize_arm(arm: Arm) -> dict[str, Any]:
             "mean": float(mu.mean()), "sd": float(math.sqrt(max(arm.variances().mean() + mu.var(), 0.0)))}
 
 
-def standardized_effect(treatment: Arm, control: Arm, paired: bool) -> float:
-    """Cohen's d (between: difference over the pooled sd) or d_z (within: mean over the sd of the
-    per-person differences), from the predicted distributions."""
-    diff = treatment.means().mean() - control.means().mean()
+def effect_sd(treatment: Arm, control: Arm, paired: bool) -> float:
+    """The sd a standardized effect divides by: the pooled sd of the answers (between) or the sd of
+    the per-person differences (within), from the predicted distributions."""
     if paired:
         d_mu = treatment.means() - control.means()
-        sd = math.sqrt(d_mu.var() + (treatment.variances() + control.variances()).mean())
-    else:
-        st, sc = summarize_arm(treatment)["sd"], summarize_arm(control)["sd"]
-        sd = math.sqrt((st**2 + sc**2) / 2)
-    return float(diff / sd) if sd > 0 else 0.0
+        return math.sqrt(max(d_mu.var() + (treatment.variances() + control.variances()).mean(), 0.0))
+    st, sc = summarize_arm(treatment)["sd"], summarize_arm(control)["sd"]
+    return math.sqrt((st**2 + sc**2) / 2)
 
 
 def _draw_answers(arm: Arm, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -95,25 +96,29 @@ def bootstrap_effects(treatment: Arm, control: Arm, paired: bool, draws: int, rn
     return diff, d
 
 
-def scaled_interval(estimate: float, lo: float, hi: float, scale: float) -> list[float]:
-    """The interval with its half-widths on each side of the estimate multiplied by scale."""
-    return [float(estimate - scale * (estimate - lo)), float(estimate + scale * (hi - estimate))]
+def widened_interval(estimate: float, lo: float, hi: float, extra: float) -> list[float]:
+    """The interval with `extra` added in quadrature to its half-width on each side of the estimate."""
+    return [float(estimate - math.hypot(estimate - lo, extra)), float(estimate + math.hypot(hi - estimate, extra))]
 
 
 def contrast_effect(treatment: Arm, control: Arm, paired: bool, level: float, draws: int, rng: np.random.Generator,
-                    scale: float = 1.0) -> dict[str, Any]:
+                    model_error: float = 0.0) -> dict[str, Any]:
     """Difference in mean answers (treatment - control) and standardized effect, each with the
-    interval (at `level`, stretched by `scale`) a human study with these arms' sizes would see."""
+    interval (at `level`) a human study with these arms' sizes would see, widened by the model's
+    error (`model_error`, a share of the scale's range)."""
     if paired and treatment.n != control.n:
         raise ValueError(f"a paired contrast needs the same participants in both arms ({treatment.n} vs {control.n})")
     diff = float(treatment.means().mean() - control.means().mean())
-    d = standardized_effect(treatment, control, paired)
+    sd = effect_sd(treatment, control, paired)
+    d = diff / sd if sd > 0 else 0.0
     boot_diff, boot_d = bootstrap_effects(treatment, control, paired, draws, rng)
     q = [(1 - level) / 2, (1 + level) / 2]
     lo, hi = np.quantile(boot_diff, q)
     dlo, dhi = np.quantile(boot_d, q)
-    return {"difference": diff, "interval": scaled_interval(diff, lo, hi, scale), "d": d,
-            "d_interval": scaled_interval(d, dlo, dhi, scale), "n_treatment": treatment.n, "n_control": control.n}
+    extra = stats.norm.ppf((1 + level) / 2) * model_error * float(treatment.options.max() - treatment.options.min())
+    return {"difference": diff, "interval": widened_interval(diff, lo, hi, extra), "d": d,
+            "d_interval": widened_interval(d, dlo, dhi, extra / sd if sd > 0 else 0.0),
+            "n_treatment": treatment.n, "n_control": control.n}
 
 
 def power_at(d: float, n: float, alpha: float, paired: bool) -> float:
@@ -167,18 +172,14 @@ def observed_contrast(treatment: list[int], control: list[int], level: float) ->
     return {"difference": diff, "interval": [diff - half, diff + half], "n_treatment": len(t), "n_control": len(c)}
 
 
-def needed_scale(estimate: float, interval: list[float], observed: float) -> float:
-    """The smallest `scale` at which the interval (stretched around estimate) covers `observed`."""
-    if observed >= estimate:
-        width = interval[1] - estimate
-        return 0.0 if observed == estimate else (math.inf if width <= 0 else (observed - estimate) / width)
-    width = estimate - interval[0]
-    return math.inf if width <= 0 else (estimate - observed) / width
-
-
-def fit_interval_scale(needed: list[float], level: float) -> float:
-    """The factor at which `level` of the intervals cover their observed effect (the level-quantile
-    of each one's needed scale)."""
-    if not needed:
-        return 1.0
-    return float(np.quantile(np.asarray(needed, dtype=float), level, method="higher"))
+def fit_model_error(contrasts: list[dict[str, Any]], level: float) -> float:
+    """The sd of the model's error in an effect, as a share of the scale's range, from contrasts with
+    an observed human effect (method of moments): observed - predicted has the sampling variance the
+    bootstrap interval measures plus the model's own; what the squared errors hold beyond the first
+    is the second. Each contrast: predicted, interval (at `level`, no model error), observed, range."""
+    if not contrasts:
+        return 0.0
+    z = stats.norm.ppf((1 + level) / 2)
+    excess = [((c["observed"] - c["predicted"]) ** 2 - ((c["interval"][1] - c["interval"][0]) / (2 * z)) ** 2) / c["range"] ** 2
+              for c in contrasts]
+    return float(math.sqrt(max(float(np.mean(excess)), 0.0)))

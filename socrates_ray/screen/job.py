@@ -5,8 +5,8 @@
     (analysis.py) -> screen.json, report.md, plots (report.py)
 
 Each model's exact-mode temperature is fitted on the validation split as evaluate fits it, and each
-model's interval scale is the one `screen --from-split` fitted on held-out human studies
-(screen_calibration.json in the run folder; trust.py), 1.0 until one was fitted.
+model's error (added to every interval) is the one `screen --from-split` fitted on held-out human
+studies (screen_calibration.json in the run folder; trust.py), 0 until one was fitted.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[list[int], Arm, list
     return found
 
 
-def analyze(experiment: Experiment, table: pa.Table, scale: float, seed: int) -> dict[str, Any]:
+def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: int) -> dict[str, Any]:
     """Per outcome: each arm's predicted distribution and mean; each contrast's effect, interval,
     verdict, humans needed and power at the planned n; its subgroup effects."""
     a = experiment.analysis
@@ -104,7 +104,7 @@ def analyze(experiment: Experiment, table: pa.Table, scale: float, seed: int) ->
         result: dict[str, Any] = {"arms": {name: summarize_arm(arm) for name, (_, arm, _) in arms.items()}, "contrasts": []}
         for c in experiment.planned_contrasts():
             (_, treat, demo_t), (_, ctrl, demo_c) = arms[c.treatment], arms[c.control]
-            effect = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, scale)
+            effect = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, model_error)
             effect |= {"treatment": c.treatment, "control": c.control, "expected": c.expected,
                        "verdict": verdict(effect["interval"], c.expected),
                        "humans_per_arm_needed": n_needed(effect["d"], a.alpha, a.power, paired),
@@ -118,7 +118,7 @@ def analyze(experiment: Experiment, table: pa.Table, scale: float, seed: int) ->
                     rows_c = rows_t if paired else np.array([i for i, d in enumerate(demo_c) if d[field] == level], dtype=int)
                     if min(len(rows_t), len(rows_c)) < a.min_subgroup_n:
                         continue
-                    sub = contrast_effect(treat.take(rows_t), ctrl.take(rows_c), paired, a.interval, a.bootstrap, rng, scale)
+                    sub = contrast_effect(treat.take(rows_t), ctrl.take(rows_c), paired, a.interval, a.bootstrap, rng, model_error)
                     per_level[str(level)] = {k: sub[k] for k in ("difference", "interval", "d", "n_treatment", "n_control")}
                 effect["subgroups"][field] = per_level
             result["contrasts"].append(effect)
@@ -126,22 +126,21 @@ def analyze(experiment: Experiment, table: pa.Table, scale: float, seed: int) ->
     return outcomes
 
 
-def load_interval_scales(run_dir: Path, adapters: dict[str, str | None], log: Callable[[str], None]) -> dict[str, float]:
-    """Each model's fitted interval scale from screen_calibration.json (1.0 where none was fitted
-    for this very adapter)."""
+def load_model_errors(run_dir: Path, adapters: dict[str, str | None], log: Callable[[str], None]) -> dict[str, float]:
+    """Each model's fitted error from screen_calibration.json (0 where none was fitted for this very adapter)."""
     path = run_dir / "screen" / CALIBRATION_FILE
     fitted = json.loads(path.read_text()) if path.is_file() else {}
-    scales = {}
+    errors = {}
     for name, adapter in adapters.items():
         record = fitted.get(name)
         if record and record.get("adapter_path") == adapter:
-            scales[name] = float(record["scale"])
+            errors[name] = float(record["model_error"])
         else:
-            scales[name] = 1.0
-            why = "for another adapter" if record else "yet"
-            log(f"screen: no interval scale fitted for {name} {why} (run `socrates-ray screen --from-split <setting>` to fit "
-                "one on held-out human studies); its intervals are the raw bootstrap's")
-    return scales
+            errors[name] = 0.0
+            why = "for this adapter" if record else "yet"
+            log(f"screen: no model error fitted for {name} {why} (`socrates-ray screen --from-split <setting>` fits one on held-out "
+                "human studies); its intervals count sampling only and trust the model's effects")
+    return errors
 
 
 def rows_fingerprint(rows: pa.Table) -> str:
@@ -178,8 +177,8 @@ def run_screen(cfg: Config, experiment: Experiment, model_path: str, adapters: d
         f"people per arm ({experiment.design}-subject, personas from {experiment.population.source}) = {rows.num_rows:,} rows per model; "
         f"models {', '.join(experiment.models)}")
     a = experiment.analysis
-    scales = ({name: float(a.interval_scale) for name in adapters} if a.interval_scale != "auto"
-              else load_interval_scales(cfg.run_dir, adapters, log))
+    errors = ({name: float(a.model_error) for name in adapters} if a.model_error != "auto"
+              else load_model_errors(cfg.run_dir, adapters, log))
     results: dict[str, Any] = {
         "experiment": experiment.name, "design": experiment.design, "n_per_arm": experiment.population.n_per_arm,
         "population": experiment.population.model_dump(), "arms": {name: text for name, text in arms},
@@ -191,8 +190,8 @@ def run_screen(cfg: Config, experiment: Experiment, model_path: str, adapters: d
         for name in experiment.models:
             keep_only_current(out / "simulate" / name, fingerprint, log)
             table = sim.predict(name, rows, out / "simulate" / name)
-            results["models"][name] = {"temperature": sim.temperature(name), "interval_scale": scales[name],
-                                       "outcomes": analyze(experiment, table, scales[name], experiment.population.seed)}
+            results["models"][name] = {"temperature": sim.temperature(name), "model_error": errors[name],
+                                       "outcomes": analyze(experiment, table, errors[name], experiment.population.seed)}
     results["report"] = str(write_screen_report(results, out))
     log("screen: predicted effects (treatment - control, in answer points; interval at "
         f"{a.interval:.0%}, for a human study of {experiment.population.n_per_arm} per arm)\n" + summary_table(results))

@@ -91,11 +91,12 @@ def write_screen_report(results: dict[str, Any], folder: Path) -> Path:
              f"{results['n_per_arm']} simulated participants per arm, {results['design']}-subject; personas from "
              f"{results['population']['source']}; control arm `{results['control']}`. Intervals ({a['interval']:.0%}) are for "
              "what a human study of the same size would observe: personas resampled and one answer drawn from each "
-             f"participant's predicted distribution ({a['bootstrap']} draws), stretched by each model's interval scale. "
+             f"participant's predicted distribution ({a['bootstrap']} draws), widened by each model's error in effects (fitted on "
+             "held-out human studies by `screen --from-split`; 0 = sampling only). "
              f"Power: two-sided t test at alpha {a['alpha']}.", "", "## Arms", ""]
     lines += [f"- `{name}`: {text or '(no text)'}" for name, text in results["arms"].items()]
     for model, m in results["models"].items():
-        lines += ["", f"## {model} (temperature {m['temperature']:.2f}, interval scale {m['interval_scale']:.2f})"]
+        lines += ["", f"## {model} (temperature {m['temperature']:.2f}, model error {m['model_error']:.3f} of the scale's range)"]
         for outcome, o in m["outcomes"].items():
             lines += ["", f"### {outcome}", "", "| arm | n | mean | sd | predicted distribution |", "|---|---|---|---|---|"]
             for name, arm in o["arms"].items():
@@ -152,12 +153,12 @@ def write_trust_report(results: dict[str, Any], folder: Path) -> Path:
     plot_trust(results, folder / "predicted_vs_observed.png")
     lines = [f"# Screening trust on {results['setting']}/eval", "",
              f"Every study of the split replayed as a screening (lowest condition = control). Intervals at {results['level']:.0%}; "
-             f"the interval scale fitted on {results['fitted_on']}. Sign agreement counts contrasts whose human Welch interval "
+             f"each model's error in effects fitted on {results['fitted_on']}. Sign agreement counts contrasts whose human Welch interval "
              "excludes 0; correlations use differences divided by each scale's range.", "", trust_table(results), ""]
     for name, m in results["models"].items():
         v = m["validation"]
-        lines.append(f"- {name}: validation coverage {v['before']['coverage'] or 0:.0%} at scale 1 -> "
-                     f"{v['after']['coverage'] or 0:.0%} at scale {m['interval_scale']:.2f} ({v['before']['contrasts']} contrasts)")
+        lines.append(f"- {name}: validation coverage {v['before']['coverage'] or 0:.0%} with sampling only -> "
+                     f"{v['after']['coverage'] or 0:.0%} with the fitted model error {m['model_error']:.3f} ({v['before']['contrasts']} contrasts)")
     lines += ["", "![predicted vs observed](predicted_vs_observed.png)", ""]
     path = folder / "report.md"
     path.write_text("\n".join(lines))

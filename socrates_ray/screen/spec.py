@@ -91,9 +91,10 @@ class Analysis(Part):
     bootstrap: int = Field(1000, ge=100, description="Bootstrap draws (personas resampled, one answer drawn from each participant's distribution).")
     planned_n: int | None = Field(None, ge=2, description="Humans per arm the researcher plans: the report gives the power at it "
                                   "(null = population.n_per_arm).")
-    interval_scale: float | Literal["auto"] = Field(
-        "auto", description="Factor applied to every interval's half-widths. auto: the factor fitted on held-out human "
-        "studies by `socrates-ray screen --from-split` (screen_calibration.json in the run folder), 1.0 when none was fitted.")
+    model_error: float | Literal["auto"] = Field(
+        "auto", description="The sd of the model's error in an effect, as a share of the answer scale's range, added in quadrature "
+        "to every interval. auto: the one `socrates-ray screen --from-split` fitted on held-out human studies "
+        "(screen_calibration.json in the run folder), 0 (sampling uncertainty only) until one was fitted.")
     min_subgroup_n: int = Field(20, ge=2, description="A subgroup level is analysed when each arm has at least this many of its participants.")
 
 

@@ -11,9 +11,10 @@ size would see, analysis.contrast_effect) is compared with the human one:
   scale's points are not a 1-5 scale's);
 - coverage: the share of human differences inside the predicted interval.
 
-The interval scale is fitted on the validation split of train.setting (held-out units of the
-training data, never the eval split) so that `level` of its contrasts are covered, then applied to
-the eval split's contrasts: the coverage it reaches there is the honest figure. On synthetic data
+The model's error in an effect (analysis.fit_model_error, an sd as a share of the scale's range,
+added in quadrature to every interval) is fitted on the validation split of train.setting
+(held-out units of the training data, never the eval split), then applied to the eval split's
+contrasts: the coverage it reaches there is the honest figure. On synthetic data
 the same comparison runs against the true effects (ground_truth.parquet). Between-subject
 contrasts throughout (a within-subject study's pairs are not used), which only widens intervals.
 """
@@ -21,7 +22,6 @@ contrasts throughout (a within-subject study's pairs are not used), which only w
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +31,9 @@ import pyarrow as pa
 from socrates_ray.config import Config
 from socrates_ray.eval.job import load_truth
 from socrates_ray.eval.simulate import load_split_rows
-from socrates_ray.screen.analysis import Arm, contrast_effect, fit_interval_scale, needed_scale, observed_contrast, scaled_interval
+from scipy import stats
+
+from socrates_ray.screen.analysis import Arm, contrast_effect, fit_model_error, observed_contrast, widened_interval
 from socrates_ray.screen.job import CALIBRATION_FILE, simulator
 
 Truth = dict[tuple[str, int, int], tuple[list[int], list[float]]]
@@ -84,15 +86,18 @@ def _corr(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def agreement(contrasts: list[dict[str, Any]], scale: float) -> dict[str, Any]:
-    """Sign agreement, correlation and interval coverage of predicted vs observed (and true) contrasts."""
+def agreement(contrasts: list[dict[str, Any]], model_error: float, level: float) -> dict[str, Any]:
+    """Sign agreement, correlation and interval coverage of predicted vs observed (and true)
+    contrasts, with the intervals widened by `model_error`."""
+    z = stats.norm.ppf((1 + level) / 2)
+
     def covered(c: dict[str, Any], value: float) -> bool:
-        lo, hi = scaled_interval(c["predicted"], *c["interval"], scale)
+        lo, hi = widened_interval(c["predicted"], *c["interval"], z * model_error * c["range"])
         return lo <= value <= hi
 
     clear = [c for c in contrasts if c["observed_interval"][0] > 0 or c["observed_interval"][1] < 0]
     result: dict[str, Any] = {
-        "contrasts": len(contrasts), "interval_scale": scale,
+        "contrasts": len(contrasts), "model_error": model_error,
         "clear_human_contrasts": len(clear),
         "sign_agreement": _share([np.sign(c["predicted"]) == np.sign(c["observed"]) for c in clear]),
         "correlation": _corr([c["predicted"] / c["range"] for c in contrasts], [c["observed"] / c["range"] for c in contrasts]),
@@ -113,9 +118,9 @@ def agreement(contrasts: list[dict[str, Any]], scale: float) -> dict[str, Any]:
 def run_from_split(cfg: Config, setting: str, model_path: str, adapters: dict[str, str | None], level: float = 0.9,
                    draws: int = 1000, log: Callable[[str], None] = print, endpoint: str | None = None,
                    token: str | None = None) -> dict[str, Any]:
-    """Replay the eval split of `setting` (and, to fit the interval scale, the validation split of
+    """Replay the eval split of `setting` (and, to fit each model's error, the validation split of
     train.setting) as screenings; write trust.json, report.md and a plot; record each model's
-    fitted scale in <run>/screen/screen_calibration.json for `screen` to apply."""
+    fitted error in <run>/screen/screen_calibration.json for `screen` to apply."""
     from socrates_ray.screen.report import write_trust_report
 
     root = cfg.run_dir / "screen"
@@ -125,7 +130,7 @@ def run_from_split(cfg: Config, setting: str, model_path: str, adapters: dict[st
     splits = {val_name: load_split_rows(cfg.data.prepared, cfg.train.setting, "val", None),
               eval_name: load_split_rows(cfg.data.prepared, setting, "eval", None)}
     log(f"screen --from-split: every study of {eval_name} ({splits[eval_name].num_rows:,} rows) replayed as a screening; "
-        f"the interval scale fitted on {val_name} ({splits[val_name].num_rows:,} rows); models {', '.join(adapters)}")
+        f"each model's error fitted on {val_name} ({splits[val_name].num_rows:,} rows); models {', '.join(adapters)}")
     results: dict[str, Any] = {"setting": setting, "fitted_on": val_name, "level": level, "synthetic_truth": truth is not None,
                                "models": {}}
     record_path = root / CALIBRATION_FILE
@@ -136,23 +141,20 @@ def run_from_split(cfg: Config, setting: str, model_path: str, adapters: dict[st
             for split, rows in splits.items():
                 table = sim.predict(name, rows, out / "simulate" / split.replace("/", "_") / name)
                 contrasts[split] = split_contrasts(table, level, draws, cfg.run.seed, truth)
-            scale = fit_interval_scale([needed_scale(c["predicted"], c["interval"], c["observed"]) for c in contrasts[val_name]], level)
-            if not math.isfinite(scale):
-                log(f"screen --from-split: {name}: no finite interval scale covers {level:.0%} of {val_name}'s contrasts; keeping 1.0")
-                scale = 1.0
+            error = fit_model_error(contrasts[val_name], level)
             results["models"][name] = {
-                "temperature": sim.temperature(name), "adapter_path": adapter, "interval_scale": scale,
-                "validation": {"before": agreement(contrasts[val_name], 1.0), "after": agreement(contrasts[val_name], scale)},
-                "eval": {"before": agreement(contrasts[eval_name], 1.0), "after": agreement(contrasts[eval_name], scale)},
+                "temperature": sim.temperature(name), "adapter_path": adapter, "model_error": error,
+                "validation": {"before": agreement(contrasts[val_name], 0.0, level), "after": agreement(contrasts[val_name], error, level)},
+                "eval": {"before": agreement(contrasts[eval_name], 0.0, level), "after": agreement(contrasts[eval_name], error, level)},
                 "contrasts": contrasts[eval_name],
             }
-            record[name] = {"scale": scale, "adapter_path": adapter, "fitted_on": val_name, "level": level,
-                            "eval_coverage_after": results["models"][name]["eval"]["after"]["coverage"], "eval_split": eval_name}
+            record[name] = {"model_error": error, "adapter_path": adapter, "fitted_on": val_name, "contrasts": len(contrasts[val_name]),
+                            "eval_split": eval_name, "eval_coverage": results["models"][name]["eval"]["after"]["coverage"]}
     root.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1))
     results["report"] = str(write_trust_report(results, out))
     log("screen --from-split: predicted vs human contrasts on " + eval_name + "\n" + trust_table(results))
-    log(f"screen --from-split: interval scales saved to {record_path} (screen applies them); report {results['report']}")
+    log(f"screen --from-split: model errors saved to {record_path} (screen adds them to its intervals); report {results['report']}")
     return results
 
 
@@ -165,12 +167,12 @@ def _num(x: float | None) -> str:
 
 
 def trust_table(results: dict[str, Any]) -> str:
-    lines = ["| model | contrasts (clear) | sign agreement | correlation | coverage before -> after (scale) | vs truth: sign / r / coverage after |",
+    lines = ["| model | contrasts (clear) | sign agreement | correlation | coverage: sampling only -> with model error (fitted error) | vs truth: sign / r / coverage |",
              "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         b, a = m["eval"]["before"], m["eval"]["after"]
         t = a.get("vs_truth")
         truth = f"{_pct(t['sign_agreement'])} / {_num(t['correlation'])} / {_pct(t['coverage'])}" if t else "-"
         lines.append(f"| {name} | {b['contrasts']} ({b['clear_human_contrasts']}) | {_pct(b['sign_agreement'])} | {_num(b['correlation'])} | "
-                     f"{_pct(b['coverage'])} -> {_pct(a['coverage'])} (x{m['interval_scale']:.2f}) | {truth} |")
+                     f"{_pct(b['coverage'])} -> {_pct(a['coverage'])} ({m['model_error']:.3f} of the range) | {truth} |")
     return "\n".join(lines)

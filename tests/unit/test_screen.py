@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from socrates_ray.screen.analysis import (
-    Arm, contrast_effect, fit_interval_scale, n_needed, needed_scale, observed_contrast, power_at, standardized_effect,
+    Arm, contrast_effect, fit_model_error, n_needed, observed_contrast, power_at,
 )
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
 from socrates_ray.screen.job import analyze
@@ -125,10 +125,10 @@ def test_power_matches_the_published_t_test_values():
 
 
 def test_standardized_effect_counts_answer_uncertainty_and_persona_spread():
-    # everyone certain: control answers 2, treatment answers 4 -> sd 0, d undefined -> 0; with spread it is finite
-    certain_c = Arm.of([1, 2, 3, 4, 5], [[0, 1, 0, 0, 0]] * 10)
+    certain = Arm.of([1, 2, 3, 4, 5], [[0, 1, 0, 0, 0]] * 10)  # everyone answers 2
     half = Arm.of([1, 2, 3, 4, 5], [[0, 0.5, 0, 0.5, 0]] * 10)  # each person 2 or 4: variance 1 within the person
-    assert standardized_effect(half, certain_c, paired=False) == pytest.approx(1.0 / np.sqrt(0.5))
+    e = contrast_effect(half, certain, paired=False, level=0.9, draws=200, rng=np.random.default_rng(0))
+    assert e["difference"] == pytest.approx(1.0) and e["d"] == pytest.approx(1.0 / np.sqrt(0.5))
 
 
 def predictions_table(experiment: Experiment, rng: np.random.Generator) -> pa.Table:
@@ -146,17 +146,19 @@ def test_analysis_and_report_files_hold_the_same_numbers(tmp_path):
     experiment = Experiment.model_validate(spec(contrasts=[{"treatment": "cost", "control": "control", "expected": "negative"}],
                                                 analysis={"min_subgroup_n": 10}))
     table = predictions_table(experiment, np.random.default_rng(0))
-    outcomes = analyze(experiment, table, scale=1.0, seed=0)
+    outcomes = analyze(experiment, table, model_error=0.0, seed=0)
     c = outcomes["support"]["contrasts"][0]
     assert c["difference"] < -0.8 and c["interval"][1] < 0 and c["verdict"] == "negative: as expected"
     assert set(c["subgroups"]["party_id"]) == {"Strong Democrat", "Strong Republican"}
     assert c["humans_per_arm_needed"] == n_needed(c["d"], 0.05, 0.8, paired=False)
-    wider = analyze(experiment, table, scale=2.0, seed=0)["support"]["contrasts"][0]
-    assert wider["interval"][1] - wider["interval"][0] == pytest.approx(2 * (c["interval"][1] - c["interval"][0]))
+    # a model error of 0.1 of the 1..5 range adds z * 0.4 points to each half-width, in quadrature
+    wider = analyze(experiment, table, model_error=0.1, seed=0)["support"]["contrasts"][0]
+    extra = 1.6448536 * 0.1 * 4
+    assert wider["interval"][1] - wider["difference"] == pytest.approx(np.hypot(c["interval"][1] - c["difference"], extra))
     results = {"experiment": "t", "design": "between", "n_per_arm": 40, "population": experiment.population.model_dump(),
                "arms": dict(experiment.arms()), "control": "control", "outcomes": ["support"],
                "analysis": experiment.analysis.model_dump(), "planned_n": 40,
-               "models": {"base": {"temperature": 1.0, "interval_scale": 1.0, "outcomes": outcomes}}}
+               "models": {"base": {"temperature": 1.0, "model_error": 0.0, "outcomes": outcomes}}}
     report = write_screen_report(results, tmp_path)
     for name in ("screen.json", "report.md", "distributions.png", "effects.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -184,13 +186,24 @@ def test_held_out_studies_become_contrasts_compared_with_humans_and_truth():
     contrasts = split_contrasts(pa.Table.from_pylist(rows), level=0.9, draws=500, seed=0, truth=truth)
     assert [(c["study_id"], c["condition"], c["control"]) for c in contrasts] == [("s0", 1, 0), ("s1", 1, 0), ("s2", 1, 0)]
     assert contrasts[0]["predicted"] < -0.8 and contrasts[1]["predicted"] > 0.8 and contrasts[0]["true"] < -0.8
-    result = agreement(contrasts, 1.0)
+    result = agreement(contrasts, 0.0, 0.9)
     assert result["clear_human_contrasts"] >= 2 and result["sign_agreement"] == 1.0
     assert result["vs_truth"]["sign_agreement"] == 1.0 and result["vs_truth"]["correlation"] > 0.9
-    # the scale that makes 90% of these intervals cover their observed effect covers them all here (3 contrasts)
-    scale = fit_interval_scale([needed_scale(c["predicted"], c["interval"], c["observed"]) for c in contrasts], 0.9)
-    assert agreement(contrasts, scale)["coverage"] == 1.0
-    assert needed_scale(0.0, [-1.0, 2.0], 3.0) == 1.5 and needed_scale(0.0, [-1.0, 2.0], -0.5) == 0.5
+
+
+def test_the_fitted_model_error_is_what_the_errors_hold_beyond_sampling():
+    z = 1.6448536
+    # sampling sd 0.1 (interval half-width z * 0.1) and errors of +-0.3 on a range of 1: excess variance 0.09 - 0.01
+    contrasts = [{"predicted": 0.0, "interval": [-z * 0.1, z * 0.1], "observed": o, "range": 1.0} for o in (0.3, -0.3)]
+    assert fit_model_error(contrasts, 0.9) == pytest.approx(np.sqrt(0.08))
+    # errors smaller than sampling alone explains: no model error
+    assert fit_model_error([{"predicted": 0.0, "interval": [-1.0, 1.0], "observed": 0.1, "range": 4.0}], 0.9) == 0.0
+    assert fit_model_error([], 0.9) == 0.0
+    # agreement's coverage uses it: an observed effect 0.3 away is outside the sampling-only interval, inside the widened one
+    for c in contrasts:
+        c.update(observed_interval=[c["observed"] - 0.01, c["observed"] + 0.01], true=None)
+    assert agreement(contrasts, 0.0, 0.9)["coverage"] == 0.0
+    assert agreement(contrasts, fit_model_error(contrasts, 0.9), 0.9)["coverage"] == 1.0
 
 
 def test_observed_contrast_is_a_welch_interval():
