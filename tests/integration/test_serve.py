@@ -36,14 +36,20 @@ def make_adapter(model: Path, out: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, tiny_model, tmp_path_factory, monkeypatch_module):
+def adapters(tiny_model, tmp_path_factory) -> Path:
+    """The app's adapters_dir: a1 and a2."""
+    folder = tmp_path_factory.mktemp("adapters")
+    make_adapter(tiny_model, folder / "a1", seed=1)
+    make_adapter(tiny_model, folder / "a2", seed=2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tiny_model, adapters, monkeypatch_module):
     from ray import serve
 
     from socrates_ray.serve.app import start_serve
 
-    adapters = tmp_path_factory.mktemp("adapters")
-    make_adapter(tiny_model, adapters / "a1", seed=1)
-    make_adapter(tiny_model, adapters / "a2", seed=2)
     monkeypatch_module.setenv("SOCRATES_TEST_TOKEN", TOKEN)
     cfg = load_config(None, [
         f"serve.port={PORT}", f"serve.adapters_dir={adapters}", "serve.auth_token_env=SOCRATES_TEST_TOKEN",
@@ -200,3 +206,29 @@ def test_concurrent_requests_are_batched(app) -> None:
     assert requests_done == 32 and batches < 32  # some requests shared a forward pass
     # What bench/serve.py reads: where the model runs and how long it was busy with these batches.
     assert after["device"] == "cpu" and after["model_seconds"] > before["model_seconds"] >= 0
+
+
+def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapters, tiny_model, tmp_path) -> None:
+    """`screen` with simulate.backend=http: the Serve app scores the rows, adapters by the names it
+    knows them by; the predictions are the app's own /v1/predict answers for the same prompts."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from socrates_ray.cli import main
+
+    spec = {"name": "served", "population": {"source": "marginals", "n_per_arm": 6, "marginals": {"age": {"30": 1, "70": 1}}},
+            "conditions": [{"name": "plain", "stimulus": "A plan."}, {"name": "costly", "stimulus": "A plan that costs a lot."}],
+            "outcomes": [{"name": "fair", "question": STIMULUS}], "models": ["base", "a1"],
+            "adapters": {"a1": str(adapters / "a1")}, "analysis": {"bootstrap": 100}}
+    (tmp_path / "served.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["screen", "--experiment", str(tmp_path / "served.yaml"), f"model.path={tiny_model}", f"run.output_dir={tmp_path}",
+                 "simulate.backend=http", f"simulate.endpoint={URL}", "simulate.temperature=1.0",
+                 "serve.auth_token_env=SOCRATES_TEST_TOKEN"]) == 0
+    folder = tmp_path / "demo" / "screen" / "served"
+    assert json.loads((folder / "screen.json").read_text())["models"]["a1"]["outcomes"]["fair"]["contrasts"]
+    for model in ("base", "a1"):
+        row = pq.read_table(folder / "simulate" / model / "predictions.parquet").slice(0, 1).to_pylist()[0]
+        persona = {k: v for k, v in row["demographic"].items() if v is not None}
+        r = post("/v1/predict", {"persona": persona, "stimulus": "A plan.\n\n" + STIMULUS, "adapter": model, "temperature": 1.0})
+        assert r.status_code == 200, r.text
+        assert max(abs(a - b) for a, b in zip(r.json()["probs"], row["probs"])) < 1e-4, (model, r.json()["probs"], row["probs"])

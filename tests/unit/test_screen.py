@@ -232,3 +232,22 @@ def test_a_changed_spec_is_simulated_again_not_mixed_with_old_predictions(tmp_pa
     assert (folder / "part-1.parquet").exists() and not logs
     keep_only_current(folder, rows_fingerprint(changed), logs.append)  # edited spec: they go, with a line saying so
     assert not (folder / "part-1.parquet").exists() and "spec changed" in logs[0]
+
+
+def test_personas_from_a_csv_keep_its_fields_and_refuse_unknown_columns(tmp_path):
+    good = tmp_path / "people.csv"
+    good.write_text("age,party_id,gender\n34,Strong Democrat,Female\n71,Strong Republican,\n")
+    experiment = Experiment.model_validate(spec(population={"source": "csv", "csv": str(good), "n_per_arm": 3}))
+    personas = draw_personas(experiment.population, personas_needed(experiment), "unused")
+    assert len(personas) == 6 and {p["age"] for p in personas} <= {34, 71}  # 2 people resampled with replacement
+    assert all(set(p) == set(personas[0]) and (p["gender"] is None) == (p["age"] == 71) for p in personas)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,party\n34,Democrat\n")
+    with pytest.raises(ExperimentError, match=r"population.csv: unknown column\(s\) \['party'\]"):
+        draw_personas(Experiment.model_validate(spec(population={"source": "csv", "csv": str(bad)})).population, 4, "unused")
+    word = tmp_path / "word.csv"
+    word.write_text("age\nforty\n")
+    with pytest.raises(ExperimentError, match="population.csv line 2: age must be an integer, got 'forty'"):
+        draw_personas(Experiment.model_validate(spec(population={"source": "csv", "csv": str(word)})).population, 4, "unused")
+    with pytest.raises(ExperimentError, match="source=csv needs population.csv"):
+        load_experiment(write(tmp_path, spec(population={"source": "csv"})))
