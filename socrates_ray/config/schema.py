@@ -183,7 +183,9 @@ class TrainSection(Section):
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 2/3).")
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
     zero3_persistence_threshold: int | None = Field(
-        None, ge=0, description="ZeRO-3: parameters smaller than this stay whole on every rank (DeepSpeed default 1e5); 0 partitions all."
+        None, ge=0, description="ZeRO-3: parameters smaller than this stay whole on every rank; 0 partitions all. null: for "
+        "LoRA, just above the largest LoRA matrix (rank x the wider of hidden and intermediate size: trainable matrices and "
+        "norms stay resident, frozen weights are partitioned); for full finetuning 10 x hidden size."
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto = bf16 on GPU and on CPUs with native bf16 matrix instructions (AMX, AVX512-BF16), "

@@ -10,6 +10,16 @@ from typing import Any
 MIN_REDUCE_BUCKET = 1_000_000  # elements
 
 
+def lora_persistence_threshold(rank: int, rank_pattern: dict[str, int], hidden_size: int, intermediate_size: int | None) -> int:
+    """ZeRO-3 for LoRA: a persistence threshold above the largest LoRA matrix of a linear layer
+    (rank x the wider of hidden and intermediate), so every trainable matrix (and every norm) stays
+    whole on each rank while the frozen weights, each at least hidden^2, are partitioned. With
+    DeepSpeed's default (about 10 x hidden elements) each LoRA matrix was gathered on every use:
+    ZeRO-3 LoRA steps at 0.073 MFU vs ZeRO-2's 0.199 on one H200 (issue 15)."""
+    widest = max(hidden_size, intermediate_size or 0)
+    return max([rank, *rank_pattern.values()]) * widest + 1
+
+
 def build_ds_config(
     *,
     zero_stage: int,

@@ -20,7 +20,7 @@ from socrates_ray.config import Config, dump_config
 from socrates_ray.data.ingest import build_ingest_dataset, estimate_rows, load_tokenizer
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.precision import resolve_precision
-from socrates_ray.train.deepspeed import build_ds_config
+from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.loop import PROGRESS_FILE, LoopArgs, train_loop_per_worker
 
 
@@ -36,11 +36,13 @@ def run_folder(cfg: Config) -> Path:
     return Path(root) / cfg.run.name if "://" not in root else Path(cfg.run.output_dir).resolve() / cfg.run.name
 
 
-def model_hidden_size(model_path: str) -> int | None:
-    """The model's hidden size from its config (sizes DeepSpeed's buckets), if it has one."""
+def model_sizes(model_path: str) -> tuple[int | None, int | None]:
+    """(hidden size, intermediate size) from the model's config (they size DeepSpeed's buckets and
+    the LoRA persistence threshold), where it has them."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_path).to_dict().get("hidden_size")
+    config = AutoConfig.from_pretrained(model_path).to_dict()
+    return config.get("hidden_size"), config.get("intermediate_size")
 
 
 def plan_steps(rows: int, workers: int, micro: int, accum: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
@@ -207,12 +209,16 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
 def deepspeed_config_for(cfg: Config, plan: RunPlan, model_path: str) -> dict[str, Any]:
     """train.* and ingest.* as DeepSpeed's config dict (train.deepspeed.build_ds_config)."""
     t, ing = cfg.train, cfg.ingest
+    hidden, intermediate = model_sizes(model_path)
+    persistence = t.zero3_persistence_threshold
+    if persistence is None and t.finetuning == "lora" and t.zero_stage == 3 and hidden:
+        persistence = lora_persistence_threshold(t.lora.r, t.lora.rank_pattern, hidden, intermediate)
     return build_ds_config(
         zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params, bf16=plan.bf16,
         micro_batch_size=ing.micro_batch_size, grad_accum=t.grad_accum, world_size=ing.num_workers,
         lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
         warmup_steps=int(t.warmup_ratio * plan.total_steps), total_steps=plan.total_steps,
-        on_gpu=t.use_gpu, persistence_threshold=t.zero3_persistence_threshold, hidden_size=model_hidden_size(model_path),
+        on_gpu=t.use_gpu, persistence_threshold=persistence, hidden_size=hidden,
     )
 
 

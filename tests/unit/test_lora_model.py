@@ -24,3 +24,25 @@ def test_rank_pattern_gives_those_modules_their_rank_at_the_same_scale_and_the_a
 
     saved = PeftConfig.from_pretrained(tmp_path / "adapter")
     assert saved.rank_pattern == {"embed_tokens": 32} and saved.alpha_pattern == {"embed_tokens": 64}
+
+
+def test_zero3_lora_keeps_every_lora_matrix_and_norm_whole_and_partitions_the_frozen_weights(tiny_model) -> None:
+    """The default ZeRO-3 persistence threshold for LoRA sits between the largest LoRA matrix and
+    the smallest frozen weight matrix: what trains is never gathered, what is frozen is sharded."""
+    from socrates_ray.train.deepspeed import lora_persistence_threshold
+
+    assert lora_persistence_threshold(16, {}, 5120, 13824) == 16 * 13824 + 1  # Qwen2.5-14B, r 16: 221k elements
+    assert lora_persistence_threshold(16, {"o_proj": 64}, 5120, 13824) == 64 * 13824 + 1
+    lora = load_config("configs/demo.yaml", ["train.lora.r=8", "train.lora.alpha=16", "train.lora.target_modules=all-linear"]).train.lora
+    ds = build_ds_config(zero_stage=2, offload_optimizer=False, offload_params=False, bf16=False, micro_batch_size=2,
+                         grad_accum=1, world_size=1, lr=1e-3, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
+                         total_steps=10, on_gpu=False, persistence_threshold=None, hidden_size=None)
+    model, _ = load_model_for_training(str(tiny_model), "lora", lora.r, lora.alpha, lora.dropout, lora.target_modules,
+                                       lora.rank_pattern, ds, False, False)
+    config = model.get_base_model().config
+    threshold = lora_persistence_threshold(lora.r, lora.rank_pattern, config.hidden_size, config.intermediate_size)
+    trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    frozen_matrices = [(n, p.numel()) for n, p in model.named_parameters() if not p.requires_grad and p.dim() == 2]
+    norms = [(n, p.numel()) for n, p in model.named_parameters() if "norm" in n]
+    assert trainable and all(size < threshold for _, size in trainable + norms), (threshold, trainable)
+    assert all(size >= threshold for _, size in frozen_matrices), (threshold, frozen_matrices)
