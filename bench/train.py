@@ -1,12 +1,17 @@
-"""Training benchmark, from one run:
+"""Training benchmark, from one run on the same cores:
 
-1. tokens/s of socrates_ray (Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, LoRA) against a
-   plain single-process peft + torch loop with 2 threads on the same model, the same global batch
-   and the packed rows the ingest pipeline makes (same tokens, same padding share);
-2. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
+1. tokens/s of socrates_ray (Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, LoRA) against two
+   baselines, each one process with 2 threads, on the same model, global batch and packed rows the
+   ingest pipeline makes (same tokens, same padding share): a plain peft + torch loop, and Hugging
+   Face `Trainer` + peft (the stack LLaMA-Factory and axolotl wrap); peak resident memory of each
+   (the baselines run in a fresh child process, so their peak is their own);
+2. with --attention-compare, socrates_ray's per-example attention (train.attention=segments) against
+   its dense (B, 1, L, L) mask on the same rows;
+3. peak resident memory per worker for ZeRO-2 vs ZeRO-3 on a model large enough to show
    partitioning (tens of millions of parameters).
 
     python bench/train.py                   # ~4 minutes on 2 cores
+    python bench/train.py --max-length 2048 --micro 1 --steps 40 --attention-compare --skip-memory
     python bench/train.py --steps 40 --hidden 768
 """
 
@@ -40,6 +45,69 @@ def ingest_rows(cfg, model_path: str, count: int) -> list[dict]:
     from socrates_ray.train.trainer import build_split_dataset
 
     return build_split_dataset(cfg, model_path, "train").take(count)
+
+
+def in_child(fn, *args) -> dict:
+    """fn(*args) in a fresh spawned process, with that process's peak resident memory (MiB)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_with_peak, fn, *args).result()
+
+
+def _with_peak(fn, *args) -> dict:
+    import resource
+
+    result = fn(*args)
+    return {**result, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def hf_trainer(model_path: str, lora, rows: list[dict], steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
+    """The baseline most finetuning stacks wrap: transformers.Trainer + peft LoRA on CPU, fed the
+    same packed rows (their packed attention mask and position ids passed through), AdamW, no
+    schedule, clipping 1.0; steps 3.. timed by a callback."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path),
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+    )
+    batch_tokens: list[int] = []
+
+    def collator(features: list[dict]) -> dict:
+        batch = collate({k: [f[k] for f in features] for k in ROW_COLUMNS}, encoder.pad_id, max_length)
+        batch_tokens.append(int((batch["seq_ids"] > 0).sum()))
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"], "position_ids": batch["position_ids"],
+                "attention_mask": packed_attention_mask(batch["seq_ids"])}
+
+    class Clock(TrainerCallback):
+        timed, tokens, started = 0.0, 0, 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= 3:  # steps 1-2 warm up, as in the other setups
+                self.timed += time.perf_counter() - self.started
+                self.tokens += batch_tokens[state.global_step - 1]
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        arguments = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=rows_per_step, max_steps=steps, learning_rate=lr, weight_decay=0.1,
+            max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, logging_steps=10**6, save_strategy="no",
+            eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+            seed=0, disable_tqdm=True,
+        )
+        Trainer(model=model, args=arguments, train_dataset=rows[: steps * rows_per_step], data_collator=collator,
+                callbacks=[clock]).train()
+    return {"tokens": clock.tokens, "seconds": round(clock.timed, 2), "tokens_per_s": round(clock.tokens / clock.timed, 1)}
 
 
 def plain_loop(model_path: str, lora, rows: list[dict], steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
@@ -110,6 +178,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024, help="width of the memory-test model (152M parameters at 12 x 1024)")
     parser.add_argument("--layers", type=int, default=12, help="layers of the memory-test model")
     parser.add_argument("--memory-finetuning", choices=["lora", "full"], default="lora", help="path used for the memory comparison")
+    parser.add_argument("--attention-compare", action="store_true", help="also time train.attention=segments against dense")
     parser.add_argument("--skip-speed", action="store_true", help="only the memory comparison")
     parser.add_argument("--skip-memory", action="store_true", help="only the speed comparison")
     parser.add_argument("--workdir", default=None)
@@ -131,19 +200,36 @@ def main() -> None:
     common = [f"train.max_steps={args.steps}", f"ingest.micro_batch_size={args.micro}", f"ingest.max_length={args.max_length}", f"train.lr={lr}"]
     speed = {}
     if not args.skip_speed:
-        speed_overrides = [*common, "train.cpus_per_worker=1", "train.zero_stage=2"]
+        speed_overrides = [*common, "train.cpus_per_worker=1", "train.zero_stage=2", "ingest.layout=pack"]
         speed_cfg = bench_config(work, "speed", tiny, prepared, speed_overrides)
         rows = ingest_rows(speed_cfg, tiny, args.steps * 2 * args.micro)
-        base = plain_loop(tiny, speed_cfg.train.lora, rows, args.steps, 2 * args.micro, args.max_length, lr, threads=2)
-        print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in {base['seconds']}s, steps 3-{args.steps})")
-        records = ray_run(work, "speed", tiny, prepared, speed_overrides)
-        timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
-        tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
-        seconds = sum(r["step_time_s"] for r in timed)
-        ours = tokens / seconds
-        print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU : {ours:,.0f} tokens/s ({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval)")
-        print(f"ratio socrates_ray / plain loop: {ours / base['tokens_per_s']:.2f} (target >= 0.8)")
-        speed = {"plain": base, "socrates_ray_tokens_per_s": ours, "ratio": ours / base["tokens_per_s"]}
+        baseline_args = (tiny, speed_cfg.train.lora, rows, args.steps, 2 * args.micro, args.max_length, lr, 2)
+        base = in_child(plain_loop, *baseline_args)
+        print(f"plain peft + torch, 1 process x 2 threads : {base['tokens_per_s']:,.0f} tokens/s ({base['tokens']:,} tokens in "
+              f"{base['seconds']}s, steps 3-{args.steps}); peak {base['peak_rss_mib']:,.0f} MiB")
+        hf = in_child(hf_trainer, *baseline_args)
+        print(f"Hugging Face Trainer + peft, 1 process x 2 threads : {hf['tokens_per_s']:,.0f} tokens/s ({hf['tokens']:,} tokens in "
+              f"{hf['seconds']}s, steps 3-{args.steps}); peak {hf['peak_rss_mib']:,.0f} MiB")
+        attentions = ["dense", "segments"] if args.attention_compare else ["dense"]
+        ours = {}
+        for attention in attentions:
+            records = ray_run(work, f"speed-{attention}", tiny, prepared, [*speed_overrides, f"train.attention={attention}"])
+            timed = [r for r in records if r["step"] >= 3 and "eval_loss" not in r]
+            tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
+            seconds = sum(r["step_time_s"] for r in timed)
+            ours[attention] = {"tokens_per_s": tokens / seconds, "peak_rss_mib_per_worker": records[-1]["peak_rss_mb_per_rank"],
+                               "losses": [round(r["loss"], 5) for r in records]}
+            print(f"socrates_ray, Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, attention {attention} : {tokens / seconds:,.0f} tokens/s "
+                  f"({tokens:,.0f} tokens in {seconds:.2f}s, steps 3-{args.steps} without eval); peak per worker "
+                  f"{', '.join(f'{m:,.0f}' for m in records[-1]['peak_rss_mb_per_rank'])} MiB")
+        best = max(ours, key=lambda a: ours[a]["tokens_per_s"])
+        print(f"ratio socrates_ray ({best}) / plain loop: {ours[best]['tokens_per_s'] / base['tokens_per_s']:.2f}; "
+              f"/ Hugging Face Trainer: {ours[best]['tokens_per_s'] / hf['tokens_per_s']:.2f} (target >= 1.0)")
+        if args.attention_compare:
+            same = max(abs(a - b) for a, b in zip(ours["dense"]["losses"], ours["segments"]["losses"]))
+            print(f"ratio segments / dense attention: {ours['segments']['tokens_per_s'] / ours['dense']['tokens_per_s']:.2f} "
+                  f"(target >= 1.5 at 2048); largest loss difference over {len(ours['dense']['losses'])} steps {same:.1e}")
+        speed = {"plain": base, "hf_trainer": hf, "socrates_ray": ours}
     if args.skip_memory:
         (work / "bench_train.json").write_text(json.dumps(speed, indent=1))
         return 0
