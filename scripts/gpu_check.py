@@ -6,17 +6,21 @@ built from a config, with an offline tokenizer: nothing is downloaded.
     python scripts/gpu_check.py --out gpu_check.json
     python scripts/gpu_check.py --device cpu --preset smoke   # the same code on CPU (a test runs it)
 
-Prints, per ZeRO stage: tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
+Prints, per training setup (ZeRO-2 with the dense packed mask, ZeRO-2 with per-example attention
+(train.attention=segments), ZeRO-3 with per-example attention and the LoRA persistence threshold
+that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
 prompts/s; then what batching buys: 32 requests one at a time vs as one batch, in sample and
 distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
 It uses the project's own pieces (build_ds_config, load_model_for_training, forward_loss,
 packing, Scorer) in one process (world size 1), so it checks the GPU code paths without a Ray
 cluster.
 
-MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs, with model FLOPs per token =
-6 x (matmul parameters, lm_head included) + 12 x layers x hidden x sequence length (attention),
-the PaLM convention. LoRA skips the frozen weights' gradients, so the hardware does about 2/3 of
-that: the figure compares with full-finetuning MFUs, not with the GPU's busy time.
+MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs, counted two ways: `mfu` (6N) with
+model FLOPs per token = 6 x (matmul parameters, lm_head included) + 12 x layers x hidden x
+sequence length (attention), the PaLM convention, comparable with full-finetuning MFUs; and
+`mfu_lora` with 4 x matmul parameters instead of 6 (LoRA computes no gradient for a frozen weight:
+forward 2N + the activations' gradients 2N; the adapters' own FLOPs are under 1% at r=16), the
+work the GPU actually does.
 """
 
 from __future__ import annotations
@@ -87,12 +91,13 @@ def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dic
     return batches
 
 
-def model_flops_per_token(preset: dict[str, Any]) -> float:
+def model_flops_per_token(preset: dict[str, Any], per_parameter: float = 6.0) -> float:
+    """per_parameter 6: the 6N convention (full finetuning); 4: LoRA (no frozen-weight gradients)."""
     h, inter, layers, v = preset["hidden_size"], preset["intermediate_size"], preset["num_hidden_layers"], preset["vocab_size"]
     kv = h // preset["num_attention_heads"] * preset["num_key_value_heads"]
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter  # q, o; k, v; gate, up, down
     matmul_params = layers * per_layer + v * h  # + lm_head
-    return 6.0 * matmul_params + 12.0 * layers * h * preset["seq"]
+    return per_parameter * matmul_params + 12.0 * layers * h * preset["seq"]
 
 
 def init_single_process_group(device: str) -> None:
@@ -109,26 +114,32 @@ def init_single_process_group(device: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
-def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, peak_tflops: float | None) -> dict[str, Any]:
-    """LoRA (all linear layers, r=16) steps under ZeRO-`stage`; warm-up steps are not timed."""
+TRAIN_SETUPS = [(2, "dense"), (2, "segments"), (3, "segments")]  # (ZeRO stage, train.attention)
+
+
+def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, peak_tflops: float | None,
+                attention: str = "dense") -> dict[str, Any]:
+    """LoRA (all linear layers, r=16) steps under ZeRO-`stage` with `attention` (train.attention);
+    warm-up steps are not timed. ZeRO-3 gets the persistence threshold training gives LoRA."""
     import deepspeed
     import torch
 
-    from socrates_ray.train.deepspeed import build_ds_config
+    from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
     from socrates_ray.train.loop import forward_loss
     from socrates_ray.train.model import count_parameters, load_model_for_training
 
     on_gpu = device == "cuda"
     steps, warmup = preset["steps"], preset["warmup"]
+    persistence = lora_persistence_threshold(16, {}, preset["hidden_size"], preset["intermediate_size"]) if stage == 3 else None
     ds_config = build_ds_config(
         zero_stage=stage, offload_optimizer=False, offload_params=False, bf16=True, micro_batch_size=preset["micro"],
         grad_accum=1, world_size=1, lr=1e-4, weight_decay=0.1, grad_clip=1.0, warmup_steps=1,
-        total_steps=steps + warmup, on_gpu=on_gpu, hidden_size=preset["hidden_size"],
+        total_steps=steps + warmup, on_gpu=on_gpu, hidden_size=preset["hidden_size"], persistence_threshold=persistence,
     )
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", {}, ds_config, True, False)
+    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", {}, ds_config, True, False, attention)
     trainable, total = count_parameters(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
     batches = training_batches(folder, preset["seq"], preset["micro"], steps + warmup)
@@ -138,7 +149,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
         if i == warmup:
             sync()
             start = time.perf_counter()
-        loss = forward_loss(engine, batch, torch.bfloat16)
+        loss = forward_loss(engine, batch, torch.bfloat16, attention)
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
@@ -148,11 +159,12 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     seconds = time.perf_counter() - start
     tokens_per_s = tokens / seconds
     result = {
-        "zero_stage": stage, "parameters": total, "trainable": trainable, "steps_timed": steps,
+        "zero_stage": stage, "attention": attention, "persistence_threshold": persistence, "parameters": total, "trainable": trainable, "steps_timed": steps,
         "tokens_per_step": tokens / steps, "tokens_per_s": round(tokens_per_s, 1),
         "step_time_s": round(seconds / steps, 4), "first_loss": losses[0], "last_loss": losses[-1],
         "model_tflops_per_s": round(tokens_per_s * model_flops_per_token(preset) / 1e12, 2),
         "mfu": round(tokens_per_s * model_flops_per_token(preset) / (peak_tflops * 1e12), 4) if peak_tflops else None,
+        "mfu_lora": round(tokens_per_s * model_flops_per_token(preset, 4.0) / (peak_tflops * 1e12), 4) if peak_tflops else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else None,
     }
     engine.destroy()
@@ -263,11 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"gpu_check: TORCH_CUDA_ARCH_LIST -> {fixed!r} (DeepSpeed's op builder cannot parse arch-specific entries)",
                   flush=True)
         report["train"] = []
-        for stage in (2, 3):
-            r = train_steps(folder, stage, preset, args.device, peak)
+        for stage, attention in TRAIN_SETUPS:
+            r = train_steps(folder, stage, preset, args.device, peak, attention)
             report["train"].append(r)
-            print(f"gpu_check: LoRA ZeRO-{stage} bf16: {r['tokens_per_s']:,.0f} tokens/s, {r['step_time_s'] * 1000:.0f} ms/step, "
-                  f"{r['model_tflops_per_s']} model TFLOP/s, MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'}, "
+            print(f"gpu_check: LoRA ZeRO-{stage} bf16, attention {attention}: {r['tokens_per_s']:,.0f} tokens/s, "
+                  f"{r['step_time_s'] * 1000:.0f} ms/step, {r['model_tflops_per_s']} model TFLOP/s, "
+                  f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'} (6N; LoRA count {r['mfu_lora']}), "
                   f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
         scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
         report["score"] = scorer_throughput(scorer, preset, args.device)
