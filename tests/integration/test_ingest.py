@@ -17,15 +17,16 @@ def prepared(tmp_path_factory, synth_dir):
     return out
 
 
-def _run(prepared, tiny_model, layout, max_length=1024, workers=2):
+def _run(prepared, tiny_model, layout, max_length=1024, workers=2, shuffle_seed=None):
     split = str(prepared / "unseen_studies" / "train")
     n = pq.read_table(split, columns=["answer"]).num_rows
-    ds = build_ingest_dataset(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, max_length, layout, 128, 2, 0.25)
+    ds = build_ingest_dataset(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, max_length, layout, 128, 2, 0.25, shuffle_seed)
     return n, measure_ingest(ds, workers, 2, collate_fn_for(0, layout, max_length), n)
 
 
 def test_packed_ingest_gives_equal_shards_and_little_padding(ray_local, prepared, tiny_model):
-    n, packed = _run(prepared, tiny_model, "pack")
+    # shuffled, as a training run streams its split (ingest.shuffle): the estimate below predicts that stream
+    n, packed = _run(prepared, tiny_model, "pack", shuffle_seed=0)
     assert len(set(packed["steps_per_worker"])) == 1 and packed["steps_per_worker"][0] > 0
     assert packed["samples_per_row"] > 2
     # equal split + drop_last may leave out less than one micro batch of rows per worker
@@ -36,7 +37,10 @@ def test_packed_ingest_gives_equal_shards_and_little_padding(ray_local, prepared
     est = estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128, seed=0, sample_size=n // 4)
     assert est.samples == n and est.sampled < n
     assert est == estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128, seed=0, sample_size=n // 4)
-    assert abs(n / est.rows - packed["samples_per_row"]) / packed["samples_per_row"] < 0.05
+    # measured: 2.98 estimated vs 2.97-2.98 samples a row over shuffle seeds 0-3. (Against the unshuffled
+    # stream, where windows hold one study's similar prompts, it packs 2.81-2.85: this test compared with
+    # that until a fresh-clone run landed at 6% and failed.)
+    assert abs(n / est.rows - packed["samples_per_row"]) / packed["samples_per_row"] < 0.03
     _, padded = _run(prepared, tiny_model, "pad_max_length")
     assert padded["non_padding_share"] < 0.5 < packed["non_padding_share"]
     assert abs(padded["tokens"] - packed["tokens"]) / padded["tokens"] < 0.01
