@@ -47,6 +47,22 @@ def ingest_rows(cfg, model_path: str, count: int) -> list[dict]:
     return build_split_dataset(cfg, model_path, "train").take(count)
 
 
+def lora_model(model_path: str, lora, threads: int):
+    """(encoder, peft model) as both baselines start: `threads` torch threads, seed 0, the bench's LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path),
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+    )
+    return encoder, model
+
+
 def in_child(fn, *args) -> dict:
     """fn(*args) in a fresh spawned process, with that process's peak resident memory (MiB)."""
     import multiprocessing
@@ -67,17 +83,9 @@ def hf_trainer(model_path: str, lora, rows: list[dict], steps: int, rows_per_ste
     """The baseline most finetuning stacks wrap: transformers.Trainer + peft LoRA on CPU, fed the
     same packed rows (their packed attention mask and position ids passed through), AdamW, no
     schedule, clipping 1.0; steps 3.. timed by a callback."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_path),
-        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-    )
+    encoder, model = lora_model(model_path, lora, threads)
     batch_tokens: list[int] = []
 
     def collator(features: list[dict]) -> dict:
@@ -113,16 +121,8 @@ def hf_trainer(model_path: str, lora, rows: list[dict], steps: int, rows_per_ste
 def plain_loop(model_path: str, lora, rows: list[dict], steps: int, rows_per_step: int, max_length: int, lr: float, threads: int) -> dict:
     """The baseline: one process, peft LoRA + torch AdamW, the ingest pipeline's packed rows."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    encoder = Encoder(load_tokenizer(model_path), DEFAULT_SYSTEM_PROMPT)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_path),
-        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-    )
+    encoder, model = lora_model(model_path, lora, threads)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
     tokens, timed = 0, 0.0
     for step in range(steps):

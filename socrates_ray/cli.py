@@ -255,26 +255,6 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return run_evaluation(cfg, path, adapter, endpoint=endpoint, token=_token(cfg))
 
 
-def screen_adapters(cfg: Config, models: list[str], named: dict[str, str]) -> dict[str, str | None]:
-    """Model name -> adapter folder (None = the base model) for a screening."""
-    from socrates_ray.screen.spec import ExperimentError
-
-    found: dict[str, str | None] = {}
-    for name in models:
-        if name == "base":
-            found[name] = None
-        elif name == "finetuned":
-            if (adapter := resolve_adapter_path(cfg)) is None:
-                raise ExperimentError(f"models: finetuned, but run {cfg.run_dir} has no exported adapter; train first "
-                                      "(socrates-ray train or demo), set evaluate.adapter_path, or screen with models: [base]")
-            found[name] = adapter
-        else:
-            if not (Path(named[name]) / "adapter_config.json").is_file():
-                raise ExperimentError(f"adapters.{name}: {named[name]} has no adapter_config.json (expected a PEFT adapter folder)")
-            found[name] = named[name]
-    return found
-
-
 def cmd_screen(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """Screen a planned experiment (--experiment), or measure how far screenings can be trusted on a
     prepared split's held-out studies (--from-split)."""
@@ -293,10 +273,11 @@ def cmd_screen(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         path = model_path(cfg)
         ensure_ray(cfg)
         return run_from_split(cfg, args.from_split, path, adapters, endpoint=endpoint, token=_token(cfg))
-    from socrates_ray.screen.job import run_screen
+    from socrates_ray.screen.job import run_screen, screen_adapters
 
     experiment = load_experiment(args.experiment)
-    adapters = screen_adapters(cfg, experiment.models, experiment.adapters)
+    finetuned = resolve_adapter_path(cfg) if "finetuned" in experiment.models else None
+    adapters = screen_adapters(experiment, finetuned, str(cfg.run_dir))
     path = model_path(cfg)
     ensure_ray(cfg)
     return run_screen(cfg, experiment, path, adapters, endpoint=endpoint, token=_token(cfg))

@@ -28,7 +28,7 @@ from socrates_ray.eval.job import model_simulate_section
 from socrates_ray.eval.simulate import ReplicaPool, run_simulation
 from socrates_ray.screen.analysis import Arm, contrast_effect, n_needed, power_at, summarize_arm, verdict
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
-from socrates_ray.screen.spec import Experiment
+from socrates_ray.screen.spec import Experiment, ExperimentError
 
 CALIBRATION_FILE = "screen_calibration.json"
 
@@ -124,6 +124,25 @@ def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: i
             result["contrasts"].append(effect)
         outcomes[outcome.name] = result
     return outcomes
+
+
+def screen_adapters(experiment: Experiment, finetuned: str | None, run_dir: str) -> dict[str, str | None]:
+    """Model name -> adapter folder (None = the base model): `finetuned` is the run's chosen export."""
+    found: dict[str, str | None] = {}
+    for name in experiment.models:
+        if name == "base":
+            found[name] = None
+        elif name == "finetuned":
+            if finetuned is None:
+                raise ExperimentError(f"models: finetuned, but run {run_dir} has no exported adapter; train first "
+                                      "(socrates-ray train or demo), set evaluate.adapter_path, or screen with models: [base]")
+            found[name] = finetuned
+        else:
+            path = experiment.adapters[name]
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise ExperimentError(f"adapters.{name}: {path} has no adapter_config.json (expected a PEFT adapter folder)")
+            found[name] = path
+    return found
 
 
 def load_model_errors(run_dir: Path, adapters: dict[str, str | None], log: Callable[[str], None]) -> dict[str, float]:

@@ -7,11 +7,15 @@ from socrates_ray.train.deepspeed import build_ds_config
 from socrates_ray.train.model import load_model_for_training
 
 
+def zero2_config() -> dict:
+    return build_ds_config(zero_stage=2, offload_optimizer=False, offload_params=False, bf16=False, micro_batch_size=2,
+                           grad_accum=1, world_size=1, lr=1e-3, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
+                           total_steps=10, on_gpu=False, persistence_threshold=None, hidden_size=None)
+
+
 def test_rank_pattern_gives_those_modules_their_rank_at_the_same_scale_and_the_adapter_records_it(tiny_model, tmp_path) -> None:
     lora = load_config("configs/demo.yaml", ["train.lora.r=8", "train.lora.alpha=16", "train.lora.rank_pattern={embed_tokens: 32}"]).train.lora
-    ds = build_ds_config(zero_stage=2, offload_optimizer=False, offload_params=False, bf16=False, micro_batch_size=2,
-                         grad_accum=1, world_size=1, lr=1e-3, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
-                         total_steps=10, on_gpu=False, persistence_threshold=None, hidden_size=None)
+    ds = zero2_config()
     model, _ = load_model_for_training(str(tiny_model), "lora", lora.r, lora.alpha, lora.dropout, lora.target_modules,
                                        lora.rank_pattern, ds, False, False)
     base = model.get_base_model()
@@ -34,9 +38,7 @@ def test_zero3_lora_keeps_every_lora_matrix_and_norm_whole_and_partitions_the_fr
     assert lora_persistence_threshold(16, {}, 5120, 13824) == 16 * 13824 + 1  # Qwen2.5-14B, r 16: 221k elements
     assert lora_persistence_threshold(16, {"o_proj": 64}, 5120, 13824) == 64 * 13824 + 1
     lora = load_config("configs/demo.yaml", ["train.lora.r=8", "train.lora.alpha=16", "train.lora.target_modules=all-linear"]).train.lora
-    ds = build_ds_config(zero_stage=2, offload_optimizer=False, offload_params=False, bf16=False, micro_batch_size=2,
-                         grad_accum=1, world_size=1, lr=1e-3, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
-                         total_steps=10, on_gpu=False, persistence_threshold=None, hidden_size=None)
+    ds = zero2_config()
     model, _ = load_model_for_training(str(tiny_model), "lora", lora.r, lora.alpha, lora.dropout, lora.target_modules,
                                        lora.rank_pattern, ds, False, False)
     config = model.get_base_model().config

@@ -251,3 +251,17 @@ def test_personas_from_a_csv_keep_its_fields_and_refuse_unknown_columns(tmp_path
         draw_personas(Experiment.model_validate(spec(population={"source": "csv", "csv": str(word)})).population, 4, "unused")
     with pytest.raises(ExperimentError, match="source=csv needs population.csv"):
         load_experiment(write(tmp_path, spec(population={"source": "csv"})))
+
+
+def test_models_resolve_to_adapters_or_say_what_is_missing(tmp_path):
+    from socrates_ray.screen.job import screen_adapters
+
+    experiment = Experiment.model_validate(spec(models=["base", "finetuned", "mine"], adapters={"mine": str(tmp_path / "mine")}))
+    with pytest.raises(ExperimentError, match="models: finetuned, but run runs/x has no exported adapter"):
+        screen_adapters(experiment, None, "runs/x")
+    with pytest.raises(ExperimentError, match="adapters.mine: .* has no adapter_config.json"):
+        screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "adapter_config.json").write_text("{}")
+    assert screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x") == {
+        "base": None, "finetuned": "runs/x/checkpoint_000010/export", "mine": str(tmp_path / "mine")}
