@@ -45,7 +45,9 @@ class Simulator:
 
     def _section(self, name: str, temperature: Any) -> Any:
         path = self.adapters[name]
-        return model_simulate_section(self.cfg.simulate, None if path is None else name, path, self.endpoint, temperature)
+        # exact distributions whatever simulate.mode says: effects, intervals and power are computed from them
+        exact = self.cfg.simulate.model_copy(update={"mode": "exact"})
+        return model_simulate_section(exact, None if path is None else name, path, self.endpoint, temperature)
 
     def temperature(self, name: str) -> float:
         if name not in self.temperatures:
