@@ -74,8 +74,9 @@ def simulator(cfg: Config, model_path: str, adapters: dict[str, str | None], cal
         yield Simulator(cfg, model_path, adapters, calibration_dir, log, None, token, pool)
 
 
-def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[list[int], Arm, list[dict[str, Any]]]]:
-    """(arm index, outcome index) -> (participants, their distributions, their demographics), by participant."""
+def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[Arm, list[dict[str, Any]]]]:
+    """(arm index, outcome index) -> (its participants' distributions, their demographics), ordered by
+    participant (so a within-subject design's arms line up person by person)."""
     cols = {c: table[c].to_pylist() for c in ("condition_num", "task_num", "participant", "options", "probs", "demographic")}
     groups: dict[tuple[int, int], list[int]] = {}
     for i, key in enumerate(zip(cols["condition_num"], cols["task_num"])):
@@ -84,9 +85,7 @@ def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[list[int], Arm, list
     found = {}
     for key, rows in groups.items():
         rows.sort(key=lambda i: cols["participant"][i])
-        found[key] = ([cols["participant"][i] for i in rows],
-                      Arm.of(cols["options"][rows[0]], [cols["probs"][i] for i in rows]),
-                      [cols["demographic"][i] for i in rows])
+        found[key] = (Arm.of(cols["options"][rows[0]], [cols["probs"][i] for i in rows]), [cols["demographic"][i] for i in rows])
     return found
 
 
@@ -103,9 +102,9 @@ def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: i
     outcomes: dict[str, Any] = {}
     for t, outcome in enumerate(experiment.outcomes):
         arms = {name: groups[(index[name], t)] for name in arm_names}
-        result: dict[str, Any] = {"arms": {name: summarize_arm(arm) for name, (_, arm, _) in arms.items()}, "contrasts": []}
+        result: dict[str, Any] = {"arms": {name: summarize_arm(arm) for name, (arm, _) in arms.items()}, "contrasts": []}
         for c in experiment.planned_contrasts():
-            (_, treat, demo_t), (_, ctrl, demo_c) = arms[c.treatment], arms[c.control]
+            (treat, demo_t), (ctrl, demo_c) = arms[c.treatment], arms[c.control]
             effect = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, model_error)
             effect |= {"treatment": c.treatment, "control": c.control, "expected": c.expected,
                        "verdict": verdict(effect["interval"], c.expected),
