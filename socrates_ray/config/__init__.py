@@ -5,12 +5,12 @@ from socrates_ray.config.loading import ConfigError, apply_override, describe_sc
 from socrates_ray.config.schema import (
     DEFAULT_SYSTEM_PROMPT, AutoscalingSection, Config, DataSection, EvaluateSection, IngestSection, LoraSection,
     ModelSection, PromptSection, RunSection, Section, ServeSection, SimulateSection, SplitSetting, SynthSection,
-    TinyModelSection, TrainSection,
+    TinyModelSection, TrainSection, VllmSection,
 )
 
 __all__ = [
     "ConfigError", "apply_override", "describe_schema", "dump_config", "load_config",
     "DEFAULT_SYSTEM_PROMPT", "AutoscalingSection", "Config", "DataSection", "EvaluateSection", "IngestSection",
     "LoraSection", "ModelSection", "PromptSection", "RunSection", "Section", "ServeSection", "SimulateSection",
-    "SplitSetting", "SynthSection", "TinyModelSection", "TrainSection",
+    "SplitSetting", "SynthSection", "TinyModelSection", "TrainSection", "VllmSection",
 ]

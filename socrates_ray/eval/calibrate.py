@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from socrates_ray.errors import SocratesError
-from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, shape_distribution
+from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, Engine, shape_distribution
 from socrates_ray.eval.simulate import SimulateError, load_split_rows, run_simulation
 
 T_BOUNDS = (0.2, MAX_DISTRIBUTION_TEMPERATURE)
@@ -94,7 +94,8 @@ def resolve_temperature(
         rows = rows.take(pick)
     log(f"calibrate: fitting the exact-mode temperature on {rows.num_rows:,} validation rows of {setting}")
     at_one = sim.model_copy(update={"temperature": 1.0, "top_p": 1.0})
-    table = pq.read_table(run_simulation(rows, out_dir, at_one, model_path, cfg.prompt.system_prompt, log, token, pool=pool))
+    table = pq.read_table(run_simulation(rows, out_dir, at_one, model_path, cfg.prompt.system_prompt, log, token, pool=pool,
+                                            engine=Engine.of(cfg.model)))
     exact = [p is not None for p in table["probs"].to_pylist()] if "probs" in table.column_names else []
     if not any(exact):
         raise CalibrationError(f"temperature=auto: none of the {table.num_rows} validation rows got an exact distribution "

@@ -28,6 +28,7 @@ from socrates_ray.data.synthetic import ROW_TRUTH_FILE
 from socrates_ray.eval.metrics import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
 from socrates_ray.eval.report import results_table, temperature_line, write_report
 from socrates_ray.eval.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
+from socrates_ray.score import Engine
 
 
 def chosen_adapter(run_dir: Path, keep_by: str = "latest") -> str | None:
@@ -97,7 +98,8 @@ def run_evaluation(
     'finetuned'); None: local replicas, one pool (base and adapter loaded) for every pass."""
     if endpoint:
         return _evaluate(cfg, model_path, adapter_path, log, endpoint, token, None)
-    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, {"finetuned": adapter_path} if adapter_path else None) as pool:
+    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, {"finetuned": adapter_path} if adapter_path else None,
+                     Engine.of(cfg.model)) as pool:
         return _evaluate(cfg, model_path, adapter_path, log, None, token, pool)
 
 

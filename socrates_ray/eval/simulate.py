@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from socrates_ray.config import SimulateSection
 from socrates_ray.data.prepare import split_problem
 from socrates_ray.errors import SocratesError, unwrap
-from socrates_ray.score import Scorer, parse_first_integer
+from socrates_ray.score import Engine, make_scorer, parse_first_integer
 
 INPUT_COLUMNS = [
     "study_id", "sample_id", "participant", "condition_num", "task_num", "demographic",
@@ -125,7 +125,8 @@ class LocalReplica:
     """A Scorer inside a Ray actor: one copy of the model, with every adapter it may be asked for
     attached by name, so one replica serves base and finetuned passes alike."""
 
-    def __init__(self, model_path: str, system_prompt: str, adapters: dict[str, str], threads: int, gpu: bool, precision: str) -> None:
+    def __init__(self, model_path: str, system_prompt: str, adapters: dict[str, str], threads: int, gpu: bool, precision: str,
+                 engine: Engine) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -133,7 +134,7 @@ class LocalReplica:
 
         device = "cuda" if gpu else "cpu"
         # resolved here, on the node the replica runs on
-        self.scorer = Scorer(model_path, system_prompt, device=device, precision=resolve_precision(precision, device == "cuda"))
+        self.scorer = make_scorer(engine, model_path, system_prompt, device=device, precision=resolve_precision(precision, device == "cuda"))
         for name, path in adapters.items():
             self.scorer.load_adapter(name, path)
 
@@ -173,14 +174,15 @@ class ReplicaPool:
 
     IN_FLIGHT = 2
 
-    def __init__(self, sim: SimulateSection, model_path: str, system_prompt: str, adapters: dict[str, str] | None = None) -> None:
+    def __init__(self, sim: SimulateSection, model_path: str, system_prompt: str, adapters: dict[str, str] | None = None,
+                 engine: Engine = Engine()) -> None:
         import ray
 
-        self.model_path, self.system_prompt, self.precision = model_path, system_prompt, sim.precision
+        self.model_path, self.system_prompt, self.precision, self.engine = model_path, system_prompt, sim.precision, engine
         self.adapters = dict(adapters or {})
         actor = ray.remote(LocalReplica).options(num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica)
         threads, gpu = max(1, int(sim.cpus_per_replica)), sim.gpus_per_replica > 0
-        self.actors = [actor.remote(model_path, system_prompt, self.adapters, threads, gpu, sim.precision) for _ in range(sim.replicas)]
+        self.actors = [actor.remote(model_path, system_prompt, self.adapters, threads, gpu, sim.precision, engine) for _ in range(sim.replicas)]
 
     def adapter_name(self, adapter_path: str | None) -> str | None:
         """The name the replicas know `adapter_path` by (None = the base model)."""
@@ -290,13 +292,13 @@ def _unwrapped(batches: Any) -> Any:
 RESUME_KEYS = ("mode", "temperature", "top_p", "sample_temperature", "sample_top_p", "max_new_tokens", "adapter", "adapter_path", "precision")
 
 
-def check_params(out: Path, sim: SimulateSection, model_path: str) -> None:
+def check_params(out: Path, sim: SimulateSection, model_path: str, engine: str = "transformers") -> None:
     """Refuse to resume a folder whose finished rows were made with other settings (they would mix
     silently into one predictions file); record the settings on the first run."""
-    params = {k: getattr(sim, k) for k in RESUME_KEYS} | {"model_path": model_path}
+    params = {k: getattr(sim, k) for k in RESUME_KEYS} | {"model_path": model_path, "engine": engine}
     record = out / "simulate_params.json"
     if record.exists() and any(out.glob(PART_GLOB)):
-        before = json.loads(record.read_text())
+        before = {"engine": "transformers"} | json.loads(record.read_text())  # records from before engines
         changed = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -310,31 +312,33 @@ def check_params(out: Path, sim: SimulateSection, model_path: str) -> None:
 def run_simulation(
     rows: pa.Table, out_dir: str | Path, sim: SimulateSection, model_path: str, system_prompt: str,
     log: Callable[[str], None] = print, token: str | None = None, stop_after_parts: int | None = None,
-    pool: ReplicaPool | None = None,
+    pool: ReplicaPool | None = None, engine: Engine = Engine(),
 ) -> Path:
     """Predict every row not yet done; returns the merged predictions.parquet.
 
-    pool: the local replicas to use (kept by the caller across passes); None starts a pool of
-    sim.replicas for this pass (backend local) and stops it at the end.
+    pool: the local replicas to use (kept by the caller across passes, with their engine); None
+    starts a pool of sim.replicas running `engine` for this pass (backend local) and stops it at the end.
     stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
     decoding = Decoding.of(sim)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_params(out, sim, model_path)
+    if pool is not None:
+        engine = pool.engine
+    check_params(out, sim, model_path, engine.name if sim.backend == "local" else "http")
     done = done_keys(out)
     keys = list(zip(rows["study_id"].to_pylist(), rows["sample_id"].to_pylist()))
     todo = rows.filter(pa.array([k not in done for k in keys])) if done else rows
     total = rows.num_rows
     replicas = len(pool.actors) if pool is not None and sim.backend == "local" else sim.replicas
     log(f"simulate: {total:,} rows, {total - todo.num_rows:,} already done in {out}, {todo.num_rows:,} to go "
-        f"({sim.mode} mode, {sim.backend} backend, {replicas} replica(s))")
+        f"({sim.mode} mode, {sim.backend} backend{', ' + engine.name if sim.backend == 'local' else ''}, {replicas} replica(s))")
     if pool is not None and sim.backend == "local" and (pool.model_path, pool.system_prompt, pool.precision) != (model_path, system_prompt, sim.precision):
         raise SimulateError(f"the replica pool holds {pool.model_path} ({pool.precision}); this pass asks for {model_path} ({sim.precision})")
     if todo.num_rows:
         own_pool = None
         if sim.backend == "local":
             if pool is None:
-                pool = own_pool = ReplicaPool(sim, model_path, system_prompt, {"adapter": sim.adapter_path} if sim.adapter_path else None)
+                pool = own_pool = ReplicaPool(sim, model_path, system_prompt, {"adapter": sim.adapter_path} if sim.adapter_path else None, engine)
             batches = [todo.slice(i, sim.batch_size) for i in range(0, todo.num_rows, sim.batch_size)]
             results = pool.map(batches, decoding, pool.adapter_name(sim.adapter_path))
         else:

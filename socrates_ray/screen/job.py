@@ -26,6 +26,7 @@ from socrates_ray.config import Config
 from socrates_ray.eval.calibrate import resolve_temperature
 from socrates_ray.eval.job import model_simulate_section
 from socrates_ray.eval.simulate import ReplicaPool, run_simulation
+from socrates_ray.score import Engine
 from socrates_ray.screen.analysis import Arm, contrast_effect, n_needed, power_at, summarize_arm, verdict
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
 from socrates_ray.screen.spec import Experiment, ExperimentError
@@ -70,7 +71,7 @@ def simulator(cfg: Config, model_path: str, adapters: dict[str, str | None], cal
         yield Simulator(cfg, model_path, adapters, calibration_dir, log, endpoint, token, None)
         return
     loaded = {name: path for name, path in adapters.items() if path is not None}
-    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, loaded) as pool:
+    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, loaded, Engine.of(cfg.model)) as pool:
         yield Simulator(cfg, model_path, adapters, calibration_dir, log, None, token, pool)
 
 

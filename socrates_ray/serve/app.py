@@ -29,7 +29,7 @@ from ray import serve
 
 from socrates_ray.config import Config, ServeSection
 from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale
-from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, parse_first_integer
+from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, Engine, parse_first_integer
 from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, ReplicaSettings, list_adapters
 
 
@@ -94,7 +94,7 @@ def replica_settings(cfg: Config, model_path: str) -> ReplicaSettings:
         precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters=dict(s.adapters),
         max_loaded_adapters=s.max_loaded_adapters, max_batch_size=s.max_batch_size,
         batch_wait_timeout_s=s.batch_wait_timeout_s, max_n=s.max_n, max_tokens_limit=s.max_tokens_limit,
-        max_body_bytes=s.max_body_bytes, token=token,
+        max_body_bytes=s.max_body_bytes, token=token, engine=Engine.of(cfg.model),
     )
 
 
@@ -281,7 +281,8 @@ class SocratesModel:
         ]}
 
     async def healthz(self) -> Any:
-        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.scorer.device, "batches": self.core.batches,
+        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.scorer.device,
+                "engine": self.core.settings.engine.name, "batches": self.core.batches,
                 "batched_requests": self.core.batched_jobs,
                 "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
 

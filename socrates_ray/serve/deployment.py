@@ -32,7 +32,7 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from socrates_ray.precision import resolve_precision
-from socrates_ray.score import ScoreError, Scorer
+from socrates_ray.score import Engine, ScoreError, make_scorer
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 BASE_NAMES = ("base",)
@@ -91,6 +91,7 @@ class ReplicaSettings:
     max_tokens_limit: int
     max_body_bytes: int
     token: str | None = field(default=None, repr=False)  # the bearer token clients must send; None = no auth
+    engine: Engine = field(default_factory=Engine)  # model.engine: transformers or vllm
 
 
 @dataclass
@@ -138,7 +139,7 @@ class ModelCore:
             torch.set_num_threads(max(1, int(s.num_cpus)))
         self.settings = s
         precision = resolve_precision(s.precision, device == "cuda")  # resolved where the replica runs
-        self.scorer = Scorer(s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
+        self.scorer = make_scorer(s.engine, s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
         self.batches = 0
         self.batched_jobs = 0

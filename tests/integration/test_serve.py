@@ -44,15 +44,16 @@ def adapters(tiny_model, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def app(ray_local, tiny_model, adapters, monkeypatch_module):
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def app(request, ray_local, tiny_model, adapters, monkeypatch_module):
+    """The app on each inference engine: every test below holds for both (model.engine)."""
     from ray import serve
 
     from socrates_ray.serve.app import start_serve
 
     monkeypatch_module.setenv("SOCRATES_TEST_TOKEN", TOKEN)
     cfg = load_config(None, [
-        f"serve.port={PORT}", f"serve.adapters_dir={adapters}", "serve.auth_token_env=SOCRATES_TEST_TOKEN",
+        f"model.engine={request.param}", f"serve.port={PORT}", f"serve.adapters_dir={adapters}", "serve.auth_token_env=SOCRATES_TEST_TOKEN",
         "serve.max_body_bytes=20000", "serve.max_n=8", "serve.max_tokens_limit=16", "serve.max_length=512",
         "serve.max_batch_size=8", "serve.num_cpus=0.5", "serve.app_name=test_socrates",
     ])
@@ -204,8 +205,9 @@ def test_concurrent_requests_are_batched(app) -> None:
     requests_done = after["batched_requests"] - before["batched_requests"]
     batches = after["batches"] - before["batches"]
     assert requests_done == 32 and batches < 32  # some requests shared a forward pass
-    # What bench/serve.py reads: where the model runs and how long it was busy with these batches.
+    # What bench/serve.py reads: where and on which engine the model runs, how long it was busy.
     assert after["device"] == "cpu" and after["model_seconds"] > before["model_seconds"] >= 0
+    assert after["engine"] in ("transformers", "vllm")
 
 
 def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapters, tiny_model, tmp_path) -> None:

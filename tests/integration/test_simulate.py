@@ -10,7 +10,8 @@ import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, SimulateSection
 from socrates_ray.data.prompts import parse_answer_scale
-from socrates_ray.eval.simulate import INPUT_COLUMNS, run_simulation
+from socrates_ray.eval.simulate import INPUT_COLUMNS, SimulateError, run_simulation
+from socrates_ray.score import Engine
 
 pytestmark = pytest.mark.ray
 
@@ -23,18 +24,22 @@ def rows_from(synth_dir, n: int) -> pa.Table:
     return table.select(INPUT_COLUMNS)
 
 
-def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("engine", ["transformers", "vllm"])
+def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, tiny_model, tmp_path, engine) -> None:
     rows = rows_from(synth_dir, 40)
     sim = SimulateSection(batch_size=8, replicas=1, cpus_per_replica=1)
     out = tmp_path / "sim"
     logs: list[str] = []
-    run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append, stop_after_parts=2)
+    run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append, stop_after_parts=2, engine=Engine(engine))
     first = pq.read_table(sorted(out.glob("part-*.parquet")))
     assert first.num_rows == 16 and not (out / "predictions.parquet").exists()
 
+    with pytest.raises(SimulateError, match="engine: '.*' -> '.*'"):  # the other engine's rows never mix in
+        run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append,
+                       engine=Engine("vllm" if engine == "transformers" else "transformers"))
     logs.clear()
-    target = run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append)
-    assert any("16 already done" in line and "24 to go" in line for line in logs), logs
+    target = run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append, engine=Engine(engine))
+    assert any("16 already done" in line and "24 to go" in line and engine in line for line in logs), logs
     table = pq.read_table(target)
     keys = list(zip(table["study_id"].to_pylist(), table["sample_id"].to_pylist()))
     assert len(keys) == len(set(keys)) == 40

@@ -1,0 +1,144 @@
+"""vLLM as the inference engine (vllm_scorer.py): the same distributions as the transformers
+Scorer, the paper's sampling protocol, adapters by name, merged or as LoRA, on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+from socrates_ray.score import Engine, Scorer, ScoreError, make_scorer
+from socrates_ray.vllm_scorer import VllmScorer, merged_cache, needs_merge
+
+STIMULUS = "How fair is this proposal? Only return an integer from 1 to {hi}, where 1 means Not at all and {hi} means Very, nothing else."
+PROMPTS = ["- Age: 30\n- Party: Democrat\n" + STIMULUS.format(hi=11), "- Age: 71\n- Party: Republican\n" + STIMULUS.format(hi=5),
+           "- Age: 45\n" + STIMULUS.format(hi=7)]
+OPTIONS = [list(range(1, 12)), list(range(1, 6)), list(range(1, 8))]
+TOLERANCE = 1e-4  # largest difference in any option probability, fp32 (measured: ~1e-6)
+
+
+def random_adapter(base: Path, folder: Path, targets: list[str], rank: int, seed: int) -> Path:
+    """A PEFT LoRA adapter with random (non-zero) B matrices, so it changes the distributions."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    for name, p in model.named_parameters():
+        if "lora_B" in name or "lora_embedding_B" in name:
+            p.data.normal_(0, 0.05)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vllm_adapters")
+    return {
+        "attention": random_adapter(tiny_model, root / "attention", ["q_proj", "k_proj", "v_proj", "o_proj"], 8, 1),
+        "retrained": random_adapter(tiny_model, root / "retrained", ["q_proj", "k_proj", "v_proj", "o_proj"], 8, 2),
+        # the demo recipe's layout: LoRA on the embeddings and the output layer too (vLLM serves it merged)
+        "embeddings": random_adapter(tiny_model, root / "embeddings", ["q_proj", "v_proj", "embed_tokens", "lm_head"], 8, 3),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, adapters) -> Scorer:
+    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    for name, path in adapters.items():
+        scorer.load_adapter(name, path)
+    return scorer
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tmp_path_factory) -> VllmScorer:
+    """One engine for the module (what a replica holds): in-process vLLM engines share global state,
+    so a process keeps one scorer. Adapters by name over the base where vLLM can apply them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOCRATES_VLLM_CACHE", str(tmp_path_factory.mktemp("merged")))
+        scorer = make_scorer(Engine("vllm", {"adapters": "lora", "max_lora_rank": 8, "max_num_seqs": 64}),
+                             str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+        assert isinstance(scorer, VllmScorer)
+        yield scorer
+
+
+def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def test_vllm_distributions_equal_the_transformers_scorer_for_the_base_and_an_adapter_by_name(engine, reference, adapters) -> None:
+    engine.load_adapter("attention", adapters["attention"])
+    for adapter in (None, "attention"):
+        expected = reference.distributions(PROMPTS, OPTIONS, adapter)
+        got = engine.distributions(PROMPTS, OPTIONS, adapter)
+        assert max_difference(got, expected) < TOLERANCE, adapter
+        for d, opts in zip(got, OPTIONS):
+            assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0)
+    # the adapter really changes the answer (the equality above is not two copies of the base)
+    base, tuned = (engine.distributions(PROMPTS, OPTIONS, a) for a in (None, "attention"))
+    assert max_difference(base, tuned) > 50 * TOLERANCE
+    # temperature and top_p are applied to the same log-probabilities as the reference's
+    assert max_difference(engine.distributions(PROMPTS, OPTIONS, "attention", 2.0, 0.8),
+                          reference.distributions(PROMPTS, OPTIONS, "attention", 2.0, 0.8)) < TOLERANCE
+
+
+def test_an_adapter_reloaded_under_its_name_answers_with_its_new_weights(engine, reference, adapters) -> None:
+    """The prefix cache is keyed by the adapter's id: a retrained adapter under the same name must
+    not be answered from the old one's cached prompt."""
+    engine.load_adapter("v", adapters["attention"])
+    before = engine.distributions(PROMPTS, OPTIONS, "v")
+    engine.unload_adapter("v")
+    with pytest.raises(ScoreError, match="unknown adapter"):
+        engine.distributions(PROMPTS, OPTIONS, "v")
+    engine.load_adapter("v", adapters["retrained"])
+    after = engine.distributions(PROMPTS, OPTIONS, "v")
+    assert max_difference(after, reference.distributions(PROMPTS, OPTIONS, "retrained")) < TOLERANCE
+    assert max_difference(before, after) > 50 * TOLERANCE
+
+
+def test_an_adapter_on_the_embeddings_and_output_layer_is_served_merged_with_the_same_distributions(engine, reference, adapters) -> None:
+    assert needs_merge(adapters["embeddings"]) == ["embed_tokens", "lm_head"]
+    assert needs_merge(adapters["attention"]) == []
+    engine.load_adapter("embeddings", adapters["embeddings"])
+    assert "embeddings" in engine._merged and len(list(merged_cache().glob("*/config.json"))) == 1
+    got = engine.distributions(PROMPTS, OPTIONS, "embeddings")
+    assert max_difference(got, reference.distributions(PROMPTS, OPTIONS, "embeddings")) < TOLERANCE
+    assert max_difference(got, reference.distributions(PROMPTS, OPTIONS, None)) > 50 * TOLERANCE
+    engine.unload_adapter("embeddings")
+    assert "embeddings" not in engine.adapters
+    # the base engine still answers after a merged engine was let go (in-process engines share state)
+    assert max_difference(engine.distributions(PROMPTS, OPTIONS), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+    engine.load_adapter("embeddings", adapters["embeddings"])  # taken back from the parked engines
+    assert max_difference(engine.distributions(PROMPTS, OPTIONS, "embeddings"), got) < TOLERANCE
+
+
+def test_an_adapter_over_the_rank_limit_is_refused_with_the_setting_to_change(engine, tiny_model, tmp_path) -> None:
+    wide = random_adapter(tiny_model, tmp_path / "wide", ["q_proj"], 16, 4)
+    with pytest.raises(ScoreError, match="rank 16, over model.vllm.max_lora_rank 8"):
+        engine.load_adapter("wide", wide)
+    assert "wide" not in engine.adapters
+
+
+def test_sample_mode_follows_the_paper_protocol_seeded(engine, reference, adapters) -> None:
+    engine.load_adapter("attention", adapters["attention"])
+    prompts = PROMPTS * 4
+    answers = engine.sample_answers(prompts, n=3, adapter="attention")
+    assert len(answers) == len(prompts) and all(len(a) == 3 for a in answers)
+    assert all(a is None or isinstance(a, int) for row in answers for a in row)  # unparsable answers are None, counted
+    assert engine.sample_answers(prompts, n=3, adapter="attention") == answers  # seeded by (seed, prompt)
+    out = engine.generate([engine.encoder.prefix_text(PROMPTS[0])], n=2, max_new_tokens=5, logprobs=True)[0]
+    assert len(out) == 2
+    for item in out:
+        assert item["finish_reason"] in ("stop", "length") and item["tokens"] <= 5
+        assert len(item["logprobs"]) == item["tokens"] and all(lp["logprob"] <= 0 for lp in item["logprobs"])
+    # greedy decoding equals the transformers reference token for token
+    prefix = engine.encoder.prefix_text(PROMPTS[1])
+    assert engine.generate([prefix], 1, 0.0, 1.0, 6)[0][0]["text"] == reference.generate([prefix], 1, 0.0, 1.0, 6)[0][0]["text"]
+
+
+def test_exact_scoring_refuses_prompts_over_the_context(engine) -> None:
+    with pytest.raises(ScoreError, match="context"):
+        engine.option_logprobs(["word " * 5000], [[1, 2]])
