@@ -18,6 +18,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection
+from socrates_ray.errors import SocratesError
+
+
+class TinyModelError(SocratesError, ValueError):
+    """model.path holds a tiny model of another shape or seed."""
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2.5's layout (<|im_start|>role\ncontent<|im_end|>\n) without its default system prompt.
@@ -121,13 +126,25 @@ def ensure_tiny_model(
     """Build the tiny model + tokenizer into `path` unless one of the same shape and seed is already there.
 
     At a build, the tokenizer is trained on what `corpus()` returns (texts and their name, e.g. from
-    `split_corpus`) or, when there is none, on synthetic prompts. A folder is never rebuilt for a new
-    corpus: adapters trained on it would silently stop matching."""
+    `split_corpus`) or, when there is none, on synthetic prompts. A built folder is never rebuilt, for
+    a new corpus or for another shape or seed: adapters trained on it would silently stop matching
+    (a screening run with the test's model path once rebuilt the base under the adapters of the tests
+    that followed). Another shape or seed is refused with the way out."""
     folder = Path(path)
     stamp = folder / STAMP
     fingerprint = _fingerprint(shape, seed)
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
-        return folder
+    if stamp.is_file():
+        built = json.loads(stamp.read_text())
+        if built.get("fingerprint") == fingerprint:
+            return folder
+        before = {**built.get("shape", {}), "seed": built.get("seed")}
+        wanted = {**shape.model_dump(), "seed": seed}
+        changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in wanted.items() if before.get(k) != v) or "its fingerprint"
+        raise TinyModelError(
+            f"{folder} holds a tiny model built with other settings ({changed}; the seed is run.seed). Rebuilding it "
+            "would leave every adapter trained on it not matching. Point model.path at another folder for these "
+            f"settings, use the folder's settings, or delete {folder} to rebuild it."
+        )
     found = corpus() if corpus is not None else None
     text, name = found or (synthetic_corpus(shape.tokenizer_corpus_rows, seed), "synthetic prompts")
     tokenizer = build_tiny_tokenizer(iter(text), shape.vocab_size)

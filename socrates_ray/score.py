@@ -139,8 +139,68 @@ def tree_attention_mask(branches: list[list[int]], length: int, dtype: Any) -> A
     return additive_mask(causal & (q >= 0) & ((k == 0) | (k == q)), dtype)
 
 
+class ScorerBase:
+    """What every engine derives from its own option_logprobs and generate (Scorer here,
+    vllm_scorer.VllmScorer): distributions, the paper's sampled answers, prompt checks, completions.
+    Subclasses set tokenizer, encoder and context."""
+
+    tokenizer: Any
+    encoder: Encoder
+    context: int
+
+    def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def generate(
+        self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    def distributions(
+        self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None,
+        temperature: float = 1.0, top_p: float = 1.0,
+    ) -> list[np.ndarray]:
+        """The model's probability of every option, per prompt (each sums to 1)."""
+        return [shape_distribution(lp, temperature, top_p) for lp in self.option_logprobs(prompts, options, adapter)]
+
+    def sample_answers(
+        self, prompts: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None,
+    ) -> list[list[int | None]]:
+        """The paper's protocol: sample, parse the first integer (None when there is none)."""
+        prefixes = [self.encoder.prefix_text(p) for p in prompts]
+        outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
+        return [[parse_first_integer(o["text"]) for o in row] for row in outs]
+
+    def _encode_prefixes(self, prefixes: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+        """Token ids of already-templated prefixes; refused when one cannot fit max_new_tokens more."""
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
+        for ids in encoded:
+            if len(ids) + max_new_tokens > self.context:
+                raise ScoreError(
+                    f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {self.context}"
+                )
+        return encoded
+
+    def _completion(self, tokens: list[int], logprob_at: Any = None) -> dict[str, Any]:
+        """One generated continuation as generate returns it: text up to the end of turn, its length,
+        finish_reason and, when logprob_at(step, token) is given, each kept token's log-probability."""
+        eot = self.encoder.eot_ids[0]
+        stop = eot in tokens
+        kept = tokens[: tokens.index(eot)] if stop else tokens
+        item: dict[str, Any] = {
+            "text": self.tokenizer.decode(kept, skip_special_tokens=True),
+            "tokens": len(kept),
+            "finish_reason": "stop" if stop else "length",
+        }
+        if logprob_at is not None:
+            item["logprobs"] = [{"token": self.tokenizer.decode([t]), "logprob": float(logprob_at(j, t))} for j, t in enumerate(kept)]
+        return item
+
+
 @dataclass
-class Scorer:
+class Scorer(ScorerBase):
     """A base model plus any number of LoRA adapters, scored one adapter at a time.
 
     `adapter=None` is the base model (adapters disabled)."""
@@ -285,13 +345,6 @@ class Scorer:
                     first += n
         return results
 
-    def distributions(
-        self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None,
-        temperature: float = 1.0, top_p: float = 1.0,
-    ) -> list[np.ndarray]:
-        """The model's probability of every option, per prompt (each sums to 1)."""
-        return [shape_distribution(lp, temperature, top_p) for lp in self.option_logprobs(prompts, options, adapter)]
-
     # --- sampling -------------------------------------------------------------------------------
     def generate(
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
@@ -304,12 +357,7 @@ class Scorer:
         import torch
 
         eot = self.encoder.eot_ids[0]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
-        for ids in encoded:
-            if len(ids) + max_new_tokens > self.context:
-                raise ScoreError(
-                    f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {self.context}"
-                )
+        encoded = self._encode_prefixes(prefixes, max_new_tokens)
         width = max(len(x) for x in encoded)
         # Left padding, so every row's new tokens start at the same column.
         ids = torch.full((len(encoded), width), self.encoder.pad_id, dtype=torch.long)
@@ -331,28 +379,8 @@ class Scorer:
             scores = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1).cpu()
         results: list[list[dict[str, Any]]] = []
         for row in range(new.shape[0]):
-            tokens = new[row].tolist()
-            stop = eot in tokens
-            kept = tokens[: tokens.index(eot)] if stop else tokens
-            item: dict[str, Any] = {
-                "text": self.tokenizer.decode(kept, skip_special_tokens=True),
-                "tokens": len(kept),
-                "finish_reason": "stop" if stop else "length",
-            }
-            if scores is not None:
-                item["logprobs"] = [
-                    {"token": self.tokenizer.decode([t]), "logprob": float(scores[row, j, t])} for j, t in enumerate(kept)
-                ]
+            step_logprob = (lambda j, t, row=row: scores[row, j, t]) if scores is not None else None
             if row % n == 0:
                 results.append([])
-            results[-1].append(item)
+            results[-1].append(self._completion(new[row].tolist(), step_logprob))
         return results
-
-    def sample_answers(
-        self, prompts: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None,
-    ) -> list[list[int | None]]:
-        """The paper's protocol: sample, parse the first integer (None when there is none)."""
-        prefixes = [self.encoder.prefix_text(p) for p in prompts]
-        outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
-        return [[parse_first_integer(o["text"]) for o in row] for row in outs]

@@ -36,9 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.score import (
-    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ScoreError, parse_first_integer, shape_distribution,
-)
+from socrates_ray.score import GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ScoreError, ScorerBase
 
 # Modules vLLM's LoRA layers cannot carry: an adapter that targets any of them is served merged.
 UNSUPPORTED_LORA_TARGETS = {"embed_tokens", "lm_head", "wte", "output"}
@@ -113,7 +111,7 @@ def merged_copy(base_path: str, adapter_dir: str | Path) -> Path:
 
 
 @dataclass
-class VllmScorer:
+class VllmScorer(ScorerBase):
     """score.Scorer's interface over vLLM engines: one for the base (+ LoRA adapters by name), one
     per merged adapter. `adapter=None` is the base model."""
 
@@ -284,13 +282,6 @@ class VllmScorer:
             results.append(np.asarray(scores, dtype=np.float64))
         return results
 
-    def distributions(
-        self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None,
-        temperature: float = 1.0, top_p: float = 1.0,
-    ) -> list[np.ndarray]:
-        """The model's probability of every option, per prompt (each sums to 1)."""
-        return [shape_distribution(lp, temperature, top_p) for lp in self.option_logprobs(prompts, options, adapter)]
-
     # --- sampling -------------------------------------------------------------------------------
     def generate(
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
@@ -303,12 +294,7 @@ class VllmScorer:
 
         engine, lora = self._route(adapter)
         eot = self.encoder.eot_ids[0]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
-        for ids in encoded:
-            if len(ids) + max_new_tokens > self.context:
-                raise ScoreError(
-                    f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {self.context}"
-                )
+        encoded = self._encode_prefixes(prefixes, max_new_tokens)
         greedy = temperature < GREEDY_BELOW
         params = [
             SamplingParams(
@@ -323,28 +309,7 @@ class VllmScorer:
         for out in outputs:
             row = []
             for completion in sorted(out.outputs, key=lambda c: c.index):
-                tokens = list(completion.token_ids)
-                stop = eot in tokens
-                kept = tokens[: tokens.index(eot)] if stop else tokens
-                item: dict[str, Any] = {
-                    "text": self.tokenizer.decode(kept, skip_special_tokens=True),
-                    "tokens": len(kept),
-                    "finish_reason": "stop" if stop else "length",
-                }
-                if logprobs:
-                    item["logprobs"] = [
-                        {"token": self.tokenizer.decode([t]), "logprob": float(step[t].logprob)}
-                        for t, step in zip(kept, completion.logprobs or [])
-                    ]
-                row.append(item)
+                steps = completion.logprobs or []
+                row.append(self._completion(list(completion.token_ids), (lambda j, t, steps=steps: steps[j][t].logprob) if logprobs else None))
             results.append(row)
         return results
-
-    def sample_answers(
-        self, prompts: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None,
-    ) -> list[list[int | None]]:
-        """The paper's protocol: sample, parse the first integer (None when there is none)."""
-        prefixes = [self.encoder.prefix_text(p) for p in prompts]
-        outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
-        return [[parse_first_integer(o["text"]) for o in row] for row in outs]

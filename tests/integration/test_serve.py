@@ -223,7 +223,7 @@ def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapt
             "outcomes": [{"name": "fair", "question": STIMULUS}], "models": ["base", "a1"],
             "adapters": {"a1": str(adapters / "a1")}, "analysis": {"bootstrap": 100}}
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["screen", "--experiment", str(tmp_path / "served.yaml"), f"model.path={tiny_model}", f"run.output_dir={tmp_path}",
+    assert main(["screen", "--experiment", str(tmp_path / "served.yaml"), f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600", f"run.output_dir={tmp_path}",
                  "simulate.backend=http", f"simulate.endpoint={URL}", "simulate.temperature=1.0",
                  "serve.auth_token_env=SOCRATES_TEST_TOKEN"]) == 0
     folder = tmp_path / "demo" / "screen" / "served"

@@ -40,3 +40,21 @@ def test_the_tokenizer_is_trained_on_the_prepared_training_split_when_there_is_o
     # built once: a later call (serve, evaluate) reuses the folder whatever the data says now
     assert build(tmp_path / "tiny_split", tmp_path / "nothing_prepared") == from_split
     assert "200 prompts of" in tiny_model_corpus(from_split)
+
+
+def test_a_built_tiny_model_is_never_rebuilt_for_another_shape_or_seed(tmp_path):
+    """Rebuilding would leave the adapters trained on it not matching (a test once did this to the
+    session's base, under the next tests' adapters): another shape or seed is refused, the folder kept."""
+    import pytest
+
+    from socrates_ray.models import TinyModelError
+
+    folder = tmp_path / "tiny"
+    cfg = load_config("configs/demo.yaml", [f"model.path={folder}", f"data.prepared={tmp_path / 'none'}", *SHAPE])
+    model_path(cfg)
+    weights = (folder / "model.safetensors").read_bytes()
+    for change in ("model.tiny.tokenizer_corpus_rows=300", "run.seed=1"):
+        other = load_config("configs/demo.yaml", [f"model.path={folder}", f"data.prepared={tmp_path / 'none'}", *SHAPE, change])
+        with pytest.raises(TinyModelError, match="other settings.*(tokenizer_corpus_rows 200 -> 300|seed 0 -> 1).*delete"):
+            model_path(other)
+    assert (folder / "model.safetensors").read_bytes() == weights
