@@ -298,7 +298,7 @@ def check_params(out: Path, sim: SimulateSection, model_path: str, engine: str =
     params = {k: getattr(sim, k) for k in RESUME_KEYS} | {"model_path": model_path, "engine": engine}
     record = out / "simulate_params.json"
     if record.exists() and any(out.glob(PART_GLOB)):
-        before = {"engine": "transformers"} | json.loads(record.read_text())  # records from before engines
+        before = {"engine": engine} | json.loads(record.read_text())  # a record from before engines: the same one
         changed = {k: (before.get(k), v) for k, v in params.items() if before.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
