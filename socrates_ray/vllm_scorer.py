@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +85,15 @@ def adapter_rank(adapter_dir: str | Path) -> int:
 
 def merged_copy(base_path: str, adapter_dir: str | Path) -> Path:
     """A full model folder = base + adapter merged (output layer untied from the embeddings, so a
-    LoRA on each stays its own), cached under merged_cache() by the adapter's and base's content."""
+    LoRA on each stays its own), cached under merged_cache() by the adapter's content and the base's
+    files (path, size, time: hashing a large base's weights would take minutes). Replicas that merge
+    the same adapter at once each write a copy of their own; the first in place is kept."""
     digest = hashlib.sha256()
-    for folder in (Path(adapter_dir), Path(base_path)):
-        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
+    for f in sorted(Path(adapter_dir).glob("*.safetensors")) + sorted(Path(adapter_dir).glob("*.json")):
+        digest.update(f.name.encode() + f.read_bytes())
+    for f in sorted(Path(base_path).resolve().glob("*")):
+        if f.is_file():
+            digest.update(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     out = merged_cache() / digest.hexdigest()[:20]
     if (out / "config.json").is_file():
         return out
@@ -106,7 +110,12 @@ def merged_copy(base_path: str, adapter_dir: str | Path) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     merged.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-written copy is never picked up
+    try:
+        tmp.rename(out)  # atomic: a half-written copy is never picked up
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another replica's copy got there first
     return out
 
 

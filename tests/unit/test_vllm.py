@@ -10,7 +10,7 @@ import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
 from socrates_ray.score import Engine, Scorer, ScoreError, make_scorer
-from socrates_ray.vllm_scorer import VllmScorer, merged_cache, needs_merge
+from socrates_ray.vllm_scorer import VllmScorer, merged_cache, merged_copy, needs_merge
 
 STIMULUS = "How fair is this proposal? Only return an integer from 1 to {hi}, where 1 means Not at all and {hi} means Very, nothing else."
 PROMPTS = ["- Age: 30\n- Party: Democrat\n" + STIMULUS.format(hi=11), "- Age: 71\n- Party: Republican\n" + STIMULUS.format(hi=5),
@@ -142,3 +142,14 @@ def test_sample_mode_follows_the_paper_protocol_seeded(engine, reference, adapte
 def test_exact_scoring_refuses_prompts_over_the_context(engine) -> None:
     with pytest.raises(ScoreError, match="context"):
         engine.option_logprobs(["word " * 5000], [[1, 2]])
+
+
+def test_replicas_merging_the_same_adapter_at_once_all_get_the_one_copy(tiny_model, adapters, tmp_path, monkeypatch) -> None:
+    """Two simulate replicas start together and merge the demo's adapter at the same moment."""
+    import multiprocessing
+
+    monkeypatch.setenv("SOCRATES_VLLM_CACHE", str(tmp_path / "merged"))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        outs = pool.starmap(merged_copy, [(str(tiny_model), str(adapters["embeddings"]))] * 2)
+    assert outs[0] == outs[1] and (outs[0] / "config.json").is_file()
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == [outs[0].name]  # no half-written copy left
