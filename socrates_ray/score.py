@@ -173,6 +173,13 @@ class ScorerBase:
         outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
         return [[parse_first_integer(o["text"]) for o in row] for row in outs]
 
+    def _encode_option(self, text: str) -> list[int]:
+        """An option's token ids as it follows the prompt (cached: a study repeats its scale)."""
+        cache = self.__dict__.setdefault("_option_ids", {})
+        if text not in cache:
+            cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cache[text]
+
     def _encode_prefixes(self, prefixes: Sequence[str], max_new_tokens: int) -> list[list[int]]:
         """Token ids of already-templated prefixes; refused when one cannot fit max_new_tokens more."""
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
@@ -228,7 +235,6 @@ class Scorer(ScorerBase):
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
         self.context = min(self.max_length, self.model.config.max_position_embeddings)
         self._peft = False
-        self._option_ids: dict[str, list[int]] = {}
 
     # --- adapters -------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
@@ -278,11 +284,6 @@ class Scorer(ScorerBase):
         return self._causal_lm().get_output_embeddings()
 
     # --- exact distributions --------------------------------------------------------------------
-    def _encode_option(self, text: str) -> list[int]:
-        if text not in self._option_ids:
-            self._option_ids[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._option_ids[text]
-
     def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None) -> list[np.ndarray]:
         """log P(option text + end of turn | prompt) for every option of every prompt."""
         import torch
