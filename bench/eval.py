@@ -3,6 +3,9 @@ participants, same model: time per participant and the Wasserstein each gives.
 
     python bench/eval.py --adapter runs/demo/checkpoint_000250/export   # after `make demo`
     python bench/eval.py --engine both     # the same rows through transformers and vLLM (model.engine)
+
+vLLM gets --in-flight batches at once from as many threads (default 4, what a simulate replica
+keeps: they share the engine's steps); the transformers Scorer takes one batch at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,6 +33,7 @@ def main() -> int:
     parser.add_argument("--per-cell", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--engine", choices=["transformers", "vllm", "both"], default="transformers")
+    parser.add_argument("--in-flight", type=int, default=4, help="vLLM: batches in flight at once (simulate's replicas keep 4)")
     args = parser.parse_args()
     import torch
 
@@ -53,22 +58,21 @@ def bench(engine: str, cfg, rows: list[dict], args) -> dict:
     prompts = [r["prompt"] for r in rows]
     options = [parse_answer_scale(r["stimuli"]).options for r in rows]
     scorer.distributions(prompts[:4], options[:4], adapter)  # warm-up
-    t = time.perf_counter()
-    exact = []
-    for i in range(0, len(rows), args.batch):
-        exact += scorer.distributions(prompts[i : i + args.batch], options[i : i + args.batch], adapter)
-    t_exact = time.perf_counter() - t
-    t = time.perf_counter()
-    sampled = []
-    for i in range(0, len(rows), args.batch):
-        sampled += [a[0] for a in scorer.sample_answers(prompts[i : i + args.batch], 1, adapter=adapter)]
-    t_sample = time.perf_counter() - t
+    starts = range(0, len(rows), args.batch)
+    in_flight = args.in_flight if engine == "vllm" else 1
+    with ThreadPoolExecutor(in_flight) as pool:  # results in batch order
+        t = time.perf_counter()
+        exact = [d for ds in pool.map(lambda i: scorer.distributions(prompts[i : i + args.batch], options[i : i + args.batch], adapter), starts) for d in ds]
+        t_exact = time.perf_counter() - t
+        t = time.perf_counter()
+        sampled = [a[0] for rs in pool.map(lambda i: scorer.sample_answers(prompts[i : i + args.batch], 1, adapter=adapter), starts) for a in rs]
+        t_sample = time.perf_counter() - t
     exact_rows = [dict(r, options=o, probs=p.tolist(), prediction=draw(p, o, r["study_id"], r["sample_id"])) for r, o, p in zip(rows, options, exact)]
     sample_rows = [dict(r, prediction=a) for r, a in zip(rows, sampled)]
     m_exact = model_metrics(group_cells(exact_rows))
     m_sample = model_metrics(group_cells(sample_rows))
     n = len(rows)
-    print(f"[{engine}] {n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}, batches of {args.batch}")
+    print(f"[{engine}] {n} participants, {m_exact['cells']} cells, model {cfg.model.path} adapter {args.adapter}, batches of {args.batch}, {in_flight} in flight")
     print(f"[{engine}] exact distributions : {n / t_exact:7.1f} rows/s ({1000 * t_exact / n:6.1f} ms/participant)  W exact {m_exact['wasserstein']:.4f} "
           f"(one draw per participant: W {m_exact['wasserstein_sampled']:.4f})")
     w_sample = m_sample["wasserstein_sampled"]

@@ -6,6 +6,8 @@ concurrent clients, with p50/p99 latency; both measured in this run on the same 
     python bench/serve.py --gpus 1         # one replica on a GPU (the default where CUDA is visible),
                                            # with a ~0.4B model (24 x 896) unless --layers/--hidden say otherwise
     python bench/serve.py --engine both    # model.engine transformers vs vllm, batched, same model and clients
+                                           # (vLLM batches in its engine, step by step: "engine requests a step"
+                                           # counts its requests, e.g. a prompt and each option's context)
 
 The model is random (built offline from a config, its tokenizer trained on synthetic prompts), so
 nothing is downloaded; on a GPU it runs in bf16, on CPU in fp32.
@@ -108,7 +110,8 @@ def main() -> int:
         serve.delete(cfg.serve.app_name)
         r = results[label]
         print(f"{label:>14} ({engine}, max_batch_size {batch:>2}): {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-              f"mean batch {r['mean_batch']:4.1f} ({r['ms_per_batch']:.0f} ms each, model busy {r['busy']:.0%}) on {r['device']}", flush=True)
+              f"{'engine requests a step' if engine == 'vllm' else 'mean batch'} {r['mean_batch']:4.1f} ({r['ms_per_batch']:.0f} ms each, "
+              f"model busy {r['busy']:.0%}) on {r['device']}", flush=True)
     serve.shutdown()
     if args.engine == "both":
         ratio = results["vllm"]["rps"] / results["transformers"]["rps"]

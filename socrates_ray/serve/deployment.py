@@ -1,11 +1,15 @@
 """The model inside one Serve replica: a base model, LoRA adapters multiplexed over it, and
-dynamic batching of concurrent requests.
+batching of concurrent requests.
 
-Requests arrive one per HTTP call; `@serve.batch` gathers those that arrive together (up to
-serve.max_batch_size, waiting at most serve.batch_wait_timeout_s) and the replica scores them in
-as few forward passes as it can: jobs are grouped by adapter and by kind (exact distribution or
-generation with the same sampling settings). The model runs in a worker thread so the event
-loop keeps accepting requests (and so batches fill) while a forward pass is running.
+transformers: requests arrive one per HTTP call; `@serve.batch` gathers those that arrive together
+(up to serve.max_batch_size, waiting at most serve.batch_wait_timeout_s) and the replica scores
+them in as few forward passes as it can: jobs are grouped by adapter and by kind (exact
+distribution or generation with the same sampling settings). The model runs in a worker thread so
+the event loop keeps accepting requests (and so batches fill) while a forward pass is running.
+
+vLLM: no batching here. Each request goes to the engine at once (up to serve.max_ongoing_requests
+in flight) and joins its next step; the engine answers it as soon as its own tokens are done
+(continuous batching, vllm_loop.py), so a short request never waits for a long batch.
 
 Adapters: names resolve to folders under serve.adapters_dir or in serve.adapters; a bounded LRU
 (`serve.multiplexed`) keeps at most serve.max_loaded_adapters cached per replica, and a request
@@ -25,6 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -92,6 +97,7 @@ class ReplicaSettings:
     max_body_bytes: int
     token: str | None = field(default=None, repr=False)  # the bearer token clients must send; None = no auth
     engine: Engine = field(default_factory=Engine)  # model.engine: transformers or vllm
+    max_ongoing_requests: int = 64  # vllm: requests handed to the engine at once (serve.max_ongoing_requests)
 
 
 @dataclass
@@ -144,6 +150,10 @@ class ModelCore:
         self.batches = 0
         self.batched_jobs = 0
         self.model_seconds = 0.0  # wall time inside scorer calls (healthz; bench/serve.py's busy share)
+        # vLLM batches across requests itself, step by step (continuous batching, vllm_loop.py): each
+        # request goes straight to the engine from a thread of its own, no @serve.batch, no model lock
+        self.continuous = s.engine.name == "vllm"
+        self._callers = ThreadPoolExecutor(max_workers=max(1, s.max_ongoing_requests), thread_name_prefix="engine-caller") if self.continuous else None
         self.run_batch.set_max_batch_size(s.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
@@ -252,8 +262,34 @@ class ModelCore:
         return self.scorer.generate([j.text for j in group], first.n, first.temperature, first.top_p,
                                     first.max_tokens, first.adapter, first.logprobs)
 
+    def _score_alone(self, job: Job) -> Any:
+        """One request, straight to a thread-safe engine (vLLM): the engine shares its steps among every
+        request in flight. Its own error is its answer, as in a batch."""
+        try:
+            return self._score([job])[0]
+        except Exception as err:
+            return err
+        finally:
+            if self.lock.acquire(blocking=False):  # sweep evicted adapters, never wait on an adapter load for it
+                try:
+                    self._unload_unused()
+                finally:
+                    self.lock.release()
+
+    def stats(self) -> dict[str, float]:
+        """batches / batched_requests / model_seconds for /healthz: @serve.batch's batches, or with vLLM the
+        engine's steps, the engine requests that shared them (contexts and samples, summed over steps) and
+        the time inside them."""
+        if self.continuous:
+            loop = self.scorer.loop
+            return {"batches": loop.steps, "batched_requests": loop.step_requests, "model_seconds": loop.busy_seconds}
+        return {"batches": self.batches, "batched_requests": self.batched_jobs, "model_seconds": self.model_seconds}
+
     async def submit(self, job: Job) -> Any:
-        result = await self.run_batch(job)
+        if self.continuous:
+            result = await asyncio.get_running_loop().run_in_executor(self._callers, self._score_alone, job)
+        else:
+            result = await self.run_batch(job)
         if isinstance(result, ScoreError):
             raise BadRequest(str(result))
         if isinstance(result, Exception):

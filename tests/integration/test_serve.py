@@ -204,7 +204,12 @@ def test_concurrent_requests_are_batched(app) -> None:
     assert codes == [200] * 32
     requests_done = after["batched_requests"] - before["batched_requests"]
     batches = after["batches"] - before["batches"]
-    assert requests_done == 32 and batches < 32  # some requests shared a forward pass
+    if after["engine"] == "transformers":
+        assert requests_done == 32 and batches < 32  # some requests shared a forward pass
+    else:
+        # vLLM: batches are engine steps, shared by every request in flight (continuous batching).
+        # One 7-point request alone is 8 engine requests over 2 steps (the prompt, then its 7 options).
+        assert requests_done / batches > 8, f"{requests_done / batches:.1f} engine requests a step: requests did not share steps"
     # What bench/serve.py reads: where and on which engine the model runs, how long it was busy.
     assert after["device"] == "cpu" and after["model_seconds"] > before["model_seconds"] >= 0
     assert after["engine"] in ("transformers", "vllm")

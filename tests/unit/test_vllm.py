@@ -139,6 +139,51 @@ def test_sample_mode_follows_the_paper_protocol_seeded(engine, reference, adapte
     assert engine.generate([prefix], 1, 0.0, 1.0, 6)[0][0]["text"] == reference.generate([prefix], 1, 0.0, 1.0, 6)[0][0]["text"]
 
 
+def test_callers_in_many_threads_share_engine_steps_and_each_gets_its_own_answers(engine, reference, adapters) -> None:
+    """Continuous batching (vllm_loop.EngineLoop): requests from concurrent callers join the same
+    engine steps; every caller gets exactly its own outputs, equal to what it gets alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine.load_adapter("attention", adapters["attention"])
+    prefixes = [engine.encoder.prefix_text(p) for p in PROMPTS] * 3
+    alone = [engine.generate([p], 1, 0.0, 1.0, 12, "attention" if i % 2 else None)[0][0]["text"] for i, p in enumerate(prefixes)]
+    dists_alone = [engine.distributions([PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0] for i in range(6)]
+    steps, shared = engine.loop.steps, engine.loop.step_requests
+    start = threading.Barrier(len(prefixes) + 6)
+
+    def generate(i: int) -> str:
+        start.wait()
+        return engine.generate([prefixes[i]], 1, 0.0, 1.0, 12, "attention" if i % 2 else None)[0][0]["text"]
+
+    def distribution(i: int) -> np.ndarray:
+        start.wait()
+        return engine.distributions([PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0]
+
+    with ThreadPoolExecutor(len(prefixes) + 6) as pool:
+        texts = pool.map(generate, range(len(prefixes)))
+        dists = pool.map(distribution, range(6))
+        texts, dists = list(texts), list(dists)
+    assert texts == alone  # greedy: token for token, whatever shared the steps
+    assert max_difference(dists, dists_alone) < TOLERANCE
+    per_step = (engine.loop.step_requests - shared) / (engine.loop.steps - steps)
+    assert per_step > 2, f"{per_step:.2f} requests per engine step: callers did not share steps"
+    # one caller's bad request fails that caller only
+    with ThreadPoolExecutor(2) as pool:
+        bad = pool.submit(engine.option_logprobs, ["word " * 5000], [[1, 2]])
+        good = pool.submit(engine.distributions, PROMPTS, OPTIONS)
+        with pytest.raises(ScoreError, match="context"):
+            bad.result()
+        assert max_difference(good.result(), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+    # ... also where vLLM itself refuses it inside the loop (a token id outside the vocabulary)
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    with pytest.raises(Exception, match="out of vocabulary|vocab"):
+        engine.loop.run(engine._base, [TokensPrompt(prompt_token_ids=[1, 10**7])], [SamplingParams(max_tokens=1)])
+    assert max_difference(engine.distributions(PROMPTS, OPTIONS), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+
+
 def test_exact_scoring_refuses_prompts_over_the_context(engine) -> None:
     with pytest.raises(ScoreError, match="context"):
         engine.option_logprobs(["word " * 5000], [[1, 2]])

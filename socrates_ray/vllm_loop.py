@@ -1,0 +1,152 @@
+"""One thread that owns a scorer's vLLM engines and steps them: continuous batching across callers.
+
+vLLM's offline `LLM.generate` adds its prompts, steps the engine until they all finish and returns:
+a replica calling it per batch made every request wait for the batch before it, and a batch only
+held what had arrived together. Here any thread (each Serve request, each simulate batch in
+flight) hands its requests to the loop; they join the engine's next step, and each caller gets its
+own outputs back as soon as they finish while the others keep decoding. That is what vLLM's
+`AsyncLLM` does for its OpenAI server, without its engine-core process: in process an engine
+starts in 28 s on 2 cores against 71 s (see vllm_scorer.VllmScorer).
+
+Every vLLM call of a scorer runs on this thread: building engines, removing adapters, adding
+requests and stepping. In-process engines share vLLM's module-level state (the forward context,
+the parallel groups), so two threads stepping two engines at once would corrupt each other.
+
+    loop = EngineLoop()
+    llm = loop.call(build_engine)                       # runs on the loop thread, returns its value
+    outputs = loop.run(llm, prompts, params, lora)      # blocks this thread only; in prompt order
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+@dataclass
+class _Batch:
+    """One caller's requests to one engine: done when every output has come back."""
+
+    engine: Any
+    future: Future
+    outputs: list[Any]
+    remaining: int
+    ids: list[str] = field(default_factory=list)
+
+
+class EngineLoop:
+    """The thread that steps vLLM engines for every caller (see the module docstring).
+
+    Figures for /healthz and bench/serve.py: steps (engine steps), step_requests (requests in flight
+    summed over steps: / steps = how many shared a step), busy_seconds (time inside steps)."""
+
+    def __init__(self, name: str = "vllm-engine-loop") -> None:
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: dict[str, tuple[_Batch, int]] = {}  # request id -> (its batch, its index there)
+        self._in_flight: dict[int, int] = {}  # id(engine) -> requests in flight on it
+        self._engines: dict[int, Any] = {}
+        self._ids = itertools.count()
+        self.steps = 0
+        self.step_requests = 0
+        self.busy_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # --- called from any thread -------------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) on the loop thread between two steps; its result or its error."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        done: Future = Future()
+        self._inbox.put(("call", fn, args, kwargs, done))
+        return done.result()
+
+    def run(self, engine: Any, prompts: Sequence[Any], params: Sequence[Any], lora: Any = None) -> list[Any]:
+        """Add one request per prompt (its own SamplingParams) to `engine` and wait for all of them;
+        the finished RequestOutputs in prompt order. Other callers' requests share the steps."""
+        if not prompts:
+            return []
+        if len(prompts) != len(params):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        done: Future = Future()
+        self._inbox.put(("run", _Batch(engine, done, [None] * len(prompts), len(prompts)), list(prompts), list(params), lora))
+        return done.result()
+
+    # --- the loop thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            items = [] if self._waiting else [self._inbox.get()]  # idle: sleep until someone asks
+            while True:  # everything that arrived meanwhile joins the next step
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for item in items:
+                self._take(item)
+            for key in [k for k, n in self._in_flight.items() if n > 0]:
+                self._step(self._engines[key])
+
+    def _take(self, item: tuple) -> None:
+        if item[0] == "call":
+            _, fn, args, kwargs, done = item
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except BaseException as err:  # the caller's error, raised in the caller's thread
+                done.set_exception(err)
+            return
+        _, batch, prompts, params, lora = item
+        from vllm.sampling_params import RequestOutputKind
+
+        engine, key = batch.engine.llm_engine, id(batch.engine)
+        self._engines[key] = batch.engine
+        try:
+            # what LLM.generate does with its prompts before adding them (token ids pass through)
+            prompts = batch.engine._preprocess_cmpl(prompts)
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
+                p.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it is finished
+                request_id = f"r{next(self._ids)}"
+                engine.add_request(request_id, prompt, p, lora_request=lora)
+                batch.ids.append(request_id)
+                self._waiting[request_id] = (batch, i)
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        except BaseException as err:  # e.g. a prompt vLLM refuses: this caller's error, the others go on
+            self._drop(batch, err)
+
+    def _step(self, llm: Any) -> None:
+        start = time.perf_counter()
+        try:
+            outputs = llm.llm_engine.step()
+        except BaseException as err:  # fail every caller waiting on this engine, keep the loop alive
+            for batch in {id(b): b for b, _ in self._waiting.values() if b.engine is llm}.values():
+                self._drop(batch, err)
+            return
+        finally:
+            self.steps += 1
+            self.step_requests += self._in_flight.get(id(llm), 0)
+            self.busy_seconds += time.perf_counter() - start
+        for out in outputs:
+            if not out.finished or out.request_id not in self._waiting:
+                continue
+            batch, i = self._waiting.pop(out.request_id)
+            self._in_flight[id(llm)] -= 1
+            batch.outputs[i] = out
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                batch.future.set_result(batch.outputs)
+
+    def _drop(self, batch: _Batch, err: BaseException) -> None:
+        """Abort a batch's requests still in the engine and hand its caller the error."""
+        live = [r for r in batch.ids if self._waiting.pop(r, None) is not None]
+        if live:
+            self._in_flight[id(batch.engine)] -= len(live)
+            try:
+                batch.engine.llm_engine.abort_request(live)
+            except Exception:  # the engine is already failing; the caller gets the first error
+                pass
+        if not batch.future.done():
+            batch.future.set_exception(err)
