@@ -1,8 +1,8 @@
 """Batch simulation: rows (study, condition, task, persona, stimulus) -> predictions Parquet.
 
-The rows still to do go, a batch at a time, to a pool of model replicas (Ray actors holding a
-Scorer, on CPUs or GPUs; an evaluation keeps one pool for all its passes, see ReplicaPool) or,
-through Ray Data's `map_batches`, to a pool of HTTP clients calling the running Serve app. The
+The rows still to do go, a batch at a time, through Ray Data's `map_batches` to an actor pool of
+model replicas (eval/processor.py: a Scorer per actor, on CPUs or GPUs) or of HTTP clients calling
+the running Serve app; an evaluation instead keeps one ReplicaPool of model actors for all its passes. The
 driver writes each finished batch as its own Parquet part (atomically, by rename), so a killed
 job loses at most the batches in flight: re-running the same command skips every row whose
 (study_id, sample_id) is already in a part. Progress (rows, rate, ETA) is printed as parts land.
@@ -322,7 +322,8 @@ def run_simulation(
     """Predict every row not yet done; returns the merged predictions.parquet.
 
     pool: the local replicas to use (kept by the caller across passes, with their engine); None
-    starts a pool of sim.replicas running `engine` for this pass (backend local) and stops it at the end.
+    streams the rows through eval/processor.py's Ray Data stage (sim.replicas running `engine`) for
+    this pass (backend local).
     stop_after_parts (a test aid) stops the driver after writing that many parts, as a kill would."""
     decoding = Decoding.of(sim)
     out = Path(out_dir)
@@ -340,24 +341,27 @@ def run_simulation(
     if pool is not None and sim.backend == "local" and (pool.model_path, pool.system_prompt, pool.precision) != (model_path, system_prompt, sim.precision):
         raise SimulateError(f"the replica pool holds {pool.model_path} ({pool.precision}); this pass asks for {model_path} ({sim.precision})")
     if todo.num_rows:
-        own_pool = None
-        if sim.backend == "local":
-            if pool is None:
-                pool = own_pool = ReplicaPool(sim, model_path, system_prompt, {"adapter": sim.adapter_path} if sim.adapter_path else None, engine)
+        if sim.backend == "local" and pool is not None:
             batches = [todo.slice(i, sim.batch_size) for i in range(0, todo.num_rows, sim.batch_size)]
             results = pool.map(batches, decoding, pool.adapter_name(sim.adapter_path))
-        else:
+        else:  # one pass through Ray Data: model replicas (eval/processor.py) or HTTP clients in an actor pool
             import ray
 
             ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // sim.batch_size)))
-            ds = ds.map_batches(
-                HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, decoding, sim.http_concurrency, token),
-                batch_size=sim.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=sim.replicas), num_cpus=0.1,
-            )
+            if sim.backend == "local":
+                from socrates_ray.eval.processor import build_simulate_processor  # it builds on this module
+
+                ds = build_simulate_processor(sim, model_path, system_prompt, engine)(ds)
+            else:
+                ds = ds.map_batches(
+                    HttpReplica, fn_constructor_args=(sim.endpoint, sim.adapter, decoding, sim.http_concurrency, token),
+                    batch_size=sim.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=sim.replicas), num_cpus=0.1,
+                )
             results = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        stream = _unwrapped(results)
         try:
             started, written, parts = time.time(), 0, 0
-            for batch in _unwrapped(results):
+            for batch in stream:
                 name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}.parquet"
                 pq.write_table(batch, out / (name + ".tmp"))
                 os.replace(out / (name + ".tmp"), out / name)
@@ -371,8 +375,7 @@ def run_simulation(
                     log(f"simulate: stopping after {parts} parts (stop_after_parts)")
                     return out
         finally:
-            if own_pool is not None:
-                own_pool.close()
+            stream.close()  # a stopped pass releases its actors now (Ray Data's executor, or the pool's queue)
     merged = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob(PART_GLOB))], promote_options="permissive")
     key_set = set(keys)
     mkeys = list(zip(merged["study_id"].to_pylist(), merged["sample_id"].to_pylist()))

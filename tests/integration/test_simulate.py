@@ -118,3 +118,10 @@ def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would
     assert len(base) == len(pooled) == len(alone) > 0
     assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, alone)) < 1e-6
     assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, base)) > 1e-3  # the adapter was used
+    # the pass run_simulation made alone is eval/processor.py's Ray Data stage, usable on any Dataset
+    from socrates_ray.eval.processor import build_simulate_processor
+
+    out = build_simulate_processor(tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT)(ray.data.from_arrow(rows)).to_arrow_refs()
+    table = pa.concat_tables(ray.get(out)).sort_by([("study_id", "ascending"), ("sample_id", "ascending")])
+    assert table.num_rows == rows.num_rows and {"prediction", "options", "probs", "samples", "participant"} <= set(table.column_names)
+    assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip([p for p in table["probs"].to_pylist() if p is not None], alone)) < 1e-6
