@@ -9,6 +9,7 @@
 #   SERVE_ARGS="--requests 128" scripts/gpu_check.sh        # a shorter serve benchmark
 #   SKIP_SERVE=1 scripts/gpu_check.sh                       # the training/scoring check only
 #   SERVE_MODES=sample scripts/gpu_check.sh                 # bench/serve.py in sample mode only
+#   WITH_VLLM=1 scripts/gpu_check.sh                        # + bench/serve.py --engine both (vllm installed)
 #
 # Packages: the project's own venv (make install) if it exists; otherwise the machine's python3
 # (PYTHON=...) plus, for whatever it lacks, wheels from ./wheelhouse (WHEELHOUSE=...), installed
@@ -42,6 +43,11 @@ if [ -z "${SKIP_SERVE:-}" ]; then
     for mode in ${SERVE_MODES:-sample distribution}; do
       PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 300 "$PYTHON" bench/serve.py --mode "$mode" ${SERVE_ARGS:-} \
         || echo "gpu_check: bench/serve.py --mode $mode failed (exit $?); going on with the check" >&2
+      # WITH_VLLM=1: the same clients against model.engine transformers and vllm (vLLM's CUDA build installed)
+      if [ -n "${WITH_VLLM:-}" ]; then
+        PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 400 "$PYTHON" bench/serve.py --mode "$mode" --engine both ${SERVE_ARGS:-} \
+          || echo "gpu_check: bench/serve.py --mode $mode --engine both failed (exit $?); going on with the check" >&2
+      fi
     done
   else
     echo "gpu_check: no Ray Serve for $PYTHON: skipping bench/serve.py (WITH_SERVE=1 scripts/gpu_wheelhouse.sh carries it)"
