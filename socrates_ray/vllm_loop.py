@@ -15,17 +15,27 @@ the parallel groups), so two threads stepping two engines at once would corrupt 
     loop = EngineLoop()
     llm = loop.call(build_engine)                       # runs on the loop thread, returns its value
     outputs = loop.run(llm, prompts, params, lora)      # blocks this thread only; in prompt order
+    with loop.cancelled_by(event):                      # event.set() from anywhere: this thread's
+        scorer.generate(...)                            # requests leave the engine, run raises Cancelled
+
+A Serve replica cancels that way when its client disconnects: an abandoned request stops costing
+engine steps at once, instead of decoding to its end under a server that is already behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set: its requests were aborted in the engine."""
 
 
 @dataclass
@@ -36,6 +46,7 @@ class _Batch:
     future: Future
     outputs: list[Any]
     remaining: int
+    cancel: threading.Event | None = None
     ids: list[str] = field(default_factory=list)
 
 
@@ -54,6 +65,8 @@ class EngineLoop:
         self.steps = 0
         self.step_requests = 0
         self.busy_seconds = 0.0
+        self.cancelled = 0  # requests aborted because their caller gave up
+        self._local = threading.local()  # the calling thread's cancel event (cancelled_by)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -74,8 +87,19 @@ class EngineLoop:
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
         done: Future = Future()
-        self._inbox.put(("run", _Batch(engine, done, [None] * len(prompts), len(prompts)), list(prompts), list(params), lora))
+        batch = _Batch(engine, done, [None] * len(prompts), len(prompts), getattr(self._local, "cancel", None))
+        self._inbox.put(("run", batch, list(prompts), list(params), lora))
         return done.result()
+
+    @contextlib.contextmanager
+    def cancelled_by(self, event: threading.Event) -> Iterator[None]:
+        """Within this block, every run() of the calling thread is aborted once `event` is set."""
+        before = getattr(self._local, "cancel", None)
+        self._local.cancel = event
+        try:
+            yield
+        finally:
+            self._local.cancel = before
 
     # --- the loop thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -88,6 +112,9 @@ class EngineLoop:
                     break
             for item in items:
                 self._take(item)
+            for batch in {id(b): b for b, _ in self._waiting.values() if b.cancel is not None and b.cancel.is_set()}.values():
+                self.cancelled += sum(1 for r in batch.ids if r in self._waiting)
+                self._drop(batch, Cancelled("the caller cancelled these requests"))
             for key in [k for k, n in self._in_flight.items() if n > 0]:
                 self._step(self._engines[key])
 

@@ -113,6 +113,7 @@ class Job:
     n: int = 1
     max_tokens: int = 32
     logprobs: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)  # set when the client gives up (vLLM)
 
     def group(self) -> tuple:
         if self.kind == "dist":
@@ -266,7 +267,8 @@ class ModelCore:
         """One request, straight to a thread-safe engine (vLLM): the engine shares its steps among every
         request in flight. Its own error is its answer, as in a batch."""
         try:
-            return self._score([job])[0]
+            with self.scorer.loop.cancelled_by(job.cancel):
+                return self._score([job])[0]
         except Exception as err:
             return err
         finally:
@@ -278,16 +280,21 @@ class ModelCore:
 
     def stats(self) -> dict[str, float]:
         """batches / batched_requests / model_seconds for /healthz: @serve.batch's batches, or with vLLM the
-        engine's steps, the engine requests that shared them (contexts and samples, summed over steps) and
-        the time inside them."""
+        engine's steps, the engine requests that shared them (contexts and samples, summed over steps),
+        the time inside them and the engine requests aborted because their client went away."""
         if self.continuous:
             loop = self.scorer.loop
-            return {"batches": loop.steps, "batched_requests": loop.step_requests, "model_seconds": loop.busy_seconds}
+            return {"batches": loop.steps, "batched_requests": loop.step_requests, "model_seconds": loop.busy_seconds,
+                    "cancelled_requests": loop.cancelled}
         return {"batches": self.batches, "batched_requests": self.batched_jobs, "model_seconds": self.model_seconds}
 
     async def submit(self, job: Job) -> Any:
         if self.continuous:
-            result = await asyncio.get_running_loop().run_in_executor(self._callers, self._score_alone, job)
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(self._callers, self._score_alone, job)
+            except asyncio.CancelledError:  # the client went away (Serve cancels its request): free the engine now
+                job.cancel.set()
+                raise
         else:
             result = await self.run_batch(job)
         if isinstance(result, ScoreError):

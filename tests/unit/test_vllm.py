@@ -184,6 +184,40 @@ def test_callers_in_many_threads_share_engine_steps_and_each_gets_its_own_answer
     assert max_difference(engine.distributions(PROMPTS, OPTIONS), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
 
 
+def test_a_caller_that_gives_up_leaves_the_engine_at_once_and_the_others_go_on(engine, reference) -> None:
+    """What a Serve replica does when its client disconnects: the request's cancel event is set, its
+    requests are aborted mid-generation (no more steps spent on them), the caller gets Cancelled."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from socrates_ray.vllm_loop import Cancelled
+
+    loop, event = engine.loop, threading.Event()
+    prompt = TokensPrompt(prompt_token_ids=engine.encoder.encode_prompts(PROMPTS[:1])[0])
+    long = SamplingParams(max_tokens=1500, ignore_eos=True, temperature=1.0, seed=1)  # 1,500 steps if nobody stops it
+
+    def abandoned() -> None:
+        with loop.cancelled_by(event):
+            loop.run(engine._base, [prompt], [long])
+
+    steps, cancelled = loop.steps, loop.cancelled
+    with ThreadPoolExecutor(2) as pool:
+        gone = pool.submit(abandoned)
+        while loop.steps < steps + 5:  # it is decoding
+            time.sleep(0.01)
+        event.set()
+        other = pool.submit(engine.distributions, PROMPTS, OPTIONS)
+        with pytest.raises(Cancelled):
+            gone.result()
+        assert max_difference(other.result(), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+    assert loop.cancelled == cancelled + 1 and not loop._waiting  # aborted, nothing left in the engine
+    assert loop.steps - steps < 1500, "the abandoned request was decoded to its end"
+
+
 def test_exact_scoring_refuses_prompts_over_the_context(engine) -> None:
     with pytest.raises(ScoreError, match="context"):
         engine.option_logprobs(["word " * 5000], [[1, 2]])
