@@ -59,8 +59,7 @@ class EngineLoop:
     def __init__(self, name: str = "vllm-engine-loop") -> None:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: dict[str, tuple[_Batch, int]] = {}  # request id -> (its batch, its index there)
-        self._in_flight: dict[int, int] = {}  # id(engine) -> requests in flight on it
-        self._engines: dict[int, Any] = {}
+        self._in_flight: dict[Any, int] = {}  # engine (an LLM) -> its requests in flight
         self._ids = itertools.count()
         self.steps = 0
         self.step_requests = 0
@@ -115,8 +114,8 @@ class EngineLoop:
             for batch in {id(b): b for b, _ in self._waiting.values() if b.cancel is not None and b.cancel.is_set()}.values():
                 self.cancelled += sum(1 for r in batch.ids if r in self._waiting)
                 self._drop(batch, Cancelled("the caller cancelled these requests"))
-            for key in [k for k, n in self._in_flight.items() if n > 0]:
-                self._step(self._engines[key])
+            for engine in [e for e, n in self._in_flight.items() if n > 0]:
+                self._step(engine)
 
     def _take(self, item: tuple) -> None:
         if item[0] == "call":
@@ -129,8 +128,7 @@ class EngineLoop:
         _, batch, prompts, params, lora = item
         from vllm.sampling_params import RequestOutputKind
 
-        engine, key = batch.engine.llm_engine, id(batch.engine)
-        self._engines[key] = batch.engine
+        engine = batch.engine.llm_engine
         try:
             # what LLM.generate does with its prompts before adding them (token ids pass through)
             prompts = batch.engine._preprocess_cmpl(prompts)
@@ -140,7 +138,7 @@ class EngineLoop:
                 engine.add_request(request_id, prompt, p, lora_request=lora)
                 batch.ids.append(request_id)
                 self._waiting[request_id] = (batch, i)
-                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                self._in_flight[batch.engine] = self._in_flight.get(batch.engine, 0) + 1
         except BaseException as err:  # e.g. a prompt vLLM refuses: this caller's error, the others go on
             self._drop(batch, err)
 
@@ -154,13 +152,13 @@ class EngineLoop:
             return
         finally:
             self.steps += 1
-            self.step_requests += self._in_flight.get(id(llm), 0)
+            self.step_requests += self._in_flight.get(llm, 0)
             self.busy_seconds += time.perf_counter() - start
         for out in outputs:
             if not out.finished or out.request_id not in self._waiting:
                 continue
             batch, i = self._waiting.pop(out.request_id)
-            self._in_flight[id(llm)] -= 1
+            self._in_flight[llm] -= 1
             batch.outputs[i] = out
             batch.remaining -= 1
             if batch.remaining == 0:
@@ -170,7 +168,7 @@ class EngineLoop:
         """Abort a batch's requests still in the engine and hand its caller the error."""
         live = [r for r in batch.ids if self._waiting.pop(r, None) is not None]
         if live:
-            self._in_flight[id(batch.engine)] -= len(live)
+            self._in_flight[batch.engine] -= len(live)
             try:
                 batch.engine.llm_engine.abort_request(live)
             except Exception:  # the engine is already failing; the caller gets the first error

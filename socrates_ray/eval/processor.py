@@ -46,11 +46,10 @@ def build_simulate_processor(sim: SimulateSection, model_path: str, system_promp
     import ray
 
     decoding = Decoding.of(sim)  # refuses temperature=auto before any actor starts
-    in_flight = ReplicaPool.IN_FLIGHT.get(engine.name, 2)
-    threaded = engine.name == "vllm"  # the transformers Scorer is not thread-safe
+    in_flight, at_once = ReplicaPool.concurrency(engine)
     compute = ray.data.ActorPoolStrategy(
         size=sim.replicas, max_tasks_in_flight_per_actor=in_flight,
-        **({"max_concurrent_calls_per_actor": in_flight, "enable_true_multi_threading": True} if threaded else {}),
+        **({"max_concurrent_calls_per_actor": at_once, "enable_true_multi_threading": True} if at_once > 1 else {}),
     )
     args = (model_path, system_prompt, sim.adapter_path, max(1, int(sim.cpus_per_replica)), sim.gpus_per_replica > 0, sim.precision, engine, decoding)
 

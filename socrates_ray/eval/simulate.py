@@ -177,14 +177,20 @@ class ReplicaPool:
 
     IN_FLIGHT = {"transformers": 2, "vllm": 4}
 
+    @classmethod
+    def concurrency(cls, engine: Engine) -> tuple[int, int]:
+        """(batches kept queued per replica, batches it runs at once) for `engine`: the transformers
+        Scorer is not thread-safe, so it runs one; vLLM runs all it holds, sharing the engine's steps."""
+        in_flight = cls.IN_FLIGHT.get(engine.name, 2)
+        return in_flight, in_flight if engine.name == "vllm" else 1
+
     def __init__(self, sim: SimulateSection, model_path: str, system_prompt: str, adapters: dict[str, str] | None = None,
                  engine: Engine = Engine()) -> None:
         import ray
 
         self.model_path, self.system_prompt, self.precision, self.engine = model_path, system_prompt, sim.precision, engine
         self.adapters = dict(adapters or {})
-        self.in_flight = self.IN_FLIGHT.get(engine.name, 2)
-        concurrent = self.in_flight if engine.name == "vllm" else 1  # the transformers Scorer is not thread-safe
+        self.in_flight, concurrent = self.concurrency(engine)
         actor = ray.remote(LocalReplica).options(num_cpus=sim.cpus_per_replica, num_gpus=sim.gpus_per_replica, max_concurrency=concurrent)
         threads, gpu = max(1, int(sim.cpus_per_replica)), sim.gpus_per_replica > 0
         self.actors = [actor.remote(model_path, system_prompt, self.adapters, threads, gpu, sim.precision, engine) for _ in range(sim.replicas)]
