@@ -82,15 +82,19 @@ def training_eval_part(cfg: Config) -> str:
     return "val" if any(val.glob("*.parquet")) else "eval"
 
 
-def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool) -> dict[str, Any]:
+def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool,
+                    tokenized: str = "actors") -> dict[str, Any]:
     """What defines a run's data stream and optimizer schedule, keyed by the config path a user
-    would change: a resumed run must see the same ones (checkpoint.check_resume)."""
+    would change: a resumed run must see the same ones (checkpoint.check_resume). `tokenized`:
+    "driver" or "actors" (the driver shuffles with numpy, Ray Data with its own seeded shuffle)."""
     t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
     return {
         "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training rows (data.prepared; estimated unless ingest.materialize)": rows,
         "model.path": model_path, "prompt.system_prompt": cfg.prompt.system_prompt,
         "ingest.layout": ing.layout, "ingest.max_length": ing.max_length, "ingest.pack_window": ing.pack_window,
         "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed,
+        # only when "driver": checkpoints from before the driver path stay resumable under the pool
+        **({"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)": tokenized} if tokenized == "driver" else {}),
         "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
         "optimizer steps (train.epochs, train.max_steps)": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
@@ -120,30 +124,46 @@ def fault_injection() -> dict[str, list[list[int]]]:
     return {"fault_kills": kills}
 
 
-def materialize_splits(cfg: Config, datasets: dict[str, Any], eval_part: str, pad_id: int, log: Any) -> dict[str, Any]:
+def tokenized_where(cfg: Config, samples: int) -> str:
+    """Where a materialized split is tokenized: "driver" (small splits) or "actors" (the pool)."""
+    return "driver" if samples < cfg.ingest.tokenize_in_driver_below else "actors"
+
+
+def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int, log: Any) -> tuple[dict[str, Any], str]:
     """Tokenize the train and eval splits once into the object store: the row count, the ingest
-    figures and every epoch read these blocks. The ingest figures (padding, steps per worker,
-    samples left out) come from batching the stored train rows as the workers will, and go to
-    <run>/ingest_stats.json, so no separate `socrates-ray ingest` pass is needed."""
-    from socrates_ray.data.ingest import format_ingest, ingest_figures
+    figures and every epoch read these blocks. Small splits are tokenized in the driver, larger ones
+    by the tokenizer actor pool (ingest.tokenize_in_driver_below); the second value says which did
+    the train split. The ingest figures (padding, steps per worker, samples left out) come from
+    batching the stored train rows as the workers will, and go to <run>/ingest_stats.json, so no
+    separate `socrates-ray ingest` pass is needed."""
+    from socrates_ray.data.ingest import format_ingest, ingest_figures, split_samples, tokenize_in_driver
 
     ing = cfg.ingest
-    for ds in datasets.values():
-        # blocks in input order, not in the order the tokenizer actors finish them: the same
-        # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
-        ds.context.execution_options.preserve_order = True
-    started = time.perf_counter()
-    train = datasets["train"].materialize()
-    tokenize_s = time.perf_counter() - started
-    stored = {"train": train, "eval": datasets["eval"].materialize()}
+    stored, where, seconds = {}, {}, {}
+    for name, part in (("train", "train"), ("eval", eval_part)):
+        split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / part)
+        where[name] = tokenized_where(cfg, split_samples(split_dir))
+        started = time.perf_counter()
+        if where[name] == "driver":
+            stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
+                                              ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None)
+        else:
+            ds = build_split_dataset(cfg, model_path, part)
+            # blocks in input order, not in the order the tokenizer actors finish them: the same
+            # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
+            ds.context.execution_options.preserve_order = True
+            stored[name] = ds.materialize()
+        seconds[name] = time.perf_counter() - started
     size = sum(ds.size_bytes() for ds in stored.values())
-    log(f"train: tokenized the train and {eval_part} splits once in {time.perf_counter() - started:.1f}s "
+    how = {"driver": "in the driver", "actors": f"by {ing.tokenize_actors} tokenizer actors"}
+    by = how[where["train"]] if where["train"] == where["eval"] else f"{how[where['train']]} and {how[where['eval']]}"
+    log(f"train: tokenized the train and {eval_part} splits once {by} in {sum(seconds.values()):.1f}s "
         f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
     split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / "train")
-    stats = ingest_figures(train, split_dir, ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length, pad_id,
-                           run_folder(cfg), seconds=tokenize_s)
+    stats = ingest_figures(stored["train"], split_dir, ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length,
+                           pad_id, run_folder(cfg), seconds=seconds["train"])
     log(format_ingest(stats, ing.layout))
-    return stored
+    return stored, where["train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,11 +201,12 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
             "data.validation_fraction=0, or before it existed); eval loss and keep_by read the TEST split. "
             "Re-run `socrates-ray prepare` with data.validation_fraction > 0 to keep the test split unseen.")
     pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
-    datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
+    tokenized = "actors"
     if ing.materialize:
-        datasets = materialize_splits(cfg, datasets, eval_part, pad_id, log)
+        datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, log)
         rows, estimated = datasets["train"].count(), False
     else:
+        datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
         # Streamed: the workers' stream is the only tokenizing pass (on SocSci210 a counting pass
         # would tokenize 2.9M prompts on the driver before step 1). The schedule is planned from a
         # sample; each epoch still runs until the shards end, so no row is left out.
@@ -197,7 +218,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
             f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
         )
     bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
-    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16)
+    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized)
     finished = None
     if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
         check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued

@@ -4,7 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
-from socrates_ray.data.ingest import IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, measure_ingest
+from socrates_ray.data.ingest import (
+    IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, measure_ingest, split_samples, tokenize_in_driver,
+)
 from socrates_ray.data.prepare import run_prepare
 
 pytestmark = pytest.mark.ray
@@ -57,3 +59,28 @@ def test_pad_longest_and_shard_count(ray_local, prepared, tiny_model):
 def test_too_short_max_length_is_a_clear_error(ray_local, prepared, tiny_model):
     with pytest.raises(IngestError, match=r"ingest.max_length=40: every sample"):
         _run(prepared, tiny_model, "pack", max_length=40)
+
+
+def _samples(ds):
+    """Each training sample's token ids, as a sorted list: what the rows hold, however packed."""
+    out = []
+    for row in ds.take_all():
+        seq, ids = list(row["seq_ids"]), list(row["input_ids"])
+        out += [tuple(i for i, s in zip(ids, seq) if s == k) for k in range(1, max(seq) + 1)]
+    return sorted(out)
+
+
+def test_a_small_split_tokenized_in_the_driver_holds_what_the_actor_pool_makes(ray_local, prepared, tiny_model):
+    """ingest.materialize tokenizes a small split in the driver (no actor start-up): the same samples,
+    packed as densely, in a seeded order of its own."""
+    split = str(prepared / "unseen_studies" / "train")
+    args = (split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128)
+    pool = build_ingest_dataset(*args, 2, 0.25, shuffle_seed=0).materialize()
+    driver = tokenize_in_driver(*args, shuffle_seed=0)
+    assert _samples(driver) == _samples(pool) and len(_samples(pool)) == split_samples(split)
+    assert abs(driver.count() - pool.count()) <= 0.02 * pool.count()  # packed as densely (windows differ)
+    rows = [list(r["input_ids"]) for r in driver.take_all()]
+    assert rows == [list(r["input_ids"]) for r in tokenize_in_driver(*args, shuffle_seed=0).take_all()]  # a resume's order
+    assert rows != [list(r["input_ids"]) for r in tokenize_in_driver(*args, shuffle_seed=1).take_all()]
+    with pytest.raises(IngestError, match=r"ingest.max_length=40: every sample"):
+        tokenize_in_driver(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 40, "pack", 128)

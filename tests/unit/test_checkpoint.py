@@ -113,3 +113,20 @@ def test_the_adapter_evaluate_and_serve_take_follows_train_keep_by(tmp_path) -> 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 12, "loss": 1.0}))  # no eval loss recorded
     assert chosen_adapter(tmp_path, "eval_loss").endswith("checkpoint_000012/export")
     assert chosen_adapter(tmp_path / "missing") is None
+
+
+def test_a_small_materialized_split_is_tokenized_in_the_driver_and_a_resume_must_agree(tmp_path) -> None:
+    """The driver shuffles with numpy, Ray Data with its own seeded shuffle: the same seed gives two
+    orders, so a run resumed across the threshold is refused; runs tokenized by the pool keep the
+    fingerprint they had before the driver path existed (their checkpoints stay resumable)."""
+    from socrates_ray.config import load_config
+    from socrates_ray.train.trainer import run_fingerprint, tokenized_where
+
+    cfg = load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=20000"])
+    assert tokenized_where(cfg, 19_999) == "driver" and tokenized_where(cfg, 20_000) == "actors"
+    assert tokenized_where(load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=0"]), 1) == "actors"
+    driver, pool = (run_fingerprint(cfg, "m", 100, 10, False, where) for where in ("driver", "actors"))
+    assert set(driver) - set(pool) == {"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)"}
+    folder = saved(tmp_path / "checkpoint_000004", 4, driver)
+    with pytest.raises(ResumeError, match=r"tokenized in .*'driver' -> None"):
+        check_resume(folder, pool, "demo")
