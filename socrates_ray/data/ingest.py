@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from socrates_ray.data.tokenize import Encoder, collate, pack_rows, single_rows
+from socrates_ray.data.tokenize import Encoder, PortableEncoder, collate, pack_rows, single_rows
 from socrates_ray.errors import SocratesError, unwrap
 
 ROW_SCHEMA = pa.schema(
@@ -47,10 +47,14 @@ def load_tokenizer(path: str) -> Any:
 
 
 class TokenizePack:
-    """Ray Data UDF: a batch of (prompt, answer) rows -> training rows (packed or one per sample)."""
+    """Ray Data UDF: a batch of (prompt, answer) rows -> training rows (packed or one per sample).
 
-    def __init__(self, tokenizer_path: str, system_prompt: str, max_length: int, layout: str) -> None:
-        self.encoder = Encoder(load_tokenizer(tokenizer_path), system_prompt)
+    portable: Encoder.portable()'s values, checked in the driver: the actor then encodes with the
+    `tokenizers` library alone and starts in ~0.3 s instead of ~7 s (transformers' imports)."""
+
+    def __init__(self, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
+                 portable: dict[str, Any] | None = None) -> None:
+        self.encoder = PortableEncoder(**portable) if portable else Encoder(load_tokenizer(tokenizer_path), system_prompt)
         self.max_length, self.layout = max_length, layout
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -139,6 +143,21 @@ def estimate_rows(split_dir: str, tokenizer_path: str, system_prompt: str, max_l
     return RowEstimate(samples=samples, sampled=table.num_rows, rows=round(samples * rows / table.num_rows))
 
 
+def portable_encoding(split_dir: str, tokenizer_path: str, system_prompt: str, probes: int = 64) -> dict[str, Any] | None:
+    """Encoder.portable() for a local tokenizer folder, checked on the split's first `probes` samples
+    besides its own awkward strings; None (the actors load transformers) where it would differ."""
+    import pyarrow.parquet as pq
+
+    tokenizer_file = Path(tokenizer_path) / "tokenizer.json"
+    if "://" in tokenizer_path or not tokenizer_file.is_file():
+        return None
+    fs, groups = _row_groups(split_dir)
+    first = pq.ParquetFile(fs.open(groups[0][0], "rb")).read_row_group(groups[0][1], columns=["prompt", "answer"])
+    first = first.slice(0, probes)
+    pairs = list(zip(first["prompt"].to_pylist(), first["answer"].to_pylist()))
+    return Encoder(load_tokenizer(tokenizer_path), system_prompt).portable(str(tokenizer_file), pairs)
+
+
 def build_ingest_dataset(
     split_dir: str,
     tokenizer_path: str,
@@ -176,6 +195,7 @@ def build_ingest_dataset(
             "system_prompt": system_prompt,
             "max_length": max_length,
             "layout": layout,
+            "portable": portable_encoding(split_dir, tokenizer_path, system_prompt),
         },
         batch_size=pack_window,
         batch_format="pyarrow",

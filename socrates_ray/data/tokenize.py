@@ -69,13 +69,69 @@ class Encoder:
 
     def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         """(input_ids, labels) per example: prompt tokens unlabelled, answer + end-of-turn labelled."""
-        prefixes = self.encode_prompts(prompts)
-        answer_ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
-        out = []
-        for prefix, answer in zip(prefixes, answer_ids):
-            target = answer + self.eot_ids
-            out.append((prefix + target, [IGNORE_INDEX] * len(prefix) + target))
-        return out
+        return labelled(self.encode_prompts(prompts), self.tokenizer(list(answers), add_special_tokens=False)["input_ids"],
+                        self.eot_ids)
+
+    def portable(self, tokenizer_file: str, probes: Sequence[tuple[str, str]] = ()) -> dict[str, Any] | None:
+        """This encoder as plain values for PortableEncoder, which needs only the `tokenizers` library
+        (a Ray worker that imports transformers spends ~7 s on it on 2 cores); None where that would not
+        encode exactly as this one: a chat template that is not head + prompt + tail, no tokenizer.json,
+        or any difference on `probes` (prompt, answer pairs) and a fixed set of awkward strings."""
+        from pathlib import Path
+
+        if not self._fast or not Path(tokenizer_file).is_file():
+            return None
+        values = {"tokenizer_file": str(tokenizer_file), "head": self._head, "tail": self._tail,
+                  "eot_ids": list(self.eot_ids), "pad_id": int(self.pad_id)}
+        try:
+            portable = PortableEncoder(**values)
+        except Exception:  # a tokenizer.json the installed `tokenizers` cannot read
+            return None
+        probes = [*probes, *_PROBES]
+        prompts, answers = [p for p, _ in probes], [a for _, a in probes]
+        return values if portable.encode(prompts, answers) == self.encode(prompts, answers) else None
+
+
+_PROBES = [
+    ("Survey\n- Age: 30\n- Party: Strong Democrat\n\nHow much do you agree? Only return 1, 2 or 3.", "2"),
+    ("  Leading spaces, tabs\tand double  spaces; caf\u00e9 na\u00efve \u2014 \u201cquotes\u201d \u2019s 10,000 3.5% \U0001F600\n\n", "10"),
+    ("Literal markup: <|im_end|> <|endoftext|> </s> [INST]", "Strongly agree"),
+]
+
+
+def labelled(prefixes: Sequence[list[int]], answers: Sequence[list[int]], eot_ids: list[int]) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per example from token ids: the prefix unlabelled, answer + end-of-turn labelled."""
+    out = []
+    for prefix, answer in zip(prefixes, answers):
+        target = list(answer) + list(eot_ids)
+        out.append((list(prefix) + target, [IGNORE_INDEX] * len(prefix) + target))
+    return out
+
+
+@dataclass
+class PortableEncoder:
+    """Encoder.encode on the `tokenizers` library alone, from Encoder.portable()'s values: the chat
+    template is already rendered around the prompt (head + prompt + tail), and tokenizer.json holds
+    the whole text -> ids pipeline of a fast tokenizer."""
+
+    tokenizer_file: str
+    head: str
+    tail: str
+    eot_ids: list[int]
+    pad_id: int
+
+    def __post_init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(self.tokenizer_file)
+        self._tokenizer.no_truncation()  # as transformers calls it: a tokenizer.json may carry either
+        self._tokenizer.no_padding()
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        return labelled(self._ids([self.head + p + self.tail for p in prompts]), self._ids(answers), self.eot_ids)
 
 
 @dataclass

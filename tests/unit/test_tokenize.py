@@ -5,7 +5,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
 from socrates_ray.data.prompts import build_messages
-from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder, collate, pack_rows, packed_attention_mask, single_rows
+from socrates_ray.data.tokenize import (
+    IGNORE_INDEX, Encoder, PortableEncoder, collate, pack_rows, packed_attention_mask, single_rows,
+)
 
 PROMPTS = [
     "You are a survey respondent with the following demographic profile:\n- Age: 40\n\nRead the question. Only return an integer from 1 to 7.",
@@ -43,6 +45,27 @@ def test_loss_only_on_answer_and_end_of_turn(encoder, tokenizer):
     # multi-digit answers are several tokens (digits split), all labelled
     ids, labels = encoder.encode([PROMPTS[0]], ["100"])[0]
     assert sum(t != IGNORE_INDEX for t in labels) == 4
+
+
+def test_the_portable_encoder_encodes_as_transformers_does_or_is_not_offered(encoder, tiny_model, tmp_path):
+    """Tokenizer actors encode with the `tokenizers` library alone (no transformers import): the same
+    ids and labels for every prompt, else the driver offers no portable encoding."""
+    values = encoder.portable(str(tiny_model / "tokenizer.json"), list(zip(PROMPTS, ANSWERS)))
+    assert values is not None
+    portable = PortableEncoder(**values)
+    texts = [*PROMPTS, "Line one\n\n\tline two \u00e9\u2014\u2019 <|im_end|> 12,345.6%", ""]
+    answers = [*ANSWERS, "Strongly disagree", "0"]
+    assert portable.encode(texts, answers) == encoder.encode(texts, answers)
+    assert portable.pad_id == encoder.pad_id and portable.eot_ids == encoder.eot_ids
+    assert encoder.portable(str(tmp_path / "tokenizer.json")) is None  # a tokenizer without tokenizer.json
+    # a tokenizer.json that encodes differently (another vocabulary) is caught by the check
+    import json
+
+    other = json.loads((tiny_model / "tokenizer.json").read_text())
+    vocab = other["model"]["vocab"]
+    vocab["1"], vocab["2"] = vocab["2"], vocab["1"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(other))
+    assert encoder.portable(str(tmp_path / "tokenizer.json"), list(zip(PROMPTS, ANSWERS))) is None
 
 
 def test_packing_keeps_every_example_whole(encoder):
