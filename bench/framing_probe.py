@@ -5,9 +5,12 @@ rate changes what a short finetune learns.
     .venv/bin/python bench/framing_probe.py "train.lora.target_modules=[q_proj, k_proj, v_proj, o_proj, embed_tokens, lm_head]"
     .venv/bin/python bench/framing_probe.py train.lora.r=32 "train.lora.rank_pattern={embed_tokens: 128, lm_head: 128}"
 
+    .venv/bin/python bench/framing_probe.py run.seed=1 ingest.tokenize_in_driver_below=0 train.epochs=2
+
 The humans' means: frame up 3.99 vs down 2.01 (an Independent); party, under "up", Strong Democrat
 4.56 vs Strong Republican 3.21. The test passes when both predicted differences exceed 0.5.
-About 3-5 minutes on 2 cores (112 steps through Ray Train + DeepSpeed, as the test runs them).
+About 2-3 minutes on 2 cores (448 steps = 8 epochs through Ray Train + DeepSpeed, as the test runs
+them). run.seed=N builds the tiny base with that seed too (the test's docstring has the seed table).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def run(overrides: list[str]) -> list[float]:
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        tiny = ensure_tiny_model(tmp_path / "tiny", TinyModelSection(tokenizer_corpus_rows=600), seed=0)  # as the test's fixture
+        seed = int(next((o.split("=", 1)[1] for o in overrides if o.startswith("run.seed=")), 0))
+        tiny = ensure_tiny_model(tmp_path / "tiny", TinyModelSection(tokenizer_corpus_rows=600), seed=seed)  # the test's fixture at 0
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         write_framed_dataset(tmp_path / "raw")
         common = ["--config", "configs/demo.yaml", f"data.raw={tmp_path / 'raw'}", f"data.prepared={tmp_path / 'prepared'}",
@@ -46,8 +50,8 @@ def run(overrides: list[str]) -> list[float]:
                   f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}", f"model.path={tiny}",
                   "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies"]
         assert main(["prepare", *common]) == 0
-        assert main(["train", *common, "train.epochs=2", "train.max_steps=150", "train.eval_every=150",
-                     "train.checkpoint_every=150", *overrides]) == 0
+        assert main(["train", *common, "train.epochs=8", "train.max_steps=1000", "train.eval_every=1000",
+                     "train.checkpoint_every=1000", *overrides]) == 0
         scorer = Scorer(str(tiny), DEFAULT_SYSTEM_PROMPT)
         scorer.load_adapter("framed", chosen_adapter(tmp_path / "framed"))
 

@@ -8,8 +8,15 @@ topic no study had:
 A model that learns one answer distribution per scale (issue 12's failure) gives each pair the
 same distribution.
 
-Measured (`pytest -s tests/integration/test_learning.py`, 112 steps = 2 epochs of the training
-split): at the demo's former lr 2e-3 the adapter learned the frame (4.01 vs 2.10) but not the
+How long to train: 8 epochs of the 900-row training split (448 steps, fewer than the demo's 1,000).
+Measured on 2026-12-03 (the test's flow with run.seed 0/1/2 x the split tokenized in the driver or
+by the actor pool, i.e. three random bases and six data orders; frame up vs down, then Democrat vs
+Republican, humans 3.99 vs 2.01 and 4.56 vs 3.21): at 2 epochs (112 steps, this test until then)
+every run learned the frame (1.5-1.9 points apart) but only three of six the party (0.77-1.09 apart;
+the others 0.01-0.06), so the test passed on the one data order it had; at 4 epochs two of three
+failing runs learned it (0.63, 1.41; 0.04); at 8 epochs all six, 0.90-1.54 apart, frame 2.0-2.4.
+The persona is one word of the prompt, the frame a sentence: the tiny model finds the word later.
+Earlier measurements, 112 steps, one data order: at the demo's former lr 2e-3 the adapter learned the frame (4.01 vs 2.10) but not the
 persona (4.01 vs 4.01) and this test failed; at lr 5e-4 with rank 128 on every layer 4.00 vs 2.31 and
 4.05 vs 2.94; with the demo's rank 128 on attention, embeddings and output layer only (no MLP
 adapter) 3.91 vs 2.25 and 3.92 vs 3.15. Rank 32 in the blocks learns the frame only (3.34 vs 2.68;
@@ -85,8 +92,8 @@ def test_a_short_finetune_learns_what_a_frame_and_a_persona_do(ray_local, tmp_pa
               f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}", f"model.path={tiny_model}",
               "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies"]
     assert main(["prepare", *common]) == 0
-    # 2 epochs of the six studies = 112 steps, as measured above (the demo itself trains 3 epochs)
-    assert main(["train", *common, "train.epochs=2", "train.max_steps=150", "train.eval_every=150", "train.checkpoint_every=150"]) == 0
+    # 8 epochs of the training studies = 448 steps: the party is learned on every seed and data order tried (above)
+    assert main(["train", *common, "train.epochs=8", "train.max_steps=1000", "train.eval_every=1000", "train.checkpoint_every=1000"]) == 0
 
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
     from socrates_ray.eval.job import chosen_adapter
