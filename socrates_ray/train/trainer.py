@@ -140,8 +140,10 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
 
     ing = cfg.ingest
     stored, where, seconds = {}, {}, {}
-    for name, part in (("train", "train"), ("eval", eval_part)):
-        split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / part)
+    parts = {"train": "train", "eval": eval_part}
+    split_dirs = {name: str(Path(cfg.data.prepared) / cfg.train.setting / part) for name, part in parts.items()}
+    for name, part in parts.items():
+        split_dir = split_dirs[name]
         where[name] = tokenized_where(cfg, split_samples(split_dir))
         started = time.perf_counter()
         if where[name] == "driver":
@@ -159,8 +161,7 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
     by = how[where["train"]] if where["train"] == where["eval"] else f"{how[where['train']]} and {how[where['eval']]}"
     log(f"train: tokenized the train and {eval_part} splits once {by} in {sum(seconds.values()):.1f}s "
         f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
-    split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / "train")
-    stats = ingest_figures(stored["train"], split_dir, ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length,
+    stats = ingest_figures(stored["train"], split_dirs["train"], ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length,
                            pad_id, run_folder(cfg), seconds=seconds["train"])
     log(format_ingest(stats, ing.layout))
     return stored, where["train"]
