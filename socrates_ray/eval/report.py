@@ -94,6 +94,18 @@ def _hist(ax: Any, human: np.ndarray, options: np.ndarray, probs: np.ndarray, ti
     ax.set_xticks(support if len(support) <= 11 else support[:: max(1, len(support) // 10)])
 
 
+def cell_picks(predictions: Any, per_cell: dict[str, float], k: int = 3) -> list[tuple[str, str, float, list[dict[str, Any]]]]:
+    """(label, cell, W, rows) for the k best and k worst cells that have predicted distributions:
+    open-ended cells are scored from sampled answers (no probs) and have no histogram to draw."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in predictions.to_pylist():
+        if r["probs"] is not None:
+            by_cell.setdefault(f"{r['study_id']}|{r['condition_num']}|{r['task_num']}", []).append(r)
+    ranked = sorted((v, c) for c, v in per_cell.items() if v is not None and c in by_cell)
+    best, worst = ranked[:k], ranked[max(k, len(ranked) - k):]  # no cell twice where there are few
+    return [(label, c, v, by_cell[c]) for label, picked in (("best", best), ("worst", worst)) for v, c in picked]
+
+
 def plot_cells(predictions: Any, per_cell: dict[str, float], out: Path, k: int = 3) -> Path | None:
     """Human vs predicted histograms of the k best and k worst cells (exact-mode predictions)."""
     import matplotlib
@@ -103,18 +115,17 @@ def plot_cells(predictions: Any, per_cell: dict[str, float], out: Path, k: int =
 
     if not per_cell or "probs" not in predictions.column_names:
         return None
-    ranked = sorted((v, c) for c, v in per_cell.items() if v is not None)
-    picks = [("best", c, v) for v, c in ranked[:k]] + [("worst", c, v) for v, c in ranked[-k:]]
-    rows = predictions.to_pylist()
+    picks = cell_picks(predictions, per_cell, k)
+    if not picks:
+        return None
     fig, axes = plt.subplots(2, k, figsize=(4 * k, 6), squeeze=False)
-    for ax, (label, cell, w) in zip(axes.flat, picks):
+    for ax, (label, cell, w, members) in zip(axes.flat, picks):
         study, cond, task = cell.split("|")
-        members = [r for r in rows if r["study_id"] == study and r["condition_num"] == int(cond) and r["task_num"] == int(task)]
-        if not members or members[0]["probs"] is None:
-            continue
         options = np.asarray(members[0]["options"])
         probs = np.mean([r["probs"] for r in members], axis=0)
         _hist(ax, np.asarray([r["response"] for r in members]), options, probs, f"{label}: {study} c{cond} t{task}  W={w:.3f}")
+    for ax in axes.flat[len(picks):]:
+        ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=90)

@@ -201,3 +201,24 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
         assert cells == {("s1", 1), ("s3", 2)}
         assert table.num_rows == 80
     assert training_cells(str(tmp_path), "u", 10, 40, 0).num_rows == 3 + 40 + 8 + 40
+
+
+def test_the_cell_plot_draws_cells_with_distributions_and_never_one_twice(tmp_path) -> None:
+    """An open-ended cell is scored from sampled answers (no probs): it may hold the best W but has no
+    histogram, so the plot takes the best cells that have one (it left its first panel blank before)."""
+    import pyarrow as pa
+
+    from socrates_ray.eval.report import cell_picks, plot_cells
+
+    def rows(study, probs, options):
+        return [{"study_id": study, "condition_num": 0, "task_num": 0, "response": r, "options": options, "probs": probs}
+                for r in (1, 2)]
+
+    table = pa.Table.from_pylist(rows("open", None, None) + rows("a", [0.5, 0.5], [1, 2]) + rows("b", [0.9, 0.1], [1, 2])
+                                 + rows("c", [0.1, 0.9], [1, 2]))
+    per_cell = {"open|0|0": 0.0, "a|0|0": 0.01, "b|0|0": 0.2, "c|0|0": 0.3}
+    picks = cell_picks(table, per_cell, k=2)
+    assert [(label, cell) for label, cell, _, _ in picks] == [("best", "a|0|0"), ("best", "b|0|0"), ("worst", "c|0|0")]
+    assert all(len(members) == 2 for *_, members in picks)
+    assert plot_cells(table, per_cell, tmp_path / "cells.png", k=2).stat().st_size > 0
+    assert plot_cells(table, {"open|0|0": 0.0}, tmp_path / "none.png") is None  # nothing to draw: no file
