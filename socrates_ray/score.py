@@ -358,7 +358,7 @@ class Scorer(ScorerBase):
         import torch
 
         eot = self.encoder.eot_ids[0]
-        encoded = self._encode_prefixes(prefixes, max_new_tokens)
+        encoded = [x for x in self._encode_prefixes(prefixes, max_new_tokens) for _ in range(n)]  # rows: prefixes x n
         width = max(len(x) for x in encoded)
         # Left padding, so every row's new tokens start at the same column.
         ids = torch.full((len(encoded), width), self.encoder.pad_id, dtype=torch.long)
@@ -366,18 +366,25 @@ class Scorer(ScorerBase):
         for row, x in enumerate(encoded):
             ids[row, width - len(x) :] = torch.tensor(x)
             attention[row, width - len(x) :] = 1
-        greedy = temperature < GREEDY_BELOW
+        # Sampled rows draw from generators seeded by their own prefix (sampling.SeededSampler), so an
+        # answer does not depend on the batch it shares; generate then only picks the drawn token.
+        from transformers import LogitsProcessorList
+
+        from socrates_ray.sampling import SeededSampler
+
+        sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p)
         with torch.inference_mode(), self._use(adapter):
             out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
-                do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-                top_k=None, max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=eot,
+                input_ids=ids.to(self.device), attention_mask=attention.to(self.device), do_sample=False,
+                temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList([sampler] if sampler else []),
+                max_new_tokens=max_new_tokens, eos_token_id=eot,
                 pad_token_id=self.encoder.pad_id, output_scores=logprobs, return_dict_in_generate=True,
             )
         new = out.sequences[:, width:].cpu()
         scores = None
-        if logprobs:
-            scores = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1).cpu()
+        if logprobs:  # the warped distribution each token was drawn from (greedy: the model's own)
+            steps = sampler.warped if sampler else out.scores
+            scores = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in steps], dim=1).cpu()
         results: list[list[dict[str, Any]]] = []
         for row in range(new.shape[0]):
             step_logprob = (lambda j, t, row=row: scores[row, j, t]) if scores is not None else None

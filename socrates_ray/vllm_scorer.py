@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.tokenize import Encoder
+from socrates_ray.sampling import prompt_seed
 from socrates_ray.score import GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ScoreError, ScorerBase
 from socrates_ray.vllm_loop import EngineLoop
 
@@ -310,7 +310,7 @@ class VllmScorer(ScorerBase):
             SamplingParams(
                 n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, max_tokens=max_new_tokens,
                 stop_token_ids=[eot], ignore_eos=True, logprobs=0 if logprobs else None, detokenize=False,
-                seed=(self.settings.seed * 1_000_003 + zlib.crc32(p.encode())) % (2**31),
+                seed=prompt_seed(self.settings.seed, p),
             )
             for p in prefixes
         ]

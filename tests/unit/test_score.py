@@ -72,6 +72,27 @@ def test_a_vanishing_temperature_generates_greedily_instead_of_failing(scorer: S
     assert tiny == zero
 
 
+def test_a_prompts_samples_follow_the_prompt_not_the_batch(scorer: Scorer) -> None:
+    """Each row draws from a generator seeded by its own prefix and sample index: the same prompt gets
+    the same samples alone or in a batch of others (the demo's open-ended cells moved from run to run
+    when transformers drew from torch's global generator), and its n samples are not all one draw."""
+    import torch
+
+    prefixes = [scorer.encoder.prefix_text(f"- Age: {age}\n" + STIMULUS.format(hi=100)) for age in (21, 35, 50, 64)]
+    texts = lambda outs: [[o["text"] for o in row] for row in outs]  # noqa: E731
+    alone = texts(scorer.generate(prefixes[2:3], 6, 1.0, 1.0, 6))
+    torch.manual_seed(123)  # the global generator no longer decides anything
+    batched = texts(scorer.generate(prefixes[::-1], 6, 1.0, 1.0, 6))
+    assert batched[1] == alone[0]
+    assert len(set(alone[0])) > 1
+    with_logprobs = scorer.generate(prefixes[2:3], 6, 1.0, 1.0, 6, logprobs=True)[0]
+    assert [o["text"] for o in with_logprobs] == alone[0]
+    assert all(np.isfinite(t["logprob"]) and t["logprob"] <= 0 for o in with_logprobs for t in o["logprobs"])
+    # top_p keeps the smallest set holding top_p of the mass: a tiny top_p leaves the most likely token
+    greedy = scorer.generate(prefixes[:1], 1, 0.0, 1.0, 6)[0][0]["text"]
+    assert {o["text"] for o in scorer.generate(prefixes[:1], 4, 1.0, 1e-6, 6)[0]} == {greedy}
+
+
 def test_exact_scoring_refuses_prompts_over_the_context(scorer: Scorer) -> None:
     with pytest.raises(ScoreError, match="context"):
         scorer.option_logprobs(["word " * 5000], [[1, 2]])

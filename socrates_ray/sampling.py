@@ -1,0 +1,48 @@
+"""Samples that follow the prompt, not the batch: each prompt's draws come from a generator of its
+own, seeded by (seed, prompt text, sample index).
+
+transformers' sampling draws from torch's global generator, so a row's answer depends on which
+rows share its batch (and batches follow timing): the same evaluation gave other answers for its
+open-ended cells from run to run. `SeededSampler` is a logits processor for `generate` that warps
+(temperature, top_p) and draws each row itself, leaving a single finite score for greedy decoding
+to pick; vLLM gets the same per-prompt seed (`prompt_seed`) through its SamplingParams.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Sequence
+
+
+def prompt_seed(seed: int, text: str, index: int = 0) -> int:
+    """The sampling seed of one prompt's index-th sample (stable across processes and runs)."""
+    return (seed * 1_000_003 + zlib.crc32(text.encode()) + index * 7_919) % (2**31)
+
+
+class SeededSampler:
+    """A `generate` logits processor for rows = prompts x n (each prompt's n rows together): it keeps
+    each step's warped scores (for logprobs) and returns scores where only the drawn token is finite."""
+
+    def __init__(self, texts: Sequence[str], n: int, temperature: float, top_p: float, seed: int = 0) -> None:
+        import torch
+
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = []
+        for text in texts:
+            for index in range(n):
+                self.generators.append(torch.Generator().manual_seed(prompt_seed(seed, text, index)))
+        self.warped: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        z = scores.float() / self.temperature
+        if self.top_p < 1.0:  # the smallest set of tokens holding top_p of the mass (at least one)
+            probs, order = torch.sort(torch.softmax(z, dim=-1), dim=-1, descending=True)
+            drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
+            z = z.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+        self.warped.append(z)
+        probs = torch.softmax(z, dim=-1).cpu()
+        drawn = torch.stack([torch.multinomial(probs[row], 1, generator=g)[0] for row, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, drawn.to(scores.device)[:, None], 0.0)
