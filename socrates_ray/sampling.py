@@ -24,13 +24,9 @@ class SeededSampler:
     each step's warped scores (for logprobs) and returns scores where only the drawn token is finite."""
 
     def __init__(self, texts: Sequence[str], n: int, temperature: float, top_p: float, seed: int = 0) -> None:
-        import torch
-
         self.temperature, self.top_p = temperature, top_p
-        self.generators = []
-        for text in texts:
-            for index in range(n):
-                self.generators.append(torch.Generator().manual_seed(prompt_seed(seed, text, index)))
+        self.seeds = [prompt_seed(seed, text, index) for text in texts for index in range(n)]
+        self.generators: list[Any] = []  # made on the scores' device at the first step (no copies back)
         self.warped: list[Any] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -42,7 +38,8 @@ class SeededSampler:
             drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
             z = z.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
         self.warped.append(z)
-        probs = torch.softmax(z, dim=-1).cpu()
-        drawn = torch.stack([torch.multinomial(probs[row], 1, generator=g)[0] for row, g in enumerate(self.generators)])
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter(-1, drawn.to(scores.device)[:, None], 0.0)
+        if not self.generators:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        probs = torch.softmax(z, dim=-1)
+        drawn = torch.cat([torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(self.generators)])
+        return torch.full_like(scores, float("-inf")).scatter(-1, drawn[:, None], 0.0)
