@@ -20,11 +20,13 @@ def prompt_seed(seed: int, text: str, index: int = 0) -> int:
 
 
 class SeededSampler:
-    """A `generate` logits processor for rows = prompts x n (each prompt's n rows together): it keeps
-    each step's warped scores (for logprobs) and returns scores where only the drawn token is finite."""
+    """A `generate` logits processor for rows = prompts x n (each prompt's n rows together): it returns
+    scores where only the drawn token is finite, and with keep_scores each step's warped scores (for
+    logprobs; a step is rows x vocabulary floats, so they are kept only when asked for)."""
 
-    def __init__(self, texts: Sequence[str], n: int, temperature: float, top_p: float, seed: int = 0) -> None:
-        self.temperature, self.top_p = temperature, top_p
+    def __init__(self, texts: Sequence[str], n: int, temperature: float, top_p: float, seed: int = 0,
+                 keep_scores: bool = False) -> None:
+        self.temperature, self.top_p, self.keep_scores = temperature, top_p, keep_scores
         self.seeds = [prompt_seed(seed, text, index) for text in texts for index in range(n)]
         self.generators: list[Any] = []  # made on the scores' device at the first step (no copies back)
         self.warped: list[Any] = []
@@ -37,7 +39,8 @@ class SeededSampler:
             probs, order = torch.sort(torch.softmax(z, dim=-1), dim=-1, descending=True)
             drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
             z = z.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
-        self.warped.append(z)
+        if self.keep_scores:
+            self.warped.append(z)
         if not self.generators:
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         probs = torch.softmax(z, dim=-1)

@@ -372,7 +372,7 @@ class Scorer(ScorerBase):
 
         from socrates_ray.sampling import SeededSampler
 
-        sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p)
+        sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p, keep_scores=logprobs)
         with torch.inference_mode(), self._use(adapter):
             out = self.model.generate(
                 input_ids=ids.to(self.device), attention_mask=attention.to(self.device), do_sample=False,
