@@ -10,6 +10,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's controller polls its workers every 2 s by default: a finished or failed attempt was
+# noticed up to 2 s late, once per training run or restart (about a dozen in the suite). Polled
+# every 0.5 s here; a missed poll is still only an error after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 from pathlib import Path
 
