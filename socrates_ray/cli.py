@@ -51,13 +51,13 @@ def ensure_ray(cfg: Config) -> None:
     options = {"log_to_driver": verbose, "logging_config": ray.LoggingConfig(log_level=cfg.run.log_level.upper())}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**options)
-        return
-    ing, t = cfg.ingest, cfg.train
-    reserved = ing.num_workers * t.cpus_per_worker + 2 * ing.tokenize_actors * ing.cpus_per_task + 2
-    # address="local": a new instance even where another local one runs (without it ray.init joins
-    # that one and refuses num_cpus: "When connecting to an existing cluster, num_cpus ... must not be provided")
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), include_dashboard=False, **options)
-    if not verbose:
+    else:
+        ing, t = cfg.ingest, cfg.train
+        reserved = ing.num_workers * t.cpus_per_worker + 2 * ing.tokenize_actors * ing.cpus_per_task + 2
+        # address="local": a new instance even where another local one runs (without it ray.init joins
+        # that one and refuses num_cpus: "When connecting to an existing cluster, num_cpus ... must not be provided")
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(reserved)), include_dashboard=False, **options)
+    if not verbose:  # on a cluster too: the Parquet reader's planning lines come from this process
         import logging
 
         from ray.data import DataContext

@@ -158,6 +158,30 @@ def portable_encoding(split_dir: str, tokenizer_path: str, system_prompt: str, p
     return Encoder(load_tokenizer(tokenizer_path), system_prompt).portable(str(tokenizer_file), pairs)
 
 
+# What the pool's (and a streamed run's) order was read with: the Parquet reader orders the rows the
+# seeded shuffle permutes, so it is part of a resume's fingerprint (train.trainer.run_fingerprint).
+PARQUET_READER = "Ray Data V1 (ParquetDatasource)"
+
+
+def read_parquet_v1(path: str, **kwargs: Any) -> Any:
+    """ray.data.read_parquet through Ray Data's V1 Parquet datasource, for this read only.
+
+    The pinned Ray Data reads Parquet through its V2 datasource by default, which provisions 32
+    FooterReader actors (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS) at every execution of the plan: each
+    epoch and each eval of a streamed run, each pass of the actor pool. On 2 cores one ingest pass
+    over a 1,887-sample split took 12.5-14.2 s through V2 and 7.2-8.6 s through V1 (`socrates-ray
+    ingest`, a fresh Ray each, 2026-12-03), and a streamed two-node run waited 25 s for its first
+    batch. V1 reads the same rows; the seeded shuffle orders them differently (PARQUET_READER)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    chosen, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(path, **kwargs)
+    finally:
+        context.use_datasource_v2 = chosen
+
+
 def build_ingest_dataset(
     split_dir: str,
     tokenizer_path: str,
@@ -184,7 +208,7 @@ def build_ingest_dataset(
     # tokenize alone); streaming repartition into packing-window-sized blocks feeds every actor.
     # Progress bars from every split coordinator would flood a training log; progress is ours.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.read_parquet(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
+    ds = read_parquet_v1(split_dir, columns=["prompt", "answer"], num_cpus=cpus_per_task)
     if shuffle_seed is not None:
         ds = ds.random_shuffle(seed=shuffle_seed, num_cpus=cpus_per_task)
     ds = ds.repartition(target_num_rows_per_block=pack_window)

@@ -72,10 +72,18 @@ def _samples(ds):
 
 def test_a_small_split_tokenized_in_the_driver_holds_what_the_actor_pool_makes(ray_local, prepared, tiny_model):
     """ingest.materialize tokenizes a small split in the driver (no actor start-up): the same samples,
-    packed as densely, in a seeded order of its own."""
+    packed as densely, in a seeded order of its own. The pool's order repeats too, as a resumed pool
+    or streamed run needs (its Parquet reader, data.ingest.read_parquet_v1, then the seeded shuffle)."""
     split = str(prepared / "unseen_studies" / "train")
     args = (split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pack", 128)
-    pool = build_ingest_dataset(*args, 2, 0.25, shuffle_seed=0).materialize()
+
+    def pool_pass():
+        ds = build_ingest_dataset(*args, 2, 0.25, shuffle_seed=0)
+        ds.context.execution_options.preserve_order = True  # as training reads it (train.trainer)
+        return ds.materialize()
+
+    pool = pool_pass()
+    assert [list(r["input_ids"]) for r in pool.take_all()] == [list(r["input_ids"]) for r in pool_pass().take_all()]
     driver = tokenize_in_driver(*args, shuffle_seed=0)
     assert _samples(driver) == _samples(pool) and len(_samples(pool)) == split_samples(split)
     assert abs(driver.count() - pool.count()) <= 0.02 * pool.count()  # packed as densely (windows differ)

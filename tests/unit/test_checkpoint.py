@@ -117,16 +117,26 @@ def test_the_adapter_evaluate_and_serve_take_follows_train_keep_by(tmp_path) -> 
 
 def test_a_small_materialized_split_is_tokenized_in_the_driver_and_a_resume_must_agree(tmp_path) -> None:
     """The driver shuffles with numpy, Ray Data with its own seeded shuffle: the same seed gives two
-    orders, so a run resumed across the threshold is refused; runs tokenized by the pool keep the
-    fingerprint they had before the driver path existed (their checkpoints stay resumable)."""
+    orders, so a run resumed across the threshold is refused. The pool's order also follows the
+    Parquet reader that made its blocks (data.ingest.read_parquet_v1): pool runs record it, and a pool
+    checkpoint from before it was recorded (read through Ray Data's V2 reader, another order) is
+    refused with the reader named, not resumed at the wrong rows. The driver reads with pyarrow:
+    driver runs keep the fingerprint they had."""
     from socrates_ray.config import load_config
+    from socrates_ray.data.ingest import PARQUET_READER
     from socrates_ray.train.trainer import run_fingerprint, tokenized_where
 
     cfg = load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=20000"])
     assert tokenized_where(cfg, 19_999) == "driver" and tokenized_where(cfg, 20_000) == "actors"
     assert tokenized_where(load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=0"]), 1) == "actors"
     driver, pool = (run_fingerprint(cfg, "m", 100, 10, False, where) for where in ("driver", "actors"))
+    reader = "Parquet reader (orders the tokenizer actor pool's rows)"
     assert set(driver) - set(pool) == {"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)"}
+    assert set(pool) - set(driver) == {reader} and pool[reader] == PARQUET_READER
     folder = saved(tmp_path / "checkpoint_000004", 4, driver)
     with pytest.raises(ResumeError, match=r"tokenized in .*'driver' -> None"):
         check_resume(folder, pool, "demo")
+    before = saved(tmp_path / "before" / "checkpoint_000004", 4, {k: v for k, v in pool.items() if k != reader})
+    with pytest.raises(ResumeError, match=r"Parquet reader .*None -> 'Ray Data V1"):
+        check_resume(before, pool, "demo")
+    check_resume(saved(tmp_path / "same" / "checkpoint_000004", 4, pool), dict(pool), "demo")
