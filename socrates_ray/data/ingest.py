@@ -234,7 +234,8 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
     """build_ingest_dataset's rows, tokenized and packed in this process (TokenizePack, pack_window
     samples at a time, after a seeded shuffle) and handed to Ray Data as blocks in the object store.
     For small splits: a tokenizer actor that imports transformers spends ~7 s on it on 2 cores, and
-    this process tokenizes the demo's 8,300 samples (~300-token prompts) in ~3 s."""
+    this process tokenizes the demo's 15,244 training samples (~300-token prompts) and
+    1,073 validation samples in ~9 s."""
     import numpy as np
     import pyarrow.parquet as pq
     import ray.data
