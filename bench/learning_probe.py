@@ -322,7 +322,7 @@ def main() -> int:
     p.add_argument("--targets", default=DEMO_TARGETS)
     p.add_argument("--layers", type=int, default=0, help="another tiny shape, from a fresh random base (0: the world's base)")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--pt-steps", type=int, default=0, help="LM-pretrain the base on the training prompts first")
     p.add_argument("--idf", action="store_true", help="bow: weight tokens by inverse document frequency")
     p.add_argument("--adapter", default=None, help="probe an exported adapter instead of training")

@@ -151,7 +151,7 @@ def main() -> None:
     p.add_argument("--heldout", default="unseen_conditions", help="also score this setting's eval split")
     p.add_argument("--mode", choices=["lora", "full"], default="lora")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--steps", type=int, default=500)

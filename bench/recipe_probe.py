@@ -23,7 +23,7 @@ from socrates_ray.models import build_tiny_tokenizer
 p = argparse.ArgumentParser()
 p.add_argument("--prepared", default="runs/demo/prepared"); p.add_argument("--raw", default="runs/demo/synth")
 p.add_argument("--setting", default="all_settings"); p.add_argument("--mode", default="full")
-p.add_argument("--hidden", type=int, default=128); p.add_argument("--heads", type=int, default=2); p.add_argument("--layers", type=int, default=2)
+p.add_argument("--hidden", type=int, default=128); p.add_argument("--heads", type=int, default=4); p.add_argument("--layers", type=int, default=2)
 p.add_argument("--steps", type=int, default=1000); p.add_argument("--batch", type=int, default=16); p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--wd", type=float, default=0.0); p.add_argument("--probe_every", type=int, default=100); p.add_argument("--rank", type=int, default=128)
 p.add_argument("--seed", type=int, default=0)
