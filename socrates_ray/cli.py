@@ -284,9 +284,24 @@ def cmd_screen(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return run_screen(cfg, experiment, path, adapters, endpoint=endpoint, token=_token(cfg))
 
 
+def synth_unless_given(cfg: Config) -> dict[str, Any]:
+    """The demo's data: synthetic, written to data.raw, unless data.raw already holds a dataset synth did
+    not write (a URL, or a folder of Parquet files without synth's summary): then the demo runs on it as it is."""
+    from socrates_ray.data.synthetic import foreign_parquet
+
+    raw = str(cfg.data.raw)
+    given = "://" in raw or foreign_parquet(raw)
+    if not given:
+        return cmd_synth(cfg, argparse.Namespace(out=raw))
+    what = "a URL" if "://" in raw else f"{len(given)} Parquet file(s) synth did not write"
+    print(f"demo: data.raw={raw} holds {what}: the demo runs on that dataset as it is (no synthetic data; no "
+          "true-distribution floor unless it has a ground_truth.parquet)")
+    return {"skipped": "data.raw holds a dataset synth did not write", "raw": raw}
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """synth -> prepare -> finetune (its tokenizing pass reports the ingest figures) -> evaluate base and
-    finetuned (batch simulation) -> Serve, checked to answer what the evaluation scored."""
+    """synth (or data.raw's own dataset) -> prepare -> finetune (its tokenizing pass reports the ingest figures)
+    -> evaluate base and finetuned (batch simulation) -> Serve, checked to answer what the evaluation scored."""
     import time
 
     from socrates_ray.eval.job import run_evaluation, serve_matches_evaluation
@@ -296,7 +311,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     out = cfg.run_dir
     print(f"demo: run folder {out}")
     ensure_ray(cfg)
-    synth = cmd_synth(cfg, argparse.Namespace(out=cfg.data.raw))
+    synth = synth_unless_given(cfg)
     prepared = cmd_prepare(cfg, args)
     # ingest.materialize: training's one tokenizing pass reports the ingest figures (no pass of its own)
     ingest = None if cfg.ingest.materialize else cmd_ingest(cfg, argparse.Namespace(split=f"{cfg.train.setting}/train"))
@@ -343,7 +358,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {
-    "demo": (cmd_demo, "run the whole flow on the embedded default: synthetic data, tiny model, 2 CPU workers, Serve"),
+    "demo": (cmd_demo, "run the whole flow on the embedded default: synthetic data (or data.raw's own dataset), tiny model, 2 CPU workers, Serve"),
     "synth": (cmd_synth, "write a synthetic SocSci210-format dataset with known true distributions"),
     "prepare": (cmd_prepare, "validate, quarantine, split and prompt-build raw SocSci210 shards"),
     "ingest": (cmd_ingest, "tokenize + pack a prepared split with Ray Data and report throughput and padding"),

@@ -39,10 +39,17 @@ from socrates_ray.data.synthetic_vocab import (
     AGE_MEAN, AGE_SD, AGE_WEIGHT, CATEGORICAL, CONTEXT, FRAMES, IDEOLOGY, INTROS, NULL_RATE, PARTISAN_CUE,
     PARTISAN_WEIGHT, PARTY, PERSON_NOISE_SD, QUESTIONS, SCALES, STATES, TASK_NOISE_SD, TOPICS, VISIBLE_SCALE,
 )
+from socrates_ray.errors import SocratesError
 
 REFUSAL_CODE = 98
+SUMMARY_FILE = "synth_summary.json"  # written first ({"complete": false}) and last: the folder is synth's
 ROW_TRUTH_FILE = "ground_truth_rows.parquet"
 ROW_TRUTH_SCHEMA = pa.schema([("study_id", pa.string()), ("sample_id", pa.int64()), ("probs", pa.list_(pa.float64()))])
+
+
+class SynthError(SocratesError, ValueError):
+    """synth was pointed at a folder that holds data it did not write."""
+
 
 @dataclass
 class Task:
@@ -357,9 +364,21 @@ def write_synthetic(
     within_subject_share: float,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Write a synthetic SocSci210 dataset to `out`; returns a summary (also written as JSON)."""
+    """Write a synthetic SocSci210 dataset to `out`; returns a summary (also written as JSON).
+
+    A re-run replaces synth's own earlier output (stale shards included); a folder that holds Parquet
+    files synth did not write (a user's dataset) is refused, never overwritten."""
+    if "://" in str(out):
+        raise SynthError(f"synth: writes to a local folder; got {out}. Use a local --out / data.raw for synthetic data")
+    if found := foreign_parquet(out):
+        raise SynthError(
+            f"synth: {out} holds {len(found)} Parquet file(s) synth did not write (e.g. {found[0]}; no {SUMMARY_FILE}). "
+            "Writing synthetic data there would delete them. Point --out / data.raw at a new folder for synthetic "
+            "data; to run the demo on that dataset as it is, keep data.raw and run `socrates-ray demo` (it skips synth)"
+        )
     root = Path(out)
     (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / SUMMARY_FILE).write_text(json.dumps({"complete": False, "seed": seed}))
     (root / "metadata").mkdir(exist_ok=True)
     for old in (root / "data").glob("*.parquet"):
         old.unlink()  # a re-run with fewer shards must not leave stale ones behind
@@ -404,8 +423,16 @@ def write_synthetic(
     ]
     (root / "studies.json").write_text(json.dumps(design, indent=1))
     summary = {"rows": written, "studies": len(designs), "shards": n_shards, "cells": len(all_cells), "seed": seed}
-    (root / "synth_summary.json").write_text(json.dumps(summary, indent=1))
+    (root / SUMMARY_FILE).write_text(json.dumps({**summary, "complete": True}, indent=1))
     return summary
+
+
+def foreign_parquet(out: str | Path) -> list[str]:
+    """Parquet files under the local folder `out` that synth did not write (none if it holds SUMMARY_FILE)."""
+    root = Path(out)
+    if not root.is_dir() or (root / SUMMARY_FILE).is_file():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
 
 
 def hash_id(study_id: str) -> int:

@@ -5,10 +5,11 @@ from collections import Counter
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA
-from socrates_ray.data.synthetic import ordinal_probs, write_synthetic
+from socrates_ray.data.synthetic import SynthError, foreign_parquet, ordinal_probs, write_synthetic
 
 
 def _digest(folder):
@@ -122,3 +123,27 @@ def test_size_knob_streams_shards(tmp_path):
     assert sum(pq.read_metadata(s).num_rows for s in shards) == summary["rows"]
     assert abs(summary["rows"] - 20000) < 0.2 * 20000
     assert 98 in set(pq.read_table(tmp_path / "data", columns=["response"])["response"].to_pylist())
+
+
+def test_synth_never_overwrites_a_dataset_it_did_not_write(tmp_path, synth_dir):
+    """A user's SocSci210 folder given as --out / data.raw: refused, every file left as it was; synth's own
+    folder (even one a killed run left without its final summary) is rewritten."""
+    import shutil
+
+    theirs = tmp_path / "theirs"
+    shutil.copytree(synth_dir / "data", theirs / "data")
+    shutil.copytree(synth_dir / "metadata", theirs / "metadata")
+    before = _digest(theirs)
+    assert len(foreign_parquet(theirs)) == len(before) > 0
+    with pytest.raises(SynthError, match=r"Parquet file\(s\) synth did not write.*would delete them.*new folder"):
+        write_synthetic(theirs, studies=4, rows=400, rows_per_shard=1000, seed=1, refusal_rate=0.0, within_subject_share=0.5)
+    assert _digest(theirs) == before and not (theirs / "synth_summary.json").exists()
+    with pytest.raises(SynthError, match="local folder"):
+        write_synthetic("s3://bucket/socsci", studies=4, rows=400, rows_per_shard=1000, seed=1, refusal_rate=0.0, within_subject_share=0.5)
+
+    ours = tmp_path / "ours"
+    write_synthetic(ours, studies=4, rows=400, rows_per_shard=1000, seed=1, refusal_rate=0.0, within_subject_share=0.5)
+    assert foreign_parquet(ours) == [] and json.loads((ours / "synth_summary.json").read_text())["complete"]
+    (ours / "synth_summary.json").write_text(json.dumps({"complete": False, "seed": 1}))  # as a killed run leaves it
+    write_synthetic(ours, studies=4, rows=400, rows_per_shard=1000, seed=2, refusal_rate=0.0, within_subject_share=0.5)
+    assert json.loads((ours / "synth_summary.json").read_text())["seed"] == 2
