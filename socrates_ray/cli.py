@@ -336,9 +336,13 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         if persona.get("finetuned") is not None:
             to_truth += f"; persona reading {persona['finetuned']:+.2f}" + (
                 f" (anchor {persona['anchor']:+.2f})" if persona.get("anchor") is not None else "")
+        floor = ""
+        if r["comparison"].get("floor_used_for_gap") == "floor":  # no true distributions: the resampling floor
+            n = r["baselines"]["floor"].get("answers_per_cell")
+            floor = f" (resampling floor, median {n} answers a cell{'; past it: see the note above' if gap is not None and gap > 1 else ''})"
         verdicts.append(
             f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} vs uniform {uniform:.4f}{anchor}; "
-            f"finetuned closes {gap:.0%} of the uniform-to-floor gap{to_truth}"
+            f"finetuned closes {gap:.0%} of the uniform-to-floor gap{floor}{to_truth}"
         )
     verdicts.append(serve_check["line"])
     result = {"synth": synth, "prepare": prepared, "ingest": ingest, "train": trained, "evaluate": results,

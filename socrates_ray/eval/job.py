@@ -26,7 +26,7 @@ from socrates_ray.eval.calibrate import resolve_temperature
 from socrates_ray.config import Config, SimulateSection
 from socrates_ray.data.synthetic import ROW_TRUTH_FILE
 from socrates_ray.eval.metrics import RowTruth, baseline_metrics, compare, group_cells, model_metrics, truth_distance
-from socrates_ray.eval.report import results_table, temperature_line, write_report
+from socrates_ray.eval.report import past_floor_note, results_table, temperature_line, write_report
 from socrates_ray.eval.simulate import ReplicaPool, load_eval_rows, load_split_rows, run_simulation
 from socrates_ray.score import Engine
 
@@ -181,6 +181,8 @@ def _evaluate(
         results["fit_check"] = fit
     report = write_report(results, out, finetuned_tables)
     log("evaluate: Wasserstein distance, lower is better (PAPER.md section 5)\n" + results_table(results))
+    if line := past_floor_note(results):
+        log("evaluate: " + line)
     if line := temperature_line(results):
         log("evaluate: " + line)
     log(f"evaluate: report {report}, metrics {out / 'metrics.json'}")

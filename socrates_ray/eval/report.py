@@ -56,6 +56,22 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def past_floor_note(results: dict[str, Any]) -> str | None:
+    """Where a model's W is below the resampling floor (gap closed > 1, no true distributions): say why."""
+    past = []
+    for setting, r in results["settings"].items():
+        if r["comparison"].get("floor_used_for_gap") != "floor":
+            continue
+        gaps = [r["comparison"].get(n, {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)") for n in r["models"]]
+        if any(g is not None and g > 1 for g in gaps):
+            past.append(f"{setting} (median {r['baselines']['floor'].get('answers_per_cell', '?')} answers a cell)")
+    if not past:
+        return None
+    return ("gap closed above 1 on " + ", ".join(past) + ": the models' W is below the resampling floor, which at so few "
+            "answers a cell is mostly the noise of resampling them; score more answers a cell (simulate.max_per_cell, "
+            "null = all) for a gap that means what the paper's does")
+
+
 def fit_check_line(results: dict[str, Any]) -> str | None:
     """Can the finetuned model fit what it saw? Its W on training cells against uniform's there."""
     fit = results.get("fit_check")
@@ -186,6 +202,8 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         results_table(results),
         "",
     ]
+    if line := past_floor_note(results):
+        lines += [line[0].upper() + line[1:] + ".", ""]
     if line := temperature_line(results):
         lines += [line, ""]
     if line := fit_check_line(results):

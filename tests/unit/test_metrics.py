@@ -74,6 +74,26 @@ def test_uniform_guess_floor_and_true_floor() -> None:
     assert b["uniform"]["wasserstein"] == pytest.approx(0.0)  # humans are exactly uniform
     assert b["true_floor"]["wasserstein"] == pytest.approx(0.0)
     assert 0 < b["floor"]["wasserstein"] < 0.5  # resampling noise of 5 answers
+    assert b["floor"]["answers_per_cell"] == 5
+
+
+def test_a_gap_past_the_resampling_floor_is_explained() -> None:
+    """5 answers a cell and no truth: a model below the resampling floor closes '223%' of the gap, which says
+    nothing; the report and the demo say why instead of leaving the figure bare."""
+    from socrates_ray.eval.report import past_floor_note
+
+    def results(floor: dict, uniform: float = 0.18) -> dict:
+        models = {"finetuned": {"wasserstein": 0.117}, "anchor": {"wasserstein": 0.113}}
+        base = {"uniform": {"wasserstein": uniform}, **floor}
+        return {"settings": {"unseen_studies": {"models": models, "baselines": base, "comparison": compare(models, base)}}}
+
+    noisy = results({"floor": {"wasserstein": 0.153, "answers_per_cell": 5}})
+    note = past_floor_note(noisy)
+    assert note is not None and "unseen_studies (median 5 answers a cell)" in note and "max_per_cell" in note
+    assert past_floor_note(results({"floor": {"wasserstein": 0.03, "answers_per_cell": 100}})) is None
+    # with true distributions the gap is measured against them: no note even if the resampling floor is noisy
+    truth = results({"floor": {"wasserstein": 0.153, "answers_per_cell": 5}, "true_floor": {"wasserstein": 0.10}})
+    assert past_floor_note(truth) is None
 
 
 def test_relative_improvements_and_gap_closed() -> None:
