@@ -147,3 +147,24 @@ def test_synth_never_overwrites_a_dataset_it_did_not_write(tmp_path, synth_dir):
     (ours / "synth_summary.json").write_text(json.dumps({"complete": False, "seed": 1}))  # as a killed run leaves it
     write_synthetic(ours, studies=4, rows=400, rows_per_shard=1000, seed=2, refusal_rate=0.0, within_subject_share=0.5)
     assert json.loads((ours / "synth_summary.json").read_text())["seed"] == 2
+
+
+def test_the_demo_runs_on_a_users_dataset_as_it_is(tmp_path, synth_dir, capsys):
+    """`socrates-ray demo data.raw=<their folder>`: the demo's synth step leaves it alone and says so; an empty
+    data.raw (or synth's own folder) gets synthetic data."""
+    import shutil
+
+    from socrates_ray.cli import synth_unless_given
+    from socrates_ray.config.loading import load_config
+
+    theirs = tmp_path / "theirs"
+    shutil.copytree(synth_dir / "data", theirs / "data")
+    before = _digest(theirs)
+    got = synth_unless_given(load_config(None, [f"data.raw={theirs}"]))
+    assert "skipped" in got and _digest(theirs) == before
+    assert "the demo runs on that dataset as it is" in capsys.readouterr().out
+    assert "skipped" in synth_unless_given(load_config(None, ["data.raw=s3://bucket/socsci210"]))
+
+    fresh = tmp_path / "fresh"
+    cfg = load_config(None, [f"data.raw={fresh}", "synth.studies=4", "synth.rows=400", "synth.rows_per_shard=1000"])
+    assert synth_unless_given(cfg)["rows"] > 0 and foreign_parquet(fresh) == [] and (fresh / "synth_summary.json").exists()
