@@ -9,7 +9,8 @@ built from a config, with an offline tokenizer: nothing is downloaded.
 Prints, per training setup (ZeRO-2 with the dense packed mask, ZeRO-2 with per-example attention
 (train.attention=segments), ZeRO-3 with per-example attention and the LoRA persistence threshold
 that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
-prompts/s; then what batching buys: 32 requests one at a time vs as one batch, in sample and
+prompts/s with each option-tree path (model.scoring_tree: the dense tree mask and the prompts' cache);
+then what batching buys: 32 requests one at a time vs as one batch, in sample and
 distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
 It uses the project's own pieces (build_ds_config, load_model_for_training, forward_loss,
 packing, Scorer) in one process (world size 1), so it checks the GPU code paths without a Ray
@@ -195,7 +196,8 @@ def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[
     seconds = time.perf_counter() - start
     assert all(abs(float(np.sum(d)) - 1) < 1e-4 for d in dists), "distributions do not sum to 1"
     return {"prompts": len(prompts), "prompts_per_s": round(len(prompts) / seconds, 1),
-            "options_per_s": round(sum(map(len, options)) / seconds, 1), "seconds": round(seconds, 2)}
+            "options_per_s": round(sum(map(len, options)) / seconds, 1), "seconds": round(seconds, 2), "tree": scorer.tree,
+            "distributions": dists}
 
 
 def batching_gain(scorer: Any, preset: dict[str, Any], device: str) -> dict[str, Any]:
@@ -283,10 +285,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'} (6N; LoRA count {r['mfu_lora']}), "
                   f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
         scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
-        report["score"] = scorer_throughput(scorer, preset, args.device)
-        s = report["score"]
-        print(f"gpu_check: exact distributions: {s['prompts_per_s']:,.1f} prompts/s ({s['options_per_s']:,.0f} options/s) "
-              f"over {s['prompts']} prompts", flush=True)
+        # both option-tree paths (model.scoring_tree) on the same prompts: the dense tree mask (report["score"])
+        # and the prompts' cache with no prompt mask (report["score_cache"])
+        for key, tree in (("score", "mask"), ("score_cache", "cache")):
+            scorer.tree = tree
+            report[key] = scorer_throughput(scorer, preset, args.device)
+            s = report[key]
+            print(f"gpu_check: exact distributions, scoring_tree={tree}: {s['prompts_per_s']:,.1f} prompts/s "
+                  f"({s['options_per_s']:,.0f} options/s) over {s['prompts']} prompts", flush=True)
+        scorer.tree = "mask"
+        pairs = zip(report["score"].pop("distributions"), report["score_cache"].pop("distributions"))
+        report["score_cache"]["max_abs_diff_vs_mask"] = diff = max(float(abs(a - b).max()) for a, b in pairs)
+        report["score_cache"]["ratio_vs_mask"] = ratio = round(report["score_cache"]["prompts_per_s"] / report["score"]["prompts_per_s"], 2)
+        print(f"gpu_check: scoring_tree=cache / mask: {ratio:.2f}x prompts/s, largest probability difference {diff:.1e}", flush=True)
         report["batching"] = b = batching_gain(scorer, preset, args.device)
         for mode in ("sample", "distribution"):
             print(f"gpu_check: batching, {mode} mode: {b['requests']} requests one at a time {b[mode]['sequential_rps']:,.1f} req/s, "

