@@ -140,6 +140,14 @@ def tree_attention_mask(branches: list[list[int]], length: int, dtype: Any) -> A
     return additive_mask(causal & (q >= 0) & ((k == 0) | (k == q)), dtype)
 
 
+def _targets(layouts: list[dict[str, Any]]) -> Any:
+    """(row, position, target token) for every option piece of every layout, option by option."""
+    for row, lay in enumerate(layouts):
+        for pairs in lay["targets"]:
+            for at, token in pairs:
+                yield row, at, token
+
+
 class ScorerBase:
     """What every engine derives from its own option_logprobs and generate (Scorer here,
     vllm_scorer.VllmScorer): distributions, the paper's sampled answers, prompt checks, completions.
@@ -318,53 +326,37 @@ class Scorer(ScorerBase):
                 count = max(1, self.max_tokens_per_pass // width)
                 chunk = order[start : start + count]
                 start += count
-                ids = torch.full((len(chunk), width), self.encoder.pad_id, dtype=torch.long)
-                pos = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    n = len(layouts[i]["input_ids"])
-                    ids[row, :n] = torch.tensor(layouts[i]["input_ids"])
-                    pos[row, :n] = torch.tensor(layouts[i]["position_ids"])
-                if self.tree == "cache":
-                    totals = self._options_on_cached_prompts([layouts[i] for i in chunk])
-                    for i, values in zip(chunk, totals):
-                        results[i] = values
-                    continue
-                mask = tree_attention_mask([layouts[i]["branch"] for i in chunk], width, self.dtype)
-                hidden = self._decoder()(
-                    input_ids=ids.to(self.device), position_ids=pos.to(self.device),
-                    attention_mask=mask.to(self.device), use_cache=False,
-                ).last_hidden_state
-                # Only the positions that predict an option token matter: project those hidden states
-                # alone through the output layer (not every prompt token's), normalise, read every
-                # target in one gather, and add up the pieces of each option.
-                rows, ats, tokens, option_of = [], [], [], []
-                option_index = 0
-                for row, i in enumerate(chunk):
-                    for pairs in layouts[i]["targets"]:
-                        for at, token in pairs:
-                            rows.append(row)
-                            ats.append(at)
-                            tokens.append(token)
-                            option_of.append(option_index)
-                        option_index += 1
-                picked = torch.log_softmax(self._output_layer()(hidden[rows, ats]).float(), dim=-1)
-                values = picked[torch.arange(len(tokens)), torch.tensor(tokens, device=picked.device)].cpu().numpy()
-                totals = np.zeros(option_index)
-                np.add.at(totals, option_of, values)
-                first = 0
-                for i in chunk:
-                    n = len(layouts[i]["targets"])
-                    results[i] = totals[first : first + n]
-                    first += n
+                group = [layouts[i] for i in chunk]
+                hidden = (self._targets_on_cached_prompts if self.tree == "cache" else self._targets_in_tree)(group)
+                for i, values in zip(chunk, self._option_sums(hidden, group)):
+                    results[i] = values
         return results
 
-    def _options_on_cached_prompts(self, layouts: list[dict[str, Any]]) -> list[np.ndarray]:
-        """option_logprobs for one pass with tree="cache". Pass 1 runs the prompts alone, right-padded and
-        causal with no mask (a pad comes after every real token it could disturb: the fused kernels' path),
-        and keeps their key/value cache. Pass 2 runs each prompt's option tokens (the tree layout's tail:
-        same tokens, same positions) on that cache, under a mask of option tokens x (prompt + options) only:
-        the prompt without its padding, and the earlier tokens of the same option. A target read at the
-        prompt's last token comes from pass 1, one read at an option token from pass 2."""
+    def _targets_in_tree(self, layouts: list[dict[str, Any]]) -> Any:
+        """tree="mask": each prompt and all its options in one row under the dense tree mask; the hidden
+        state at every target position, in _targets order."""
+        import torch
+
+        width = max(len(lay["input_ids"]) for lay in layouts)
+        ids = torch.full((len(layouts), width), self.encoder.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(layouts), width), dtype=torch.long)
+        for row, lay in enumerate(layouts):
+            ids[row, : len(lay["input_ids"])] = torch.tensor(lay["input_ids"])
+            pos[row, : len(lay["input_ids"])] = torch.tensor(lay["position_ids"])
+        mask = tree_attention_mask([lay["branch"] for lay in layouts], width, self.dtype)
+        hidden = self._decoder()(
+            input_ids=ids.to(self.device), position_ids=pos.to(self.device), attention_mask=mask.to(self.device), use_cache=False,
+        ).last_hidden_state
+        rows, ats, _ = zip(*_targets(layouts))
+        return hidden[list(rows), list(ats)]
+
+    def _targets_on_cached_prompts(self, layouts: list[dict[str, Any]]) -> Any:
+        """tree="cache". Pass 1 runs the prompts alone, right-padded and causal with no mask (a pad comes
+        after every real token it could disturb: the fused kernels' path), and keeps their key/value cache.
+        Pass 2 runs each prompt's option tokens (the tree layout's tail: same tokens, same positions) on that
+        cache, under a mask of option tokens x (prompt + options) only: the prompt without its padding, and
+        the earlier tokens of the same option. A target read at the prompt's last token comes from pass 1,
+        one read at an option token from pass 2; returned in _targets order, as _targets_in_tree's."""
         import torch
         from transformers import DynamicCache
 
@@ -389,23 +381,22 @@ class Scorer(ScorerBase):
             input_ids=opt_ids.to(self.device), position_ids=opt_pos.to(self.device),
             attention_mask=mask.to(self.device), past_key_values=cache, use_cache=True,
         ).last_hidden_state
-        picked, tokens, option_of, option_index = [], [], [], 0
-        for row, (lay, k) in enumerate(zip(layouts, n)):
-            for pairs in lay["targets"]:
-                for at, token in pairs:
-                    picked.append(first[row, at] if at < k else second[row, at - k])
-                    tokens.append(token)
-                    option_of.append(option_index)
-                option_index += 1
-        logp = torch.log_softmax(self._output_layer()(torch.stack(picked)).float(), dim=-1)
-        values = logp[torch.arange(len(tokens)), torch.tensor(tokens, device=logp.device)].cpu().numpy()
-        totals = np.zeros(option_index)
+        return torch.stack([first[row, at] if at < n[row] else second[row, at - n[row]] for row, at, _ in _targets(layouts)])
+
+    def _option_sums(self, hidden: Any, layouts: list[dict[str, Any]]) -> list[np.ndarray]:
+        """Only the positions that predict an option token matter: project their hidden states alone
+        through the output layer (not every prompt token's), normalise, read every target in one gather,
+        and add up the pieces of each option; one array of option log-probabilities per layout."""
+        import torch
+
+        tokens = [token for _, _, token in _targets(layouts)]
+        option_of = [o for o, pairs in enumerate(p for lay in layouts for p in lay["targets"]) for _ in pairs]
+        picked = torch.log_softmax(self._output_layer()(hidden).float(), dim=-1)
+        values = picked[torch.arange(len(tokens)), torch.tensor(tokens, device=picked.device)].cpu().numpy()
+        totals = np.zeros(sum(len(lay["targets"]) for lay in layouts))
         np.add.at(totals, option_of, values)
-        out, start = [], 0
-        for lay in layouts:
-            out.append(totals[start : start + len(lay["targets"])])
-            start += len(lay["targets"])
-        return out
+        bounds = np.cumsum([0] + [len(lay["targets"]) for lay in layouts])
+        return [totals[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     # --- sampling -------------------------------------------------------------------------------
     def generate(

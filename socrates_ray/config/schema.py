@@ -156,7 +156,7 @@ class ModelSection(Section):
         "mask", description="engine=transformers, exact scoring: how a prompt's options share it. mask = one row of "
         "prompt + every option under a dense (L, L) tree mask; cache = the prompts alone with no mask (causal, the fused "
         "attention kernels' path), then the options on their key/value cache under an options x (prompt + options) "
-        "mask. Same probabilities (within 1e-6 in fp32); on 2 CPU cores at the demo's ~300-token prompts 0.96-1.12x "
+        "mask. Same probabilities (within 1e-6 in fp32); on 2 CPU cores at the demo's ~300-token prompts 0.98-1.06x "
         "the prompts/s of mask (bench/scorer_tree.py), so mask stays the default until a GPU measures cache.",
     )
 
