@@ -292,7 +292,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         say(
             f"[socrates_ray] {world} workers on {len({w['node_id'] for w in workers})} node(s); rank 0/{world}: {args.finetuning} ZeRO-{ds_config['zero_optimization']['stage']} "
-            f"{'bf16' if bf16 else 'fp32'}, attention {args.attention}, {trainable:,} of {total:,} parameters trainable; global batch "
+            f"{'bf16' if bf16 else 'fp32'}, attention {args.attention}{', gradient checkpointing' if args.gradient_checkpointing else ''}, {trainable:,} of {total:,} parameters trainable; global batch "
             f"{ds_config['train_batch_size']} = micro {ds_config['train_micro_batch_size_per_gpu']} x accumulation "
             f"{ds_config['gradient_accumulation_steps']} x {world} workers; {args.total_steps} optimizer steps; "
             f"peak memory {rss_loaded:,.0f} MiB after loading the model, {rss_engine:,.0f} MiB after deepspeed.initialize"

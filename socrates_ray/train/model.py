@@ -32,6 +32,9 @@ def load_model_for_training(
     implementation = {"attn_implementation": register_segment_attention()} if attention == "segments" else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32, **implementation)
     if gradient_checkpointing:
+        # Non-reentrant also under ZeRO-3 with LoRA: the pinned DeepSpeed (0.19.8) no longer partitions
+        # frozen weights during a checkpoint's recompute, which raised CheckpointError before
+        # (tests/integration/test_train.py trains ZeRO-3 + LoRA + checkpointing on 2 ranks)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if finetuning == "lora":
@@ -49,6 +52,10 @@ def load_model_for_training(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)
+    # from_pretrained returns the model in eval mode, where LoRA dropout and gradient checkpointing
+    # (transformers checks `self.training`) are both off: the loop's first eval pass was what
+    # switched them on, so the first eval_every steps trained without them
+    model.train()
     return model, keepalive
 
 

@@ -48,3 +48,25 @@ def test_zero3_lora_keeps_every_lora_matrix_and_norm_whole_and_partitions_the_fr
     norms = [(n, p.numel()) for n, p in model.named_parameters() if "norm" in n]
     assert trainable and all(size < threshold for _, size in trainable + norms), (threshold, trainable)
     assert all(size >= threshold for _, size in frozen_matrices), (threshold, frozen_matrices)
+
+
+def test_the_model_trains_in_training_mode_from_the_first_step(tiny_model) -> None:
+    """from_pretrained returns a model in eval mode; trained as it comes, LoRA dropout is off and
+    gradient checkpointing never recomputes (transformers checks `training`) until the first eval
+    pass switches the mode. The model training gets is in training mode, and a backward recomputes."""
+    import torch
+
+    ds = zero2_config()
+    model, _ = load_model_for_training(str(tiny_model), "lora", 8, 16, 0.1, "all-linear", {}, ds, False, True)
+    assert all(m.training for m in model.modules())
+    mlp = model.get_base_model().model.layers[0].mlp
+    calls, forward = [0], mlp.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    ids = torch.arange(5, 37).reshape(2, 16)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert calls[0] == 2  # the forward, and its recompute in the backward
