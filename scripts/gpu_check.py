@@ -6,9 +6,9 @@ built from a config, with an offline tokenizer: nothing is downloaded.
     python scripts/gpu_check.py --out gpu_check.json
     python scripts/gpu_check.py --device cpu --preset smoke   # the same code on CPU (a test runs it)
 
-Prints, per training setup (ZeRO-2 with the dense packed mask, ZeRO-2 with per-example attention
-(train.attention=segments), ZeRO-3 with per-example attention and the LoRA persistence threshold
-that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
+Prints, per training setup (ZeRO-2 with the dense packed mask, with per-example attention
+(train.attention=segments) and with one flash varlen call per layer (varlen, CUDA only); ZeRO-3 with
+segments and varlen and the LoRA persistence threshold that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
 prompts/s with each option-tree path (model.scoring_tree: the dense tree mask and the prompts' cache);
 then what batching buys: 32 requests one at a time vs as one batch, in sample and
 distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
@@ -115,7 +115,8 @@ def init_single_process_group(device: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
-TRAIN_SETUPS = [(2, "dense"), (2, "segments"), (3, "segments")]  # (ZeRO stage, train.attention)
+# (ZeRO stage, train.attention); varlen (torch's flash varlen kernel) runs on CUDA only
+TRAIN_SETUPS = [(2, "dense"), (2, "segments"), (2, "varlen"), (3, "segments"), (3, "varlen")]
 
 
 def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, peak_tflops: float | None,
@@ -278,12 +279,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   flush=True)
         report["train"] = []
         for stage, attention in TRAIN_SETUPS:
-            r = train_steps(folder, stage, preset, args.device, peak, attention)
+            if attention == "varlen" and args.device != "cuda":
+                print(f"gpu_check: LoRA ZeRO-{stage}, attention varlen: skipped (CUDA only)", flush=True)
+                continue
+            try:
+                r = train_steps(folder, stage, preset, args.device, peak, attention)
+            except Exception as error:  # one setup failing must not cost the others' figures
+                report["train"].append({"zero_stage": stage, "attention": attention, "error": f"{type(error).__name__}: {error}"})
+                print(f"gpu_check: LoRA ZeRO-{stage}, attention {attention}: FAILED {type(error).__name__}: {error}", flush=True)
+                continue
+            # the same batches from the same weights: every attention path must start from dense's loss
+            r["first_loss_diff_vs_dense"] = abs(r["first_loss"] - report["train"][0]["first_loss"]) if report["train"] else 0.0
             report["train"].append(r)
             print(f"gpu_check: LoRA ZeRO-{stage} bf16, attention {attention}: {r['tokens_per_s']:,.0f} tokens/s, "
                   f"{r['step_time_s'] * 1000:.0f} ms/step, {r['model_tflops_per_s']} model TFLOP/s, "
                   f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'} (6N; LoRA count {r['mfu_lora']}), "
-                  f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
+                  f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} "
+                  f"(first loss {r['first_loss_diff_vs_dense']:.1e} from dense's)", flush=True)
         scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
         # both option-tree paths (model.scoring_tree) on the same prompts: the dense tree mask (report["score"])
         # and the prompts' cache with no prompt mask (report["score_cache"])

@@ -240,11 +240,13 @@ class TrainSection(Section):
     epochs: int = Field(1, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: epochs).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    attention: Literal["dense", "segments"] = Field(
+    attention: Literal["dense", "segments", "varlen"] = Field(
         "dense", description="How packed rows keep their examples apart. dense: a (B, 1, L, L) mask over the whole row "
         "(cost grows with max_length^2); segments: no mask, one causal attention call per example (cost grows with "
-        "each example's length^2; at 2048 tokens of ~290-token examples, bench/attention.py). Same losses to float "
-        "rounding. The demo keeps dense until its figures are re-measured with segments.",
+        "each example's length^2; at 2048 tokens of ~290-token examples, bench/attention.py); varlen: no mask, one "
+        "flash-attention call per layer over all the batch's examples (torch's varlen_attn: CUDA and bf16 only, "
+        "train.use_gpu). Same losses to float rounding. The demo keeps dense until its figures are re-measured "
+        "with segments; scripts/gpu_check.sh times all three on a GPU.",
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
@@ -272,6 +274,17 @@ class TrainSection(Section):
         "PACK", description="PACK = fill a node before using the next (fast intra-node communication); SPREAD = "
         "spread workers over nodes where possible (best effort: a restart after a lost node still fits on the rest).",
     )
+
+    @model_validator(mode="after")
+    def _varlen_needs_cuda_bf16(self) -> "TrainSection":
+        if self.attention == "varlen" and (not self.use_gpu or self.precision == "fp32"):
+            got = "train.use_gpu=false" if not self.use_gpu else "train.precision=fp32"
+            raise ValueError(
+                f"train.attention=varlen runs torch's flash varlen kernel, which needs CUDA and bf16 (got {got}); "
+                "set train.use_gpu=true with train.precision auto or bf16, or use train.attention=segments "
+                "(the same per-example attention on any device and precision)"
+            )
+        return self
 
 
 class AutoscalingSection(Section):

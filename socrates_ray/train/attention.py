@@ -11,6 +11,12 @@ positions get zeros (no label reads them).
 Selected with `train.attention: segments`; registered with transformers' AttentionInterface under
 ATTENTION_NAME, so `from_pretrained(attn_implementation=ATTENTION_NAME)` plugs it into Qwen2/Llama.
 The model's forward receives the examples as `packed_segments` (row_segments of the batch's seq_ids).
+
+`train.attention: varlen` (CUDA) does the same in one kernel call per layer: the batch's tokens are
+one (B*L, H, D) stream cut into its examples (and padding runs) by cumulative lengths, and
+torch's `varlen_attn` (flash attention, in the pinned torch; bf16/fp16 on CUDA only) attends within
+each cut, causally. No Python loop over examples, no mask; registered as VARLEN_NAME and given
+`packed_cu_seqlens` / `packed_max_length` (varlen_arguments of the batch's seq_ids).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 ATTENTION_NAME = "socrates_segments"
+VARLEN_NAME = "socrates_varlen"
 
 
 def row_segments(seq_ids: Any) -> list[list[tuple[int, int]]]:
@@ -55,9 +62,53 @@ def segment_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     return out, None
 
 
-def register() -> str:
-    """Register segment_attention with transformers (idempotent); returns its attn_implementation name."""
+def varlen_arguments(seq_ids: Any, device: Any = None) -> dict[str, Any]:
+    """(B, L) example ids (0 = padding) -> the forward kwargs of varlen_attention: the int32
+    cumulative lengths of the runs of equal ids over the flattened batch, a new run at every row
+    start (so an example never spans two rows and a padding run is a sequence of its own), and the
+    longest run."""
+    import torch
+
+    ids = seq_ids.cpu()
+    rows, length = ids.shape
+    flat = ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True
+    cu = torch.cat([starts.nonzero().squeeze(-1), torch.tensor([flat.numel()])]).to(torch.int32)
+    return {"packed_cu_seqlens": cu.to(device) if device is not None else cu, "packed_max_length": int((cu[1:] - cu[:-1]).max())}
+
+
+def _flash_varlen(*args: Any, **kwargs: Any) -> Any:
+    """torch's varlen_attn (CUDA); a module-level hook so CPU tests can put a reference in its place."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(*args, **kwargs)
+
+
+VARLEN_KERNEL = _flash_varlen
+
+
+def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                     scaling: float | None = None, packed_cu_seqlens: Any = None, packed_max_length: int | None = None,
+                     **kwargs: Any) -> tuple[Any, None]:
+    """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D)."""
+    if packed_cu_seqlens is None or packed_max_length is None:
+        raise ValueError(f"attn_implementation={VARLEN_NAME!r} needs **varlen_arguments(seq_ids) in the forward call")
+    if dropout and module.training:
+        raise ValueError(f"attn_implementation={VARLEN_NAME!r} has no attention dropout (got {dropout}); use train.attention=segments")
+    batch, heads, length, dim = query.shape
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+    out = VARLEN_KERNEL(q, k, v, packed_cu_seqlens, packed_cu_seqlens, packed_max_length, packed_max_length,
+                        scale=scaling, window_size=(-1, 0), enable_gqa=key.shape[1] != heads)
+    return out.view(batch, length, heads, dim), None
+
+
+def register(attention: str = "segments") -> str:
+    """Register the attention function of train.attention `segments` or `varlen` with transformers
+    (idempotent); returns its attn_implementation name."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTENTION_NAME, segment_attention)
-    return ATTENTION_NAME
+    name, function = {"segments": (ATTENTION_NAME, segment_attention), "varlen": (VARLEN_NAME, varlen_attention)}[attention]
+    AttentionInterface.register(name, function)
+    return name

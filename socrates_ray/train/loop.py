@@ -30,7 +30,7 @@ from socrates_ray.train.checkpoint import TrainState, check_resume, load_checkpo
 from socrates_ray.data.ingest import collate_fn_for, load_tokenizer
 from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
-from socrates_ray.train.attention import row_segments
+from socrates_ray.train.attention import row_segments, varlen_arguments
 from socrates_ray.train.model import count_parameters, load_model_for_training
 
 
@@ -50,7 +50,7 @@ class LoopArgs:
     lora_targets: list[str]
     lora_rank_pattern: dict[str, int]
     gradient_checkpointing: bool
-    attention: str  # "dense" | "segments" (train.attention)
+    attention: str  # "dense" | "segments" | "varlen" (train.attention)
     ds_config: dict[str, Any]  # train.deepspeed.build_ds_config
     use_gpu: bool
     seed: int
@@ -97,7 +97,8 @@ def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any, attention: str 
     """Mean loss over the batch's label tokens; packed examples never attend to each other.
 
     attention "dense": a (B, 1, L, L) additive mask from seq_ids; "segments": no mask, one causal
-    attention call per example (train/attention.py; the model was loaded with it). The output layer
+    attention call per example; "varlen": no mask, one flash varlen call per layer over all the
+    examples (CUDA; train/attention.py; the model was loaded with it). The output layer
     and the softmax over the vocabulary run only at label_positions (the model's logits_to_keep),
     not at every prompt token: the same loss as the model's own full-logits loss
     (tests/unit/test_loss.py), without projecting ~99% of the hidden states that no label reads."""
@@ -108,6 +109,8 @@ def forward_loss(engine: Any, batch: dict[str, Any], dtype: Any, attention: str 
     keep = label_positions(labels)
     if attention == "segments":
         mask = {"attention_mask": None, "packed_segments": row_segments(batch["seq_ids"])}
+    elif attention == "varlen":
+        mask = {"attention_mask": None, **varlen_arguments(batch["seq_ids"], device)}
     else:
         mask = {"attention_mask": packed_attention_mask(batch["seq_ids"].to(device), dtype)}
     logits = engine(

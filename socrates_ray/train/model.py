@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from socrates_ray.train.attention import register as register_segment_attention
+from socrates_ray.train.attention import register as register_attention
 
 
 def load_model_for_training(
@@ -27,9 +27,10 @@ def load_model_for_training(
     from transformers.integrations import HfDeepSpeedConfig
 
     keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
-    # attention "segments": one causal SDPA call per packed example (train/attention.py); "dense":
-    # the model's own SDPA, given a (B, 1, L, L) mask by the loop
-    implementation = {"attn_implementation": register_segment_attention()} if attention == "segments" else {}
+    # attention "segments": one causal SDPA call per packed example; "varlen": one flash varlen call
+    # over all of them (train/attention.py); "dense": the model's own SDPA, given a (B, 1, L, L)
+    # mask by the loop
+    implementation = {"attn_implementation": register_attention(attention)} if attention != "dense" else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32, **implementation)
     if gradient_checkpointing:
         # Non-reentrant also under ZeRO-3 with LoRA: the pinned DeepSpeed (0.19.8) no longer partitions

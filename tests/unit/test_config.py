@@ -44,6 +44,12 @@ def test_bad_values_say_path_and_what_came():
         load_config(None, ["ingest.max_length"])
     with pytest.raises(ConfigError, match="no such file"):
         load_config("/nonexistent/c.yaml")
+    # the flash varlen kernel is CUDA + bf16 only: refused before any worker starts, with what to use instead
+    with pytest.raises(ConfigError, match=r"needs CUDA and bf16 \(got train\.use_gpu=false\).*train\.attention=segments"):
+        load_config(None, ["train.attention=varlen"])
+    with pytest.raises(ConfigError, match=r"got train\.precision=fp32"):
+        load_config(None, ["train.attention=varlen", "train.use_gpu=true", "train.precision=fp32"])
+    assert load_config(None, ["train.attention=varlen", "train.use_gpu=true"]).train.attention == "varlen"
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -1,7 +1,12 @@
 """The training loss (train/loop.forward_loss) projects only label positions through the output
 layer; it must equal the model's own loss over full logits with a dense mask, on packed and padded
-rows, with and without a LoRA adapter on the output layer, with either attention path (dense mask or
-one call per example), and give the same gradients."""
+rows, with and without a LoRA adapter on the output layer, with each attention path (dense mask, one
+call per example, one varlen call over the batch), and give the same gradients.
+
+torch's varlen kernel is CUDA-only: here `reference_varlen` (per-sequence causal SDPA, checking the
+call's contract) stands in for it, so what is tested on CPU is everything around the kernel (the
+cumulative lengths, the flattening, the kwargs through transformers and peft); tests/gpu runs the
+real kernel against segment_attention."""
 
 from __future__ import annotations
 
@@ -23,6 +28,34 @@ class Engine:
         return self.model(**kwargs)
 
 
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """torch.nn.attention.varlen.varlen_attn's contract, on CPU: (T, H, D) tensors cut by int32
+    cumulative lengths, causal with window_size (-1, 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    assert q.dim() == 3 and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and int(cu_q[-1]) == q.shape[0]
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max()) and window_size == (-1, 0)
+    out = torch.empty_like(q)
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        o = F.scaled_dot_product_attention(*(t[start:end].transpose(0, 1)[None] for t in (q, k, v)), is_causal=True,
+                                           scale=scale, enable_gqa=enable_gqa)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
+
+
+def test_varlen_cuts_at_every_example_and_every_row_start() -> None:
+    import torch
+
+    from socrates_ray.train.attention import varlen_arguments
+
+    # row 0 is one example filling the row, row 1 starts with example 1 again: two sequences, not one
+    seq_ids = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 2, 0, 0], [1, 2, 2, 3, 3, 3]])
+    args = varlen_arguments(seq_ids)
+    assert args["packed_cu_seqlens"].tolist() == [0, 6, 9, 10, 12, 13, 15, 18] and args["packed_max_length"] == 6
+    assert args["packed_cu_seqlens"].dtype == torch.int32
+
+
 def reference_loss(model, batch):
     import torch
 
@@ -30,12 +63,16 @@ def reference_loss(model, batch):
                  position_ids=batch["position_ids"], labels=batch["labels"]).loss
 
 
-@pytest.mark.parametrize("attention", ["dense", "segments"])
+@pytest.mark.parametrize("attention", ["dense", "segments", "varlen"])
 @pytest.mark.parametrize("layout", ["pack", "pad_longest"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_label_position_loss_equals_the_full_logits_loss(tiny_model, layout, lora, attention) -> None:
+def test_label_position_loss_equals_the_full_logits_loss(tiny_model, layout, lora, attention, monkeypatch) -> None:
     import torch
     from transformers import AutoModelForCausalLM
+
+    from socrates_ray.train import attention as attention_module
+
+    monkeypatch.setattr(attention_module, "VARLEN_KERNEL", reference_varlen)
 
     torch.manual_seed(0)
     tok = load_tokenizer(str(tiny_model))
@@ -46,7 +83,7 @@ def test_label_position_loss_equals_the_full_logits_loss(tiny_model, layout, lor
     batch = collate_rows(rows, enc.pad_id)
     from socrates_ray.train.attention import register
 
-    implementation = {"attn_implementation": register()} if attention == "segments" else {}
+    implementation = {"attn_implementation": register(attention)} if attention != "dense" else {}
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32, **implementation)
     if lora:
         from peft import LoraConfig, get_peft_model
