@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from socrates_ray.data.packing import plan_rows
+
 from socrates_ray.data.prompts import build_messages
 
 IGNORE_INDEX = -100
@@ -158,20 +160,8 @@ def single_rows(examples: Sequence[tuple[list[int], list[int]]]) -> list[Row]:
 
 
 def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int) -> list[Row]:
-    """First-fit decreasing: longest examples first, each into the first row with room."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = len(examples[i][0])
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(max_length - n)
+    """Several examples per max_length row, as few rows as data.packing.plan_rows finds."""
+    bins = plan_rows([len(ids) for ids, _ in examples], max_length)
     rows = []
     for members in bins:
         ids = np.full(max_length, pad_id, np.int32)

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
 from socrates_ray.config import Config, dump_config
 from socrates_ray.data.ingest import PARQUET_READER, build_ingest_dataset, estimate_rows, load_tokenizer
+from socrates_ray.data.packing import PACKER
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.precision import resolve_precision
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
@@ -97,6 +98,8 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         **({"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)": tokenized} if tokenized == "driver" else {}),
         # the pool's order follows the Parquet reader's blocks; the driver reads with pyarrow
         **({"Parquet reader (orders the tokenizer actor pool's rows)": PARQUET_READER} if tokenized != "driver" else {}),
+        # packed rows depend on the packer; absent from checkpoints packed first-fit (refused: other rows)
+        **({"row packing (ingest.layout pack)": PACKER} if ing.layout == "pack" else {}),
         "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
         "optimizer steps (train.epochs, train.max_steps)": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,

@@ -140,3 +140,19 @@ def test_a_small_materialized_split_is_tokenized_in_the_driver_and_a_resume_must
     with pytest.raises(ResumeError, match=r"Parquet reader .*None -> 'Ray Data V1"):
         check_resume(before, pool, "demo")
     check_resume(saved(tmp_path / "same" / "checkpoint_000004", 4, pool), dict(pool), "demo")
+
+
+def test_a_packed_run_records_its_packer_and_one_packed_by_another_is_refused(tmp_path) -> None:
+    """Which examples share a row depends on the packing algorithm (data.packing): a packed
+    checkpoint made by the first-fit packer (no packer recorded) points at other rows."""
+    from socrates_ray.config import load_config
+    from socrates_ray.data.packing import PACKER
+    from socrates_ray.train.trainer import run_fingerprint
+
+    key = "row packing (ingest.layout pack)"
+    packed = run_fingerprint(load_config("configs/demo.yaml", ["ingest.layout=pack"]), "m", 100, 10, False)
+    padded = run_fingerprint(load_config("configs/demo.yaml", ["ingest.layout=pad_longest"]), "m", 100, 10, False)
+    assert packed[key] == PACKER and key not in padded  # padded runs keep the fingerprint they had
+    before = saved(tmp_path / "checkpoint_000004", 4, {k: v for k, v in packed.items() if k != key})
+    with pytest.raises(ResumeError, match=r"row packing .*None -> 'fewest of first-fit"):
+        check_resume(before, packed, "demo")

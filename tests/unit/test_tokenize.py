@@ -119,3 +119,38 @@ def test_tiny_model_folder_is_an_ordinary_hf_model(tiny_model):
 
     assert AutoConfig.from_pretrained(tiny_model).model_type == "qwen2"
     assert (tiny_model / "model.safetensors").is_file() and (tiny_model / "tokenizer.json").is_file()
+
+
+def test_row_plans_hold_every_example_once_within_the_row_and_never_need_more_rows_than_first_fit():
+    from socrates_ray.data.packing import first_fit, plan_rows
+
+    rng = np.random.default_rng(0)
+    cases = [
+        rng.normal(304, 25, 2048).clip(266, 373).astype(int),  # alike prompts (the synthetic world's spread)
+        rng.lognormal(np.log(350), 0.6, 2048).clip(60, 2048).astype(int),  # a wide spread
+        rng.integers(1, 2049, 500),
+        np.full(100, 2048),  # each example fills a row
+        np.array([7]),
+    ]
+    for lengths in cases:
+        lengths = lengths.tolist()
+        rows = plan_rows(lengths, 2048)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= 2048 for row in rows)
+        longest_first = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        assert len(rows) <= len(first_fit(longest_first, lengths, 2048))
+        assert rows == plan_rows(lengths, 2048)  # deterministic
+    assert plan_rows([], 2048) == []
+    with pytest.raises(ValueError, match=r"1 example\(s\) longer than the row \(2049 > 2048 tokens, first at index 1\)"):
+        plan_rows([5, 2049], 2048)
+
+
+def test_alike_prompts_pack_at_2048_with_under_3_percent_padding():
+    """SocSci210-style prompts are alike in length; at 2048 tokens a row takes 6 or 7 of them and
+    first-fit decreasing (the packer before) left ~5% of each row empty (95.1% on the ingest bench)."""
+    rng = np.random.default_rng(1)
+    lengths = rng.normal(304, 25, 2048).clip(266, 373).astype(int)
+    examples = [([1] * n, [IGNORE_INDEX] * (n - 1) + [1]) for n in lengths]
+    rows = pack_rows(examples, 2048, 0)
+    share = sum(r.num_tokens for r in rows) / (len(rows) * 2048)
+    assert share >= 0.97, share
