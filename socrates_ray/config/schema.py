@@ -172,7 +172,7 @@ class IngestSection(Section):
         "pad_max_length = one sample per row padded to max_length.",
     )
     pack_window: int = Field(
-        2048, ge=8, description="Samples buffered per packing decision (first-fit decreasing); larger windows pack tighter."
+        2048, ge=8, description="Samples buffered per packing decision (data/packing.py); larger windows pack tighter."
     )
     tokenize_actors: int = Field(2, ge=1, description="CPU actors in the tokenizer pool.")
     cpus_per_task: float = Field(
