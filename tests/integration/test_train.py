@@ -77,6 +77,21 @@ def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, t
     assert [p.name for p in sorted((tmp_path / "z2").glob("checkpoint_0*"))] == ["checkpoint_000006", "checkpoint_000008"]
 
 
+def test_packed_rows_train_the_same_through_per_example_attention_as_through_the_dense_mask(ray_local, tmp_path, prepared, tiny_model):
+    """2 workers on packed rows (~3 examples each): train.attention=segments (no mask, one causal call
+    per example) converges step for step like the dense (B, 1, L, L) mask it replaces."""
+    packed = ("ingest.layout=pack", "ingest.micro_batch_size=1", "train.checkpoint_every=8")
+    assert train(tmp_path, prepared, tiny_model, "dense", *packed, "train.attention=dense") == 0
+    assert train(tmp_path, prepared, tiny_model, "segments", *packed, "train.attention=segments") == 0
+    dense, segments = metrics(tmp_path, "dense"), metrics(tmp_path, "segments")
+    assert [m["step"] for m in dense] == list(range(1, 9)) == [m["step"] for m in segments]
+    assert dense[-1]["loss"] < dense[0]["loss"] - 0.3
+    assert json.loads((tmp_path / "dense" / "ingest_stats.json").read_text())["samples_per_row"] > 2  # really packed
+    for d, s in zip(dense, segments):
+        assert s["loss"] == pytest.approx(d["loss"], abs=1e-4) and s["non_padding_share"] == d["non_padding_share"]
+        assert s.get("eval_loss", 0.0) == pytest.approx(d.get("eval_loss", 0.0), abs=1e-4)
+
+
 PROBE = textwrap.dedent(
     """
     import sys, torch
