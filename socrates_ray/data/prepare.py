@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from socrates_ray.config import Config, dump_config
+from socrates_ray.data.progress import Progress
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
 from socrates_ray.data.raw_source import PrepareError, open_parquet, open_source, read_metadata, scan_keys  # noqa: F401 (PrepareError: prepare's error)
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, REASONS, check_demographic, validate_row
@@ -355,9 +356,10 @@ def _prepare_into(cfg: Config, fs: Any, root: str, files: list[str], out: Path, 
     args = (splits, list(cfg.data.settings), str(out), frozenset(cfg.data.refusal_codes), cfg.data.rows_per_shard, check_studies)
     if cfg.data.parallelism == 1 or len(files) == 1:
         all_stats = []
+        progress = Progress(log, len(files))
         for i, path in enumerate(files):
             all_stats.append(prepare_file(i, path, fs, duplicates.get(i, set()), *args))
-            log(f"prepare: shard {i + 1}/{len(files)} done")
+            progress.done(i + 1, f"prepare: shard {i + 1}/{len(files)} done")
     else:
         all_stats = _prepare_with_ray(files, fs, duplicates, args, cfg.data.parallelism, log)
     total = _merge(all_stats)
@@ -393,6 +395,7 @@ def _prepare_with_ray(files: list[str], fs: fsspec.AbstractFileSystem, duplicate
     # The splits can be large (sample-id mappings): store them once; Ray resolves the ref per task.
     args = (ray.put(args[0]), *args[1:])
     pending, results = [], {}
+    progress = Progress(log, len(files))
     limit = parallelism or len(files)
     next_file = 0
     while next_file < len(files) or pending:
@@ -404,7 +407,7 @@ def _prepare_with_ray(files: list[str], fs: fsspec.AbstractFileSystem, duplicate
             if ref in ready:
                 results[index] = ray.get(ref)
                 pending.remove((index, ref))
-                log(f"prepare: shard {len(results)}/{len(files)} done")
+                progress.done(len(results), f"prepare: shard {len(results)}/{len(files)} done")
     return [results[i] for i in range(len(files))]
 
 

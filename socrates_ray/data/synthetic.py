@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from socrates_ray.data.progress import Progress
 from socrates_ray.data.prompts import build_prompt
 from socrates_ray.data.schema import RAW_SCHEMA
 from socrates_ray.data.synthetic_vocab import (
@@ -399,10 +400,11 @@ def write_synthetic(
             yield table
 
     written = 0
+    progress = Progress(log, n_shards)
     for i, shard in enumerate(iter_shards(tables(), rows_per_shard)):
         pq.write_table(shard, root / "data" / f"train-{i:05d}-of-{n_shards:05d}.parquet")
         written += shard.num_rows
-        log(f"synth: shard {i + 1}/{n_shards} written ({written:,}/{total:,} rows)")
+        progress.done(i + 1, f"synth: shard {i + 1}/{n_shards} written ({written:,}/{total:,} rows)")
     for name, content in split_metadata(designs, rng).items():
         (root / "metadata" / name).write_text(json.dumps(content, indent=1))
     pq.write_table(pa.Table.from_pylist(all_cells), root / "ground_truth.parquet")

@@ -313,8 +313,8 @@ def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutc
         return TrainingOutcome(str(plan.finished), run_folder(cfg))
     ds_config = deepspeed_config_for(cfg, plan, model_path)
     log(
-        f"train: {'about ' if plan.estimated else ''}{plan.rows:,} packed rows -> {plan.micro_per_epoch} micro batches "
-        f"per worker per epoch, "
+        f"train: {'about ' if plan.estimated else ''}{plan.rows:,} {'packed ' if ing.layout == 'pack' else ''}rows -> "
+        f"{plan.micro_per_epoch:,} micro batches per worker per epoch, "
         f"{plan.total_steps} optimizer steps; global batch {ds_config['train_batch_size']} rows = micro "
         f"{ing.micro_batch_size} x accumulation {t.grad_accum} x {ing.num_workers} workers"
     )

@@ -369,3 +369,21 @@ def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_re
     # summary.json is the completion marker: splits without it (a copy cut short) are refused
     (tmp_path / "prep" / "summary.json").unlink()
     assert "not a complete prepared folder" in split_problem(tmp_path / "prep", "unseen_studies", "eval")
+
+
+def test_a_many_shard_prepare_says_its_progress_in_about_ten_lines(tmp_path) -> None:
+    from socrates_ray.config import load_config
+    from socrates_ray.data.prepare import run_prepare
+    from socrates_ray.data.synthetic import write_synthetic
+
+    lines: list[str] = []
+    cfg = load_config(None, [f"data.raw={tmp_path / 'raw'}", f"data.prepared={tmp_path / 'prepared'}", "data.parallelism=1"])
+    write_synthetic(tmp_path / "raw", studies=10, rows=3000, rows_per_shard=100, seed=0, refusal_rate=0.0,
+                    within_subject_share=0.3, log=lines.append)
+    run_prepare(cfg, log=lines.append)
+    synth = [line for line in lines if line.startswith("synth: shard")]
+    prepare = [line for line in lines if line.startswith("prepare: shard")]
+    shards = len(list((tmp_path / "raw" / "data").glob("*.parquet")))
+    assert shards > 20  # one line each before
+    assert 8 <= len(synth) <= 11 and synth[-1].startswith(f"synth: shard {shards}/{shards} written (")
+    assert 8 <= len(prepare) <= 11 and prepare[-1].startswith(f"prepare: shard {shards}/{shards} done [")
