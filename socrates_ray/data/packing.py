@@ -11,9 +11,9 @@ row empty (95.1% non-padding on the ingest bench's training split).
 
 - balanced: for a row count k, each example (longest first) goes to the row with the most room
   (worst-fit decreasing); the smallest k for which everything fits, by bisection;
-- k rows of exactly n examples from the shortest n*k, balanced as above, and the rest balanced
-  on its own rows (n and the largest k by bisection): short examples are what lets a row take
-  one more, so they are spent where they make a row of n.
+- the n*k shortest examples balanced on k rows (n a row), the rest balanced on rows of their own
+  (for each plausible n, the largest such k by bisection): short examples are what lets a row
+  take one more, so they are spent together where they make rows of n.
 
 Everything is deterministic (ties by index). Measured in bench/ingest.py's padding table.
 """
@@ -97,26 +97,26 @@ def fewest_balanced(order: Sequence[int], lengths: Sequence[int], capacity: int,
 
 
 def shortest_in_rows_of_n(order: Sequence[int], lengths: Sequence[int], capacity: int, most: int) -> list[list[int]] | None:
-    """For each plausible n: the most rows of exactly n examples that the shortest examples fill
-    (balanced), then the rest balanced on as few rows as possible; the fewest rows of all, below
-    `most` + 1, or None."""
+    """For each plausible n: the most rows k that the n*k shortest examples fit (balanced), then the
+    rest balanced on as few rows as possible; the plan with the fewest rows, if under `most` + 1,
+    else None."""
     shortest_first = list(reversed(order))
     ordered = sorted(lengths[i] for i in order)
     median, shortest = ordered[len(ordered) // 2], ordered[0]
     best = None
     for n in range(max(2, capacity // median), min(capacity // shortest, capacity // median + 6) + 1):
-        low, high, chosen = 1, len(order) // n, None
-        while low <= high:  # the largest k whose n*k shortest examples fill k rows of n
+        low, high, chosen, taken = 1, len(order) // n, None, 0
+        while low <= high:  # the largest k whose n*k shortest examples fit k rows
             k = (low + high) // 2
             group = shortest_first[: n * k]
             rows = balanced(group[::-1], lengths, capacity, k) if sum(lengths[i] for i in group) <= k * capacity else None
             if rows is not None:
-                chosen, low = rows, k + 1
+                chosen, taken, low = rows, n * k, k + 1
             else:
                 high = k - 1
         if chosen is None:
             continue
-        rest = shortest_first[n * len(chosen):][::-1]
+        rest = shortest_first[taken:][::-1]
         rest_rows = fewest_balanced(rest, lengths, capacity, len(rest)) if rest else []
         if rest_rows is None:
             continue
