@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"gpu_check: LoRA ZeRO-{stage}, attention {attention}: FAILED {type(error).__name__}: {error}", flush=True)
                 continue
             # the same batches from the same weights: every attention path must start from dense's loss
-            r["first_loss_diff_vs_dense"] = abs(r["first_loss"] - report["train"][0]["first_loss"]) if report["train"] else 0.0
+            dense = next((d["first_loss"] for d in report["train"] if d["attention"] == "dense" and "error" not in d), r["first_loss"])
+            r["first_loss_diff_vs_dense"] = abs(r["first_loss"] - dense)
             report["train"].append(r)
             print(f"gpu_check: LoRA ZeRO-{stage} bf16, attention {attention}: {r['tokens_per_s']:,.0f} tokens/s, "
                   f"{r['step_time_s'] * 1000:.0f} ms/step, {r['model_tflops_per_s']} model TFLOP/s, "

@@ -21,6 +21,7 @@ Everything is deterministic (ties by index). Measured in bench/ingest.py's paddi
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -101,15 +102,15 @@ def shortest_in_rows_of_n(order: Sequence[int], lengths: Sequence[int], capacity
     rest balanced on as few rows as possible; the plan with the fewest rows, if under `most` + 1,
     else None."""
     shortest_first = list(reversed(order))
-    ordered = sorted(lengths[i] for i in order)
-    median, shortest = ordered[len(ordered) // 2], ordered[0]
+    median, shortest = lengths[order[len(order) // 2]], lengths[shortest_first[0]]
+    tokens = list(itertools.accumulate((lengths[i] for i in shortest_first), initial=0))  # of the m shortest
     best = None
     for n in range(max(2, capacity // median), min(capacity // shortest, capacity // median + 6) + 1):
         low, high, chosen, taken = 1, len(order) // n, None, 0
         while low <= high:  # the largest k whose n*k shortest examples fit k rows
             k = (low + high) // 2
             group = shortest_first[: n * k]
-            rows = balanced(group[::-1], lengths, capacity, k) if sum(lengths[i] for i in group) <= k * capacity else None
+            rows = balanced(group[::-1], lengths, capacity, k) if tokens[n * k] <= k * capacity else None
             if rows is not None:
                 chosen, taken, low = rows, n * k, k + 1
             else:
