@@ -44,7 +44,8 @@ def plan_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
         )
     longest_first = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     best = first_fit(longest_first, lengths, capacity)
-    for candidate in (fewest_balanced(longest_first, lengths, capacity, len(best) - 1), shortest_in_rows_of_n(longest_first, lengths, capacity, len(best) - 1)):
+    for construct in (fewest_balanced, shortest_in_rows_of_n):  # each returns fewer rows than `most` + 1, or None
+        candidate = construct(longest_first, lengths, capacity, len(best) - 1)
         if candidate is not None and len(candidate) < len(best):
             best = candidate
     return best

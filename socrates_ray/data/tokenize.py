@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.packing import plan_rows
-
 from socrates_ray.data.prompts import build_messages
 
 IGNORE_INDEX = -100
