@@ -5,7 +5,7 @@ participants, same model: time per participant and the Wasserstein each gives.
     python bench/eval.py --engine both     # the same rows through transformers and vLLM (model.engine)
 
 vLLM gets --in-flight batches at once from as many threads (default 4, what a simulate replica
-keeps: they share the engine's steps); the transformers Scorer takes one batch at a time.
+keeps: they share the engine's steps); the transformers engine takes one batch at a time.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from socrates_ray.config import load_config
 from socrates_ray.data.prompts import parse_answer_scale
 from socrates_ray.eval.metrics import group_cells, model_metrics
-from socrates_ray.score import Engine, make_scorer
-from socrates_ray.eval.simulate import draw, load_eval_rows
+from socrates_ray.infer import distributions, engine_spec, load_engine, sample_answers
+from socrates_ray.data.prepared import load_split_rows
+from socrates_ray.eval.replica import draw
 
 
 def main() -> int:
@@ -39,7 +40,7 @@ def main() -> int:
 
     torch.set_num_threads(2)
     cfg = load_config(args.config)
-    rows = [r for r in load_eval_rows(cfg.data.prepared, args.setting, args.per_cell).to_pylist() if r["scale_low"] is not None]
+    rows = [r for r in load_split_rows(cfg.data.prepared, args.setting, "eval", args.per_cell).to_pylist() if r["scale_low"] is not None]
     engines = ["transformers", "vllm"] if args.engine == "both" else [args.engine]
     results = {name: bench(name, cfg, rows, args) for name in engines}
     if len(results) == 2:
@@ -50,22 +51,22 @@ def main() -> int:
 
 
 def bench(engine: str, cfg, rows: list[dict], args) -> dict:
-    scorer = make_scorer(Engine.of(cfg.model.model_copy(update={"engine": engine})), cfg.model.path, cfg.prompt.system_prompt)
+    scorer = load_engine(engine_spec(cfg.model.model_copy(update={"engine": engine})), cfg.model.path, cfg.prompt.system_prompt)
     adapter = None
     if args.adapter:
         scorer.load_adapter("ft", args.adapter)
         adapter = "ft"
     prompts = [r["prompt"] for r in rows]
     options = [parse_answer_scale(r["stimuli"]).options for r in rows]
-    scorer.distributions(prompts[:4], options[:4], adapter)  # warm-up
+    distributions(scorer, prompts[:4], options[:4], adapter)  # warm-up
     starts = range(0, len(rows), args.batch)
     in_flight = args.in_flight if engine == "vllm" else 1
     with ThreadPoolExecutor(in_flight) as pool:  # results in batch order
         t = time.perf_counter()
-        exact = [d for ds in pool.map(lambda i: scorer.distributions(prompts[i : i + args.batch], options[i : i + args.batch], adapter), starts) for d in ds]
+        exact = [d for ds in pool.map(lambda i: distributions(scorer, prompts[i : i + args.batch], options[i : i + args.batch], adapter), starts) for d in ds]
         t_exact = time.perf_counter() - t
         t = time.perf_counter()
-        sampled = [a[0] for rs in pool.map(lambda i: scorer.sample_answers(prompts[i : i + args.batch], 1, adapter=adapter), starts) for a in rs]
+        sampled = [a[0] for rs in pool.map(lambda i: sample_answers(scorer, prompts[i : i + args.batch], 1, adapter=adapter), starts) for a in rs]
         t_sample = time.perf_counter() - t
     exact_rows = [dict(r, options=o, probs=p.tolist(), prediction=draw(p, o, r["study_id"], r["sample_id"])) for r, o, p in zip(rows, options, exact)]
     sample_rows = [dict(r, prediction=a) for r, a in zip(rows, sampled)]

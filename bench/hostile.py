@@ -117,7 +117,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from socrates_ray.serve.app import start_serve
+    from socrates_ray.serve.app import build_app, serve_launch, start_serve
 
     work = Path(tempfile.mkdtemp(prefix="socrates_hostile_"))
     model = ensure_tiny_model(Path(tempfile.gettempdir()) / "socrates_bench_tiny", TinyModelSection())
@@ -128,7 +128,7 @@ def main() -> int:
     cfg = load_config(None, [f"serve.port={args.port}", f"serve.adapters_dir={work / 'adapters'}", "serve.auth_token_env=SOCRATES_HOSTILE_TOKEN",
                              f"serve.max_body_bytes={LIMIT}", "serve.max_loaded_adapters=2", "serve.max_length=512",
                              "serve.max_n=8", "serve.max_tokens_limit=16", "serve.num_cpus=1", "serve.app_name=hostile"])
-    url = start_serve(cfg, str(model))
+    url = start_serve(build_app(cfg, str(model)), serve_launch(cfg))
     pid = requests.get(url + "/healthz", timeout=60).json()["replica_pid"]
     print(f"Serve app at {url}: tiny model, 4 adapters over serve.max_loaded_adapters=2, body limit {LIMIT:,} bytes, replica pid {pid}")
 

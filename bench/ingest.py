@@ -26,9 +26,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
-from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, load_tokenizer, measure_ingest
-from socrates_ray.data.prepare import run_prepare
-from socrates_ray.data.synthetic import write_synthetic
+from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, measure_ingest
+from socrates_ray.models import load_tokenizer
+from socrates_ray.data.prepare import prepare_options, run_prepare
+from socrates_ray.data.synthetic_files import write_synthetic
 from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, single_rows
 from socrates_ray.models import ensure_tiny_model
 
@@ -99,7 +100,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
     print(f"bench/ingest: workdir {work}, {args.rows:,} synthetic answers, max_length {args.max_length}, machine {os.cpu_count()} CPUs")
     write_synthetic(work / "synth", studies=40, rows=args.rows, rows_per_shard=max(1000, args.rows // 8), seed=0, refusal_rate=0.005, within_subject_share=0.5)
-    run_prepare(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={work / 'prepared'}", "data.settings=[unseen_studies]"]), log=lambda *_: None)
+    run_prepare(prepare_options(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={work / 'prepared'}", "data.settings=[unseen_studies]"])), log=lambda *_: None)
     model = str(ensure_tiny_model(work / "tiny", TinyModelSection(), seed=0))
     split = str(work / "prepared" / "unseen_studies" / "train")
     samples = pq.read_table(split, columns=["answer"]).num_rows

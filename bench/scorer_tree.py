@@ -1,4 +1,4 @@
-"""Exact scoring with the options under a dense tree mask vs on cached prompts (Scorer.tree).
+"""Exact scoring with the options under a dense tree mask vs on cached prompts (TransformersEngine.tree).
 
     python bench/scorer_tree.py --adapter runs/demo/checkpoint_001000/export   # after `make demo`
 
@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from socrates_ray.config import load_config
 from socrates_ray.data.prompts import parse_answer_scale
-from socrates_ray.eval.simulate import load_eval_rows
-from socrates_ray.score import Scorer
+from socrates_ray.data.prepared import load_split_rows
+from socrates_ray.infer import TransformersEngine, distributions
 
 
 def main() -> int:
@@ -39,10 +39,10 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    rows = [r for r in load_eval_rows(cfg.data.prepared, args.setting, args.per_cell).to_pylist() if r["scale_low"] is not None]
+    rows = [r for r in load_split_rows(cfg.data.prepared, args.setting, "eval", args.per_cell).to_pylist() if r["scale_low"] is not None]
     prompts = [r["prompt"] for r in rows]
     options = [parse_answer_scale(r["stimuli"]).options for r in rows]
-    scorer = Scorer(cfg.model.path, cfg.prompt.system_prompt, precision=args.precision)
+    scorer = TransformersEngine(cfg.model.path, cfg.prompt.system_prompt, precision=args.precision)
     adapter = None
     if args.adapter:
         scorer.load_adapter("ft", args.adapter)
@@ -52,10 +52,10 @@ def main() -> int:
     for _ in range(args.rounds):
         for tree in ("mask", "cache"):
             scorer.tree = tree
-            scorer.distributions(prompts[:4], options[:4], adapter)  # warm-up
+            distributions(scorer, prompts[:4], options[:4], adapter)  # warm-up
             t = time.perf_counter()
             probs[tree] = [d for i in range(0, len(rows), args.batch)
-                           for d in scorer.distributions(prompts[i : i + args.batch], options[i : i + args.batch], adapter)]
+                           for d in distributions(scorer, prompts[i : i + args.batch], options[i : i + args.batch], adapter)]
             seconds[tree].append(time.perf_counter() - t)
     n = len(rows)
     rate = {tree: n / float(np.median(s)) for tree, s in seconds.items()}

@@ -87,7 +87,7 @@ def main() -> int:
     args.layers = args.layers or (24 if args.gpus else 8)
     from ray import serve
 
-    from socrates_ray.serve.app import start_serve
+    from socrates_ray.serve.app import build_app, serve_launch, start_serve
 
     heads = max(1, args.hidden // 64)
     shape = TinyModelSection(hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
@@ -105,7 +105,7 @@ def main() -> int:
         cfg = load_config(None, [f"model.engine={engine}", f"serve.max_batch_size={batch}", f"serve.batch_wait_timeout_s={args.batch_wait if batch > 1 else 0}",
                                  f"serve.max_ongoing_requests={max(args.clients, batch) * 2}", "serve.num_cpus=2", "serve.port=8125",
                                  f"serve.num_gpus={args.gpus}"])
-        url = start_serve(cfg, str(model))
+        url = start_serve(build_app(cfg, str(model)), serve_launch(cfg))
         results[label] = load(url, args.clients, args.requests, args.mode, args.max_tokens)
         serve.delete(cfg.serve.app_name)
         r = results[label]

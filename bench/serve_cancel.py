@@ -38,14 +38,14 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from socrates_ray.serve.app import start_serve
+    from socrates_ray.serve.app import build_app, serve_launch, start_serve
 
     shape = TinyModelSection(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
     model = ensure_tiny_model(os.path.join(tempfile.gettempdir(), "socrates_bench_8x512"), shape)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = load_config(None, ["model.engine=vllm", "serve.port=8126", "serve.num_cpus=2",
                              f"serve.max_tokens_limit={args.max_tokens}", f"serve.max_n={args.n}"])
-    url = start_serve(cfg, str(model))
+    url = start_serve(build_app(cfg, str(model)), serve_launch(cfg))
     body = {"persona": {"age": 30}, "stimulus": STIMULUS, "mode": "sample", "n": args.n, "max_tokens": args.max_tokens, "temperature": 1.0}
     before = requests.get(url + "/healthz", timeout=60).json()
     try:

@@ -31,9 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
-from socrates_ray.data.ingest import load_tokenizer
-from socrates_ray.data.prepare import run_prepare
-from socrates_ray.data.synthetic import write_synthetic
+from socrates_ray.models import load_tokenizer
+from socrates_ray.data.prepare import prepare_options, run_prepare
+from socrates_ray.data.synthetic_files import write_synthetic
 from socrates_ray.data.tokenize import ROW_COLUMNS, Encoder, collate, packed_attention_mask
 from socrates_ray.models import build_tiny_model, ensure_tiny_model
 
@@ -193,7 +193,7 @@ def main() -> None:
     shutil.rmtree(work / "runs", ignore_errors=True)  # pinned run names would resume old runs
     write_synthetic(work / "synth", studies=20, rows=6000, rows_per_shard=3000, seed=0, refusal_rate=0.0, within_subject_share=0.5)
     prepared = work / "prepared"
-    run_prepare(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={prepared}", "data.settings=[unseen_studies]"]), log=lambda *_: None)
+    run_prepare(prepare_options(load_config(None, [f"data.raw={work / 'synth'}", f"data.prepared={prepared}", "data.settings=[unseen_studies]"])), log=lambda *_: None)
     tiny = str(ensure_tiny_model(work / "tiny", TinyModelSection(), seed=0))
     lr = 2.0e-3
 

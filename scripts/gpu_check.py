@@ -13,7 +13,7 @@ prompts/s with each option-tree path (model.scoring_tree: the dense tree mask an
 then what batching buys: 32 requests one at a time vs as one batch, in sample and
 distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
 It uses the project's own pieces (build_ds_config, load_model_for_training, forward_loss,
-packing, Scorer) in one process (world size 1), so it checks the GPU code paths without a Ray
+packing, the transformers engine) in one process (world size 1), so it checks the GPU code paths without a Ray
 cluster.
 
 MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs, counted two ways: `mfu` (6N) with
@@ -77,7 +77,7 @@ def build_model_folder(folder: Path, preset: dict[str, Any]) -> int:
 def training_batches(folder: Path, seq: int, micro: int, count: int) -> list[dict[str, Any]]:
     """Packed batches of real synthetic prompts (loss on the answers only), as training sees them."""
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.data.ingest import load_tokenizer
+    from socrates_ray.models import load_tokenizer
     from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows
     from socrates_ray.models import synthetic_corpus
 
@@ -127,7 +127,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     import torch
 
     from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
-    from socrates_ray.train.loop import forward_loss
+    from socrates_ray.train.steps import forward_loss
     from socrates_ray.train.model import count_parameters, load_model_for_training
 
     on_gpu = device == "cuda"
@@ -182,17 +182,18 @@ def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[
     import numpy as np
     import torch
 
+    from socrates_ray.infer import distributions
     from socrates_ray.models import synthetic_corpus
 
     prompts = [t.rsplit("\n", 1)[0] for t in synthetic_corpus(preset["score_prompts"] + 1, seed=2) if "\n" in t][: preset["score_prompts"]]
     options = [list(range(1, 6)) if i % 2 else list(range(0, 11)) for i in range(len(prompts))]
-    scorer.distributions(prompts[:8], options[:8])  # warm-up (kernels, allocator)
+    distributions(scorer, prompts[:8], options[:8])  # warm-up (kernels, allocator)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     dists = []
     for i in range(0, len(prompts), 64):
-        dists += scorer.distributions(prompts[i : i + 64], options[i : i + 64])
+        dists += distributions(scorer, prompts[i : i + 64], options[i : i + 64])
     sync()
     seconds = time.perf_counter() - start
     assert all(abs(float(np.sum(d)) - 1) < 1e-4 for d in dists), "distributions do not sum to 1"
@@ -204,9 +205,10 @@ def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[
 def batching_gain(scorer: Any, preset: dict[str, Any], device: str) -> dict[str, Any]:
     """What the Serve app's @serve.batch buys on this device, without Ray or HTTP: the same
     `batch_clients` requests answered one call at a time vs as one batched call, in sample mode
-    (Scorer.generate, `batch_tokens` new tokens, as bench/serve.py) and distribution mode."""
+    (TransformersEngine.generate, `batch_tokens` new tokens, as bench/serve.py) and distribution mode."""
     import torch
 
+    from socrates_ray.infer import distributions
     from socrates_ray.models import synthetic_corpus
 
     k, new = preset["batch_clients"], preset["batch_tokens"]
@@ -226,8 +228,8 @@ def batching_gain(scorer: Any, preset: dict[str, Any], device: str) -> dict[str,
     out: dict[str, Any] = {"requests": len(prompts), "new_tokens": new}
     for mode, one, batch in (
         ("sample", lambda: [scorer.generate([p], 1, 0.6, 0.9, new) for p in prefixes], lambda: scorer.generate(prefixes, 1, 0.6, 0.9, new)),
-        ("distribution", lambda: [scorer.distributions([p], [o]) for p, o in zip(prompts, options)],
-         lambda: scorer.distributions(prompts, options)),
+        ("distribution", lambda: [distributions(scorer, [p], [o]) for p, o in zip(prompts, options)],
+         lambda: distributions(scorer, prompts, options)),
     ):
         sequential, batched = timed(one), timed(batch)
         out[mode] = {"sequential_rps": round(len(prompts) / sequential, 1), "batched_rps": round(len(prompts) / batched, 1),
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import transformers
 
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.score import Scorer
+    from socrates_ray.infer import TransformersEngine
     from socrates_ray.train.deepspeed import normalize_cuda_arch_list
 
     report: dict[str, Any] = {
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'} (6N; LoRA count {r['mfu_lora']}), "
                   f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} "
                   f"(first loss {r['first_loss_diff_vs_dense']:.1e} from dense's)", flush=True)
-        scorer = Scorer(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
+        scorer = TransformersEngine(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
         # both option-tree paths (model.scoring_tree) on the same prompts: the dense tree mask (report["score"])
         # and the prompts' cache with no prompt mask (report["score_cache"])
         for key, tree in (("score", "mask"), ("score_cache", "cache")):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -160,3 +160,17 @@ def tiny_model_corpus(path: str | Path) -> str | None:
     """What the tiny model's tokenizer at `path` was trained on (None if it was never built)."""
     stamp = Path(path) / STAMP
     return json.loads(stamp.read_text()).get("corpus", "synthetic prompts") if stamp.is_file() else None
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of a Hugging Face model folder (or hub id where a network exists)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def adapter_folder_problem(path: str | Path) -> str | None:
+    """Why `path` is not a PEFT adapter folder, as the second half of an error message; None when it is."""
+    if (Path(path) / "adapter_config.json").is_file():
+        return None
+    return f"{path} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)"

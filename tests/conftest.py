@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from socrates_ray.config import TinyModelSection
-from socrates_ray.data.synthetic import write_synthetic
+from socrates_ray.data.synthetic_files import write_synthetic
 from socrates_ray.models import ensure_tiny_model
 
 
@@ -36,13 +36,13 @@ def train_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small prepared unseen_studies split for the training tests. Every training run tokenizes
     its splits before it starts (ingest.materialize): 1,000 rows, not 3,000, saves seconds a run."""
     from socrates_ray.config import load_config
-    from socrates_ray.data.prepare import run_prepare
+    from socrates_ray.data.prepare import prepare_options, run_prepare
 
     raw = tmp_path_factory.mktemp("synth-train")
     write_synthetic(raw, studies=8, rows=1000, rows_per_shard=500, seed=1, refusal_rate=0.0, within_subject_share=0.5)
     out = tmp_path_factory.mktemp("prepared-train")
     overrides = [f"data.raw={raw}", f"data.prepared={out}", "data.parallelism=1", "data.settings=[unseen_studies]"]
-    run_prepare(load_config(None, overrides), log=lambda *_: None)
+    run_prepare(prepare_options(load_config(None, overrides)), log=lambda *_: None)
     return out
 
 

@@ -77,12 +77,20 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(format_validation_errors(err, source + (" + overrides" if overrides else ""))) from None
 
 
+CONFIG_FILE = "config.yaml"
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML: the record every output folder keeps as config.yaml."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def dump_config(cfg: Config, folder: str | Path) -> Path:
     """Write the resolved config as `config.yaml` into an output folder (every run keeps one)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "config.yaml"
-    target.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    target = out / CONFIG_FILE
+    target.write_text(config_yaml(cfg))
     return target
 
 

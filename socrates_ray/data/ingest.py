@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from socrates_ray.data.tokenize import Encoder, PortableEncoder, collate, pack_rows, single_rows
 from socrates_ray.errors import SocratesError, unwrap
+from socrates_ray.models import load_tokenizer
 
 ROW_SCHEMA = pa.schema(
     [
@@ -38,12 +39,6 @@ ROW_SCHEMA = pa.schema(
 
 class IngestError(SocratesError, ValueError):
     """Ingest input or settings that cannot work; says what to change."""
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 class TokenizePack:

@@ -1,6 +1,6 @@
 """Persona block, chat messages and answer-scale parsing (pure).
 
-The prompt format is SocSci210's (PAPER.md section 2):
+The prompt format is SocSci210's (the paper, Kolluri et al. EMNLP 2025, section 2):
 
     You are a survey respondent with the following demographic profile:
     - Age: 34

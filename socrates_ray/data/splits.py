@@ -1,7 +1,7 @@
 """The three split settings: unseen studies, unseen conditions, unseen tasks (pure).
 
 Splits come from SocSci210's metadata files when they exist, else they are drawn from a seed in
-the same shapes (PAPER.md section 3). The 75/25 files may list condition/task numbers or sample
+the same shapes (the paper, Kolluri et al. EMNLP 2025, section 3). The 75/25 files may list condition/task numbers or sample
 ids: each study's lists are checked against what the data holds and read as whichever they fit.
 
 Row assignment, per setting:

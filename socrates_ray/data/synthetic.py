@@ -18,45 +18,32 @@ condition is predictable from what other studies taught:
 The vocabulary and the effect sizes are in data.synthetic_vocab; this module draws studies, people
 and answers from them. Answers follow an ordered logit over the task's scale, so each (study,
 condition, task) cell has an exact true distribution: the mean of its participants' answer distributions (ground_truth.parquet).
-Files come out in SocSci210's layout: data/train-*-of-*.parquet plus metadata/*_mapping.json.
+data/synthetic_files.py writes them in SocSci210's layout.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from socrates_ray.data.progress import Progress
 from socrates_ray.data.prompts import build_prompt
 from socrates_ray.data.schema import RAW_SCHEMA
 from socrates_ray.data.synthetic_vocab import (
     AGE_MEAN, AGE_SD, AGE_WEIGHT, CATEGORICAL, CONTEXT, FRAMES, IDEOLOGY, INTROS, NULL_RATE, PARTISAN_CUE,
-    PARTISAN_WEIGHT, PARTY, PERSON_NOISE_SD, QUESTIONS, SCALES, STATES, TASK_NOISE_SD, TOPICS, VISIBLE_SCALE,
+    PARTISAN_WEIGHT, PARTY, PERSON_NOISE_SD, QUESTIONS, SCALES, Scale, STATES, TASK_NOISE_SD, TOPICS, VISIBLE_SCALE,
 )
-from socrates_ray.errors import SocratesError
 
 REFUSAL_CODE = 98
-SUMMARY_FILE = "synth_summary.json"  # written first ({"complete": false}) and last: the folder is synth's
-ROW_TRUTH_FILE = "ground_truth_rows.parquet"
-ROW_TRUTH_SCHEMA = pa.schema([("study_id", pa.string()), ("sample_id", pa.int64()), ("probs", pa.list_(pa.float64()))])
-
-
-class SynthError(SocratesError, ValueError):
-    """synth was pointed at a folder that holds data it did not write."""
 
 
 @dataclass
 class Task:
     question: str
     direction: int
-    scale: tuple[str, int, int, str, str, str, float]
+    scale: Scale
     bias: float
 
 
@@ -90,7 +77,7 @@ def _study_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 def design_studies(n_studies: int, target_rows: int, within_share: float, rng: np.random.Generator) -> list[Study]:
     """Draw every study's design and size up front (so shard counts are known before writing)."""
-    scale_weights = np.array([s[-1] for s in SCALES])
+    scale_weights = np.array([s.weight for s in SCALES])
     scale_weights /= scale_weights.sum()
     studies: list[Study] = []
     for study_id in _study_ids(rng, n_studies):
@@ -141,7 +128,7 @@ def design_studies(n_studies: int, target_rows: int, within_share: float, rng: n
 def format_sentence(task: Task) -> tuple[str, bool]:
     """The question plus its answer-format sentence, phrased the ways real stimuli phrase them.
     Returns (text, reversed) where reversed means a higher code is less support."""
-    name, low, high, phrasing, low_label, high_label, _ = task.scale
+    low, high, phrasing, low_label, high_label = task.scale.low, task.scale.high, task.scale.phrasing, task.scale.low_label, task.scale.high_label
     q = task.question
     if phrasing == "integer_from_to":
         return (
@@ -248,7 +235,7 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
     sample_id = 0
     for rep in range(seen.shape[1]):
         for t, task in enumerate(study.tasks):
-            name, low, high, phrasing, *_ = task.scale
+            low, high, phrasing = task.scale.low, task.scale.high, task.scale.phrasing
             _, reverse = format_sentence(task)
             for c in range(n_cond):
                 who = np.flatnonzero(seen[:, rep] == c)
@@ -306,135 +293,14 @@ def generate_study(study: Study, rng: np.random.Generator, refusal_rate: float) 
                 "task_num": t,
                 "frame": study.frames[c][0],
                 "topic": study.topic,
-                "scale_low": task.scale[1],
-                "scale_high": task.scale[2],
-                "options": list(range(task.scale[1], task.scale[2] + 1)),
+                "scale_low": task.scale.low,
+                "scale_high": task.scale.high,
+                "options": list(range(task.scale.low, task.scale.high + 1)),
                 "probs": probs.tolist(),
                 "participants": int(sum(len(p) for p in parts)),
             }
         )
     return table, cells, row_truth
-
-
-def split_metadata(studies: list[Study], rng: np.random.Generator, unseen_fraction: float = 0.19, eval_fraction: float = 0.25) -> dict[str, Any]:
-    """The three split files in SocSci210's shapes (lists hold condition / task numbers)."""
-    ids = [s.study_id for s in studies]
-    order = rng.permutation(len(ids))
-    n_unseen = max(1, int(round(unseen_fraction * len(ids))))
-    unseen = sorted(ids[i] for i in order[:n_unseen])
-    condition_mapping, task_mapping = {}, {}
-    for s in studies:
-        if len(s.frames) >= 2:
-            conds = rng.permutation(len(s.frames)).tolist()
-            k = max(1, int(round(eval_fraction * len(conds))))
-            condition_mapping[s.study_id] = {"train": sorted(conds[k:]), "eval": sorted(conds[:k])}
-        if len(s.tasks) >= 2:
-            tasks = rng.permutation(len(s.tasks)).tolist()
-            k = max(1, int(round(eval_fraction * len(tasks))))
-            task_mapping[s.study_id] = {"train": sorted(tasks[k:]), "eval": sorted(tasks[:k])}
-    return {
-        "participant_mapping.json": {"seen": sorted(set(ids) - set(unseen)), "unseen": unseen},
-        "condition_mapping.json": condition_mapping,
-        "task_mapping.json": task_mapping,
-    }
-
-
-def iter_shards(tables: Iterator[pa.Table], rows_per_shard: int) -> Iterator[pa.Table]:
-    """Regroup a stream of tables into shards of rows_per_shard rows (the last may be shorter)."""
-    pending: list[pa.Table] = []
-    count = 0
-    for table in tables:
-        pending.append(table)
-        count += table.num_rows
-        while count >= rows_per_shard:
-            merged = pa.concat_tables(pending)
-            yield merged.slice(0, rows_per_shard)
-            rest = merged.slice(rows_per_shard)
-            pending, count = ([rest] if rest.num_rows else []), rest.num_rows
-    if count:
-        yield pa.concat_tables(pending)
-
-
-def write_synthetic(
-    out: str | Path,
-    studies: int,
-    rows: int,
-    rows_per_shard: int,
-    seed: int,
-    refusal_rate: float,
-    within_subject_share: float,
-    log: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Write a synthetic SocSci210 dataset to `out`; returns a summary (also written as JSON).
-
-    A re-run replaces synth's own earlier output (stale shards included); a folder that holds Parquet
-    files synth did not write (a user's dataset) is refused, never overwritten."""
-    if "://" in str(out):
-        raise SynthError(f"synth: writes to a local folder; got {out}. Use a local --out / data.raw for synthetic data")
-    if found := foreign_parquet(out):
-        raise SynthError(
-            f"synth: {out} holds {len(found)} Parquet file(s) synth did not write (e.g. {found[0]}; no {SUMMARY_FILE}). "
-            "Writing synthetic data there would delete them. Point --out / data.raw at a new folder for synthetic "
-            "data; to run the demo on that dataset as it is, keep data.raw and run `socrates-ray demo` (it skips synth)"
-        )
-    root = Path(out)
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / SUMMARY_FILE).write_text(json.dumps({"complete": False, "seed": seed}))
-    (root / "metadata").mkdir(exist_ok=True)
-    for old in (root / "data").glob("*.parquet"):
-        old.unlink()  # a re-run with fewer shards must not leave stale ones behind
-    rng = np.random.default_rng(seed)
-    designs = design_studies(studies, rows, within_subject_share, rng)
-    total = sum(s.rows for s in designs)
-    n_shards = max(1, math.ceil(total / rows_per_shard))
-    all_cells: list[dict[str, Any]] = []
-    row_truth: dict[str, list[Any]] = {"study_id": [], "sample_id": [], "probs": []}
-
-    def tables() -> Iterator[pa.Table]:
-        for study in designs:
-            table, cells, probs = generate_study(study, np.random.default_rng([seed, hash_id(study.study_id)]), refusal_rate)
-            all_cells.extend(cells)
-            row_truth["study_id"].extend(table["study_id"].to_pylist())
-            row_truth["sample_id"].extend(table["sample_id"].to_pylist())
-            row_truth["probs"].extend(probs)
-            yield table
-
-    written = 0
-    progress = Progress(log, n_shards)
-    for i, shard in enumerate(iter_shards(tables(), rows_per_shard)):
-        pq.write_table(shard, root / "data" / f"train-{i:05d}-of-{n_shards:05d}.parquet")
-        written += shard.num_rows
-        progress.done(i + 1, f"synth: shard {i + 1}/{n_shards} written ({written:,}/{total:,} rows)")
-    for name, content in split_metadata(designs, rng).items():
-        (root / "metadata" / name).write_text(json.dumps(content, indent=1))
-    pq.write_table(pa.Table.from_pylist(all_cells), root / "ground_truth.parquet")
-    # Each participant's own true distribution: a cell's truth over exactly the participants a model
-    # scored, so a distance to it has no persona-sampling term (evaluate's per-person truth figures).
-    pq.write_table(pa.table(row_truth, schema=ROW_TRUTH_SCHEMA), root / ROW_TRUTH_FILE)
-    design = [
-        {
-            "study_id": s.study_id,
-            "topic": s.topic,
-            "frames": [f[0] for f in s.frames],
-            "tasks": [{"question": t.question, "scale": t.scale[0]} for t in s.tasks],
-            "within_subject": s.within_subject,
-            "participants": s.participants,
-            "rows": s.rows,
-        }
-        for s in designs
-    ]
-    (root / "studies.json").write_text(json.dumps(design, indent=1))
-    summary = {"rows": written, "studies": len(designs), "shards": n_shards, "cells": len(all_cells), "seed": seed}
-    (root / SUMMARY_FILE).write_text(json.dumps({**summary, "complete": True}, indent=1))
-    return summary
-
-
-def foreign_parquet(out: str | Path) -> list[str]:
-    """Parquet files under the local folder `out` that synth did not write (none if it holds SUMMARY_FILE)."""
-    root = Path(out)
-    if not root.is_dir() or (root / SUMMARY_FILE).is_file():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
 
 
 def hash_id(study_id: str) -> int:

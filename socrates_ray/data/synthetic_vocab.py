@@ -8,6 +8,8 @@ unobserved. Changing a number changes every generated world (and the demo's figu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # (policy, partisan lean: + means liberals support it more, age slope: + means older support more,
 # popularity: support across the board, the same in every study of the topic)
 TOPICS: tuple[tuple[str, float, float, float], ...] = (
@@ -117,7 +119,20 @@ PARTISAN_WEIGHT = 2.5  # a topic's lean times the persona's liberal score (-1..1
 AGE_WEIGHT = 1.0  # a topic's age slope times the persona's standardised age
 
 # Scales: (points, low, phrasing template, low label, high label, weight)
-SCALES: tuple[tuple[str, int, int, str, str, str, float], ...] = (
+class Scale(NamedTuple):
+    """An answer scale: its name, its options low..high, how the stimulus phrases it (and its end
+    labels), and how often studies use it."""
+
+    name: str
+    low: int
+    high: int
+    phrasing: str  # scale_labels | integer_from_to | two_option | two_option_plain | open
+    low_label: str
+    high_label: str
+    weight: float
+
+
+SCALES: tuple[Scale, ...] = tuple(Scale(*s) for s in (
     ("likert5", 1, 5, "scale_labels", "Strongly disagree", "Strongly agree", 0.2),
     ("likert7", 1, 7, "integer_from_to", "Extremely unlikely", "Extremely likely", 0.38),
     ("eleven", 0, 10, "integer_from_to", "Not at all", "Completely", 0.12),
@@ -126,7 +141,7 @@ SCALES: tuple[tuple[str, int, int, str, str, str, float], ...] = (
     ("binary01", 0, 1, "two_option_plain", "No", "Yes", 0.05),
     ("four", 1, 4, "scale_labels", "Not at all", "A great deal", 0.05),
     ("dollars", 0, 0, "open", "", "", 0.03),
-)
+))
 
 AGE_MEAN, AGE_SD = 48.0, 17.0
 STATES = (

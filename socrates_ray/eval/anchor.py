@@ -18,7 +18,7 @@ it:
   the marginal a regression on positions cannot give.
 
 The output is a prediction table shaped like simulate.py's (prediction, options, probs), so
-evaluate.py scores it without knowing where it came from.
+the evaluation (job.py, metrics.py) scores it without knowing where it came from.
 """
 
 from __future__ import annotations

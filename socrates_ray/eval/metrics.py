@@ -3,7 +3,7 @@
 A prediction table has one row per human answer: study_id, condition_num, task_num, sample_id,
 participant, response (the human), prediction (one model answer, null when unparsable) and, in
 exact mode, options + probs (the participant's full predicted distribution); demographic for the
-subgroup metric. Definitions follow PAPER.md section 5:
+subgroup metric. Definitions follow the paper (Kolluri et al., EMNLP 2025, section 5):
 
 - per (study, condition, task) cell, rescale with the human min/max of the cell, clip model
   answers to [0, 1]; skip cells with < 2 human answers or max == min;
@@ -32,6 +32,10 @@ from typing import Any, Iterable
 
 import numpy as np
 from scipy.stats import wasserstein_distance
+
+from socrates_ray.eval.results import (
+    Baselines, CellSpread, Comparison, FinetunedVsBase, FloorBaseline, Gain, ModelScores, TrueFloor, UniformBaseline,
+)
 
 CellKey = tuple[str, int, int]
 MIN_GROUP = 3
@@ -100,7 +104,7 @@ def w_sampled(cell: Cell) -> tuple[float | None, int]:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(m))), bad
 
 
-def _mixture(cell: Cell, rescale: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def mixture(cell: Cell, rescale: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Every participant's distribution pooled: (option values rescaled by `rescale`, default the
     cell's human range; weights summing to 1)."""
     rescale = rescale or cell.rescale
@@ -110,7 +114,7 @@ def _mixture(cell: Cell, rescale: Any = None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def w_exact(cell: Cell) -> float:
-    values, weights = _mixture(cell)
+    values, weights = mixture(cell)
     return float(wasserstein_distance(cell.rescale(cell.human), values, v_weights=weights))
 
 
@@ -157,99 +161,6 @@ def w_true(cell: Cell, options: list[int], probs: list[float]) -> float:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(np.asarray(options)), v_weights=np.asarray(probs)))
 
 
-RowTruth = dict[tuple[str, int], list[float]]
-
-
-def _truth_support(options: list[int]) -> tuple[np.ndarray, float, float]:
-    o = np.asarray(options, dtype=np.float64)
-    return o, float(o.min()), float(o.max() - o.min())
-
-
-def people_truth(cell: Cell, options: list[int], rows: RowTruth | None) -> list[np.ndarray] | None:
-    """The true distributions of exactly the participants scored in `cell` (synthetic data, when the
-    generator's per-participant truth covers all of them), else None."""
-    if not rows or not cell.sample_ids:
-        return None
-    found = [rows.get((cell.key[0], sid)) for sid in cell.sample_ids]
-    if any(p is None or len(p) != len(options) for p in found):
-        return None
-    return [np.asarray(p, dtype=np.float64) for p in found]
-
-
-def w_to_truth(cell: Cell, options: list[int], probs: list[float], rows: RowTruth | None = None) -> float | None:
-    """Synthetic data: the model's pooled distribution against the TRUE distribution, both on the
-    scale's own 0-1 range. Unlike W against the sampled humans, no answer noise enters (a smaller
-    sample raises every W against the humans, and the floor most). With the per-participant truth the
-    reference is the true distributions of the very participants scored, so persona sampling does not
-    enter either and the figure does not depend on how many were scored; without it, the cell's truth
-    over all its participants (then even a perfect model stays above 0, more so with fewer scored)."""
-    o, lo, span = _truth_support(options)
-    if cell.probs is None or span <= 0:
-        return None
-    people = people_truth(cell, options, rows)
-    reference = np.mean(people, axis=0) if people is not None else np.asarray(probs)
-    values, weights = _mixture(cell, lambda x: (x - lo) / span)
-    return float(wasserstein_distance(values, (o - lo) / span, u_weights=weights, v_weights=reference))
-
-
-def uniform_to_truth(cell: Cell, options: list[int], probs: list[float], rows: RowTruth | None = None) -> float | None:
-    o, lo, span = _truth_support(options)
-    if span <= 0:
-        return None
-    people = people_truth(cell, options, rows)
-    reference = np.mean(people, axis=0) if people is not None else np.asarray(probs)
-    x = (o - lo) / span
-    return float(wasserstein_distance(x, x, v_weights=reference))
-
-
-def persona_reading(cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]], rows: RowTruth) -> dict[str, Any] | None:
-    """Does the model read the persona? Within each cell (one stimulus) participants differ only by
-    persona; the correlation, pooled over cells, of each participant's predicted mean position on the
-    scale with their TRUE mean position, both centred on their cell's mean. 0: persona ignored (one
-    distribution per stimulus); 1: every participant ordered as the truth orders them."""
-    predicted, true = [], []
-    for key, cell in cells.items():
-        if key not in truth or cell.probs is None or len(cell.probs) < 2:
-            continue
-        options = truth[key][0]
-        o, lo, span = _truth_support(options)
-        people = people_truth(cell, options, rows)
-        if people is None or span <= 0:
-            continue
-        x = (o - lo) / span
-        p = np.asarray([np.dot(np.asarray(q), (np.asarray(opts, dtype=np.float64) - lo) / span)
-                        for q, opts in zip(cell.probs, cell.options)])  # type: ignore[arg-type]
-        t = np.asarray([np.dot(q, x) for q in people])
-        predicted.extend(p - p.mean())
-        true.extend(t - t.mean())
-    if len(predicted) < 2:
-        return {"within_cell_corr": None, "rows": len(predicted)}
-    if np.std(predicted) == 0 or np.std(true) == 0:  # one prediction per stimulus: nothing about the persona read
-        return {"within_cell_corr": 0.0, "rows": len(predicted)}
-    return {"within_cell_corr": float(np.corrcoef(predicted, true)[0, 1]), "rows": len(predicted)}
-
-
-def truth_distance(
-    cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None, rows: RowTruth | None = None,
-) -> dict[str, Any] | None:
-    """Macro W to the true distributions of the model and of the uniform guess on the cells the model
-    scored exactly, and the share of uniform's distance the model removes (1 = the truth itself);
-    with per-participant truth (`rows`), against the scored participants' own truth, plus how well
-    the model orders participants within a cell (persona reading)."""
-    if not truth:
-        return None
-    known = {k: c for k, c in cells.items() if k in truth and c.scorable() and c.probs is not None}
-    model = macro({k: w_to_truth(c, *truth[k], rows) for k, c in known.items()})
-    uniform = macro({k: uniform_to_truth(c, *truth[k], rows) for k, c in known.items()})
-    if model is None or not uniform:
-        return None
-    out: dict[str, Any] = {"wasserstein": model, "uniform": uniform, "removed": 1.0 - model / uniform, "cells": len(known),
-                           "reference": "scored participants" if rows else "cell"}
-    if rows:
-        out["persona"] = persona_reading(known, truth, rows)
-    return out
-
-
 def _expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:
     if exact:
         return [float(np.dot(p, cell.rescale(np.asarray(o)))) for o, p in zip(cell.options, cell.probs)]  # type: ignore[arg-type]
@@ -275,7 +186,7 @@ def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
     return float(np.mean(errors)) if errors else None
 
 
-def cell_spread(cells: dict[CellKey, Cell]) -> dict[str, float | None]:
+def cell_spread(cells: dict[CellKey, Cell]) -> CellSpread:
     """How much predictions differ across cells, against how much the humans' answers do.
 
     Per cell, the mean answer as a position on its scale (0 = lowest option, 1 = highest: the
@@ -296,12 +207,8 @@ def cell_spread(cells: dict[CellKey, Cell]) -> dict[str, float | None]:
         by_scale[tuple(cell.options[0])].append((predicted, human))  # type: ignore[index]
     groups = [np.asarray(v) for v in by_scale.values() if len(v) >= 3]
     if not groups:
-        return {"predicted": None, "human": None, "scales": 0}
-    return {
-        "predicted": float(np.mean([g[:, 0].std() for g in groups])),
-        "human": float(np.mean([g[:, 1].std() for g in groups])),
-        "scales": len(groups),
-    }
+        return CellSpread(None, None, 0)
+    return CellSpread(float(np.mean([g[:, 0].std() for g in groups])), float(np.mean([g[:, 1].std() for g in groups])), len(groups))
 
 
 # --- aggregation -----------------------------------------------------------------------------------
@@ -320,7 +227,7 @@ def macro(per_cell: dict[CellKey, float | None]) -> float | None:
     return float(np.mean(list(studies.values()))) if studies else None
 
 
-def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:
+def model_metrics(cells: dict[CellKey, Cell]) -> ModelScores:
     """Every metric of one model's predictions, on its scorable cells.
 
     `wasserstein`/`accuracy` use each cell's full predicted distributions where the cell has them
@@ -332,44 +239,42 @@ def model_metrics(cells: dict[CellKey, Cell]) -> dict[str, Any]:
     w_s = {k: v[0] for k, v in sampled.items()}
     w = {k: (w_exact(c) if k in exact_cells else w_s[k]) for k, c in scorable.items()}
     acc = {k: (accuracy_exact(c) if k in exact_cells else accuracy_sampled(c)) for k, c in scorable.items()}
-    return {
-        "cells": len(scorable),
-        "cells_exact": len(exact_cells),
-        "cells_skipped": len(cells) - len(scorable),
-        "rows": int(sum(len(c.human) for c in scorable.values())),
-        "unparsable": int(sum(v[1] for v in sampled.values())),
-        "mode": "exact" if exact_cells else "sample",
-        "wasserstein": macro(w),
-        "accuracy": macro(acc),
-        "wasserstein_sampled": macro(w_s),
-        "accuracy_sampled": macro({k: accuracy_sampled(c) for k, c in scorable.items()}),
-        "subgroup_gap_error": macro({k: subgroup_gap_error(c, k in exact_cells) for k, c in scorable.items()}),
-        "cell_spread": cell_spread(scorable),
-        "per_cell": {"|".join(map(str, k)): v for k, v in w.items()},
-        "per_study": per_study(w),
-    }
+    return ModelScores(
+        cells=len(scorable),
+        cells_exact=len(exact_cells),
+        cells_skipped=len(cells) - len(scorable),
+        rows=int(sum(len(c.human) for c in scorable.values())),
+        unparsable=int(sum(v[1] for v in sampled.values())),
+        mode="exact" if exact_cells else "sample",
+        wasserstein=macro(w),
+        accuracy=macro(acc),
+        wasserstein_sampled=macro(w_s),
+        accuracy_sampled=macro({k: accuracy_sampled(c) for k, c in scorable.items()}),
+        subgroup_gap_error=macro({k: subgroup_gap_error(c, k in exact_cells) for k, c in scorable.items()}),
+        cell_spread=cell_spread(scorable),
+        per_cell={"|".join(map(str, k)): v for k, v in w.items()},
+        per_study=per_study(w),
+    )
 
 
 def baseline_metrics(
     cells: dict[CellKey, Cell], truth: dict[CellKey, tuple[list[int], list[float]]] | None, draws: int, seed: int = 0
-) -> dict[str, Any]:
+) -> Baselines:
     """Uniform guess, empirical floor and (synthetic data) the true-distribution floor."""
     rng = np.random.default_rng(seed)
     scorable = {k: c for k, c in cells.items() if c.scorable()}
-    out: dict[str, Any] = {
-        "uniform": {
-            "wasserstein": macro({k: w_uniform(c) for k, c in scorable.items()}),
-            "accuracy": macro({k: accuracy_uniform(c) for k, c in scorable.items()}),
-            "per_study": per_study({k: w_uniform(c) for k, c in scorable.items()}),
-        },
-        "floor": {"wasserstein": macro({k: w_floor(c, rng, draws) for k, c in scorable.items()}), "draws": draws,
-                  # the resampling floor is sampling noise at this size: ~0.15 at 5 answers a cell, ~0.03 at 100
-                  "answers_per_cell": int(np.median([len(c.human) for c in scorable.values()])) if scorable else 0},
-    }
+    uniform = UniformBaseline(
+        wasserstein=macro({k: w_uniform(c) for k, c in scorable.items()}),
+        accuracy=macro({k: accuracy_uniform(c) for k, c in scorable.items()}),
+        per_study=per_study({k: w_uniform(c) for k, c in scorable.items()}),
+    )
+    floor = FloorBaseline(macro({k: w_floor(c, rng, draws) for k, c in scorable.items()}), draws,
+                          int(np.median([len(c.human) for c in scorable.values()])) if scorable else 0)
+    true_floor = None
     if truth:
         known = {k: w_true(c, *truth[k]) for k, c in scorable.items() if k in truth}
-        out["true_floor"] = {"wasserstein": macro(known), "cells": len(known)}
-    return out
+        true_floor = TrueFloor(macro(known), len(known))
+    return Baselines(uniform, floor, true_floor)
 
 
 def relative(model: float | None, reference: float | None) -> float | None:
@@ -386,23 +291,15 @@ def gap_closed(model: float | None, uniform: float | None, floor: float | None) 
     return (uniform - model) / (uniform - floor)
 
 
-def compare(models: dict[str, dict[str, Any]], baselines: dict[str, Any]) -> dict[str, Any]:
-    """Relative improvements with their denominators named, and the uniform-to-floor gap closed."""
-    uniform = baselines["uniform"]["wasserstein"]
-    floor = baselines.get("true_floor", baselines["floor"])["wasserstein"]
-    out: dict[str, Any] = {"floor_used_for_gap": "true_floor" if "true_floor" in baselines else "floor"}
-    for name, m in models.items():
-        out[name] = {
-            "improvement_over_uniform (denominator: W_uniform)": relative(m["wasserstein"], uniform),
-            "gap_closed (W_uniform - W) / (W_uniform - W_floor)": gap_closed(m["wasserstein"], uniform, floor),
-        }
+def compare(models: dict[str, ModelScores], baselines: Baselines) -> Comparison:
+    """Relative improvements (each field names its denominator), and the uniform-to-floor gap closed
+    (against the true-distribution floor where the data has one)."""
+    uniform = baselines.uniform.wasserstein
+    floor = (baselines.true_floor or baselines.floor).wasserstein
+    gains = {name: Gain(relative(m.wasserstein, uniform), gap_closed(m.wasserstein, uniform, floor)) for name, m in models.items()}
+    versus = None
     if "base" in models and "finetuned" in models:
-        b, f = models["base"]["wasserstein"], models["finetuned"]["wasserstein"]
-        out["finetuned_vs_base"] = {
-            "improvement (denominator: W_base)": relative(f, b),
-            "improvement (denominator: W_finetuned)": None if not f or b is None else (b - f) / f,
-            "subgroup_gap_error_change (denominator: base)": relative(
-                models["finetuned"]["subgroup_gap_error"], models["base"]["subgroup_gap_error"]
-            ),
-        }
-    return out
+        b, f = models["base"].wasserstein, models["finetuned"].wasserstein
+        versus = FinetunedVsBase(relative(f, b), None if not f or b is None else (b - f) / f,
+                                 relative(models["finetuned"].subgroup_gap_error, models["base"].subgroup_gap_error))
+    return Comparison("true_floor" if baselines.true_floor else "floor", gains, versus)

@@ -7,27 +7,31 @@ against the uniform guess.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from socrates_ray.eval.results import EvaluationResult, to_json
 
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def persona_corr(model: dict[str, Any]) -> float | None:
-    """The within-cell correlation of predicted with true per-participant means (synthetic data), if measured."""
-    return ((model.get("vs_truth") or {}).get("persona") or {}).get("within_cell_corr")
-
-
 def _fmt_corr(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2f}"
 
 
-def results_table(results: dict[str, Any]) -> str:
+def _fmt_gap(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _fmt_signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def results_table(results: EvaluationResult) -> str:
     """The paper-style table: one row per setting, uniform / base / finetuned / anchor / floors, the
     share of the uniform-to-floor gap each model closes, and how much predictions differ across cells."""
     lines = [
@@ -36,35 +40,34 @@ def results_table(results: dict[str, Any]) -> str:
         "| persona reading: finetuned / anchor | cell spread: finetuned / human |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for setting, r in results["settings"].items():
-        b = r["baselines"]
-        models = r["models"]
-        w = {name: m.get("wasserstein") for name, m in models.items()}
-        rel = r["comparison"].get("finetuned_vs_base", {}).get("improvement (denominator: W_base)")
-        gap = {name: r["comparison"].get(name, {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)") for name in models}
-        spread = models.get("finetuned", models.get("base", {})).get("cell_spread", {})
-        gaps = " / ".join("-" if gap.get(n) is None else f"{gap[n]:.2f}" for n in ("finetuned", "anchor"))
-        removed = " / ".join(f"{models[n]['vs_truth']['removed']:.2f}" if "vs_truth" in models.get(n, {}) else "-"
-                             for n in ("finetuned", "anchor"))
-        persona = " / ".join(_fmt_corr(persona_corr(models.get(n, {}))) for n in ("finetuned", "anchor"))
+    for setting, r in results.settings.items():
+        b, models, versus = r.baselines, r.models, r.comparison.finetuned_vs_base
+        w = {name: m.wasserstein for name, m in models.items()}
+        rel = versus.improvement if versus else None
+        gaps = " / ".join(_fmt_gap(r.comparison.gap_closed(n)) for n in ("finetuned", "anchor"))
+        removed = " / ".join(f"{models[n].vs_truth.removed:.2f}" if n in models and models[n].vs_truth else "-" for n in ("finetuned", "anchor"))
+        persona = " / ".join(_fmt_corr(models[n].persona_reading if n in models else None) for n in ("finetuned", "anchor"))
+        main = models.get("finetuned", models.get("base"))
+        spread = main.cell_spread if main else None
         lines.append(
-            f"| {setting} | {models.get('finetuned', models.get('base', {})).get('cells', '-')} | {_fmt(b['uniform']['wasserstein'])} | "
+            f"| {setting} | {main.cells if main else '-'} | {_fmt(b.uniform.wasserstein)} | "
             f"{_fmt(w.get('base'))} | {_fmt(w.get('finetuned'))} | {_fmt(w.get('anchor'))} | "
-            f"{_fmt(b['floor']['wasserstein'])} | {_fmt(b.get('true_floor', {}).get('wasserstein'))} | "
-            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {persona} | {_fmt(spread.get('predicted'))} / {_fmt(spread.get('human'))} |"
+            f"{_fmt(b.floor.wasserstein)} | {_fmt(b.true_floor.wasserstein if b.true_floor else None)} | "
+            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {persona} | "
+            f"{_fmt(spread.predicted if spread else None)} / {_fmt(spread.human if spread else None)} |"
         )
     return "\n".join(lines)
 
 
-def past_floor_note(results: dict[str, Any]) -> str | None:
+def past_floor_note(results: EvaluationResult) -> str | None:
     """Where a model's W is below the resampling floor (gap closed > 1, no true distributions): say why."""
     past = []
-    for setting, r in results["settings"].items():
-        if r["comparison"].get("floor_used_for_gap") != "floor":
+    for setting, r in results.settings.items():
+        if r.comparison.floor_used_for_gap != "floor":
             continue
-        gaps = [r["comparison"].get(n, {}).get("gap_closed (W_uniform - W) / (W_uniform - W_floor)") for n in r["models"]]
+        gaps = [r.comparison.gap_closed(n) for n in r.models]
         if any(g is not None and g > 1 for g in gaps):
-            past.append(f"{setting} (median {r['baselines']['floor'].get('answers_per_cell', '?')} answers a cell)")
+            past.append(f"{setting} (median {r.baselines.floor.answers_per_cell} answers a cell)")
     if not past:
         return None
     return ("gap closed above 1 on " + ", ".join(past) + ": the models' W is below the resampling floor, which at so few "
@@ -72,31 +75,31 @@ def past_floor_note(results: dict[str, Any]) -> str | None:
             "null = all) for a gap that means what the paper's does")
 
 
-def fit_check_line(results: dict[str, Any]) -> str | None:
+def fit_check_line(results: EvaluationResult) -> str | None:
     """Can the finetuned model fit what it saw? Its W on training cells against uniform's there."""
-    fit = results.get("fit_check")
+    fit = results.fit_check
     if not fit:
         return None
-    parts = [f"{name} {_fmt(fit[name]['wasserstein'])}" for name in ("base", "finetuned", "anchor", "uniform") if name in fit]
-    if "true_floor" in fit:
-        parts.append(f"true distributions {_fmt(fit['true_floor']['wasserstein'])}")
+    parts = [f"{name} {_fmt(fit.models[name].wasserstein)}" for name in ("base", "finetuned", "anchor") if name in fit.models]
+    parts.append(f"uniform {_fmt(fit.uniform)}")
+    if fit.true_floor is not None:
+        parts.append(f"true distributions {_fmt(fit.true_floor)}")
     ratio = ""
-    if "finetuned" in fit and fit["finetuned"]["wasserstein"] is not None and fit["uniform"]["wasserstein"]:
-        ratio = f" (finetuned = {fit['finetuned']['wasserstein'] / fit['uniform']['wasserstein']:.2f} x uniform"
-        if fit.get("true_floor", {}).get("wasserstein") is not None:
+    tuned = fit.models.get("finetuned")
+    if tuned and tuned.wasserstein is not None and fit.uniform:
+        ratio = f" (finetuned = {tuned.wasserstein / fit.uniform:.2f} x uniform"
+        if fit.true_floor is not None:
             # with a handful of answers a cell, even the true distributions are far from the sample
-            ratio += f", the true distributions {fit['true_floor']['wasserstein'] / fit['uniform']['wasserstein']:.2f} x"
-        spread = fit["finetuned"].get("cell_spread", {})
-        if spread.get("predicted") is not None:
-            ratio += f"; cell spread {spread['predicted']:.3f} vs human {spread['human']:.3f}"
+            ratio += f", the true distributions {fit.true_floor / fit.uniform:.2f} x"
+        if tuned.cell_spread and tuned.cell_spread.predicted is not None:
+            ratio += f"; cell spread {tuned.cell_spread.predicted:.3f} vs human {tuned.cell_spread.human:.3f}"
         ratio += ")"
-    truth = (fit.get("finetuned") or {}).get("vs_truth")
-    if truth:
+    if tuned and tuned.vs_truth:
         ratio += (f"; against the true distributions of the same participants the finetuned model removes "
-                  f"{truth['removed']:.0%} of uniform's distance")
-        if (corr := persona_corr(fit["finetuned"])) is not None:
-            ratio += f", persona reading {corr:+.2f}"
-    return f"Fit check on {fit['cells']} cells ({fit['rows']:,} rows) of {fit['split']}: W " + ", ".join(parts) + ratio + "."
+                  f"{tuned.vs_truth.removed:.0%} of uniform's distance")
+        if tuned.vs_truth.persona and tuned.vs_truth.persona.within_cell_corr is not None:
+            ratio += f", persona reading {tuned.vs_truth.persona.within_cell_corr:+.2f}"
+    return f"Fit check on {fit.cells} cells ({fit.rows:,} rows) of {fit.split}: W " + ", ".join(parts) + ratio + "."
 
 
 def _hist(ax: Any, human: np.ndarray, options: np.ndarray, probs: np.ndarray, title: str) -> None:
@@ -171,31 +174,30 @@ def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: d
     return out
 
 
-def temperature_line(results: dict[str, Any]) -> str | None:
+def temperature_line(results: EvaluationResult) -> str | None:
     """What temperature each model's exact distributions used, and how it was chosen."""
-    if results.get("mode") != "exact" or not results.get("temperature"):
+    if results.mode != "exact" or not results.temperature:
         return None
-    fits = results.get("calibration", {})
     parts = []
-    for name, t in results["temperature"].items():
-        fit = fits.get(name)
-        if fit and fit.get("temperature") is not None:
-            parts.append(f"{name} T={t:.2f} (fitted on {fit['rows']:,} rows of {fit['split']}: NLL {fit['nll_at_1']:.4f} at T=1 -> {fit['nll']:.4f})")
+    for name, t in results.temperature.items():
+        fit = results.calibration.get(name)
+        if fit and fit.temperature is not None:
+            parts.append(f"{name} T={t:.2f} (fitted on {fit.rows:,} rows of {fit.split}: NLL {fit.nll_at_1:.4f} at T=1 -> {fit.nll:.4f})")
         else:
             parts.append(f"{name} T={t:.2f} (set in simulate.temperature)")
     return "Exact-mode temperature: " + "; ".join(parts) + "."
 
 
-def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, Any]) -> Path:
+def write_report(results: EvaluationResult, folder: Path, predictions: dict[str, Any]) -> Path:
     """metrics.json + report.md + plots in `folder`; `predictions` maps setting -> finetuned table."""
     folder.mkdir(parents=True, exist_ok=True)
-    slim = json.loads(json.dumps(results, default=float))
-    (folder / "metrics.json").write_text(json.dumps(slim, indent=1))
+    (folder / "metrics.json").write_text(to_json(results))
     lines = [
         "# socrates_ray evaluation",
         "",
-        f"Model: `{results['model']}`; finetuned adapter: `{results.get('adapter')}`; mode: {results['mode']}.",
-        "Wasserstein per PAPER.md section 5 (cells rescaled by the human min/max, macro average cell -> study -> overall); "
+        f"Model: `{results.model}`; finetuned adapter: `{results.adapter}`; mode: {results.mode}.",
+        "Wasserstein as the paper defines it (Kolluri et al., EMNLP 2025, section 5: cells rescaled by the human min/max, "
+        "macro average cell -> study -> overall); "
         "lower is better. *Gap closed* = (W_uniform - W_finetuned) / (W_uniform - W_floor), with the true-distribution "
         "floor where the data is synthetic.",
         "",
@@ -208,37 +210,41 @@ def write_report(results: dict[str, Any], folder: Path, predictions: dict[str, A
         lines += [line, ""]
     if line := fit_check_line(results):
         lines += [line, ""]
-    if "anchor" in results:
-        a = results["anchor"]
+    if results.anchor:
+        a = results.anchor
         lines += [f"Regression anchor: ridge on persona fields + stimulus words and their party/ideology/age interactions "
-                  f"({a['features']:,} features), fitted on {a['trained_on']}; alpha {a['alpha']:g} and spread {a['spread']:g} "
+                  f"({a.features:,} features), fitted on {a.trained_on}; alpha {a.alpha:g} and spread {a.spread:g} "
                   f"chosen on the validation split.", ""]
-    for setting, r in results["settings"].items():
+    for setting, r in results.settings.items():
         lines.append(f"## {setting}")
         lines.append("")
-        for name, m in r["models"].items():
+        for name, m in r.models.items():
             lines.append(
-                f"- **{name}**: W {m['wasserstein']:.4f} ({m['cells_exact']} of {m['cells']} cells from full distributions), "
-                f"W sampled {m['wasserstein_sampled'] or float('nan'):.4f}, "
-                f"accuracy {m['accuracy']:.4f}, subgroup gap error {m['subgroup_gap_error'] or float('nan'):.4f}, "
-                f"{m['unparsable']} unparsable of {m['rows']} rows"
+                f"- **{name}**: W {m.wasserstein:.4f} ({m.cells_exact} of {m.cells} cells from full distributions), "
+                f"W sampled {m.wasserstein_sampled or float('nan'):.4f}, "
+                f"accuracy {m.accuracy:.4f}, subgroup gap error {m.subgroup_gap_error or float('nan'):.4f}, "
+                f"{m.unparsable} unparsable of {m.rows} rows"
             )
-        lines.append(f"- uniform guess: W {r['baselines']['uniform']['wasserstein']:.4f}, accuracy {r['baselines']['uniform']['accuracy']:.4f}")
-        for name, m in r["models"].items():
-            spread = m.get("cell_spread", {})
-            if spread.get("predicted") is not None:
-                lines.append(f"- cell spread ({name}): predicted cell means differ by {spread['predicted']:.3f} (sd of the mean "
-                             f"position within a scale, {spread['scales']} scales); the humans' by {spread['human']:.3f}")
-        for name, c in r["comparison"].items():
-            if isinstance(c, dict):
-                lines.append(f"- {name}: " + ", ".join(f"{k} = {'-' if v is None else f'{v:+.3f}'}" for k, v in c.items()))
-        models = r["models"]
+        lines.append(f"- uniform guess: W {r.baselines.uniform.wasserstein:.4f}, accuracy {r.baselines.uniform.accuracy:.4f}")
+        for name, m in r.models.items():
+            spread = m.cell_spread
+            if spread.predicted is not None:
+                lines.append(f"- cell spread ({name}): predicted cell means differ by {spread.predicted:.3f} (sd of the mean "
+                             f"position within a scale, {spread.scales} scales); the humans' by {spread.human:.3f}")
+        for name, gain in r.comparison.models.items():
+            lines.append(f"- {name}: improvement over uniform (denominator: W_uniform) = {_fmt_signed(gain.improvement_over_uniform)}, "
+                         f"gap closed (W_uniform - W) / (W_uniform - W_floor) = {_fmt_signed(gain.gap_closed)}")
+        if versus := r.comparison.finetuned_vs_base:
+            lines.append(f"- finetuned vs base: improvement (denominator: W_base) = {_fmt_signed(versus.improvement)}, "
+                         f"improvement (denominator: W_finetuned) = {_fmt_signed(versus.improvement_over_finetuned)}, "
+                         f"subgroup gap error change (denominator: base) = {_fmt_signed(versus.subgroup_gap_error_change)}")
+        models = r.models
         if "base" in models and "finetuned" in models:
-            png = plot_studies(models["base"]["per_study"], models["finetuned"]["per_study"], r["baselines"]["uniform"]["per_study"],
+            png = plot_studies(models["base"].per_study, models["finetuned"].per_study, r.baselines.uniform.per_study,
                                folder / f"{setting}_studies.png", f"{setting}: Wasserstein per study")
             lines.append(f"\n![per study]({png.name})\n")
         if setting in predictions and "finetuned" in models:
-            png = plot_cells(predictions[setting], models["finetuned"]["per_cell"], folder / f"{setting}_cells.png")
+            png = plot_cells(predictions[setting], models["finetuned"].per_cell, folder / f"{setting}_cells.png")
             if png:
                 lines.append(f"![best and worst cells]({png.name})\n")
     lines += [

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
+
+from socrates_ray.screen.results import ArmSummary, Effect, ObservedEffect, SplitContrast
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,11 @@ class Arm:
         return Arm(self.options, self.probs[rows])
 
 
-def summarize_arm(arm: Arm) -> dict[str, Any]:
+def summarize_arm(arm: Arm) -> ArmSummary:
     """Predicted distribution, mean answer and sd (persona spread + answer uncertainty) of an arm."""
     mu = arm.means()
-    return {"n": arm.n, "options": arm.options.astype(int).tolist(), "distribution": arm.probs.mean(axis=0).round(4).tolist(),
-            "mean": float(mu.mean()), "sd": float(math.sqrt(max(arm.variances().mean() + mu.var(), 0.0)))}
+    return ArmSummary(arm.n, arm.options.astype(int).tolist(), arm.probs.mean(axis=0).round(4).tolist(), float(mu.mean()),
+                      float(math.sqrt(max(arm.variances().mean() + mu.var(), 0.0))))
 
 
 def effect_sd(treatment: Arm, control: Arm, paired: bool) -> float:
@@ -69,7 +70,7 @@ def effect_sd(treatment: Arm, control: Arm, paired: bool) -> float:
     if paired:
         d_mu = treatment.means() - control.means()
         return math.sqrt(max(d_mu.var() + (treatment.variances() + control.variances()).mean(), 0.0))
-    st, sc = summarize_arm(treatment)["sd"], summarize_arm(control)["sd"]
+    st, sc = summarize_arm(treatment).sd, summarize_arm(control).sd
     return math.sqrt((st**2 + sc**2) / 2)
 
 
@@ -102,7 +103,7 @@ def widened_interval(estimate: float, lo: float, hi: float, extra: float) -> lis
 
 
 def contrast_effect(treatment: Arm, control: Arm, paired: bool, level: float, draws: int, rng: np.random.Generator,
-                    model_error: float = 0.0) -> dict[str, Any]:
+                    model_error: float = 0.0) -> Effect:
     """Difference in mean answers (treatment - control) and standardized effect, each with the
     interval (at `level`) a human study with these arms' sizes would see, widened by the model's
     error (`model_error`, a share of the scale's range)."""
@@ -116,9 +117,8 @@ def contrast_effect(treatment: Arm, control: Arm, paired: bool, level: float, dr
     lo, hi = np.quantile(boot_diff, q)
     dlo, dhi = np.quantile(boot_d, q)
     extra = stats.norm.ppf((1 + level) / 2) * model_error * float(treatment.options.max() - treatment.options.min())
-    return {"difference": diff, "interval": widened_interval(diff, lo, hi, extra), "d": d,
-            "d_interval": widened_interval(d, dlo, dhi, extra / sd if sd > 0 else 0.0),
-            "n_treatment": treatment.n, "n_control": control.n}
+    return Effect(diff, widened_interval(diff, lo, hi, extra), d, widened_interval(d, dlo, dhi, extra / sd if sd > 0 else 0.0),
+                  treatment.n, control.n)
 
 
 def power_at(d: float, n: float, alpha: float, paired: bool) -> float:
@@ -157,7 +157,7 @@ def verdict(interval: list[float], expected: str | None) -> str:
     return "uncertain (the interval includes 0)"
 
 
-def observed_contrast(treatment: list[int], control: list[int], level: float) -> dict[str, Any] | None:
+def observed_contrast(treatment: list[int], control: list[int], level: float) -> ObservedEffect | None:
     """A human contrast: difference in mean answers with a Welch t interval; None when an arm has < 2 answers."""
     t, c = np.asarray(treatment, dtype=float), np.asarray(control, dtype=float)
     if len(t) < 2 or len(c) < 2:
@@ -166,13 +166,13 @@ def observed_contrast(treatment: list[int], control: list[int], level: float) ->
     vt, vc = t.var(ddof=1) / len(t), c.var(ddof=1) / len(c)
     se = math.sqrt(vt + vc)
     if se == 0:
-        return {"difference": diff, "interval": [diff, diff], "n_treatment": len(t), "n_control": len(c)}
+        return ObservedEffect(diff, [diff, diff], len(t), len(c))
     df = (vt + vc) ** 2 / ((vt**2 / (len(t) - 1) if vt else 0) + (vc**2 / (len(c) - 1) if vc else 0))
     half = float(stats.t.ppf((1 + level) / 2, df) * se)
-    return {"difference": diff, "interval": [diff - half, diff + half], "n_treatment": len(t), "n_control": len(c)}
+    return ObservedEffect(diff, [diff - half, diff + half], len(t), len(c))
 
 
-def fit_model_error(contrasts: list[dict[str, Any]], level: float) -> float:
+def fit_model_error(contrasts: list[SplitContrast], level: float) -> float:
     """The sd of the model's error in an effect, as a share of the scale's range, from contrasts with
     an observed human effect (method of moments): observed - predicted has the sampling variance the
     bootstrap interval measures plus the model's own; what the squared errors hold beyond the first
@@ -180,6 +180,6 @@ def fit_model_error(contrasts: list[dict[str, Any]], level: float) -> float:
     if not contrasts:
         return 0.0
     z = stats.norm.ppf((1 + level) / 2)
-    excess = [((c["observed"] - c["predicted"]) ** 2 - ((c["interval"][1] - c["interval"][0]) / (2 * z)) ** 2) / c["range"] ** 2
+    excess = [((c.observed - c.predicted) ** 2 - ((c.interval[1] - c.interval[0]) / (2 * z)) ** 2) / c.range ** 2
               for c in contrasts]
     return float(math.sqrt(max(float(np.mean(excess)), 0.0)))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from socrates_ray.data.prepared import PreparedSplitError, load_split_rows
 from socrates_ray.data.prompts import build_prompt
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, DEMOGRAPHIC_TYPE, INT_DEMOGRAPHIC_FIELDS
 from socrates_ray.screen.spec import Experiment, ExperimentError, Population, outcome_scale, stimulus
@@ -55,12 +56,10 @@ def load_csv_personas(path: str) -> list[Persona]:
 
 def split_personas(prepared: str, split: str) -> list[Persona]:
     """Every distinct participant (study_id, participant) of a prepared split, with their demographics."""
-    from socrates_ray.eval.simulate import SimulateError, load_split_rows
-
     setting, _, part = split.partition("/")
     try:
-        table = load_split_rows(prepared, setting, part or "train", None)
-    except SimulateError as exc:
+        table = load_split_rows(prepared, setting, part or "train")
+    except PreparedSplitError as exc:
         raise ExperimentError(f"population.split={split}: {exc}") from None
     seen: dict[tuple[str, int], Persona] = {}
     for sid, pid, demo in zip(table["study_id"].to_pylist(), table["participant"].to_pylist(), table["demographic"].to_pylist()):

@@ -1,79 +1,33 @@
 """`socrates-ray screen`: simulate a planned experiment with each model and analyse it.
 
-    spec -> personas (design.py) -> rows -> the simulate stage (local replicas or the Serve app;
-    resumable parts under <run>/screen/<name>/simulate/<model>/) -> effects, intervals, power
-    (analysis.py) -> screen.json, report.md, plots (report.py)
+    spec -> personas (design.py) -> rows -> each model's pass (simulator.py: local replicas or the Serve
+    app; resumable parts under <run>/screen/<name>/simulate/<model>/) -> effects, intervals, power
+    (analysis.py) -> a ScreenResult (results.py) -> screen.json, report.md, plots (report.py)
 
 Each model's exact-mode temperature is fitted on the validation split as evaluate fits it, and each
 model's error (added to every interval) is the one `screen --from-split` fitted on held-out human
-studies (screen_calibration.json in the run folder; trust.py), 0 until one was fitted.
+studies (screen_calibration.json in the run's screen folder; trust.py), 0 until one was fitted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from socrates_ray.config import Config
-from socrates_ray.eval.calibrate import resolve_temperature
-from socrates_ray.eval.job import model_simulate_section
-from socrates_ray.eval.simulate import ReplicaPool, run_simulation
-from socrates_ray.score import Engine
+from socrates_ray.models import adapter_folder_problem
 from socrates_ray.screen.analysis import Arm, contrast_effect, n_needed, power_at, summarize_arm, verdict
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
+from socrates_ray.screen.report import summary_table, write_screen_report
+from socrates_ray.screen.results import Contrast, ModelScreen, OutcomeScreen, ScreenResult, SubgroupEffect
+from socrates_ray.screen.simulator import SCREEN_CALIBRATION, ScreenSetup, simulator
 from socrates_ray.screen.spec import Experiment, ExperimentError
-
-CALIBRATION_FILE = "screen_calibration.json"
-
-
-class Simulator:
-    """Predictions of several models (base = adapter None) on any rows, through one replica pool
-    or the Serve app; each model's temperature fitted once, on the validation split."""
-
-    def __init__(self, cfg: Config, model_path: str, adapters: dict[str, str | None], calibration_dir: Path,
-                 log: Callable[[str], None], endpoint: str | None, token: str | None, pool: ReplicaPool | None) -> None:
-        self.cfg, self.model_path, self.adapters = cfg, model_path, adapters
-        self.calibration_dir, self.log, self.endpoint, self.token, self.pool = calibration_dir, log, endpoint, token, pool
-        self.temperatures: dict[str, float] = {}
-
-    def _section(self, name: str, temperature: Any) -> Any:
-        path = self.adapters[name]
-        # exact distributions whatever simulate.mode says: effects, intervals and power are computed from them
-        exact = self.cfg.simulate.model_copy(update={"mode": "exact"})
-        return model_simulate_section(exact, None if path is None else name, path, self.endpoint, temperature)
-
-    def temperature(self, name: str) -> float:
-        if name not in self.temperatures:
-            self.temperatures[name], _ = resolve_temperature(
-                self.cfg, self._section(name, self.cfg.simulate.temperature), self.model_path, self.calibration_dir / name,
-                self.log, self.token, pool=self.pool)
-        return self.temperatures[name]
-
-    def predict(self, name: str, rows: pa.Table, folder: Path) -> pa.Table:
-        sim = self._section(name, self.temperature(name))
-        return pq.read_table(run_simulation(rows, folder, sim, self.model_path, self.cfg.prompt.system_prompt, self.log,
-                                            self.token, pool=self.pool))
-
-
-@contextmanager
-def simulator(cfg: Config, model_path: str, adapters: dict[str, str | None], calibration_dir: Path,
-              log: Callable[[str], None] = print, endpoint: str | None = None, token: str | None = None) -> Iterator[Simulator]:
-    """A Simulator over one local replica pool holding every adapter (or over the Serve app at endpoint)."""
-    if endpoint:
-        yield Simulator(cfg, model_path, adapters, calibration_dir, log, endpoint, token, None)
-        return
-    loaded = {name: path for name, path in adapters.items() if path is not None}
-    with ReplicaPool(cfg.simulate, model_path, cfg.prompt.system_prompt, loaded, Engine.of(cfg.model)) as pool:
-        yield Simulator(cfg, model_path, adapters, calibration_dir, log, None, token, pool)
-
 
 def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[Arm, list[dict[str, Any]]]]:
     """(arm index, outcome index) -> (its participants' distributions, their demographics), ordered by
@@ -90,7 +44,7 @@ def arms_of(table: pa.Table) -> dict[tuple[int, int], tuple[Arm, list[dict[str, 
     return found
 
 
-def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: int) -> dict[str, Any]:
+def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: int) -> dict[str, OutcomeScreen]:
     """Per outcome: each arm's predicted distribution and mean; each contrast's effect, interval,
     verdict, humans needed and power at the planned n; its subgroup effects."""
     a = experiment.analysis
@@ -100,18 +54,16 @@ def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: i
     paired = experiment.design == "within"
     planned = a.planned_n or experiment.population.n_per_arm
     groups = arms_of(table)
-    outcomes: dict[str, Any] = {}
+    outcomes: dict[str, OutcomeScreen] = {}
     for t, outcome in enumerate(experiment.outcomes):
         arms = {name: groups[(index[name], t)] for name in arm_names}
-        result: dict[str, Any] = {"arms": {name: summarize_arm(arm) for name, (arm, _) in arms.items()}, "contrasts": []}
+        result = OutcomeScreen({name: summarize_arm(arm) for name, (arm, _) in arms.items()}, [])
         for c in experiment.planned_contrasts():
             (treat, demo_t), (ctrl, demo_c) = arms[c.treatment], arms[c.control]
-            effect = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, model_error)
-            effect |= {"treatment": c.treatment, "control": c.control, "expected": c.expected,
-                       "verdict": verdict(effect["interval"], c.expected),
-                       "humans_per_arm_needed": n_needed(effect["d"], a.alpha, a.power, paired),
-                       "planned_n": planned, "power_at_planned_n": power_at(effect["d"], planned, a.alpha, paired),
-                       "subgroups": {}}
+            e = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, model_error)
+            contrast = Contrast(c.treatment, c.control, c.expected, **dataclasses.asdict(e), verdict=verdict(e.interval, c.expected),
+                                humans_per_arm_needed=n_needed(e.d, a.alpha, a.power, paired), planned_n=planned,
+                                power_at_planned_n=power_at(e.d, planned, a.alpha, paired))
             for field in experiment.subgroups:
                 levels = sorted({d[field] for d in demo_t + demo_c if d[field] is not None}, key=str)
                 per_level = {}
@@ -121,9 +73,9 @@ def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: i
                     if min(len(rows_t), len(rows_c)) < a.min_subgroup_n:
                         continue
                     sub = contrast_effect(treat.take(rows_t), ctrl.take(rows_c), paired, a.interval, a.bootstrap, rng, model_error)
-                    per_level[str(level)] = {k: sub[k] for k in ("difference", "interval", "d", "n_treatment", "n_control")}
-                effect["subgroups"][field] = per_level
-            result["contrasts"].append(effect)
+                    per_level[str(level)] = SubgroupEffect(sub.difference, sub.interval, sub.d, sub.n_treatment, sub.n_control)
+                contrast.subgroups[field] = per_level
+            result.contrasts.append(contrast)
         outcomes[outcome.name] = result
     return outcomes
 
@@ -141,15 +93,15 @@ def screen_adapters(experiment: Experiment, finetuned: str | None, run_dir: str)
             found[name] = finetuned
         else:
             path = experiment.adapters[name]
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise ExperimentError(f"adapters.{name}: {path} has no adapter_config.json (expected a PEFT adapter folder)")
+            if (problem := adapter_folder_problem(path)) is not None:
+                raise ExperimentError(f"adapters.{name}: {problem}")
             found[name] = path
     return found
 
 
-def load_model_errors(run_dir: Path, adapters: dict[str, str | None], log: Callable[[str], None]) -> dict[str, float]:
+def load_model_errors(root: Path, adapters: dict[str, str | None], log: Callable[[str], None]) -> dict[str, float]:
     """Each model's fitted error from screen_calibration.json (0 where none was fitted for this very adapter)."""
-    path = run_dir / "screen" / CALIBRATION_FILE
+    path = root / SCREEN_CALIBRATION
     fitted = json.loads(path.read_text()) if path.is_file() else {}
     errors = {}
     for name, adapter in adapters.items():
@@ -184,52 +136,36 @@ def keep_only_current(folder: Path, fingerprint: str, log: Callable[[str], None]
     record.write_text(fingerprint)
 
 
-def run_screen(cfg: Config, experiment: Experiment, model_path: str, adapters: dict[str, str | None],
-               log: Callable[[str], None] = print, endpoint: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Simulate `experiment` with each of its models and write screen.json, report.md and the plots."""
-    from socrates_ray.screen.report import write_screen_report
-
-    out = cfg.run_dir / "screen" / experiment.name
+def run_screen(setup: ScreenSetup, experiment: Experiment, log: Callable[[str], None] = print) -> ScreenResult:
+    """Simulate `experiment` with each of the setup's models and write screen.json, report.md and the plots."""
+    out = setup.root / experiment.name
     out.mkdir(parents=True, exist_ok=True)
-    personas = draw_personas(experiment.population, personas_needed(experiment), cfg.data.prepared)
+    personas = draw_personas(experiment.population, personas_needed(experiment), setup.prepared)
     rows = build_rows(experiment, personas)
     arms = experiment.arms()
     log(f"screen: {experiment.name}: {len(arms)} arms x {len(experiment.outcomes)} outcome(s), {experiment.population.n_per_arm} "
         f"people per arm ({experiment.design}-subject, personas from {experiment.population.source}) = {rows.num_rows:,} rows per model; "
         f"models {', '.join(experiment.models)}")
     a = experiment.analysis
+    adapters = setup.adapters
     errors = ({name: float(a.model_error) for name in adapters} if a.model_error != "auto"
-              else load_model_errors(cfg.run_dir, adapters, log))
-    results: dict[str, Any] = {
-        "experiment": experiment.name, "design": experiment.design, "n_per_arm": experiment.population.n_per_arm,
-        "population": experiment.population.model_dump(), "arms": {name: text for name, text in arms},
-        "control": experiment.control_arm(), "outcomes": [o.name for o in experiment.outcomes],
-        "analysis": a.model_dump(), "planned_n": a.planned_n or experiment.population.n_per_arm, "model_path": model_path, "adapters": adapters, "models": {},
-    }
-    with simulator(cfg, model_path, adapters, cfg.run_dir / "screen" / "calibration", log, endpoint, token) as sim:
+              else load_model_errors(setup.root, adapters, log))
+    first = next(iter(setup.passes.values()))
+    result = ScreenResult(
+        experiment=experiment.name, design=experiment.design, n_per_arm=experiment.population.n_per_arm,
+        population=experiment.population.model_dump(), arms={name: text for name, text in arms}, control=experiment.control_arm(),
+        outcomes=[o.name for o in experiment.outcomes], analysis=a.model_dump(), planned_n=a.planned_n or experiment.population.n_per_arm,
+        model_path=first.model_path, adapters=adapters,
+    )
+    with simulator(setup, log) as sim:
         fingerprint = rows_fingerprint(rows)
         for name in experiment.models:
             keep_only_current(out / "simulate" / name, fingerprint, log)
             table = sim.predict(name, rows, out / "simulate" / name)
-            results["models"][name] = {"temperature": sim.temperature(name), "model_error": errors[name],
-                                       "outcomes": analyze(experiment, table, errors[name], experiment.population.seed)}
-    results["report"] = str(write_screen_report(results, out))
+            result.models[name] = ModelScreen(sim.temperature(name), errors[name],
+                                              analyze(experiment, table, errors[name], experiment.population.seed))
+    result.report = str(write_screen_report(result, out))
     log("screen: predicted effects (treatment - control, in answer points; interval at "
-        f"{a.interval:.0%}, for a human study of {experiment.population.n_per_arm} per arm)\n" + summary_table(results))
-    log(f"screen: report {results['report']}, numbers {out / 'screen.json'}")
-    return results
-
-
-def summary_table(results: dict[str, Any]) -> str:
-    """The short table printed at the end: one line per model, outcome and contrast."""
-    lines = ["| model | outcome | contrast | difference [interval] | d | verdict | humans per arm for "
-             f"{results['analysis']['power']:.0%} power | power at n={results['planned_n']} |",
-             "|---|---|---|---|---|---|---|---|"]
-    for model, m in results["models"].items():
-        for outcome, o in m["outcomes"].items():
-            for c in o["contrasts"]:
-                need = c["humans_per_arm_needed"]
-                lines.append(f"| {model} | {outcome} | {c['treatment']} vs {c['control']} | {c['difference']:+.2f} "
-                             f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}] | {c['d']:+.2f} | {c['verdict']} | "
-                             f"{need if need is not None else '> 10M'} | {c['power_at_planned_n']:.2f} |")
-    return "\n".join(lines)
+        f"{a.interval:.0%}, for a human study of {experiment.population.n_per_arm} per arm)\n" + summary_table(result))
+    log(f"screen: report {result.report}, numbers {out / 'screen.json'}")
+    return result

@@ -22,24 +22,21 @@ contrasts throughout (a within-subject study's pairs are not used), which only w
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-
-from socrates_ray.config import Config
-from socrates_ray.eval.job import load_truth
-from socrates_ray.eval.simulate import load_split_rows
 from scipy import stats
 
+from socrates_ray.data.prepared import load_split_rows
+from socrates_ray.eval.truth import Truth, load_truth
 from socrates_ray.screen.analysis import Arm, contrast_effect, fit_model_error, observed_contrast, widened_interval
-from socrates_ray.screen.job import CALIBRATION_FILE, simulator
+from socrates_ray.screen.report import trust_table, write_trust_report
+from socrates_ray.screen.results import Agreement, BeforeAfter, ModelTrust, SplitContrast, TrustResult, TruthAgreement
+from socrates_ray.screen.simulator import SCREEN_CALIBRATION, ScreenSetup, simulator
 
-Truth = dict[tuple[str, int, int], tuple[list[int], list[float]]]
 
-
-def split_contrasts(table: pa.Table, level: float, draws: int, seed: int, truth: Truth | None = None) -> list[dict[str, Any]]:
+def split_contrasts(table: pa.Table, level: float, draws: int, seed: int, truth: Truth | None = None) -> list[SplitContrast]:
     """Every (study, task, condition vs the study's control condition) of a predictions table that
     has human answers and exact distributions in both arms, with the predicted, observed and (if
     known) true difference in mean answers."""
@@ -64,14 +61,11 @@ def split_contrasts(table: pa.Table, level: float, draws: int, seed: int, truth:
             arm_t = Arm.of(cols["options"][t_rows[0]], [cols["probs"][i] for i in t_rows])
             arm_c = Arm.of(cols["options"][c_rows[0]], [cols["probs"][i] for i in c_rows])
             predicted = contrast_effect(arm_t, arm_c, False, level, draws, rng)
-            record = {"study_id": study, "task_num": task, "condition": condition, "control": control,
-                      "range": float(cols["scale_high"][t_rows[0]] - cols["scale_low"][t_rows[0]]) or 1.0,
-                      "predicted": predicted["difference"], "interval": predicted["interval"],
-                      "observed": observed["difference"], "observed_interval": observed["interval"],
-                      "n_treatment": len(t_rows), "n_control": len(c_rows), "true": None}
+            record = SplitContrast(study, task, condition, control, float(cols["scale_high"][t_rows[0]] - cols["scale_low"][t_rows[0]]) or 1.0,
+                                   predicted.difference, predicted.interval, observed.difference, observed.interval, len(t_rows), len(c_rows))
             if truth and (study, condition, task) in truth and (study, control, task) in truth:
                 means = [float(np.dot(*truth[(study, c, task)])) for c in (condition, control)]
-                record["true"] = means[0] - means[1]
+                record.true = means[0] - means[1]
             found.append(record)
     return found
 
@@ -86,93 +80,64 @@ def _corr(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def agreement(contrasts: list[dict[str, Any]], model_error: float, level: float) -> dict[str, Any]:
+def agreement(contrasts: list[SplitContrast], model_error: float, level: float) -> Agreement:
     """Sign agreement, correlation and interval coverage of predicted vs observed (and true)
     contrasts, with the intervals widened by `model_error`."""
     z = stats.norm.ppf((1 + level) / 2)
 
-    def covered(c: dict[str, Any], value: float) -> bool:
-        lo, hi = widened_interval(c["predicted"], *c["interval"], z * model_error * c["range"])
+    def covered(c: SplitContrast, value: float) -> bool:
+        lo, hi = widened_interval(c.predicted, *c.interval, z * model_error * c.range)
         return lo <= value <= hi
 
-    clear = [c for c in contrasts if c["observed_interval"][0] > 0 or c["observed_interval"][1] < 0]
-    result: dict[str, Any] = {
-        "contrasts": len(contrasts), "model_error": model_error,
-        "clear_human_contrasts": len(clear),
-        "sign_agreement": _share([np.sign(c["predicted"]) == np.sign(c["observed"]) for c in clear]),
-        "correlation": _corr([c["predicted"] / c["range"] for c in contrasts], [c["observed"] / c["range"] for c in contrasts]),
-        "coverage": _share([covered(c, c["observed"]) for c in contrasts]),
-    }
-    known = [c for c in contrasts if c["true"] is not None]
+    clear = [c for c in contrasts if c.observed_interval[0] > 0 or c.observed_interval[1] < 0]
+    known = [c for c in contrasts if c.true is not None]
+    vs_truth = None
     if known:
-        real = [c for c in known if abs(c["true"]) >= 0.05 * c["range"]]  # a true effect of at least 5% of the scale
-        result["vs_truth"] = {
-            "contrasts": len(known), "clear_true_contrasts": len(real),
-            "sign_agreement": _share([np.sign(c["predicted"]) == np.sign(c["true"]) for c in real]),
-            "correlation": _corr([c["predicted"] / c["range"] for c in known], [c["true"] / c["range"] for c in known]),
-            "coverage": _share([covered(c, c["true"]) for c in known]),
-        }
-    return result
+        real = [c for c in known if abs(c.true) >= 0.05 * c.range]  # a true effect of at least 5% of the scale
+        vs_truth = TruthAgreement(
+            len(known), len(real), _share([np.sign(c.predicted) == np.sign(c.true) for c in real]),
+            _corr([c.predicted / c.range for c in known], [c.true / c.range for c in known]), _share([covered(c, c.true) for c in known]),
+        )
+    return Agreement(
+        len(contrasts), model_error, len(clear), _share([np.sign(c.predicted) == np.sign(c.observed) for c in clear]),
+        _corr([c.predicted / c.range for c in contrasts], [c.observed / c.range for c in contrasts]),
+        _share([covered(c, c.observed) for c in contrasts]), vs_truth,
+    )
 
 
-def run_from_split(cfg: Config, setting: str, model_path: str, adapters: dict[str, str | None], level: float = 0.9,
-                   draws: int = 1000, log: Callable[[str], None] = print, endpoint: str | None = None,
-                   token: str | None = None) -> dict[str, Any]:
+def run_from_split(setup: ScreenSetup, setting: str, level: float = 0.9, draws: int = 1000,
+                   log: Callable[[str], None] = print) -> TrustResult:
     """Replay the eval split of `setting` (and, to fit each model's error, the validation split of
     train.setting) as screenings; write trust.json, report.md and a plot; record each model's
     fitted error in <run>/screen/screen_calibration.json for `screen` to apply."""
-    from socrates_ray.screen.report import write_trust_report
-
-    root = cfg.run_dir / "screen"
-    out = root / "from_split" / setting
-    truth = load_truth(cfg.data.raw)
-    val_name, eval_name = f"{cfg.train.setting}/val", f"{setting}/eval"
-    splits = {val_name: load_split_rows(cfg.data.prepared, cfg.train.setting, "val", None),
-              eval_name: load_split_rows(cfg.data.prepared, setting, "eval", None)}
+    out = setup.root / "from_split" / setting
+    truth = load_truth(setup.raw)
+    val_name, eval_name = f"{setup.trained_on}/val", f"{setting}/eval"
+    splits = {val_name: load_split_rows(setup.prepared, setup.trained_on, "val"), eval_name: load_split_rows(setup.prepared, setting, "eval")}
     log(f"screen --from-split: every study of {eval_name} ({splits[eval_name].num_rows:,} rows) replayed as a screening; "
-        f"each model's error fitted on {val_name} ({splits[val_name].num_rows:,} rows); models {', '.join(adapters)}")
-    results: dict[str, Any] = {"setting": setting, "fitted_on": val_name, "level": level, "synthetic_truth": truth is not None,
-                               "models": {}}
-    record_path = root / CALIBRATION_FILE
+        f"each model's error fitted on {val_name} ({splits[val_name].num_rows:,} rows); models {', '.join(setup.passes)}")
+    result = TrustResult(setting, val_name, level, truth is not None)
+    record_path = setup.root / SCREEN_CALIBRATION
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    with simulator(cfg, model_path, adapters, root / "calibration", log, endpoint, token) as sim:
-        for name, adapter in adapters.items():
+    with simulator(setup, log) as sim:
+        for name, adapter in setup.adapters.items():
             contrasts = {}
             for split, rows in splits.items():
                 table = sim.predict(name, rows, out / "simulate" / split.replace("/", "_") / name)
-                contrasts[split] = split_contrasts(table, level, draws, cfg.run.seed, truth)
+                contrasts[split] = split_contrasts(table, level, draws, setup.seed, truth)
             error = fit_model_error(contrasts[val_name], level)
-            results["models"][name] = {
-                "temperature": sim.temperature(name), "adapter_path": adapter, "model_error": error,
-                "validation": {"before": agreement(contrasts[val_name], 0.0, level), "after": agreement(contrasts[val_name], error, level)},
-                "eval": {"before": agreement(contrasts[eval_name], 0.0, level), "after": agreement(contrasts[eval_name], error, level)},
-                "contrasts": contrasts[eval_name],
-            }
+            model = ModelTrust(
+                sim.temperature(name), adapter, error,
+                BeforeAfter(agreement(contrasts[val_name], 0.0, level), agreement(contrasts[val_name], error, level)),
+                BeforeAfter(agreement(contrasts[eval_name], 0.0, level), agreement(contrasts[eval_name], error, level)),
+                contrasts[eval_name],
+            )
+            result.models[name] = model
             record[name] = {"model_error": error, "adapter_path": adapter, "fitted_on": val_name, "contrasts": len(contrasts[val_name]),
-                            "eval_split": eval_name, "eval_coverage": results["models"][name]["eval"]["after"]["coverage"]}
-    root.mkdir(parents=True, exist_ok=True)
+                            "eval_split": eval_name, "eval_coverage": model.eval.after.coverage}
+    setup.root.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1))
-    results["report"] = str(write_trust_report(results, out))
-    log("screen --from-split: predicted vs human contrasts on " + eval_name + "\n" + trust_table(results))
-    log(f"screen --from-split: model errors saved to {record_path} (screen adds them to its intervals); report {results['report']}")
-    return results
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0%}"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.2f}"
-
-
-def trust_table(results: dict[str, Any]) -> str:
-    lines = ["| model | contrasts (clear) | sign agreement | correlation | coverage: sampling only -> with model error (fitted error) | vs truth: sign / r / coverage |",
-             "|---|---|---|---|---|---|"]
-    for name, m in results["models"].items():
-        b, a = m["eval"]["before"], m["eval"]["after"]
-        t = a.get("vs_truth")
-        truth = f"{_pct(t['sign_agreement'])} / {_num(t['correlation'])} / {_pct(t['coverage'])}" if t else "-"
-        lines.append(f"| {name} | {b['contrasts']} ({b['clear_human_contrasts']}) | {_pct(b['sign_agreement'])} | {_num(b['correlation'])} | "
-                     f"{_pct(b['coverage'])} -> {_pct(a['coverage'])} ({m['model_error']:.3f} of the range) | {truth} |")
-    return "\n".join(lines)
+    result.report = str(write_trust_report(result, out))
+    log("screen --from-split: predicted vs human contrasts on " + eval_name + "\n" + trust_table(result))
+    log(f"screen --from-split: model errors saved to {record_path} (screen adds them to its intervals); report {result.report}")
+    return result

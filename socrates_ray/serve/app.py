@@ -1,4 +1,4 @@
-"""The Ray Serve HTTP app: build_app(cfg, model_path) -> serve.Application.
+"""The Ray Serve HTTP app: build_app(cfg, model_path) -> serve.Application; start_serve deploys it.
 
 Routes:
   POST /v1/predict           persona + stimulus (or a full prompt) -> answer distribution and/or samples
@@ -18,6 +18,7 @@ import hmac
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -29,8 +30,10 @@ from ray import serve
 
 from socrates_ray.config import Config, ServeSection
 from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale
-from socrates_ray.score import MAX_DISTRIBUTION_TEMPERATURE, Engine, parse_first_integer
-from socrates_ray.serve.deployment import AdapterNotFound, BadRequest, Job, ModelCore, ReplicaSettings, list_adapters
+from socrates_ray.infer import MAX_DISTRIBUTION_TEMPERATURE, engine_spec, parse_first_integer
+from socrates_ray.serve.replica import (
+    AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters,
+)
 
 
 class Strict(BaseModel):
@@ -82,19 +85,20 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": status}})
 
 
-def replica_settings(cfg: Config, model_path: str) -> ReplicaSettings:
-    """The builder: cfg.serve -> what every replica gets. The bearer token is read here, in the
-    process that builds the app (where the user exported it), not in the replica."""
+def replica_settings(cfg: Config, model_path: str, adapters: dict[str, str] | None = None) -> ReplicaSettings:
+    """The builder: cfg.serve -> what every replica gets; `adapters` (name -> folder) join
+    serve.adapters (e.g. a training run's export as 'finetuned'). The bearer token is read here, in
+    the process that builds the app (where the user exported it), not in the replica."""
     s = cfg.serve
     token = os.environ.get(s.auth_token_env, "") if s.auth_token_env else None
     if token == "":
         raise ValueError(f"serve.auth_token_env: the environment variable {s.auth_token_env} is empty or unset; export the token first")
     return ReplicaSettings(
         model_path=model_path, system_prompt=cfg.prompt.system_prompt, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-        precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters=dict(s.adapters),
+        precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters={**s.adapters, **(adapters or {})},
         max_loaded_adapters=s.max_loaded_adapters, max_batch_size=s.max_batch_size,
         batch_wait_timeout_s=s.batch_wait_timeout_s, max_n=s.max_n, max_tokens_limit=s.max_tokens_limit,
-        max_body_bytes=s.max_body_bytes, token=token, engine=Engine.of(cfg.model), max_ongoing_requests=s.max_ongoing_requests,
+        max_body_bytes=s.max_body_bytes, token=token, engine=engine_spec(cfg.model), max_ongoing_requests=s.max_ongoing_requests,
     )
 
 
@@ -201,8 +205,8 @@ class SocratesModel:
         """The prompt's token count; 400 when it plus `extra` new tokens overflow the context."""
         prompt_tokens = self.core.context_tokens(text)
         used = prompt_tokens + extra
-        if used > self.core.scorer.context:
-            raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.scorer.context}; shorten the prompt")
+        if used > self.core.engine.context:
+            raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.engine.context}; shorten the prompt")
         return prompt_tokens
 
     async def predict(self, req: PredictRequest) -> Any:
@@ -213,7 +217,7 @@ class SocratesModel:
             prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
             scale = parse_answer_scale(req.stimulus or prompt)
             async with self.core.using_adapter(req.adapter) as adapter:  # pinned until answered
-                prefix = self.core.scorer.encoder.prefix_text(prompt)
+                prefix = self.core.engine.encoder.prefix_text(prompt)
                 body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
                                         "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
                 if req.mode == "distribution":
@@ -222,11 +226,11 @@ class SocratesModel:
                         raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
                                          "send 'options' or use mode 'sample' for open-ended amounts", )
                     self._fits(prefix, 3 * len(options) + 1)
-                    probs = await self.core.submit(Job("dist", adapter, prompt, options, req.temperature, req.top_p))
+                    probs = await self.core.submit(DistributionJob(adapter, prompt, options, req.temperature, req.top_p))
                     body.update(options=list(options), probs=[float(p) for p in probs])
                 else:
                     self._fits(prefix, req.max_tokens)
-                    outs = await self.core.submit(Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, req.max_tokens))
+                    outs = await self.core.submit(GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, req.max_tokens))
                     answers = [parse_first_integer(o["text"]) for o in outs]
                     body.update(samples=[o["text"] for o in outs], answers=answers,
                                 unparsable=sum(a is None for a in answers))
@@ -245,12 +249,12 @@ class SocratesModel:
             async with self.core.using_adapter(None if req.model in ("base", self.model_name) else req.model) as adapter:
                 messages = [m.model_dump() for m in req.messages]
                 if messages[0]["role"] != "system":
-                    # The template would otherwise insert its own default system prompt (STACK_NOTES).
+                    # Qwen's chat template would otherwise insert its own default system prompt.
                     messages = build_messages("", self.system_prompt)[:1] + messages
-                prefix = self.core.scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                prefix = self.core.engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 prompt_tokens = self._fits(prefix, max_tokens)
                 outs = await self.core.submit(
-                    Job("gen", adapter, prefix, [], req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
+                    GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
                 )
         except BadRequest as err:
             return error(400, str(err))
@@ -281,20 +285,43 @@ class SocratesModel:
         ]}
 
     async def healthz(self) -> Any:
-        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.scorer.device,
+        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.engine.device,
                 "engine": self.core.settings.engine.name, **{k: round(v, 3) for k, v in self.core.stats().items()},
-                "loaded_adapters": sorted(self.core.scorer.adapters)}
+                "loaded_adapters": sorted(self.core.engine.adapters)}
 
 
-def build_app(cfg: Config, model_path: str) -> serve.Application:
-    """The Serve application for `cfg.serve`, serving the model at `model_path`."""
-    return SocratesModel.options(**deployment_options(cfg.serve)).bind(replica_settings(cfg, model_path))
+def build_app(cfg: Config, model_path: str, adapters: dict[str, str] | None = None) -> serve.Application:
+    """The builder: the Serve application for `cfg.serve`, serving the model at `model_path` with
+    serve.adapters and `adapters` nameable."""
+    return SocratesModel.options(**deployment_options(cfg.serve)).bind(replica_settings(cfg, model_path, adapters))
 
 
-def start_serve(cfg: Config, model_path: str, blocking: bool = False) -> str:
-    """Deploy the app on the running Ray cluster; returns its base URL."""
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
-                logging_config={"log_level": cfg.run.log_level.upper(), "enable_access_log": cfg.run.verbose})
-    serve.run(build_app(cfg, model_path), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=blocking)
-    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
-    return f"http://{host}:{cfg.serve.port}"
+@dataclass(frozen=True)
+class ServeLaunch:
+    """Where the app listens and how loud Serve is (serve.host/port/app_name/route_prefix, run.log_level)."""
+
+    host: str
+    port: int
+    app_name: str
+    route_prefix: str
+    log_level: str
+    access_log: bool
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def serve_launch(cfg: Config) -> ServeLaunch:
+    """The builder: serve.* and run.log_level -> ServeLaunch."""
+    s = cfg.serve
+    return ServeLaunch(s.host, s.port, s.app_name, s.route_prefix, cfg.run.log_level.upper(), cfg.run.verbose)
+
+
+def start_serve(app: serve.Application, launch: ServeLaunch, blocking: bool = False) -> str:
+    """Deploy `app` on the running Ray cluster; returns its base URL."""
+    serve.start(http_options={"host": launch.host, "port": launch.port},
+                logging_config={"log_level": launch.log_level, "enable_access_log": launch.access_log})
+    serve.run(app, name=launch.app_name, route_prefix=launch.route_prefix, blocking=blocking)
+    return launch.url

@@ -36,7 +36,7 @@ class TrainState:
     epoch: int = 0
     micro_in_epoch: int = 0  # micro batches of `epoch` already trained
     tokens: int = 0  # real tokens trained on, all ranks
-    # Settings (named by their config keys) that fix the data order and the optimizer schedule:
+    # Settings (config keys, or DERIVED's names) that fix the data order and the optimizer schedule:
     # resuming under others would skip micro_in_epoch batches of a different stream (trainer.run_fingerprint).
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +99,17 @@ def is_complete(folder: Path, world_size: int) -> bool:
                for r in range(world_size))
 
 
+# The fingerprint's keys that are not config paths (trainer.run_fingerprint), and what sets them.
+DERIVED = {
+    "training_rows": "the rows data.prepared gives; estimated unless ingest.materialize",
+    "tokenized_in": "ingest.materialize, ingest.tokenize_in_driver_below",
+    "parquet_reader": "what read the split: it orders the rows the seeded shuffle permutes",
+    "packer": "which examples share a row under ingest.layout pack",
+    "optimizer_steps": "train.epochs, train.max_steps",
+    "precision": "train.precision",
+}
+
+
 class ResumeError(SocratesError, RuntimeError):
     """A run folder whose checkpoints were made with settings other than the current ones."""
 
@@ -117,7 +128,7 @@ def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> No
     changes = fingerprint_changes(TrainState.load(checkpoint).fingerprint, current)
     if not changes:
         return
-    what = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    what = "; ".join(f"{k}{f' ({DERIVED[k]})' if k in DERIVED else ''}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
     raise ResumeError(
         f"run.name={run_name} has a checkpoint ({checkpoint}) made with other settings ({what}). Resuming it would "
         f"continue its data stream and schedule at the wrong position. Choose a new run.name to train with these "
@@ -145,3 +156,22 @@ def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -
     if not candidates:
         return None
     return max(candidates, key=lambda p: TrainState.load(p).step)
+
+
+def chosen_adapter(run_dir: Path, keep_by: str = "latest") -> str | None:
+    """The exported adapter a training run folder offers: its newest checkpoint's, or with
+    keep_by="eval_loss" (train.keep_by) the one whose step had the lowest eval loss in metrics.jsonl
+    (checkpoints without a recorded eval loss count only when none has one)."""
+    found = sorted(run_dir.glob(f"checkpoint_*/{EXPORT_DIR}/adapter_config.json"))
+    if not found:
+        return None
+    if keep_by == "eval_loss" and (run_dir / "metrics.jsonl").is_file():
+        losses = {}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("eval_loss") is not None:
+                losses[record["step"]] = record["eval_loss"]
+        scored = [(losses[step], path) for path in found if (step := int(path.parent.parent.name.removeprefix("checkpoint_"))) in losses]
+        if scored:
+            return str(min(scored)[1].parent)
+    return str(found[-1].parent)

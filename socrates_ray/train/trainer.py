@@ -1,28 +1,38 @@
 """Training as Ray Train runs it: plan_run (rows, steps, the resume check) -> the DeepSpeed config
 -> the loop's plain arguments -> TorchTrainer; run_training does all of it and fits.
 
-The run name is pinned (cfg.run.name), so re-running the same command finds
-<storage_path>/<name>/ and resumes from its latest checkpoint instead of starting over.
+train.method picks the loop: each method has a loop file of its own (sft_loop.py; steps.py holds
+what every loop shares, worker.py starts and checkpoints them), never flags in one loop. The run name is pinned (cfg.run.name), so
+re-running the same command finds <storage_path>/<name>/ and resumes from its latest checkpoint
+instead of starting over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
 from socrates_ray.config import Config, dump_config
-from socrates_ray.data.ingest import PARQUET_READER, build_ingest_dataset, estimate_rows, load_tokenizer
+from socrates_ray.data.ingest import PARQUET_READER
 from socrates_ray.data.packing import PACKER
+from socrates_ray.data.prepared import split_problem, training_eval_part
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.precision import resolve_precision
+from socrates_ray.errors import SocratesError
+from socrates_ray.infer.precision import resolve_precision
+from socrates_ray.models import load_tokenizer
+from socrates_ray.train import sft_loop
+from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
+from socrates_ray.train.datasets import build_split_dataset, estimate_split_rows, materialize_splits
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
-from socrates_ray.train.loop import PROGRESS_FILE, LoopArgs, train_loop_per_worker
+from socrates_ray.train.steps import LoopArgs
+from socrates_ray.train.worker import PROGRESS_FILE
+
+
+class TrainError(SocratesError, RuntimeError):
+    """A run that failed for good (its retries spent), or that cannot start (a split it needs is missing)."""
 
 
 def storage_root(cfg: Config) -> str:
@@ -35,6 +45,43 @@ def run_folder(cfg: Config) -> Path:
     """Where metrics.jsonl and TensorBoard files go: the run's folder on local/NFS storage."""
     root = storage_root(cfg)
     return Path(root) / cfg.run.name if "://" not in root else Path(cfg.run.output_dir).resolve() / cfg.run.name
+
+
+def loop_for(method: str) -> Callable[[dict[str, Any]], None]:
+    """The worker loop of a training method (train.method)."""
+    if method == "sft":
+        return sft_loop.train_loop_per_worker
+    raise ValueError(f"train.method={method!r} has no loop (expected sft)")
+
+
+def check_training_splits(cfg: Config) -> None:
+    """The train split of train.setting and the split its eval loss reads must hold rows: said before
+    anything starts, with what to do."""
+    for part in ("train", training_eval_part(cfg.data.prepared, cfg.train.setting)):
+        if (problem := split_problem(cfg.data.prepared, cfg.train.setting, part)) is not None:
+            raise TrainError(f"train.setting={cfg.train.setting}: {problem}")
+
+
+def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool, tokenized: str = "actors") -> dict[str, Any]:
+    """What defines a run's data stream and optimizer schedule: a resumed run must find the same
+    (checkpoint.check_resume). Keys are the config paths a user would change, or for what the run
+    derives, the plain names checkpoint.DERIVED describes. `tokenized`: "driver" or "actors" (the
+    driver shuffles with numpy and reads with pyarrow; the actor pool's order follows Ray Data's
+    seeded shuffle of the blocks its Parquet reader makes)."""
+    t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
+    return {
+        "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training_rows": rows, "model.path": model_path,
+        "prompt.system_prompt": cfg.prompt.system_prompt, "ingest.layout": ing.layout, "ingest.max_length": ing.max_length,
+        "ingest.pack_window": ing.pack_window, "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed, "tokenized_in": tokenized,
+        "parquet_reader": PARQUET_READER if tokenized == "actors" else "pyarrow",
+        "packer": PACKER if ing.layout == "pack" else None,
+        "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
+        "optimizer_steps": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
+        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.method": t.method,
+        "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision": "bf16" if bf16 else "fp32",
+        "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
+                       "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
+    }
 
 
 def model_sizes(model_path: str) -> tuple[int | None, int | None]:
@@ -54,122 +101,6 @@ def plan_steps(rows: int, workers: int, micro: int, accum: int, epochs: int, max
     if max_steps is not None:
         total = min(total, max_steps) if total else max_steps
     return micro_per_epoch, total
-
-
-def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
-    """The ingest Dataset of train.setting's `part` ("train" is shuffled when ingest.shuffle)."""
-    ing = cfg.ingest
-    return build_ingest_dataset(
-        str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
-        ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
-        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
-    )
-
-
-def estimate_split_rows(cfg: Config, model_path: str, log: Any) -> int:
-    """estimate_rows for train.setting's train split, logged (streamed ingest's plan)."""
-    ing = cfg.ingest
-    started = time.perf_counter()
-    est = estimate_rows(str(Path(cfg.data.prepared) / cfg.train.setting / "train"), model_path, cfg.prompt.system_prompt,
-                        ing.max_length, ing.layout, ing.pack_window, cfg.run.seed)
-    log(f"train: about {est.rows:,} training rows from {est.samples:,} samples (estimated from {est.sampled:,} tokenized "
-        f"in {time.perf_counter() - started:.1f}s; streamed ingest tokenizes the rest beside the workers)")
-    return est.rows
-
-
-def training_eval_part(cfg: Config) -> str:
-    """The split training's eval loss (and keep_by) reads: "val" when prepare made one, else "eval"."""
-    val = Path(cfg.data.prepared) / cfg.train.setting / "val"
-    return "val" if any(val.glob("*.parquet")) else "eval"
-
-
-def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool,
-                    tokenized: str = "actors") -> dict[str, Any]:
-    """What defines a run's data stream and optimizer schedule, keyed by the config path a user
-    would change: a resumed run must see the same ones (checkpoint.check_resume). `tokenized`:
-    "driver" or "actors" (the driver shuffles with numpy, Ray Data with its own seeded shuffle)."""
-    t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
-    return {
-        "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training rows (data.prepared; estimated unless ingest.materialize)": rows,
-        "model.path": model_path, "prompt.system_prompt": cfg.prompt.system_prompt,
-        "ingest.layout": ing.layout, "ingest.max_length": ing.max_length, "ingest.pack_window": ing.pack_window,
-        "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed,
-        # only when "driver": checkpoints from before the driver path stay resumable under the pool
-        **({"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)": tokenized} if tokenized == "driver" else {}),
-        # the pool's order follows the Parquet reader's blocks; the driver reads with pyarrow
-        **({"Parquet reader (orders the tokenizer actor pool's rows)": PARQUET_READER} if tokenized != "driver" else {}),
-        # packed rows depend on the packer; absent from checkpoints packed first-fit (refused: other rows)
-        **({"row packing (ingest.layout pack)": PACKER} if ing.layout == "pack" else {}),
-        "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
-        "optimizer steps (train.epochs, train.max_steps)": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
-        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
-        "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision (train.precision)": "bf16" if bf16 else "fp32",
-        **({"train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
-                           **({"rank_pattern": lora.rank_pattern} if lora.rank_pattern else {})}}
-           if t.finetuning == "lora" else {}),
-    }
-
-
-FAULT_ENV = "SOCRATES_FAULT_KILL"
-
-
-def fault_injection() -> dict[str, list[list[int]]]:
-    """A test-only hook, outside the user's config: SOCRATES_FAULT_KILL="RANK:STEP[,RANK:STEP...]" in
-    the driver's environment makes that rank exit hard at that optimizer step, each once per run (a
-    marker file in the run folder stops it firing again after Ray Train restarts the workers)."""
-    value = os.environ.get(FAULT_ENV, "")
-    if not value:
-        return {}
-    try:
-        kills = [[int(v) for v in item.split(":")] for item in value.split(",")]
-        if any(len(kill) != 2 for kill in kills):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{FAULT_ENV}={value!r}: expected RANK:STEP[,RANK:STEP...], e.g. 1:5 or 1:5,0:7") from None
-    return {"fault_kills": kills}
-
-
-def tokenized_where(cfg: Config, samples: int) -> str:
-    """Where a materialized split is tokenized: "driver" (small splits) or "actors" (the pool)."""
-    return "driver" if samples < cfg.ingest.tokenize_in_driver_below else "actors"
-
-
-def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int, log: Any) -> tuple[dict[str, Any], str]:
-    """Tokenize the train and eval splits once into the object store: the row count, the ingest
-    figures and every epoch read these blocks. Small splits are tokenized in the driver, larger ones
-    by the tokenizer actor pool (ingest.tokenize_in_driver_below); the second value says which did
-    the train split. The ingest figures (padding, steps per worker, samples left out) come from
-    batching the stored train rows as the workers will, and go to <run>/ingest_stats.json, so no
-    separate `socrates-ray ingest` pass is needed."""
-    from socrates_ray.data.ingest import format_ingest, ingest_figures, split_samples, tokenize_in_driver
-
-    ing = cfg.ingest
-    stored, where, seconds = {}, {}, {}
-    parts = {"train": "train", "eval": eval_part}
-    split_dirs = {name: str(Path(cfg.data.prepared) / cfg.train.setting / part) for name, part in parts.items()}
-    for name, part in parts.items():
-        split_dir = split_dirs[name]
-        where[name] = tokenized_where(cfg, split_samples(split_dir))
-        started = time.perf_counter()
-        if where[name] == "driver":
-            stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
-                                              ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None)
-        else:
-            ds = build_split_dataset(cfg, model_path, part)
-            # blocks in input order, not in the order the tokenizer actors finish them: the same
-            # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
-            ds.context.execution_options.preserve_order = True
-            stored[name] = ds.materialize()
-        seconds[name] = time.perf_counter() - started
-    size = sum(ds.size_bytes() for ds in stored.values())
-    how = {"driver": "in the driver", "actors": f"by {ing.tokenize_actors} tokenizer actors"}
-    by = how[where["train"]] if where["train"] == where["eval"] else f"{how[where['train']]} and {how[where['eval']]}"
-    log(f"train: tokenized the train and {eval_part} splits once {by} in {sum(seconds.values()):.1f}s "
-        f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
-    stats = ingest_figures(stored["train"], split_dirs["train"], ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length,
-                           pad_id, run_folder(cfg), seconds=seconds["train"])
-    log(format_ingest(stats, ing.layout))
-    return stored, where["train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +132,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
     a tokenized sample, estimate_rows), plan the schedule, and check the run's checkpoints: a resume
     under another data stream or schedule is refused here, before any worker starts."""
     t, ing = cfg.train, cfg.ingest
-    eval_part = training_eval_part(cfg)
+    eval_part = training_eval_part(cfg.data.prepared, t.setting)
     if eval_part == "eval":
         log(f"train: warning: no validation split under {cfg.data.prepared}/{cfg.train.setting}/val (prepared with "
             "data.validation_fraction=0, or before it existed); eval loss and keep_by read the TEST split. "
@@ -209,7 +140,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
     pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
     tokenized = "actors"
     if ing.materialize:
-        datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, log)
+        datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, run_folder(cfg), log)
         rows, estimated = datasets["train"].count(), False
     else:
         datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
@@ -250,7 +181,7 @@ def deepspeed_config_for(cfg: Config, plan: RunPlan, model_path: str) -> dict[st
 
 
 def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[str, Any]) -> LoopArgs:
-    """The plain values each worker's loop runs on (train.loop.LoopArgs)."""
+    """The plain values each worker's loop runs on (train.steps.LoopArgs)."""
     t, ing = cfg.train, cfg.ingest
     return LoopArgs(
         model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
@@ -265,7 +196,6 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
         run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
-        **fault_injection(),
     )
 
 
@@ -278,7 +208,7 @@ def torch_trainer(cfg: Config, plan: RunPlan, args: LoopArgs) -> Any:
     t = cfg.train
     keep_best = t.keep_by == "eval_loss"
     return TorchTrainer(
-        train_loop_per_worker,
+        loop_for(t.method),
         train_loop_config=dataclasses.asdict(args),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -321,11 +251,20 @@ def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutc
     trainer = torch_trainer(cfg, plan, loop_args_for(cfg, plan, model_path, ds_config))
     # after plan_run's resume check: a refused run leaves the folder's recorded config as it was
     dump_config(cfg, run_folder(cfg))
-    if cfg.run.verbose:  # worker output reaches the terminal through Ray itself
-        result = trainer.fit()
-    else:
-        with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
+    import ray.train
+
+    try:
+        if cfg.run.verbose:  # worker output reaches the terminal through Ray itself
             result = trainer.fit()
+        else:
+            with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
+                result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        first_lines = " ".join(str(exc).split("\n")[:3])
+        raise TrainError(
+            f"training failed after train.max_failures={t.max_failures} retries ({first_lines}); "
+            f"run the same command again to resume from the latest checkpoint in {run_folder(cfg)}"
+        ) from None
     checkpoint = result.checkpoint.path if result.checkpoint else None
     log(f"train: finished; latest checkpoint {checkpoint}; metrics {run_folder(cfg) / 'metrics.jsonl'}")
     return TrainingOutcome(checkpoint, run_folder(cfg), result.error)
@@ -333,7 +272,7 @@ def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutc
 
 @contextlib.contextmanager
 def follow_progress(path: Path, log: Any) -> Iterator[None]:
-    """Print the lines rank 0 appends to `path` (loop.say) while the block runs: the progress of a
+    """Print the lines rank 0 appends to `path` (worker.say) while the block runs: the progress of a
     quiet run, whose Ray workers' own output stays in Ray's log files."""
     start = path.stat().st_size if path.exists() else 0
     done = threading.Event()

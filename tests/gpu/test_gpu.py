@@ -31,12 +31,12 @@ def test_gpu_check_smoke_reports_memory_and_throughput(tmp_path):
 
 def test_bf16_gpu_scoring_agrees_with_fp32_cpu(tiny_model):
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.score import Scorer
+    from socrates_ray.infer import TransformersEngine, distributions
 
     prompts = ["How much do you agree? Only return a number from 1 to 5.", "Rate it. Only return a number from 0 to 10."]
     options = [list(range(1, 6)), list(range(0, 11))]
-    cpu = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, device="cpu").distributions(prompts, options)
-    gpu = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, device="cuda").distributions(prompts, options)
+    cpu = distributions(TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT, device="cpu"), prompts, options)
+    gpu = distributions(TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT, device="cuda"), prompts, options)
     for a, b in zip(cpu, gpu):
         assert abs(b.sum() - 1) < 1e-4 and np.abs(a - b).max() < 0.05
 
@@ -44,10 +44,10 @@ def test_bf16_gpu_scoring_agrees_with_fp32_cpu(tiny_model):
 def test_ray_train_one_gpu_worker_bf16(tmp_path, synth_dir, tiny_model):
     from socrates_ray.cli import main
     from socrates_ray.config import load_config
-    from socrates_ray.data.prepare import run_prepare
+    from socrates_ray.data.prepare import prepare_options, run_prepare
 
     prepared = tmp_path / "prepared"
-    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={prepared}", "data.parallelism=1", "data.settings=[unseen_studies]"]), log=lambda *_: None)
+    run_prepare(prepare_options(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={prepared}", "data.parallelism=1", "data.settings=[unseen_studies]"])), log=lambda *_: None)
     assert main([
         "train", "--config", "configs/demo.yaml", "run.name=gpu", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
         f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",

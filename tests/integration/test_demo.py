@@ -79,9 +79,9 @@ def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_pa
     # the anchor and the fit check are in every report; training progress reaches the terminal from progress.log
     assert metrics["anchor"]["trained_on"] == "all_settings/train"
     fit = metrics["fit_check"]
-    assert fit["split"] == "all_settings/train" and fit["cells"] > 0 and fit["finetuned"]["wasserstein"] is not None
+    assert fit["split"] == "all_settings/train" and fit["cells"] > 0 and fit["models"]["finetuned"]["wasserstein"] is not None
     # the fit check scores whole training cells (up to evaluate.fit_check_per_cell), not simulate.max_per_cell
-    assert fit["rows"] > 6 * fit["cells"] and "vs_truth" in fit["finetuned"]  # simulate.max_per_cell=6 would cap it there
+    assert fit["rows"] > 6 * fit["cells"] and fit["models"]["finetuned"]["vs_truth"]  # simulate.max_per_cell=6 would cap it there
     assert "Fit check on" in out and "Fit check on" in (eval_dir / "report.md").read_text()
     assert "persona reading" in out and "persona reading" in (eval_dir / "report.md").read_text()
     assert "[socrates_ray] step 6/6" in out

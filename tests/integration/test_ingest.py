@@ -7,7 +7,7 @@ from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
 from socrates_ray.data.ingest import (
     IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, measure_ingest, split_samples, tokenize_in_driver,
 )
-from socrates_ray.data.prepare import run_prepare
+from socrates_ray.data.prepare import prepare_options, run_prepare
 
 pytestmark = pytest.mark.ray
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synth_dir):
     out = tmp_path_factory.mktemp("prepared")
-    run_prepare(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1"]), log=lambda *_: None)
+    run_prepare(prepare_options(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={out}", "data.parallelism=1"])), log=lambda *_: None)
     return out
 
 

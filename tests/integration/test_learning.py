@@ -98,17 +98,17 @@ def test_a_short_finetune_learns_what_a_frame_and_a_persona_do(ray_local, tmp_pa
     assert main(["train", *common, "train.epochs=8", "train.max_steps=1000", "train.eval_every=1000", "train.checkpoint_every=1000"]) == 0
 
     from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-    from socrates_ray.eval.job import chosen_adapter
-    from socrates_ray.score import Scorer
+    from socrates_ray.train.checkpoint import chosen_adapter
+    from socrates_ray.infer import TransformersEngine, distributions
 
     adapter = chosen_adapter(tmp_path / "framed")
     assert adapter is not None
-    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    scorer = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     scorer.load_adapter("framed", adapter)
     options = [1, 2, 3, 4, 5]
 
     def means(prompts, adapter):
-        return [float(np.dot(d, options)) for d in scorer.distributions(prompts, [options] * len(prompts), adapter=adapter)]
+        return [float(np.dot(d, options)) for d in distributions(scorer, prompts, [options] * len(prompts), adapter=adapter)]
 
     def person(party):
         return {"age": 45, "gender": "Female", "party_id": party}

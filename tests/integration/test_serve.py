@@ -49,7 +49,7 @@ def app(request, ray_local, tiny_model, adapters, monkeypatch_module):
     """The app on each inference engine: every test below holds for both (model.engine)."""
     from ray import serve
 
-    from socrates_ray.serve.app import start_serve
+    from socrates_ray.serve.app import build_app, serve_launch, start_serve
 
     monkeypatch_module.setenv("SOCRATES_TEST_TOKEN", TOKEN)
     cfg = load_config(None, [
@@ -57,7 +57,7 @@ def app(request, ray_local, tiny_model, adapters, monkeypatch_module):
         "serve.max_body_bytes=20000", "serve.max_n=8", "serve.max_tokens_limit=16", "serve.max_length=512",
         "serve.max_batch_size=8", "serve.num_cpus=0.5", "serve.app_name=test_socrates",
     ])
-    start_serve(cfg, str(tiny_model))
+    start_serve(build_app(cfg, str(tiny_model)), serve_launch(cfg))
     yield URL
     serve.shutdown()
 

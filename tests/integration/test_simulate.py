@@ -9,9 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, SimulateSection
+from socrates_ray.data.prepared import INPUT_COLUMNS
 from socrates_ray.data.prompts import parse_answer_scale
-from socrates_ray.eval.simulate import INPUT_COLUMNS, SimulateError, run_simulation
-from socrates_ray.score import Engine
+from socrates_ray.eval import simulate
+from socrates_ray.eval.passes import SimulateError, build_pass
+from socrates_ray.eval.simulate import run_simulation
+from socrates_ray.infer import EngineSpec
 
 pytestmark = pytest.mark.ray
 
@@ -24,21 +27,40 @@ def rows_from(synth_dir, n: int) -> pa.Table:
     return table.select(INPUT_COLUMNS)
 
 
+class Killed(Exception):
+    """What the test raises where a kill would stop the driver."""
+
+
 @pytest.mark.parametrize("engine", ["transformers", "vllm"])
-def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, tiny_model, tmp_path, engine) -> None:
+def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, tiny_model, tmp_path, engine, monkeypatch) -> None:
     rows = rows_from(synth_dir, 40)
     sim = SimulateSection(batch_size=8, replicas=1, cpus_per_replica=1)
+
+    def model_pass(name: str):
+        return build_pass(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, EngineSpec(name))
+
     out = tmp_path / "sim"
     logs: list[str] = []
-    run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append, stop_after_parts=2, engine=Engine(engine))
+    written = []
+    real_write = simulate.write_part
+
+    def write_then_die(folder, batch):  # the driver is killed right after its second part lands
+        real_write(folder, batch)
+        written.append(batch.num_rows)
+        if len(written) == 2:
+            raise Killed
+
+    monkeypatch.setattr(simulate, "write_part", write_then_die)
+    with pytest.raises(Killed):
+        run_simulation(rows, out, model_pass(engine), log=logs.append)
+    monkeypatch.undo()
     first = pq.read_table(sorted(out.glob("part-*.parquet")))
     assert first.num_rows == 16 and not (out / "predictions.parquet").exists()
 
     with pytest.raises(SimulateError, match="engine: '.*' -> '.*'"):  # the other engine's rows never mix in
-        run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append,
-                       engine=Engine("vllm" if engine == "transformers" else "transformers"))
+        run_simulation(rows, out, model_pass("vllm" if engine == "transformers" else "transformers"), log=logs.append)
     logs.clear()
-    target = run_simulation(rows, out, sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=logs.append, engine=Engine(engine))
+    target = run_simulation(rows, out, model_pass(engine), log=logs.append)
     assert any("16 already done" in line and "24 to go" in line and engine in line for line in logs), logs
     table = pq.read_table(target)
     keys = list(zip(table["study_id"].to_pylist(), table["sample_id"].to_pylist()))
@@ -57,8 +79,6 @@ def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, t
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from socrates_ray.eval.simulate import SimulateError
-
     class Refuse(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -75,9 +95,10 @@ def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, t
     server = HTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        sim = SimulateSection(backend="http", endpoint=f"http://127.0.0.1:{server.server_port}", batch_size=4)
+        p = build_pass(SimulateSection(batch_size=4), "unused", DEFAULT_SYSTEM_PROMPT, EngineSpec(),
+                       endpoint=f"http://127.0.0.1:{server.server_port}")
         with pytest.raises(SimulateError, match="answered 400.*temperature: too hot") as info:
-            run_simulation(rows_from(synth_dir, 8), tmp_path / "sim", sim, "unused", DEFAULT_SYSTEM_PROMPT, log=lambda *_: None)
+            run_simulation(rows_from(synth_dir, 8), tmp_path / "sim", p, log=lambda *_: None)
         assert type(info.value) is SimulateError
     finally:
         server.shutdown()
@@ -92,7 +113,7 @@ def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from socrates_ray.eval.simulate import ReplicaPool, SimulateError
+    from socrates_ray.eval.replica import ReplicaPool
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)),
@@ -101,27 +122,28 @@ def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would
     model.save_pretrained(adapter)
     rows = rows_from(synth_dir, 24)
     sim = SimulateSection(batch_size=8, replicas=1, cpus_per_replica=1, temperature=1.0)
-    tuned = sim.model_copy(update={"adapter_path": adapter})
+    base_pass = build_pass(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, EngineSpec())
+    tuned = build_pass(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, EngineSpec(), adapter_path=adapter, adapter_name="finetuned")
 
     def probs(path) -> list:
         return [p for p in pq.read_table(path)["probs"].to_pylist() if p is not None]
 
-    with ReplicaPool(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, {"finetuned": adapter}) as pool:
+    with ReplicaPool(str(tiny_model), DEFAULT_SYSTEM_PROMPT, {"finetuned": adapter}, base_pass.replicas) as pool:
         actors = list(pool.actors)
-        base = probs(run_simulation(rows, tmp_path / "base", sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool))
-        pooled = probs(run_simulation(rows, tmp_path / "ft", tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool))
+        base = probs(run_simulation(rows, tmp_path / "base", base_pass, pool, log=lambda *_: None))
+        pooled = probs(run_simulation(rows, tmp_path / "ft", tuned, pool, log=lambda *_: None))
         assert pool.actors == actors and all(ray.get([a.__ray_ready__.remote() for a in actors]))
         with pytest.raises(SimulateError, match="not loaded in this replica pool"):
-            run_simulation(rows, tmp_path / "other", sim.model_copy(update={"adapter_path": str(tmp_path / "other_adapter")}),
-                           str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None, pool=pool)
-    alone = probs(run_simulation(rows, tmp_path / "ft_alone", tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT, log=lambda *_: None))
+            other = build_pass(sim, str(tiny_model), DEFAULT_SYSTEM_PROMPT, EngineSpec(), adapter_path=str(tmp_path / "other_adapter"))
+            run_simulation(rows, tmp_path / "other", other, pool, log=lambda *_: None)
+    alone = probs(run_simulation(rows, tmp_path / "ft_alone", tuned, log=lambda *_: None))
     assert len(base) == len(pooled) == len(alone) > 0
     assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, alone)) < 1e-6
     assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(pooled, base)) > 1e-3  # the adapter was used
     # the pass run_simulation made alone is eval/processor.py's Ray Data stage, usable on any Dataset
     from socrates_ray.eval.processor import build_simulate_processor
 
-    out = build_simulate_processor(tuned, str(tiny_model), DEFAULT_SYSTEM_PROMPT)(ray.data.from_arrow(rows)).to_arrow_refs()
+    out = build_simulate_processor(tuned)(ray.data.from_arrow(rows)).to_arrow_refs()
     table = pa.concat_tables(ray.get(out)).sort_by([("study_id", "ascending"), ("sample_id", "ascending")])
     assert table.num_rows == rows.num_rows and {"prediction", "options", "probs", "samples", "participant"} <= set(table.column_names)
     assert max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip([p for p in table["probs"].to_pylist() if p is not None], alone)) < 1e-6

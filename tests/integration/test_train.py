@@ -133,19 +133,55 @@ def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_lo
     torch.testing.assert_close(torch.load(out), expected, atol=1e-5, rtol=1e-5)
 
 
+KILLS = {(1, 5), (0, 7)}  # (rank, optimizer step): that rank's process exits hard after the step, once per run
+
+
+def loop_with_kills(config: dict) -> None:
+    """The SFT loop with a fault installed in this worker process: after each step's checkpoint
+    cadence, a rank in KILLS exits hard at its step (once per run: a marker file in the run folder
+    lets the restarted attempt get past it)."""
+    import os
+    from pathlib import Path
+
+    import ray.train
+
+    from socrates_ray.train import sft_loop, worker
+
+    cadence_after_step = worker.Cadence.after_step
+
+    def after_step(self, record, eval_loss, last):
+        cadence_after_step(self, record, eval_loss, last)
+        rank, step = ray.train.get_context().get_world_rank(), self.state.step
+        marker = Path(config["run_dir"]) / f"fault_fired_step{step}_rank{rank}"
+        if (rank, step) in KILLS and not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+    worker.Cadence.after_step = after_step
+    sft_loop.train_loop_per_worker(config)
+
+
 def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(ray_local, runs, prepared, tiny_model, capsys, monkeypatch):
     """One run for both recoveries (each Ray Train start costs ~40 s here): rank 1 exits hard at
     step 5 and Ray Train restores the run from checkpoint 4 (train.max_failures=1); rank 0 exits at
     step 7, one failure too many, so the command fails for good; the same command again resumes at
     checkpoint 6 and computes the losses the uninterrupted z2 run computed (same settings)."""
+    import ray.cloudpickle
+
+    from socrates_ray.train import trainer
+
     tmp_path = runs
-    monkeypatch.setenv("SOCRATES_FAULT_KILL", "1:5,0:7")
+    # the workers unpickle the loop by value (this test module is not importable there)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(trainer, "loop_for", lambda method: loop_with_kills)
     retry = ("train.max_failures=1",)
     assert train(tmp_path, prepared, tiny_model, "again", *retry) == 2  # failed for good: exit 2
     assert (tmp_path / "again" / "fault_fired_step5_rank1").exists() and (tmp_path / "again" / "fault_fired_step7_rank0").exists()
     # steps 1-5, crash, restore checkpoint 4, steps 5-7, crash again: only steps past a checkpoint trained twice
     assert [m["step"] for m in metrics(tmp_path, "again")] == [1, 2, 3, 4, 5, 5, 6, 7]
     assert latest_state(tmp_path, "again")[1]["step"] == 6
+    monkeypatch.undo()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert train(tmp_path, prepared, tiny_model, "again", *retry) == 0  # same command: resumes at step 6
     resumed = metrics(tmp_path, "again")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 5, 6, 7, 7, 8]

@@ -54,7 +54,7 @@ def test_the_anchor_learns_frames_and_party_by_topic_and_beats_uniform() -> None
     assert np.mean(dem_parks) - np.mean(rep_parks) > 0.8  # party x topic, through the interaction features
     m = model_metrics(group_cells(rows))
     uniform = [{**r, "probs": [0.2] * 5} for r in rows]
-    assert m["wasserstein"] < 0.6 * model_metrics(group_cells(uniform))["wasserstein"]
+    assert m.wasserstein < 0.6 * model_metrics(group_cells(uniform)).wasserstein
 
 
 def test_open_ended_rows_get_a_draw_from_the_training_amounts() -> None:

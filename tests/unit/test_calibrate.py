@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from socrates_ray.eval.calibrate import CalibrationError, fit_temperature, nll, resolve_temperature
 from socrates_ray.config import load_config
-from socrates_ray.score import shape_distribution
-from socrates_ray.eval.simulate import SimulateError, check_params, run_simulation
-from socrates_ray.train.trainer import training_eval_part
+from socrates_ray.eval.calibrate import CalibrationError, build_calibration_split, fit_temperature, nll, resolve_temperature
+from socrates_ray.eval.passes import SimulateError, build_pass
+from socrates_ray.eval.simulate import check_params
+from socrates_ray.infer import EngineSpec, shape_distribution
+from socrates_ray.data.prepared import training_eval_part
 
 
 def _softmax(z):
@@ -36,12 +37,12 @@ def _overconfident_model(rows: int, true_t: float, seed: int = 0):
 def test_fit_recovers_the_temperature_that_made_the_answers(true_t):
     options, probs, answers = _overconfident_model(4000, true_t)
     fit = fit_temperature(options, probs, answers)
-    assert fit["temperature"] == pytest.approx(true_t, rel=0.12)
-    assert fit["nll"] <= fit["nll_at_1"] + 1e-9 and fit["rows"] == 4000 and fit["rows_skipped"] == 0
+    assert fit.temperature == pytest.approx(true_t, rel=0.12)
+    assert fit.nll <= fit.nll_at_1 + 1e-9 and fit.rows == 4000 and fit.rows_skipped == 0
 
 
 def test_the_fitted_shape_is_the_one_the_scorer_applies():
-    """nll() reshapes as p ** (1/T), which must be what score.shape_distribution does at top_p=1."""
+    """nll() reshapes as p ** (1/T), which must be what infer.shape_distribution does at top_p=1."""
     p = np.array([0.6, 0.3, 0.08, 0.02])
     for t in (0.5, 1.0, 3.0):
         mine = _softmax(np.log(p) / t)
@@ -52,7 +53,7 @@ def test_the_fitted_shape_is_the_one_the_scorer_applies():
 def test_answers_outside_the_options_are_counted_and_all_of_them_is_an_error():
     options, probs, answers = _overconfident_model(200, 1.5)
     answers[:10] = [99] * 10
-    assert fit_temperature(options, probs, answers)["rows_skipped"] == 10
+    assert fit_temperature(options, probs, answers).rows_skipped == 10
     with pytest.raises(CalibrationError, match="no validation row"):
         fit_temperature(options[:3], probs[:3], [99, 99, 99])
 
@@ -61,38 +62,39 @@ def test_auto_without_a_validation_split_says_how_to_get_one(tmp_path):
     # prepared with data.validation_fraction=0: the summary lists all_settings, its val split is empty
     (tmp_path / "summary.json").write_text('{"settings": {"all_settings": {}}}')
     cfg = load_config(None, [f"data.prepared={tmp_path}", "train.setting=all_settings", "simulate.temperature=auto"])
+    split = build_calibration_split(cfg)
+    p = build_pass(cfg.simulate, "unused", "", EngineSpec(), temperature=1.0)
     with pytest.raises(CalibrationError, match=r"all_settings/val is empty.*data.validation_fraction > 0.*a number"):
-        resolve_temperature(cfg, cfg.simulate, "unused", tmp_path / "cal", log=lambda *_: None)
-    fixed = cfg.simulate.model_copy(update={"temperature": 1.7})
-    assert resolve_temperature(cfg, fixed, "unused", tmp_path / "cal") == (1.7, None)
-    sample = cfg.simulate.model_copy(update={"mode": "sample"})
-    temperature, fit = resolve_temperature(cfg, sample, "unused", tmp_path / "cal")
-    assert temperature == 1.0 and fit["temperature"] is None  # sampling uses sample_temperature
+        resolve_temperature("auto", p, split, tmp_path / "cal", log=lambda *_: None)
+    assert resolve_temperature(1.7, p, split, tmp_path / "cal") == (1.7, None)
+    sample = build_pass(cfg.simulate, "unused", "", EngineSpec(), temperature=1.0, mode="sample")
+    temperature, fit = resolve_temperature("auto", sample, split, tmp_path / "cal")
+    assert temperature == 1.0 and fit.temperature is None  # sampling uses sample_temperature
 
 
 def test_unresolved_auto_never_reaches_the_model(tmp_path):
     sim = load_config(None, ["simulate.temperature=auto"]).simulate
     with pytest.raises(SimulateError, match="resolved to a number"):
-        run_simulation(None, tmp_path, sim, "unused", "")
+        build_pass(sim, "unused", "", EngineSpec())
 
 
 def test_resuming_with_other_settings_is_refused_not_mixed(tmp_path):
     sim = load_config(None, ["simulate.temperature=1.0"]).simulate
-    check_params(tmp_path, sim, "model")  # first run records its settings
+    p = build_pass(sim, "model", "", EngineSpec())
+    check_params(tmp_path, p)  # first run records its settings
     (tmp_path / "part-0000000000001-abcdef.parquet").write_bytes(b"")  # a finished part
-    check_params(tmp_path, sim, "model")  # same settings: resumes
+    check_params(tmp_path, p)  # same settings: resumes
     with pytest.raises(SimulateError, match=r"temperature: 1.0 -> 2.0.*mix"):
-        check_params(tmp_path, sim.model_copy(update={"temperature": 2.0}), "model")
+        check_params(tmp_path, p.at_temperature(2.0))
     with pytest.raises(SimulateError, match="model_path: 'model' -> 'other'"):
-        check_params(tmp_path, sim, "other")
+        check_params(tmp_path, build_pass(sim, "other", "", EngineSpec()))
     assert json.loads((tmp_path / "simulate_params.json").read_text())["temperature"] == 1.0
 
 
 def test_training_evaluates_on_validation_when_prepare_made_one(tmp_path):
-    cfg = load_config(None, [f"data.prepared={tmp_path}", "train.setting=unseen_studies"])
     (tmp_path / "unseen_studies" / "eval").mkdir(parents=True)
-    assert training_eval_part(cfg) == "eval"  # old prepared folder: falls back (and plan_run warns)
+    assert training_eval_part(tmp_path, "unseen_studies") == "eval"  # old prepared folder: falls back (and plan_run warns)
     (tmp_path / "unseen_studies" / "val").mkdir()
-    assert training_eval_part(cfg) == "eval"  # an empty val folder holds nothing to evaluate
+    assert training_eval_part(tmp_path, "unseen_studies") == "eval"  # an empty val folder holds nothing to evaluate
     (tmp_path / "unseen_studies" / "val" / "part-00000-000.parquet").write_bytes(b"")
-    assert training_eval_part(cfg) == "val"
+    assert training_eval_part(tmp_path, "unseen_studies") == "val"

@@ -8,7 +8,7 @@ import pytest
 
 from socrates_ray.train.checkpoint import ResumeError, TrainState, check_resume, newest_checkpoint, newest_checkpoint_any
 
-FINGERPRINT = {"ingest.micro_batch_size": 4, "ingest.num_workers": 2, "optimizer steps (train.epochs, train.max_steps)": 100}
+FINGERPRINT = {"ingest.micro_batch_size": 4, "ingest.num_workers": 2, "optimizer_steps": 100}
 
 
 def saved(folder, step: int, fingerprint: dict | None, complete_ranks: int = 0, prefix: str = ""):
@@ -38,7 +38,7 @@ def test_other_settings_are_refused_naming_each_change(tmp_path) -> None:
         check_resume(folder, changed, "demo")
     message = str(err.value)
     assert "ingest.micro_batch_size: 4 -> 8" in message and "ingest.num_workers: 2 -> 4" in message
-    assert "run.name=demo" in message and "optimizer steps" not in message
+    assert "run.name=demo" in message and "optimizer_steps" not in message
 
 
 def test_a_checkpoint_without_a_fingerprint_is_not_trusted(tmp_path) -> None:
@@ -99,7 +99,7 @@ def test_plan_steps_gives_equal_shards_whole_optimizer_steps(rows, workers, micr
 
 def test_the_adapter_evaluate_and_serve_take_follows_train_keep_by(tmp_path) -> None:
     """keep_by=eval_loss keeps the best checkpoints by eval loss; evaluate once took the newest anyway."""
-    from socrates_ray.eval.job import chosen_adapter
+    from socrates_ray.train.checkpoint import chosen_adapter
 
     for step in (4, 8, 12):
         (tmp_path / f"checkpoint_{step:06d}" / "export").mkdir(parents=True)
@@ -116,43 +116,39 @@ def test_the_adapter_evaluate_and_serve_take_follows_train_keep_by(tmp_path) -> 
 
 
 def test_a_small_materialized_split_is_tokenized_in_the_driver_and_a_resume_must_agree(tmp_path) -> None:
-    """The driver shuffles with numpy, Ray Data with its own seeded shuffle: the same seed gives two
-    orders, so a run resumed across the threshold is refused. The pool's order also follows the
-    Parquet reader that made its blocks (data.ingest.read_parquet_v1): pool runs record it, and a pool
-    checkpoint from before it was recorded (read through Ray Data's V2 reader, another order) is
-    refused with the reader named, not resumed at the wrong rows. The driver reads with pyarrow:
-    driver runs keep the fingerprint they had."""
+    """The driver shuffles with numpy and reads with pyarrow, Ray Data with its own seeded shuffle of
+    the blocks its Parquet reader makes: the same seed gives two orders, so a run resumed across the
+    threshold is refused, with what sets the key named."""
     from socrates_ray.config import load_config
     from socrates_ray.data.ingest import PARQUET_READER
-    from socrates_ray.train.trainer import run_fingerprint, tokenized_where
+    from socrates_ray.train.datasets import tokenized_where
+    from socrates_ray.train.trainer import run_fingerprint
 
     cfg = load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=20000"])
     assert tokenized_where(cfg, 19_999) == "driver" and tokenized_where(cfg, 20_000) == "actors"
     assert tokenized_where(load_config("configs/demo.yaml", ["ingest.tokenize_in_driver_below=0"]), 1) == "actors"
     driver, pool = (run_fingerprint(cfg, "m", 100, 10, False, where) for where in ("driver", "actors"))
-    reader = "Parquet reader (orders the tokenizer actor pool's rows)"
-    assert set(driver) - set(pool) == {"tokenized in (ingest.materialize, ingest.tokenize_in_driver_below)"}
-    assert set(pool) - set(driver) == {reader} and pool[reader] == PARQUET_READER
+    assert {k for k in driver if driver[k] != pool[k]} == {"tokenized_in", "parquet_reader"}
+    assert (driver["tokenized_in"], pool["tokenized_in"], pool["parquet_reader"]) == ("driver", "actors", PARQUET_READER)
     folder = saved(tmp_path / "checkpoint_000004", 4, driver)
-    with pytest.raises(ResumeError, match=r"tokenized in .*'driver' -> None"):
+    with pytest.raises(ResumeError, match=r"tokenized_in \(ingest.materialize, ingest.tokenize_in_driver_below\): 'driver' -> 'actors'"):
         check_resume(folder, pool, "demo")
-    before = saved(tmp_path / "before" / "checkpoint_000004", 4, {k: v for k, v in pool.items() if k != reader})
-    with pytest.raises(ResumeError, match=r"Parquet reader .*None -> 'Ray Data V1"):
-        check_resume(before, pool, "demo")
+    other_reader = saved(tmp_path / "before" / "checkpoint_000004", 4, pool | {"parquet_reader": "Ray Data V2"})
+    with pytest.raises(ResumeError, match=r"parquet_reader .*'Ray Data V2' -> 'Ray Data V1"):
+        check_resume(other_reader, pool, "demo")
     check_resume(saved(tmp_path / "same" / "checkpoint_000004", 4, pool), dict(pool), "demo")
 
 
 def test_a_packed_run_records_its_packer_and_one_packed_by_another_is_refused(tmp_path) -> None:
     """Which examples share a row depends on the packing algorithm (data.packing): a packed
-    checkpoint made by the first-fit packer (no packer recorded) points at other rows."""
+    checkpoint made by another packer points at other rows."""
     from socrates_ray.config import load_config
     from socrates_ray.data.packing import PACKER
     from socrates_ray.train.trainer import run_fingerprint
 
-    key = "row packing (ingest.layout pack)"
     packed = run_fingerprint(load_config("configs/demo.yaml", ["ingest.layout=pack"]), "m", 100, 10, False)
     padded = run_fingerprint(load_config("configs/demo.yaml", ["ingest.layout=pad_longest"]), "m", 100, 10, False)
-    assert packed[key] == PACKER and key not in padded  # padded runs keep the fingerprint they had
-    before = saved(tmp_path / "checkpoint_000004", 4, {k: v for k, v in packed.items() if k != key})
-    with pytest.raises(ResumeError, match=r"row packing .*None -> 'fewest of first-fit"):
+    assert packed["packer"] == PACKER and padded["packer"] is None
+    before = saved(tmp_path / "checkpoint_000004", 4, packed | {"packer": "first-fit decreasing"})
+    with pytest.raises(ResumeError, match=r"packer .*'first-fit decreasing' -> 'fewest of first-fit"):
         check_resume(before, packed, "demo")

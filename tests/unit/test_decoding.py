@@ -3,14 +3,15 @@
 import pytest
 
 from socrates_ray.config import SimulateSection
-from socrates_ray.eval.simulate import Decoding, SimulateError, exact_result, row_options
+from socrates_ray.eval.passes import SimulateError, build_decoding
+from socrates_ray.eval.replica import exact_result, row_options
 
 
 def test_decoding_is_built_once_from_the_section_and_refuses_an_unfitted_temperature():
-    d = Decoding.of(SimulateSection(temperature=0.7, top_p=0.9, max_new_tokens=8))
+    d = build_decoding(SimulateSection(temperature=0.7, top_p=0.9, max_new_tokens=8))
     assert (d.mode, d.temperature, d.top_p, d.max_new_tokens) == ("exact", 0.7, 0.9, 8)
     with pytest.raises(SimulateError, match="temperature=auto"):
-        Decoding.of(SimulateSection(temperature="auto"))
+        build_decoding(SimulateSection(temperature="auto"))
 
 
 def test_options_come_from_the_scale_prepare_parsed_not_from_the_text():

@@ -6,7 +6,7 @@ from socrates_ray.cli import main
 from socrates_ray.config import ConfigError
 from socrates_ray.data.ingest import IngestError
 from socrates_ray.errors import SocratesError, unwrap
-from socrates_ray.score import ScoreError
+from socrates_ray.infer import ScoreError
 from socrates_ray.eval.simulate import SimulateError
 
 
@@ -30,8 +30,8 @@ def test_unwrap_finds_the_cause_raised_in_this_process():
 def test_unwrap_rebuilds_the_innermost_typed_error_from_a_remote_traceback():
     # what a RayTaskError's text looks like when an actor raised SimulateError while handling a ScoreError
     text = ("ray::LocalReplica.predict() (pid=1, ip=1.2.3.4)\n  File \"x.py\", line 3\n"
-            "socrates_ray.score.ScoreError: adapter 'a' is not loaded\n\nDuring handling...\n"
-            "socrates_ray.eval.simulate.SimulateError: column 'prompt' is missing\n")
+            "socrates_ray.infer.engine.ScoreError: adapter 'a' is not loaded\n\nDuring handling...\n"
+            "socrates_ray.eval.passes.SimulateError: column 'prompt' is missing\n")
     found = unwrap(RuntimeError(text))
     assert type(found) is SimulateError and str(found) == "column 'prompt' is missing"
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.data.ingest import load_tokenizer
+from socrates_ray.models import load_tokenizer
 from socrates_ray.data.tokenize import Encoder, collate_rows, pack_rows, packed_attention_mask, single_rows
-from socrates_ray.train.loop import forward_loss, label_positions
+from socrates_ray.train.steps import forward_loss, label_positions
 
 
 class Engine:

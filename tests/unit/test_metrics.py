@@ -1,10 +1,14 @@
-"""The paper's metrics on small cases computed by hand (PAPER.md section 5)."""
+"""The paper's metrics on small cases computed by hand (the paper, Kolluri et al. EMNLP 2025, section 5)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from socrates_ray.eval.results import (
+    Baselines, CellSpread, EvaluationResult, FitCheck, FitScores, FloorBaseline, ModelScores, SettingResult, TrueFloor,
+    UniformBaseline,
+)
 from socrates_ray.eval.metrics import (
     baseline_metrics, compare, gap_closed, group_cells, macro, model_metrics, relative, subgroup_gap_error,
 )
@@ -22,14 +26,14 @@ def test_wasserstein_and_accuracy_by_hand() -> None:
     # humans 1..5 rescale to 0, .25, .5, .75, 1; the model always says 1 (-> 0): W = mean(0..1) = 0.5,
     # accuracy = 1 - mean(|1 - h| / 4) = 1 - 10/20 = 0.5
     m = model_metrics(group_cells(rows("a", 0, [1, 2, 3, 4, 5], [1, 1, 1, 1, 1])))
-    assert m["wasserstein_sampled"] == pytest.approx(0.5)
-    assert m["accuracy_sampled"] == pytest.approx(0.5)
+    assert m.wasserstein_sampled == pytest.approx(0.5)
+    assert m.accuracy_sampled == pytest.approx(0.5)
 
 
 def test_model_answers_are_clipped_to_the_human_range() -> None:
     # 9 is above the human max 5: clipped to 1 after rescaling, so W = mean(|hs - 1|) = 0.5
     m = model_metrics(group_cells(rows("a", 0, [1, 2, 3, 4, 5], [9, 9, 9, 9, 9])))
-    assert m["wasserstein_sampled"] == pytest.approx(0.5)
+    assert m.wasserstein_sampled == pytest.approx(0.5)
 
 
 def test_macro_average_is_cells_then_studies() -> None:
@@ -40,9 +44,9 @@ def test_macro_average_is_cells_then_studies() -> None:
 def test_unscorable_cells_are_skipped_and_unparsable_counted() -> None:
     table = rows("a", 0, [3], [3]) + rows("a", 1, [2, 2, 2], [1, 2, 3]) + rows("a", 2, [1, 5], [None, 5])
     m = model_metrics(group_cells(table))
-    assert m["cells"] == 1 and m["cells_skipped"] == 2
-    assert m["unparsable"] == 1
-    assert m["wasserstein_sampled"] == pytest.approx(0.5)  # humans {0, 1} vs model {1}
+    assert m.cells == 1 and m.cells_skipped == 2
+    assert m.unparsable == 1
+    assert m.wasserstein_sampled == pytest.approx(0.5)  # humans {0, 1} vs model {1}
 
 
 def test_exact_mode_uses_every_participants_distribution() -> None:
@@ -50,10 +54,10 @@ def test_exact_mode_uses_every_participants_distribution() -> None:
     for r in table:  # each participant: 50/50 between 1 and 5 -> the mixture equals the humans
         r["options"], r["probs"] = [1, 2, 3, 4, 5], [0.5, 0, 0, 0, 0.5]
     m = model_metrics(group_cells(table))
-    assert m["mode"] == "exact" and m["cells_exact"] == 1
-    assert m["wasserstein"] == pytest.approx(0.0)
+    assert m.mode == "exact" and m.cells_exact == 1
+    assert m.wasserstein == pytest.approx(0.0)
     # expected error per participant: 0.5 * 0 + 0.5 * 4 = 2 of a span of 4 -> accuracy 0.5
-    assert m["accuracy"] == pytest.approx(0.5)
+    assert m.accuracy == pytest.approx(0.5)
 
 
 def test_open_ended_cells_fall_back_to_sampled_answers_in_exact_mode() -> None:
@@ -62,19 +66,19 @@ def test_open_ended_cells_fall_back_to_sampled_answers_in_exact_mode() -> None:
         r["options"], r["probs"] = [1, 2, 3, 4, 5], [0.5, 0, 0, 0, 0.5]
     open_ended = rows("a", 1, [10, 50, 90], [90, 90, 90], low=None, high=None)
     m = model_metrics(group_cells(bounded + open_ended))
-    assert m["cells"] == 2 and m["cells_exact"] == 1 and m["mode"] == "exact"
+    assert m.cells == 2 and m.cells_exact == 1 and m.mode == "exact"
     # open cell: humans 0, .5, 1 vs model 1,1,1 -> W = (1 + .5 + 0) / 3 = 0.5; bounded cell W = 0
-    assert m["wasserstein"] == pytest.approx(0.25)
+    assert m.wasserstein == pytest.approx(0.25)
 
 
 def test_uniform_guess_floor_and_true_floor() -> None:
     table = rows("a", 0, [1, 2, 3, 4, 5], [1] * 5)
     cells = group_cells(table)
     b = baseline_metrics(cells, {("a", 0, 0): ([1, 2, 3, 4, 5], [0.2] * 5)}, draws=50)
-    assert b["uniform"]["wasserstein"] == pytest.approx(0.0)  # humans are exactly uniform
-    assert b["true_floor"]["wasserstein"] == pytest.approx(0.0)
-    assert 0 < b["floor"]["wasserstein"] < 0.5  # resampling noise of 5 answers
-    assert b["floor"]["answers_per_cell"] == 5
+    assert b.uniform.wasserstein == pytest.approx(0.0)  # humans are exactly uniform
+    assert b.true_floor.wasserstein == pytest.approx(0.0)
+    assert 0 < b.floor.wasserstein < 0.5  # resampling noise of 5 answers
+    assert b.floor.answers_per_cell == 5
 
 
 def test_a_gap_past_the_resampling_floor_is_explained() -> None:
@@ -82,17 +86,17 @@ def test_a_gap_past_the_resampling_floor_is_explained() -> None:
     nothing; the report and the demo say why instead of leaving the figure bare."""
     from socrates_ray.eval.report import past_floor_note
 
-    def results(floor: dict, uniform: float = 0.18) -> dict:
-        models = {"finetuned": {"wasserstein": 0.117}, "anchor": {"wasserstein": 0.113}}
-        base = {"uniform": {"wasserstein": uniform}, **floor}
-        return {"settings": {"unseen_studies": {"models": models, "baselines": base, "comparison": compare(models, base)}}}
+    def results(floor: FloorBaseline, uniform: float = 0.18, true_floor: TrueFloor | None = None) -> EvaluationResult:
+        models = {"finetuned": scores(0.117), "anchor": scores(0.113)}
+        base = Baselines(UniformBaseline(uniform, None, {}), floor, true_floor)
+        return EvaluationResult("m", None, "exact", {"unseen_studies": SettingResult(0, models, base, compare(models, base))}, {})
 
-    noisy = results({"floor": {"wasserstein": 0.153, "answers_per_cell": 5}})
+    noisy = results(FloorBaseline(0.153, 20, 5))
     note = past_floor_note(noisy)
     assert note is not None and "unseen_studies (median 5 answers a cell)" in note and "max_per_cell" in note
-    assert past_floor_note(results({"floor": {"wasserstein": 0.03, "answers_per_cell": 100}})) is None
+    assert past_floor_note(results(FloorBaseline(0.03, 20, 100))) is None
     # with true distributions the gap is measured against them: no note even if the resampling floor is noisy
-    truth = results({"floor": {"wasserstein": 0.153, "answers_per_cell": 5}, "true_floor": {"wasserstein": 0.10}})
+    truth = results(FloorBaseline(0.153, 20, 5), true_floor=TrueFloor(0.10, 1))
     assert past_floor_note(truth) is None
 
 
@@ -100,10 +104,11 @@ def test_relative_improvements_and_gap_closed() -> None:
     # the paper's numbers: (0.205 - 0.151) / 0.205 = 26%; gap closed (0.203 - 0.151) / (0.203 - 0.125) = 0.67
     assert relative(0.151, 0.205) == pytest.approx(0.2634, abs=1e-4)
     assert gap_closed(0.151, 0.203, 0.125) == pytest.approx(0.667, abs=1e-3)
-    models = {"base": {"wasserstein": 0.205, "subgroup_gap_error": 0.2}, "finetuned": {"wasserstein": 0.151, "subgroup_gap_error": 0.1}}
-    c = compare(models, {"uniform": {"wasserstein": 0.203}, "floor": {"wasserstein": 0.125}})
-    assert c["finetuned_vs_base"]["improvement (denominator: W_base)"] == pytest.approx(0.2634, abs=1e-4)
-    assert c["finetuned_vs_base"]["improvement (denominator: W_finetuned)"] == pytest.approx(0.3576, abs=1e-4)
+    models = {"base": scores(0.205, subgroup_gap_error=0.2), "finetuned": scores(0.151, subgroup_gap_error=0.1)}
+    c = compare(models, Baselines(UniformBaseline(0.203, None, {}), FloorBaseline(0.125, 20, 5)))
+    assert c.finetuned_vs_base.improvement == pytest.approx(0.2634, abs=1e-4)
+    assert c.finetuned_vs_base.improvement_over_finetuned == pytest.approx(0.3576, abs=1e-4)
+    assert c.gap_closed("finetuned") == pytest.approx((0.203 - 0.151) / (0.203 - 0.125))
 
 
 def test_subgroup_gap_error_by_hand() -> None:
@@ -118,7 +123,12 @@ def test_subgroup_gap_error_by_hand() -> None:
     # groups under 3 people are ignored: no field has 2 groups -> None
     small = group_cells(rows("a", 0, [1, 5], [1, 5], demographic=[{"party_id": "A"}, {"party_id": "B"}]), ["party_id"])
     assert subgroup_gap_error(next(iter(small.values())), exact=False) is None
-    assert np.isfinite(model_metrics(flat)["subgroup_gap_error"])
+    assert np.isfinite(model_metrics(flat).subgroup_gap_error)
+
+
+def scores(wasserstein: float, subgroup_gap_error: float | None = None) -> ModelScores:
+    """A model's scores with only W (and the subgroup gap error) set."""
+    return ModelScores(1, 1, 0, 5, 0, "exact", wasserstein, None, None, None, subgroup_gap_error, CellSpread(None, None, 0), {}, {})
 
 
 def exact_cell(study: str, cond: int, humans: list[int], probs: list[float]) -> list[dict]:
@@ -132,40 +142,39 @@ def test_cell_spread_is_zero_for_a_model_that_ignores_its_prompt() -> None:
     humans = [[1, 1, 2, 3], [3, 4, 5, 5], [2, 3, 3, 4]]
     same = [0.2, 0.2, 0.2, 0.2, 0.2]
     collapsed = model_metrics(group_cells(sum((exact_cell("a", c, h, same) for c, h in enumerate(humans)), [])))
-    assert collapsed["cell_spread"]["predicted"] == pytest.approx(0.0)
+    assert collapsed.cell_spread.predicted == pytest.approx(0.0)
     # human cell means 1.75, 4.25, 3.0 -> positions .1875, .8125, .5 -> sd 0.2552
-    assert collapsed["cell_spread"]["human"] == pytest.approx(np.std([0.1875, 0.8125, 0.5]))
+    assert collapsed.cell_spread.human == pytest.approx(np.std([0.1875, 0.8125, 0.5]))
     low, high, mid = [0.7, 0.3, 0, 0, 0], [0, 0, 0, 0.3, 0.7], [0, 0, 1, 0, 0]
     reading = model_metrics(group_cells(sum((exact_cell("a", c, h, p) for c, (h, p) in enumerate(zip(humans, (low, high, mid)))), [])))
     # predicted positions: (0*.7 + .25*.3) = .075, .925, .5
-    assert reading["cell_spread"]["predicted"] == pytest.approx(np.std([0.075, 0.925, 0.5]))
-    assert reading["wasserstein"] < collapsed["wasserstein"]
+    assert reading.cell_spread.predicted == pytest.approx(np.std([0.075, 0.925, 0.5]))
+    assert reading.wasserstein < collapsed.wasserstein
 
 
 def test_fit_check_line_puts_the_finetuned_ratio_beside_the_true_distributions() -> None:
     from socrates_ray.eval.report import fit_check_line
 
-    fit = {"split": "all_settings/train", "rows": 60, "cells": 10, "finetuned": {"wasserstein": 0.15},
-           "uniform": {"wasserstein": 0.30}, "true_floor": {"wasserstein": 0.12}}
-    line = fit_check_line({"fit_check": fit})
+    fit = FitCheck("all_settings/train", 60, 10, {"finetuned": FitScores(0.15)}, uniform=0.30, true_floor=0.12)
+    line = fit_check_line(EvaluationResult("m", None, "exact", {}, {}, fit_check=fit))
     assert "finetuned = 0.50 x uniform, the true distributions 0.40 x" in line and "true distributions 0.1200" in line
-    del fit["true_floor"]  # real data: no true distributions to compare with
-    assert "true distributions" not in fit_check_line({"fit_check": fit})
+    fit.true_floor = None  # real data: no true distributions to compare with
+    assert "true distributions" not in fit_check_line(EvaluationResult("m", None, "exact", {}, {}, fit_check=fit))
 
 
 def test_distance_to_the_truth_is_zero_for_the_truth_and_one_share_for_uniform() -> None:
-    from socrates_ray.eval.metrics import truth_distance
+    from socrates_ray.eval.truth import truth_distance
 
     a, b = [0.1, 0.1, 0.1, 0.2, 0.5], [0.5, 0.3, 0.1, 0.05, 0.05]
     options = [1, 2, 3, 4, 5]
     truth = {("s", 0, 0): (options, a), ("s", 1, 0): (options, b)}
     perfect = sum((exact_cell("s", c, [1, 3, 5], p) for c, p in enumerate((a, b))), [])
     flat = sum((exact_cell("s", c, [1, 3, 5], [0.2] * 5) for c in range(2)), [])
-    assert truth_distance(group_cells(perfect), truth)["removed"] == pytest.approx(1.0)
+    assert truth_distance(group_cells(perfect), truth).removed == pytest.approx(1.0)
     d = truth_distance(group_cells(flat), truth)
-    assert d["removed"] == pytest.approx(0.0) and d["wasserstein"] == pytest.approx(d["uniform"]) and d["cells"] == 2
+    assert d.removed == pytest.approx(0.0) and d.wasserstein == pytest.approx(d.uniform) and d.cells == 2
     halfway = sum((exact_cell("s", c, [1, 3, 5], ((np.array(p) + 0.2) / 2).tolist()) for c, p in enumerate((a, b))), [])
-    assert 0.2 < truth_distance(group_cells(halfway), truth)["removed"] < 0.8
+    assert 0.2 < truth_distance(group_cells(halfway), truth).removed < 0.8
     assert truth_distance(group_cells(flat), None) is None  # real data: no truth, no figure
 
 
@@ -175,7 +184,7 @@ def test_per_participant_truth_removes_persona_sampling_and_measures_persona_rea
     (the cell's truth over everyone else would not say so), and orders them within the cell (persona
     reading 1); a model that gives both the cell's mixture is as good on the pooled distribution but
     reads no persona (0); swapping them reads it backwards (-1)."""
-    from socrates_ray.eval.metrics import truth_distance
+    from socrates_ray.eval.truth import truth_distance
 
     options = [1, 2, 3]
     dem, rep = [0.1, 0.2, 0.7], [0.7, 0.2, 0.1]
@@ -186,16 +195,16 @@ def test_per_participant_truth_removes_persona_sampling_and_measures_persona_rea
         return group_cells(rows("s", 0, [3, 1], [3, 1], low=1, high=3, options=[options, options], probs=[p0, p1]))
 
     knows = truth_distance(scored(dem, rep), cell_truth, people)
-    assert knows["removed"] == pytest.approx(1.0) and knows["persona"]["within_cell_corr"] == pytest.approx(1.0)
-    assert knows["reference"] == "scored participants"
-    assert truth_distance(scored(dem, rep), cell_truth)["removed"] < 0.9  # against the whole cell's truth: sampling shows
+    assert knows.removed == pytest.approx(1.0) and knows.persona.within_cell_corr == pytest.approx(1.0)
+    assert knows.reference == "scored participants"
+    assert truth_distance(scored(dem, rep), cell_truth).removed < 0.9  # against the whole cell's truth: sampling shows
     mixture = [0.4, 0.2, 0.4]
     blind = truth_distance(scored(mixture, mixture), cell_truth, people)
-    assert blind["removed"] == pytest.approx(1.0) and blind["persona"]["within_cell_corr"] == 0.0
+    assert blind.removed == pytest.approx(1.0) and blind.persona.within_cell_corr == 0.0
     backwards = truth_distance(scored(rep, dem), cell_truth, people)
-    assert backwards["persona"]["within_cell_corr"] == pytest.approx(-1.0)
+    assert backwards.persona.within_cell_corr == pytest.approx(-1.0)
     # a dataset synthesized before per-participant truth existed: the cell's truth, no persona figure
-    assert "persona" not in truth_distance(scored(dem, rep), cell_truth, None)
+    assert truth_distance(scored(dem, rep), cell_truth, None).persona is None
 
 
 def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> None:
@@ -203,7 +212,7 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
     import pyarrow.parquet as pq
 
     from socrates_ray.eval.job import training_cells
-    from socrates_ray.eval.simulate import INPUT_COLUMNS
+    from socrates_ray.data.prepared import INPUT_COLUMNS
 
     # cells of 3, 50, 8 and 45 answers: the two big ones are the check's, capped at 40 answers each
     sizes = {("s1", 0): 3, ("s1", 1): 50, ("s2", 0): 8, ("s3", 2): 45}

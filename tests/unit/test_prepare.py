@@ -12,7 +12,7 @@ import pytest
 
 from socrates_ray.cli import main
 from socrates_ray.config import load_config
-from socrates_ray.data.prepare import PrepareError, run_prepare
+from socrates_ray.data.prepare import PrepareError, prepare_options, run_prepare
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA, REASONS
 from socrates_ray.data.splits import SplitError
 
@@ -104,7 +104,7 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(tmp_path, synth_dir):
     raw = tmp_path / "raw"
     expected = build_dirty_dataset(synth_dir, raw)
     assert len(expected) >= 10
-    summary = run_prepare(_cfg(raw, tmp_path / "prep"), log=lambda *_: None)
+    summary = run_prepare(prepare_options(_cfg(raw, tmp_path / "prep")), log=lambda *_: None)
     assert summary["rows_in"] == summary["rows_kept"] + summary["rows_quarantined"]
     assert summary["rows_in"] == sum(pq.read_metadata(p).num_rows for p in (raw / "data").glob("*.parquet"))
     assert summary["quarantine_reasons"] == dict(expected)
@@ -121,7 +121,7 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(tmp_path, synth_dir):
 
 
 def test_outputs_hold_what_later_stages_need(tmp_path, synth_dir):
-    summary = run_prepare(_cfg(synth_dir, tmp_path / "prep"), log=lambda *_: None)
+    summary = run_prepare(prepare_options(_cfg(synth_dir, tmp_path / "prep")), log=lambda *_: None)
     prep = tmp_path / "prep"
     for setting in ("unseen_studies", "unseen_conditions", "unseen_tasks"):
         for split in ("train", "eval"):
@@ -138,7 +138,7 @@ def test_outputs_hold_what_later_stages_need(tmp_path, synth_dir):
 
 
 def test_splits_follow_the_metadata_files(tmp_path, synth_dir):
-    run_prepare(_cfg(synth_dir, tmp_path / "prep"), log=lambda *_: None)
+    run_prepare(prepare_options(_cfg(synth_dir, tmp_path / "prep")), log=lambda *_: None)
     prep = tmp_path / "prep"
     unseen = set(json.loads((synth_dir / "metadata" / "participant_mapping.json").read_text())["unseen"])
     assert set(pq.read_table(prep / "unseen_studies" / "eval")["study_id"].to_pylist()) == unseen
@@ -157,19 +157,19 @@ def test_mapping_by_sample_ids_is_accepted_and_nonsense_is_explained(tmp_path, s
     study = table[0]["study_id"]
     ids = sorted(r["sample_id"] for r in table if r["study_id"] == study)
     (raw / "metadata" / "task_mapping.json").write_text(json.dumps({study: {"train": ids[10:], "eval": ids[:10]}}))
-    run_prepare(_cfg(raw, tmp_path / "prep"), log=lambda *_: None)
+    run_prepare(prepare_options(_cfg(raw, tmp_path / "prep")), log=lambda *_: None)
     evals = pq.read_table(tmp_path / "prep" / "unseen_tasks" / "eval", columns=["sample_id"])["sample_id"].to_pylist()
     assert sorted(evals) == ids[:10]
     (raw / "metadata" / "task_mapping.json").write_text(json.dumps({study: {"train": [123456], "eval": [654321]}}))
     with pytest.raises(SplitError, match="neither its task numbers .* nor its sample ids"):
-        run_prepare(_cfg(raw, tmp_path / "prep2"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(raw, tmp_path / "prep2")), log=lambda *_: None)
 
 
 def test_without_metadata_splits_are_drawn_deterministically(tmp_path, synth_dir):
     raw = tmp_path / "raw"
     shutil.copytree(synth_dir / "data", raw / "data")
-    a = run_prepare(_cfg(raw, tmp_path / "a"), log=lambda *_: None)
-    b = run_prepare(_cfg(raw, tmp_path / "b"), log=lambda *_: None)
+    a = run_prepare(prepare_options(_cfg(raw, tmp_path / "a")), log=lambda *_: None)
+    b = run_prepare(prepare_options(_cfg(raw, tmp_path / "b")), log=lambda *_: None)
     assert a["settings"] == b["settings"]
     assert all(s["source"].startswith("drawn") for s in a["settings"].values())
     assert a["settings"]["unseen_studies"]["eval"]["studies"] == round(0.19 * a["studies"])
@@ -178,37 +178,37 @@ def test_without_metadata_splits_are_drawn_deterministically(tmp_path, synth_dir
 
 def test_rerun_replaces_previous_output(tmp_path, synth_dir):
     cfg = _cfg(synth_dir, tmp_path / "prep")
-    first = run_prepare(cfg, log=lambda *_: None)
-    second = run_prepare(cfg, log=lambda *_: None)
+    first = run_prepare(prepare_options(cfg), log=lambda *_: None)
+    second = run_prepare(prepare_options(cfg), log=lambda *_: None)
     assert pq.read_table(tmp_path / "prep" / "unseen_studies").num_rows == second["rows_kept"] == first["rows_kept"]
 
 
 def test_unreadable_inputs_give_clear_errors(tmp_path, capsys, synth_dir):
     with pytest.raises(PrepareError, match="does not exist.*socrates-ray synth"):
-        run_prepare(_cfg(tmp_path / "missing", tmp_path / "p"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(tmp_path / "missing", tmp_path / "p")), log=lambda *_: None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PrepareError, match="no Parquet files"):
-        run_prepare(_cfg(tmp_path / "empty", tmp_path / "p"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(tmp_path / "empty", tmp_path / "p")), log=lambda *_: None)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(PrepareError, match="x.parquet is not a readable Parquet file"):
-        run_prepare(_cfg(tmp_path / "broken", tmp_path / "p"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(tmp_path / "broken", tmp_path / "p")), log=lambda *_: None)
     (tmp_path / "narrow").mkdir()
     pq.write_table(pa.table({"study_id": ["abcde"], "response": [1]}), tmp_path / "narrow" / "y.parquet")
     with pytest.raises(PrepareError, match=r"lacks columns \['sample_id'"):
-        run_prepare(_cfg(tmp_path / "narrow", tmp_path / "p"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(tmp_path / "narrow", tmp_path / "p")), log=lambda *_: None)
     # a column of a type no row could be read from: one error naming it (was: exit 0, every row quarantined)
     table = pq.read_table(next(iter(sorted(synth_dir.glob("data/*.parquet")))))
     (tmp_path / "typed").mkdir()
     bad = table.set_column(table.schema.get_field_index("response"), "response", pa.array([[int(v)] for v in table["response"].to_pylist()]))
     pq.write_table(bad, tmp_path / "typed" / "z.parquet")
     with pytest.raises(PrepareError, match=r"column 'response' is list<.*int64>; expected an integer"):
-        run_prepare(_cfg(tmp_path / "typed", tmp_path / "p"), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(tmp_path / "typed", tmp_path / "p")), log=lambda *_: None)
     # numbers stored as text are still read (validate_row parses them)
     as_text = table.set_column(table.schema.get_field_index("response"), "response", pa.array([str(v) for v in table["response"].to_pylist()]))
     (tmp_path / "text").mkdir()
     pq.write_table(as_text, tmp_path / "text" / "t.parquet")
-    assert run_prepare(_cfg(tmp_path / "text", tmp_path / "p2"), log=lambda *_: None)["rows_kept"] > 0
+    assert run_prepare(prepare_options(_cfg(tmp_path / "text", tmp_path / "p2")), log=lambda *_: None)["rows_kept"] > 0
     # through the CLI: exit code 2 and a one-line reason, no traceback
     assert main(["prepare", f"data.raw={tmp_path / 'broken'}", f"data.prepared={tmp_path / 'p'}", "data.parallelism=1"]) == 2
     err = capsys.readouterr().err
@@ -235,7 +235,7 @@ def test_a_dataset_exported_by_someone_else(tmp_path, synth_dir):
     (tmp_path / "theirs").mkdir()
     pq.write_table(table, tmp_path / "theirs" / "socsci_export.parquet")
     lines = []
-    summary = run_prepare(_cfg(tmp_path / "theirs", tmp_path / "prep"), log=lines.append)
+    summary = run_prepare(prepare_options(_cfg(tmp_path / "theirs", tmp_path / "prep")), log=lines.append)
     assert summary["rows_kept"] == len(rows) and summary["rows_quarantined"] == 0
     assert any("no `prompt` column" in line for line in lines)
     kept = pq.read_table(tmp_path / "prep" / "unseen_studies").to_pylist()
@@ -247,7 +247,7 @@ def test_a_dataset_exported_by_someone_else(tmp_path, synth_dir):
 def test_all_settings_trains_only_on_rows_no_setting_holds_out(tmp_path, synth_dir):
     cfg = _cfg(synth_dir, tmp_path / "prep")
     cfg.data.settings = ["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
-    run_prepare(cfg, log=lambda *_: None)
+    run_prepare(prepare_options(cfg), log=lambda *_: None)
     prep = tmp_path / "prep"
     key = lambda r: (r["study_id"], r["sample_id"])  # noqa: E731
     held_out = set()
@@ -264,7 +264,7 @@ def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, s
     tasks, about data.validation_fraction of them, and the draw is stable across runs."""
     cfg = _cfg(synth_dir, tmp_path / "prep", "data.validation_fraction=0.3")
     cfg.data.settings = ["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
-    summary = run_prepare(cfg, log=lambda *_: None)
+    summary = run_prepare(prepare_options(cfg), log=lambda *_: None)
     prep = tmp_path / "prep"
     cols = ["study_id", "sample_id", "condition_num", "task_num"]
     key = lambda r: (r["study_id"], r["sample_id"])  # noqa: E731
@@ -274,7 +274,7 @@ def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, s
 
     baseline = _cfg(synth_dir, tmp_path / "plain", "data.validation_fraction=0")
     baseline.data.settings = cfg.data.settings
-    plain = run_prepare(baseline, log=lambda *_: None)
+    plain = run_prepare(prepare_options(baseline), log=lambda *_: None)
     assert not any((tmp_path / "plain" / s / "val").exists() for s in cfg.data.settings)
     unit = {"unseen_studies": lambda r: r["study_id"], "unseen_conditions": lambda r: (r["study_id"], r["condition_num"]),
             "unseen_tasks": lambda r: (r["study_id"], r["task_num"])}
@@ -292,7 +292,7 @@ def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, s
     studies = {r["study_id"] for r in rows("unseen_studies", "train") + rows("unseen_studies", "val")}
     share = len({r["study_id"] for r in rows("unseen_studies", "val")}) / len(studies)
     assert 0.05 < share < 0.6  # ~0.3 of 10 seen studies, by hash
-    again = run_prepare(cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared": str(tmp_path / "again")})}),
+    again = run_prepare(prepare_options(cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared": str(tmp_path / "again")})})),
                         log=lambda *_: None)
     assert again["settings"] == summary["settings"]
     assert json.loads((prep / "splits" / "validation.json").read_text())["fraction"] == 0.3
@@ -301,7 +301,7 @@ def test_validation_split_holds_out_whole_units_of_the_settings_kind(tmp_path, s
 def test_prepare_is_all_or_nothing_and_a_rerun_replaces_every_setting(tmp_path, synth_dir):
     prepared = tmp_path / "prep"
     settings = "data.settings=[unseen_studies, unseen_conditions, unseen_tasks, all_settings]"
-    run_prepare(_cfg(synth_dir, prepared, settings), log=lambda *_: None)
+    run_prepare(prepare_options(_cfg(synth_dir, prepared, settings)), log=lambda *_: None)
 
     def train_rows(setting):
         return pq.read_table(prepared / setting / "train").num_rows
@@ -312,7 +312,7 @@ def test_prepare_is_all_or_nothing_and_a_rerun_replaces_every_setting(tmp_path, 
     (fewer / "data").mkdir()
     first_shard = sorted((synth_dir / "data").glob("*.parquet"))[0]
     shutil.copy(first_shard, fewer / "data" / first_shard.name)
-    summary = run_prepare(_cfg(fewer, prepared, settings), log=lambda *_: None)
+    summary = run_prepare(prepare_options(_cfg(fewer, prepared, settings)), log=lambda *_: None)
     for setting in ("unseen_studies", "all_settings"):
         assert train_rows(setting) == summary["settings"][setting]["train"]["rows"], setting
 
@@ -321,7 +321,7 @@ def test_prepare_is_all_or_nothing_and_a_rerun_replaces_every_setting(tmp_path, 
     shutil.copytree(fewer, broken)
     (broken / "data" / "zz-damaged.parquet").write_bytes(b"PAR1 not really parquet")
     with pytest.raises(PrepareError, match="zz-damaged.parquet"):
-        run_prepare(_cfg(broken, prepared, settings), log=lambda *_: None)
+        run_prepare(prepare_options(_cfg(broken, prepared, settings)), log=lambda *_: None)
     assert json.loads((prepared / "summary.json").read_text()) == summary
     assert train_rows("all_settings") == summary["settings"]["all_settings"]["train"]["rows"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -345,8 +345,8 @@ def test_validation_never_takes_a_studys_last_training_condition_or_task():
 
 
 def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_read(tmp_path, synth_dir):
-    from socrates_ray.data.prepare import split_problem
-    from socrates_ray.eval.simulate import SimulateError, load_split_rows
+    from socrates_ray.data.prepared import split_problem
+    from socrates_ray.data.prepared import PreparedSplitError, load_split_rows
 
     # one condition a study, no metadata files: no condition can be held out for unseen_conditions
     table = pq.read_table(synth_dir / "data")
@@ -358,10 +358,10 @@ def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_re
     (tmp_path / "raw" / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(keep, schema=table.schema), tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
     lines = []
-    summary = run_prepare(_cfg(tmp_path / "raw", tmp_path / "prep", "data.settings=[unseen_conditions,unseen_studies]"), log=lines.append)
+    summary = run_prepare(prepare_options(_cfg(tmp_path / "raw", tmp_path / "prep", "data.settings=[unseen_conditions,unseen_studies]")), log=lines.append)
     assert "unseen_conditions/eval has no rows: nothing to evaluate under this setting" in summary["warnings"]
     assert any(line.startswith("warning: unseen_conditions/eval has no rows") for line in "\n".join(lines).splitlines())
-    with pytest.raises(SimulateError, match="unseen_conditions/eval is empty: prepare placed none of the kept rows there"):
+    with pytest.raises(PreparedSplitError, match="unseen_conditions/eval is empty: prepare placed none of the kept rows there"):
         load_split_rows(str(tmp_path / "prep"), "unseen_conditions", "eval", None)
     assert split_problem(tmp_path / "prep", "unseen_studies", "eval") is None
     assert "prepared without unseen_tasks" in split_problem(tmp_path / "prep", "unseen_tasks", "train")
@@ -373,14 +373,14 @@ def test_an_empty_split_is_a_warning_at_prepare_and_a_clear_error_where_it_is_re
 
 def test_a_many_shard_prepare_says_its_progress_in_about_ten_lines(tmp_path) -> None:
     from socrates_ray.config import load_config
-    from socrates_ray.data.prepare import run_prepare
-    from socrates_ray.data.synthetic import write_synthetic
+    from socrates_ray.data.prepare import prepare_options, run_prepare
+    from socrates_ray.data.synthetic_files import write_synthetic
 
     lines: list[str] = []
     cfg = load_config(None, [f"data.raw={tmp_path / 'raw'}", f"data.prepared={tmp_path / 'prepared'}", "data.parallelism=1"])
     write_synthetic(tmp_path / "raw", studies=10, rows=3000, rows_per_shard=100, seed=0, refusal_rate=0.0,
                     within_subject_share=0.3, log=lines.append)
-    run_prepare(cfg, log=lines.append)
+    run_prepare(prepare_options(cfg), log=lines.append)
     synth = [line for line in lines if line.startswith("synth: shard")]
     prepare = [line for line in lines if line.startswith("prepare: shard")]
     shards = len(list((tmp_path / "raw" / "data").glob("*.parquet")))

@@ -10,7 +10,7 @@ from socrates_ray.data.prompts import (
 )
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS
 
-# A real-format SocSci210 row (PAPER.md section 2): `ethnicity` is null, so no line for it.
+# A real-format SocSci210 row (the paper, Kolluri et al. EMNLP 2025, section 2): `ethnicity` is null, so no line for it.
 REAL_DEMOGRAPHIC = {
     "age": 34,
     "gender": "Female",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from socrates_ray.cli import quiet_libraries
+from socrates_ray.runtime import quiet_libraries
 from socrates_ray.config import RunSection
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.score import Scorer, ScoreError, option_layout, parse_first_integer, shape_distribution
+from socrates_ray.infer import ScoreError, TransformersEngine, distributions, parse_first_integer, sample_answers, shape_distribution
+from socrates_ray.infer.transformers_engine import option_layout
 
 STIMULUS = "How fair is this proposal? Only return an integer from 1 to {hi}, where 1 means Not at all and {hi} means Very, nothing else."
 
@@ -40,11 +41,11 @@ def test_option_layout_scores_each_option_after_the_prompt() -> None:
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_model) -> Scorer:
-    return Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+def scorer(tiny_model) -> TransformersEngine:
+    return TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
 
 
-def brute_force(scorer: Scorer, prompt: str, option: int) -> float:
+def brute_force(scorer: TransformersEngine, prompt: str, option: int) -> float:
     """log P(option + eot | prompt) from one plain forward pass over prompt + answer."""
     import torch
 
@@ -54,26 +55,26 @@ def brute_force(scorer: Scorer, prompt: str, option: int) -> float:
     return sum(float(logp[j - 1, ids[j]]) for j in range(len(ids)) if labels[j] != -100)
 
 
-def test_exact_distribution_matches_brute_force_including_multi_token_answers(scorer: Scorer) -> None:
+def test_exact_distribution_matches_brute_force_including_multi_token_answers(scorer: TransformersEngine) -> None:
     prompts = ["- Age: 30\n" + STIMULUS.format(hi=11), "- Age: 71\n" + STIMULUS.format(hi=5)]
     options = [list(range(1, 12)), list(range(1, 6))]
     logprobs = scorer.option_logprobs(prompts, options)
     for prompt, opts, lp in zip(prompts, options, logprobs):
         expected = [brute_force(scorer, prompt, o) for o in opts]
         assert np.allclose(lp, expected, atol=1e-4), (lp, expected)
-    dists = scorer.distributions(prompts, options)
+    dists = distributions(scorer, prompts, options)
     for d, opts in zip(dists, options):
         assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0) and (d > 0).all()
 
 
-def test_options_on_cached_prompts_equal_the_tree_mask(tiny_model, scorer: Scorer) -> None:
+def test_options_on_cached_prompts_equal_the_tree_mask(tiny_model, scorer: TransformersEngine) -> None:
     """tree="cache" (prompts causal with no mask, options on copies of their prompt's cache) gives the tree
     mask's log-probabilities: prompts of different lengths in one pass, 11-point scales with two-token
     answers beside 2-point ones (with an adapter: the test below)."""
     prompts = ["- Age: 30\n" + STIMULUS.format(hi=11), "- Age: 71\n- Party: Independent\n" + STIMULUS.format(hi=2),
                "- Age: 52\n" + STIMULUS.format(hi=5)]
     options = [list(range(1, 12)), [1, 2], list(range(1, 6))]
-    cached = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, tree="cache")
+    cached = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT, tree="cache")
     mask, cache = scorer.option_logprobs(prompts, options), cached.option_logprobs(prompts, options)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(mask, cache)), (mask, cache)
     assert np.allclose(cache[1], [brute_force(scorer, prompts[1], o) for o in (1, 2)], atol=1e-4)
@@ -82,13 +83,13 @@ def test_options_on_cached_prompts_equal_the_tree_mask(tiny_model, scorer: Score
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(mask, cached.option_logprobs(prompts, options)))
 
 
-def test_a_vanishing_temperature_generates_greedily_instead_of_failing(scorer: Scorer) -> None:
+def test_a_vanishing_temperature_generates_greedily_instead_of_failing(scorer: TransformersEngine) -> None:
     prefix = scorer.encoder.prefix_text("- Age: 30\n" + STIMULUS.format(hi=5))
     tiny, zero = (scorer.generate([prefix], 1, t, 1.0, 4)[0][0]["text"] for t in (1e-300, 0.0))
     assert tiny == zero
 
 
-def test_a_prompts_samples_follow_the_prompt_not_the_batch(scorer: Scorer) -> None:
+def test_a_prompts_samples_follow_the_prompt_not_the_batch(scorer: TransformersEngine) -> None:
     """Each row draws from a generator seeded by its own prefix and sample index: the same prompt gets
     the same samples alone or in a batch of others (the demo's open-ended cells moved from run to run
     when transformers drew from torch's global generator), and its n samples are not all one draw."""
@@ -109,7 +110,7 @@ def test_a_prompts_samples_follow_the_prompt_not_the_batch(scorer: Scorer) -> No
     assert {o["text"] for o in scorer.generate(prefixes[:1], 4, 1.0, 1e-6, 6)[0]} == {greedy}
 
 
-def test_exact_scoring_refuses_prompts_over_the_context(scorer: Scorer) -> None:
+def test_exact_scoring_refuses_prompts_over_the_context(scorer: TransformersEngine) -> None:
     with pytest.raises(ScoreError, match="context"):
         scorer.option_logprobs(["word " * 5000], [[1, 2]])
 
@@ -119,7 +120,7 @@ def test_sampled_answers_agree_with_the_exact_distribution(tiny_model) -> None:
     paper-style sampling (temperature 1, top_p 1) draws answers at the exact distribution's rates."""
     import torch
 
-    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    scorer = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     prompt = "- Age: 44\n" + STIMULUS.format(hi=2)
     examples = scorer.encoder.encode([prompt] * 10, ["1"] * 7 + ["2"] * 3)
     ids = torch.tensor([e[0] for e in examples])
@@ -132,10 +133,10 @@ def test_sampled_answers_agree_with_the_exact_distribution(tiny_model) -> None:
         scorer.model(input_ids=ids, labels=labels).loss.backward()
         opt.step()
     scorer.model.eval()
-    exact = scorer.distributions([prompt], [[1, 2]])[0]
+    exact = distributions(scorer, [prompt], [[1, 2]])[0]
     assert abs(exact[0] - 0.7) < 0.15  # it learned roughly the taught distribution
     torch.manual_seed(1)
-    draws = scorer.sample_answers([prompt], n=400, temperature=1.0, top_p=1.0, max_new_tokens=3)[0]
+    draws = sample_answers(scorer, [prompt], n=400, temperature=1.0, top_p=1.0, max_new_tokens=3)[0]
     assert sum(d is None for d in draws) < 40  # nearly every sample parses
     counts = np.array([sum(d == 1 for d in draws), sum(d == 2 for d in draws)])
     share = counts[0] / counts.sum()
@@ -155,7 +156,7 @@ def test_exact_scoring_with_an_adapter_on_the_output_layer_matches_brute_force(t
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj", "lm_head"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
-    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+    scorer = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     scorer.load_adapter("a", tmp_path / "adapter")
     prompts = ["- Age: 44\n" + STIMULUS.format(hi=11)]
     options = [list(range(1, 12))]
@@ -187,10 +188,10 @@ def test_bf16_scoring_runs_the_adapter_in_bf16_and_agrees_with_fp32(tiny_model, 
     options = [list(range(1, 8)), list(range(1, 12))]
     found = {}
     for precision in ("fp32", "bf16"):
-        scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT, precision=precision)
+        scorer = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT, precision=precision)
         scorer.load_adapter("a", tmp_path / "adapter")
         assert {p.dtype for p in scorer.model.parameters()} == {torch.float32 if precision == "fp32" else torch.bfloat16}
-        found[precision] = scorer.distributions(prompts, options, adapter="a")
+        found[precision] = distributions(scorer, prompts, options, adapter="a")
     for p32, p16 in zip(found["fp32"], found["bf16"]):
         assert np.abs(p32 - p16).max() < 0.02
 
@@ -198,7 +199,7 @@ def test_bf16_scoring_runs_the_adapter_in_bf16_and_agrees_with_fp32(tiny_model, 
 def test_auto_precision_is_bf16_on_gpus_and_native_bf16_cpus_only(monkeypatch) -> None:
     import torch
 
-    from socrates_ray.precision import resolve_precision
+    from socrates_ray.infer.precision import resolve_precision
 
     assert resolve_precision("fp32", on_gpu=True) == "fp32" and resolve_precision("bf16", on_gpu=False) == "bf16"
     assert resolve_precision("auto", on_gpu=True) == "bf16"

@@ -17,6 +17,7 @@ from socrates_ray.screen.analysis import (
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
 from socrates_ray.screen.job import analyze
 from socrates_ray.screen.report import write_screen_report
+from socrates_ray.screen.results import ModelScreen, ScreenResult, SplitContrast
 from socrates_ray.screen.spec import Experiment, ExperimentError, load_experiment
 from socrates_ray.screen.trust import agreement, split_contrasts
 
@@ -101,16 +102,16 @@ def test_a_large_effect_is_recovered_and_its_interval_narrows_with_more_people()
     for n in (25, 100, 400):
         treat, ctrl = shifted(n, -1.0, rng), shifted(n, 0.5, rng)
         e = contrast_effect(treat, ctrl, paired=False, level=0.9, draws=800, rng=rng)
-        assert e["difference"] < -0.8 and e["interval"][1] < 0 and e["d"] < -0.5, e
-        widths.append(e["interval"][1] - e["interval"][0])
+        assert e.difference < -0.8 and e.interval[1] < 0 and e.d < -0.5, e
+        widths.append(e.interval[1] - e.interval[0])
     assert widths[0] > 1.6 * widths[1] > 1.6 * 1.6 * widths[2] * 0.9, widths  # ~ 1/sqrt(n): halves per 4x people
     # a within-subject design on the same people: their personal effects cancel, so the interval is narrower
     persons = rng.normal(0, 2.0, 100)
     before, after = people(persons), people(persons + 1.0)
     paired = contrast_effect(after, before, paired=True, level=0.9, draws=800, rng=rng)
     unpaired = contrast_effect(after, before, paired=False, level=0.9, draws=800, rng=rng)
-    assert paired["difference"] == pytest.approx(unpaired["difference"]) and paired["difference"] > 0.5
-    assert paired["interval"][1] - paired["interval"][0] < 0.9 * (unpaired["interval"][1] - unpaired["interval"][0])
+    assert paired.difference == pytest.approx(unpaired.difference) and paired.difference > 0.5
+    assert paired.interval[1] - paired.interval[0] < 0.9 * (unpaired.interval[1] - unpaired.interval[0])
 
 
 def test_power_matches_the_published_t_test_values():
@@ -128,7 +129,7 @@ def test_standardized_effect_counts_answer_uncertainty_and_persona_spread():
     certain = Arm.of([1, 2, 3, 4, 5], [[0, 1, 0, 0, 0]] * 10)  # everyone answers 2
     half = Arm.of([1, 2, 3, 4, 5], [[0, 0.5, 0, 0.5, 0]] * 10)  # each person 2 or 4: variance 1 within the person
     e = contrast_effect(half, certain, paired=False, level=0.9, draws=200, rng=np.random.default_rng(0))
-    assert e["difference"] == pytest.approx(1.0) and e["d"] == pytest.approx(1.0 / np.sqrt(0.5))
+    assert e.difference == pytest.approx(1.0) and e.d == pytest.approx(1.0 / np.sqrt(0.5))
 
 
 def predictions_table(experiment: Experiment, rng: np.random.Generator) -> pa.Table:
@@ -147,18 +148,17 @@ def test_analysis_and_report_files_hold_the_same_numbers(tmp_path):
                                                 analysis={"min_subgroup_n": 10}))
     table = predictions_table(experiment, np.random.default_rng(0))
     outcomes = analyze(experiment, table, model_error=0.0, seed=0)
-    c = outcomes["support"]["contrasts"][0]
-    assert c["difference"] < -0.8 and c["interval"][1] < 0 and c["verdict"] == "negative: as expected"
-    assert set(c["subgroups"]["party_id"]) == {"Strong Democrat", "Strong Republican"}
-    assert c["humans_per_arm_needed"] == n_needed(c["d"], 0.05, 0.8, paired=False)
+    c = outcomes["support"].contrasts[0]
+    assert c.difference < -0.8 and c.interval[1] < 0 and c.verdict == "negative: as expected"
+    assert set(c.subgroups["party_id"]) == {"Strong Democrat", "Strong Republican"}
+    assert c.humans_per_arm_needed == n_needed(c.d, 0.05, 0.8, paired=False)
     # a model error of 0.1 of the 1..5 range adds z * 0.4 points to each half-width, in quadrature
-    wider = analyze(experiment, table, model_error=0.1, seed=0)["support"]["contrasts"][0]
+    wider = analyze(experiment, table, model_error=0.1, seed=0)["support"].contrasts[0]
     extra = 1.6448536 * 0.1 * 4
-    assert wider["interval"][1] - wider["difference"] == pytest.approx(np.hypot(c["interval"][1] - c["difference"], extra))
-    results = {"experiment": "t", "design": "between", "n_per_arm": 40, "population": experiment.population.model_dump(),
-               "arms": dict(experiment.arms()), "control": "control", "outcomes": ["support"],
-               "analysis": experiment.analysis.model_dump(), "planned_n": 40,
-               "models": {"base": {"temperature": 1.0, "model_error": 0.0, "outcomes": outcomes}}}
+    assert wider.interval[1] - wider.difference == pytest.approx(np.hypot(c.interval[1] - c.difference, extra))
+    results = ScreenResult("t", "between", 40, experiment.population.model_dump(), dict(experiment.arms()), "control", ["support"],
+                           experiment.analysis.model_dump(), 40, "m", {"base": None},
+                           {"base": ModelScreen(temperature=1.0, model_error=0.0, outcomes=outcomes)})
     report = write_screen_report(results, tmp_path)
     for name in ("screen.json", "report.md", "distributions.png", "effects.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -184,26 +184,27 @@ def test_held_out_studies_become_contrasts_compared_with_humans_and_truth():
                 rows.append({"study_id": f"s{s}", "task_num": 0, "condition_num": cond, "response": int(rng.choice(5, p=p)) + 1,
                              "options": [1, 2, 3, 4, 5], "probs": p.tolist(), "scale_low": 1, "scale_high": 5})
     contrasts = split_contrasts(pa.Table.from_pylist(rows), level=0.9, draws=500, seed=0, truth=truth)
-    assert [(c["study_id"], c["condition"], c["control"]) for c in contrasts] == [("s0", 1, 0), ("s1", 1, 0), ("s2", 1, 0)]
-    assert contrasts[0]["predicted"] < -0.8 and contrasts[1]["predicted"] > 0.8 and contrasts[0]["true"] < -0.8
+    assert [(c.study_id, c.condition, c.control) for c in contrasts] == [("s0", 1, 0), ("s1", 1, 0), ("s2", 1, 0)]
+    assert contrasts[0].predicted < -0.8 and contrasts[1].predicted > 0.8 and contrasts[0].true < -0.8
     result = agreement(contrasts, 0.0, 0.9)
-    assert result["clear_human_contrasts"] >= 2 and result["sign_agreement"] == 1.0
-    assert result["vs_truth"]["sign_agreement"] == 1.0 and result["vs_truth"]["correlation"] > 0.9
+    assert result.clear_human_contrasts >= 2 and result.sign_agreement == 1.0
+    assert result.vs_truth.sign_agreement == 1.0 and result.vs_truth.correlation > 0.9
 
 
 def test_the_fitted_model_error_is_what_the_errors_hold_beyond_sampling():
     z = 1.6448536
     # sampling sd 0.1 (interval half-width z * 0.1) and errors of +-0.3 on a range of 1: excess variance 0.09 - 0.01
-    contrasts = [{"predicted": 0.0, "interval": [-z * 0.1, z * 0.1], "observed": o, "range": 1.0} for o in (0.3, -0.3)]
+    def contrast(interval: list[float], observed: float, range_: float) -> SplitContrast:
+        return SplitContrast("s", 0, 1, 0, range_, 0.0, interval, observed, [observed - 0.01, observed + 0.01], 10, 10)
+
+    contrasts = [contrast([-z * 0.1, z * 0.1], o, 1.0) for o in (0.3, -0.3)]
     assert fit_model_error(contrasts, 0.9) == pytest.approx(np.sqrt(0.08))
     # errors smaller than sampling alone explains: no model error
-    assert fit_model_error([{"predicted": 0.0, "interval": [-1.0, 1.0], "observed": 0.1, "range": 4.0}], 0.9) == 0.0
+    assert fit_model_error([contrast([-1.0, 1.0], 0.1, 4.0)], 0.9) == 0.0
     assert fit_model_error([], 0.9) == 0.0
     # agreement's coverage uses it: an observed effect 0.3 away is outside the sampling-only interval, inside the widened one
-    for c in contrasts:
-        c.update(observed_interval=[c["observed"] - 0.01, c["observed"] + 0.01], true=None)
-    assert agreement(contrasts, 0.0, 0.9)["coverage"] == 0.0
-    assert agreement(contrasts, fit_model_error(contrasts, 0.9), 0.9)["coverage"] == 1.0
+    assert agreement(contrasts, 0.0, 0.9).coverage == 0.0
+    assert agreement(contrasts, fit_model_error(contrasts, 0.9), 0.9).coverage == 1.0
 
 
 def test_observed_contrast_is_a_welch_interval():
@@ -212,7 +213,7 @@ def test_observed_contrast_is_a_welch_interval():
     t, c = [5, 4, 5, 3, 4, 5], [2, 1, 3, 2, 2]
     got = observed_contrast(t, c, 0.95)
     ref = stats.ttest_ind(t, c, equal_var=False).confidence_interval(0.95)
-    assert got["interval"] == pytest.approx([ref.low, ref.high])
+    assert got.interval == pytest.approx([ref.low, ref.high])
     assert observed_contrast([1], [2, 3], 0.9) is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from socrates_ray.config import load_config
@@ -33,35 +34,35 @@ def test_replica_settings_read_the_token_where_the_app_is_built_and_never_print_
 def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_answers():
     import threading
 
-    from socrates_ray.score import ScoreError
-    from socrates_ray.serve.deployment import Job, ModelCore
+    from socrates_ray.infer import ScoreError
+    from socrates_ray.serve.replica import DistributionJob, ModelCore
 
-    class FakeScorer:
+    class FakeEngine:
         calls = 0
         adapters: dict = {}
 
-        def distributions(self, texts, options, adapter, temperature, top_p):
-            FakeScorer.calls += 1
+        def option_logprobs(self, texts, options, adapter):
+            FakeEngine.calls += 1
             if "too long" in texts:
                 raise ScoreError("prompt 'too long' needs 900 tokens")
             if "crash" in texts:
                 raise RuntimeError("a fault inside the model")
-            return [[round(1 / len(o), 3)] * len(o) for o in options]
+            return [np.log([1 / len(o)] * len(o)) for o in options]
 
     core = object.__new__(ModelCore)  # the batching logic alone: no model, no Serve
-    core.scorer, core.lock = FakeScorer(), threading.Lock()
+    core.engine, core.lock = FakeEngine(), threading.Lock()
     core._init_adapters()
-    jobs = [Job("dist", None, t, opts) for t, opts in
+    jobs = [DistributionJob(None, t, opts) for t, opts in
             [("a", [1, 2]), ("too long", [1, 2]), ("crash", [1, 2]), ("b", [1, 2, 3, 4])]]
     results = core._run_sync(jobs)
-    assert results[0] == [0.5, 0.5] and results[3] == [0.25] * 4  # the valid requests are answered
+    assert list(results[0]) == pytest.approx([0.5, 0.5]) and list(results[3]) == pytest.approx([0.25] * 4)  # the valid requests are answered
     assert isinstance(results[1], ScoreError) and "too long" in str(results[1])  # its own message, not a neighbour's
     assert isinstance(results[2], RuntimeError)
-    assert FakeScorer.calls == 1 + 4  # one batched call, then one call a job
+    assert FakeEngine.calls == 1 + 4  # one batched call, then one call a job
     # a group that succeeds is one call
-    FakeScorer.calls = 0
-    assert core._run_sync([Job("dist", None, "a", [1, 2]), Job("dist", None, "b", [1, 2])]) == [[0.5, 0.5]] * 2
-    assert FakeScorer.calls == 1
+    FakeEngine.calls = 0
+    assert [list(r) for r in core._run_sync([DistributionJob(None, "a", [1, 2]), DistributionJob(None, "b", [1, 2])])] == [[0.5, 0.5]] * 2
+    assert FakeEngine.calls == 1
 
 
 def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_request_is_answered():
@@ -69,9 +70,9 @@ def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_requ
     import threading
     from collections import OrderedDict
 
-    from socrates_ray.serve.deployment import Job, ModelCore, ReplicaSettings
+    from socrates_ray.serve.replica import DistributionJob, ModelCore, ReplicaSettings
 
-    class FakeScorer:
+    class FakeEngine:
         def __init__(self):
             self.adapters, self.loads = {}, 0
 
@@ -82,9 +83,9 @@ def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_requ
         def unload_adapter(self, name):
             self.adapters.pop(name, None)
 
-        def distributions(self, texts, options, adapter, temperature, top_p):
-            assert adapter in self.adapters, f"unknown adapter {adapter!r}"  # what a real scorer refuses
-            return [[0.5, 0.5] for _ in texts]
+        def option_logprobs(self, texts, options, adapter):
+            assert adapter in self.adapters, f"unknown adapter {adapter!r}"  # what a real engine refuses
+            return [np.log([0.5, 0.5]) for _ in texts]
 
     class LRU:
         """What serve.multiplexed does on a miss over capacity: evict the least recently used handle
@@ -106,7 +107,7 @@ def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_requ
     extra = {f"a{i}": f"/adapters/a{i}" for i in range(4)}
     core = object.__new__(ModelCore)
     core.settings = ReplicaSettings("m", "", 1, 0, "fp32", 512, None, extra, 1, 8, 0.01, 4, 64, 1 << 20)
-    core.scorer, core.lock = FakeScorer(), threading.Lock()
+    core.engine, core.lock = FakeEngine(), threading.Lock()
     core._init_adapters()
     core.get_adapter = LRU(core._load_adapter, capacity=1)
 
@@ -114,15 +115,15 @@ def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_requ
         async with core.using_adapter("a1") as first:
             async with core.using_adapter("a2"):  # evicts a1 from the LRU while a1's request is queued
                 pass
-            assert core._run_sync([Job("dist", first, "x", [1, 2])]) == [[0.5, 0.5]]  # a1 still there
+            assert [list(r) for r in core._run_sync([DistributionJob(first, "x", [1, 2])])] == [[0.5, 0.5]]  # a1 still there
             async with core.using_adapter("a1"):  # back in the cache: reused, not loaded twice
-                assert core.scorer.loads == 2
-        core._run_sync([Job("dist", None, "x", [1, 2])])  # after a batch, nothing unused stays loaded
-        assert set(core.scorer.adapters) == {"a1"}  # a1 is the LRU's one entry; a2 was evicted and freed
+                assert core.engine.loads == 2
+        core._run_sync([DistributionJob(None, "x", [1, 2])])  # after a batch, nothing unused stays loaded
+        assert set(core.engine.adapters) == {"a1"}  # a1 is the LRU's one entry; a2 was evicted and freed
         async with core.using_adapter("a3"):
             pass
-        core._run_sync([Job("dist", None, "x", [1, 2])])
-        assert set(core.scorer.adapters) == {"a3"}
+        core._run_sync([DistributionJob(None, "x", [1, 2])])
+        assert set(core.engine.adapters) == {"a3"}
         async with core.using_adapter(None) as base:
             assert base is None
 

@@ -9,7 +9,8 @@ import pytest
 
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
 from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA
-from socrates_ray.data.synthetic import SynthError, foreign_parquet, ordinal_probs, write_synthetic
+from socrates_ray.data.synthetic import ordinal_probs
+from socrates_ray.data.synthetic_files import SynthError, foreign_parquet, write_synthetic
 
 
 def _digest(folder):
@@ -77,7 +78,7 @@ def test_each_participants_truth_pools_to_the_cell_truth_and_moves_with_the_pers
     truth averages, and within a cell they differ by persona (a partisan topic splits the parties)."""
     from collections import defaultdict
 
-    from socrates_ray.data.synthetic import ROW_TRUTH_FILE
+    from socrates_ray.data.synthetic_files import ROW_TRUTH_FILE
 
     rows = pq.read_table(synth_dir / ROW_TRUTH_FILE).to_pylist()
     data = pq.read_table(synth_dir / "data").to_pylist()
@@ -154,7 +155,7 @@ def test_the_demo_runs_on_a_users_dataset_as_it_is(tmp_path, synth_dir, capsys):
     data.raw (or synth's own folder) gets synthetic data."""
     import shutil
 
-    from socrates_ray.cli import synth_unless_given
+    from socrates_ray.demo import synth_unless_given
     from socrates_ray.config.loading import load_config
 
     theirs = tmp_path / "theirs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from socrates_ray.cli import model_path
+from socrates_ray.api import model_path
 from socrates_ray.config import load_config
 from socrates_ray.models import tiny_model_corpus
 

@@ -1,5 +1,5 @@
 """vLLM as the inference engine (vllm_scorer.py): the same distributions as the transformers
-Scorer, the paper's sampling protocol, adapters by name, merged or as LoRA, on CPU."""
+TransformersEngine, the paper's sampling protocol, adapters by name, merged or as LoRA, on CPU."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.score import Engine, Scorer, ScoreError, make_scorer
-from socrates_ray.vllm_scorer import VllmScorer, merged_cache, merged_copy, needs_merge
+from socrates_ray.infer import EngineSpec, ScoreError, TransformersEngine, VllmSettings, distributions, load_engine, sample_answers
+from socrates_ray.infer.vllm_engine import VllmEngine, merged_cache, merged_copy, needs_merge
 
 STIMULUS = "How fair is this proposal? Only return an integer from 1 to {hi}, where 1 means Not at all and {hi} means Very, nothing else."
 PROMPTS = ["- Age: 30\n- Party: Democrat\n" + STIMULUS.format(hi=11), "- Age: 71\n- Party: Republican\n" + STIMULUS.format(hi=5),
@@ -46,22 +46,22 @@ def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, adapters) -> Scorer:
-    scorer = Scorer(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
+def reference(tiny_model, adapters) -> TransformersEngine:
+    scorer = TransformersEngine(str(tiny_model), DEFAULT_SYSTEM_PROMPT)
     for name, path in adapters.items():
         scorer.load_adapter(name, path)
     return scorer
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory) -> VllmScorer:
+def engine(tiny_model, tmp_path_factory) -> VllmEngine:
     """One engine for the module (what a replica holds): in-process vLLM engines share global state,
     so a process keeps one scorer. Adapters by name over the base where vLLM can apply them."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOCRATES_VLLM_CACHE", str(tmp_path_factory.mktemp("merged")))
-        scorer = make_scorer(Engine("vllm", {"adapters": "lora", "max_lora_rank": 8, "max_num_seqs": 64}),
+        scorer = load_engine(EngineSpec("vllm", VllmSettings(adapters="lora", max_lora_rank=8, max_num_seqs=64)),
                              str(tiny_model), DEFAULT_SYSTEM_PROMPT)
-        assert isinstance(scorer, VllmScorer)
+        assert isinstance(scorer, VllmEngine)
         yield scorer
 
 
@@ -72,30 +72,30 @@ def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def test_vllm_distributions_equal_the_transformers_scorer_for_the_base_and_an_adapter_by_name(engine, reference, adapters) -> None:
     engine.load_adapter("attention", adapters["attention"])
     for adapter in (None, "attention"):
-        expected = reference.distributions(PROMPTS, OPTIONS, adapter)
-        got = engine.distributions(PROMPTS, OPTIONS, adapter)
+        expected = distributions(reference, PROMPTS, OPTIONS, adapter)
+        got = distributions(engine, PROMPTS, OPTIONS, adapter)
         assert max_difference(got, expected) < TOLERANCE, adapter
         for d, opts in zip(got, OPTIONS):
             assert d.shape == (len(opts),) and np.isclose(d.sum(), 1.0)
     # the adapter really changes the answer (the equality above is not two copies of the base)
-    base, tuned = (engine.distributions(PROMPTS, OPTIONS, a) for a in (None, "attention"))
+    base, tuned = (distributions(engine, PROMPTS, OPTIONS, a) for a in (None, "attention"))
     assert max_difference(base, tuned) > 50 * TOLERANCE
     # temperature and top_p are applied to the same log-probabilities as the reference's
-    assert max_difference(engine.distributions(PROMPTS, OPTIONS, "attention", 2.0, 0.8),
-                          reference.distributions(PROMPTS, OPTIONS, "attention", 2.0, 0.8)) < TOLERANCE
+    assert max_difference(distributions(engine, PROMPTS, OPTIONS, "attention", 2.0, 0.8),
+                          distributions(reference, PROMPTS, OPTIONS, "attention", 2.0, 0.8)) < TOLERANCE
 
 
 def test_an_adapter_reloaded_under_its_name_answers_with_its_new_weights(engine, reference, adapters) -> None:
     """The prefix cache is keyed by the adapter's id: a retrained adapter under the same name must
     not be answered from the old one's cached prompt."""
     engine.load_adapter("v", adapters["attention"])
-    before = engine.distributions(PROMPTS, OPTIONS, "v")
+    before = distributions(engine, PROMPTS, OPTIONS, "v")
     engine.unload_adapter("v")
     with pytest.raises(ScoreError, match="unknown adapter"):
-        engine.distributions(PROMPTS, OPTIONS, "v")
+        distributions(engine, PROMPTS, OPTIONS, "v")
     engine.load_adapter("v", adapters["retrained"])
-    after = engine.distributions(PROMPTS, OPTIONS, "v")
-    assert max_difference(after, reference.distributions(PROMPTS, OPTIONS, "retrained")) < TOLERANCE
+    after = distributions(engine, PROMPTS, OPTIONS, "v")
+    assert max_difference(after, distributions(reference, PROMPTS, OPTIONS, "retrained")) < TOLERANCE
     assert max_difference(before, after) > 50 * TOLERANCE
 
 
@@ -104,15 +104,15 @@ def test_an_adapter_on_the_embeddings_and_output_layer_is_served_merged_with_the
     assert needs_merge(adapters["attention"]) == []
     engine.load_adapter("embeddings", adapters["embeddings"])
     assert "embeddings" in engine._merged and len(list(merged_cache().glob("*/config.json"))) == 1
-    got = engine.distributions(PROMPTS, OPTIONS, "embeddings")
-    assert max_difference(got, reference.distributions(PROMPTS, OPTIONS, "embeddings")) < TOLERANCE
-    assert max_difference(got, reference.distributions(PROMPTS, OPTIONS, None)) > 50 * TOLERANCE
+    got = distributions(engine, PROMPTS, OPTIONS, "embeddings")
+    assert max_difference(got, distributions(reference, PROMPTS, OPTIONS, "embeddings")) < TOLERANCE
+    assert max_difference(got, distributions(reference, PROMPTS, OPTIONS, None)) > 50 * TOLERANCE
     engine.unload_adapter("embeddings")
     assert "embeddings" not in engine.adapters
     # the base engine still answers after a merged engine was let go (in-process engines share state)
-    assert max_difference(engine.distributions(PROMPTS, OPTIONS), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+    assert max_difference(distributions(engine, PROMPTS, OPTIONS), distributions(reference, PROMPTS, OPTIONS)) < TOLERANCE
     engine.load_adapter("embeddings", adapters["embeddings"])  # taken back from the parked engines
-    assert max_difference(engine.distributions(PROMPTS, OPTIONS, "embeddings"), got) < TOLERANCE
+    assert max_difference(distributions(engine, PROMPTS, OPTIONS, "embeddings"), got) < TOLERANCE
 
 
 def test_an_adapter_over_the_rank_limit_is_refused_with_the_setting_to_change(engine, tiny_model, tmp_path) -> None:
@@ -125,10 +125,10 @@ def test_an_adapter_over_the_rank_limit_is_refused_with_the_setting_to_change(en
 def test_sample_mode_follows_the_paper_protocol_seeded(engine, reference, adapters) -> None:
     engine.load_adapter("attention", adapters["attention"])
     prompts = PROMPTS * 4
-    answers = engine.sample_answers(prompts, n=3, adapter="attention")
+    answers = sample_answers(engine, prompts, n=3, adapter="attention")
     assert len(answers) == len(prompts) and all(len(a) == 3 for a in answers)
     assert all(a is None or isinstance(a, int) for row in answers for a in row)  # unparsable answers are None, counted
-    assert engine.sample_answers(prompts, n=3, adapter="attention") == answers  # seeded by (seed, prompt)
+    assert sample_answers(engine, prompts, n=3, adapter="attention") == answers  # seeded by (seed, prompt)
     out = engine.generate([engine.encoder.prefix_text(PROMPTS[0])], n=2, max_new_tokens=5, logprobs=True)[0]
     assert len(out) == 2
     for item in out:
@@ -148,7 +148,7 @@ def test_callers_in_many_threads_share_engine_steps_and_each_gets_its_own_answer
     engine.load_adapter("attention", adapters["attention"])
     prefixes = [engine.encoder.prefix_text(p) for p in PROMPTS] * 3
     alone = [engine.generate([p], 1, 0.0, 1.0, 12, "attention" if i % 2 else None)[0][0]["text"] for i, p in enumerate(prefixes)]
-    dists_alone = [engine.distributions([PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0] for i in range(6)]
+    dists_alone = [distributions(engine, [PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0] for i in range(6)]
     steps, shared = engine.loop.steps, engine.loop.step_requests
     start = threading.Barrier(len(prefixes) + 6)
 
@@ -158,7 +158,7 @@ def test_callers_in_many_threads_share_engine_steps_and_each_gets_its_own_answer
 
     def distribution(i: int) -> np.ndarray:
         start.wait()
-        return engine.distributions([PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0]
+        return distributions(engine, [PROMPTS[i % 3]], [OPTIONS[i % 3]], "attention")[0]
 
     with ThreadPoolExecutor(len(prefixes) + 6) as pool:
         texts = pool.map(generate, range(len(prefixes)))
@@ -171,17 +171,17 @@ def test_callers_in_many_threads_share_engine_steps_and_each_gets_its_own_answer
     # one caller's bad request fails that caller only
     with ThreadPoolExecutor(2) as pool:
         bad = pool.submit(engine.option_logprobs, ["word " * 5000], [[1, 2]])
-        good = pool.submit(engine.distributions, PROMPTS, OPTIONS)
+        good = pool.submit(distributions, engine, PROMPTS, OPTIONS)
         with pytest.raises(ScoreError, match="context"):
             bad.result()
-        assert max_difference(good.result(), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+        assert max_difference(good.result(), distributions(reference, PROMPTS, OPTIONS)) < TOLERANCE
     # ... also where vLLM itself refuses it inside the loop (a token id outside the vocabulary)
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     with pytest.raises(Exception, match="out of vocabulary|vocab"):
         engine.loop.run(engine._base, [TokensPrompt(prompt_token_ids=[1, 10**7])], [SamplingParams(max_tokens=1)])
-    assert max_difference(engine.distributions(PROMPTS, OPTIONS), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+    assert max_difference(distributions(engine, PROMPTS, OPTIONS), distributions(reference, PROMPTS, OPTIONS)) < TOLERANCE
 
 
 def test_a_caller_that_gives_up_leaves_the_engine_at_once_and_the_others_go_on(engine, reference) -> None:
@@ -194,7 +194,7 @@ def test_a_caller_that_gives_up_leaves_the_engine_at_once_and_the_others_go_on(e
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from socrates_ray.vllm_loop import Cancelled
+    from socrates_ray.infer.vllm_loop import Cancelled
 
     loop, event = engine.loop, threading.Event()
     prompt = TokensPrompt(prompt_token_ids=engine.encoder.encode_prompts(PROMPTS[:1])[0])
@@ -210,10 +210,10 @@ def test_a_caller_that_gives_up_leaves_the_engine_at_once_and_the_others_go_on(e
         while loop.steps < steps + 5:  # it is decoding
             time.sleep(0.01)
         event.set()
-        other = pool.submit(engine.distributions, PROMPTS, OPTIONS)
+        other = pool.submit(distributions, engine, PROMPTS, OPTIONS)
         with pytest.raises(Cancelled):
             gone.result()
-        assert max_difference(other.result(), reference.distributions(PROMPTS, OPTIONS)) < TOLERANCE
+        assert max_difference(other.result(), distributions(reference, PROMPTS, OPTIONS)) < TOLERANCE
     assert loop.cancelled == cancelled + 1 and not loop._waiting  # aborted, nothing left in the engine
     assert loop.steps - steps < 1500, "the abandoned request was decoded to its end"
 

@@ -1,4 +1,4 @@
-"""One thread that owns a scorer's vLLM engines and steps them: continuous batching across callers.
+"""One thread that owns a VllmEngine's vLLM LLMs and steps them: continuous batching across callers.
 
 vLLM's offline `LLM.generate` adds its prompts, steps the engine until they all finish and returns:
 a replica calling it per batch made every request wait for the batch before it, and a batch only
@@ -6,9 +6,9 @@ held what had arrived together. Here any thread (each Serve request, each simula
 flight) hands its requests to the loop; they join the engine's next step, and each caller gets its
 own outputs back as soon as they finish while the others keep decoding. That is what vLLM's
 `AsyncLLM` does for its OpenAI server, without its engine-core process: in process an engine
-starts in 28 s on 2 cores against 71 s (see vllm_scorer.VllmScorer).
+starts in 28 s on 2 cores against 71 s (see vllm_engine.VllmEngine).
 
-Every vLLM call of a scorer runs on this thread: building engines, removing adapters, adding
+Every vLLM call of a VllmEngine runs on this thread: building engines, removing adapters, adding
 requests and stepping. In-process engines share vLLM's module-level state (the forward context,
 the parallel groups), so two threads stepping two engines at once would corrupt each other.
 
@@ -16,7 +16,7 @@ the parallel groups), so two threads stepping two engines at once would corrupt 
     llm = loop.call(build_engine)                       # runs on the loop thread, returns its value
     outputs = loop.run(llm, prompts, params, lora)      # blocks this thread only; in prompt order
     with loop.cancelled_by(event):                      # event.set() from anywhere: this thread's
-        scorer.generate(...)                            # requests leave the engine, run raises Cancelled
+        vllm_engine.generate(...)                       # requests leave the engine, run raises Cancelled
 
 A Serve replica cancels that way when its client disconnects: an abandoned request stops costing
 engine steps at once, instead of decoding to its end under a server that is already behind.

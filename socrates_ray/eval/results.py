@@ -1,0 +1,203 @@
+"""What an evaluation returns, as typed values: metrics.py computes them, job.py assembles them,
+report.py and the demo read them, and metrics.json is `to_json` of the whole EvaluationResult (its
+keys are these field names). Every W is the paper's Wasserstein (lower is better), macro-averaged
+cells -> studies -> overall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CellSpread:
+    """How much predicted cell means differ across the cells of each scale, against the humans'."""
+
+    predicted: float | None
+    human: float | None
+    scales: int
+
+
+@dataclass
+class PersonaReading:
+    """Synthetic data: the within-cell correlation of predicted with true per-participant means."""
+
+    within_cell_corr: float | None
+    rows: int
+
+
+@dataclass
+class TruthDistance:
+    """Synthetic data: W to the true distributions of the model and of the uniform guess, and the
+    share of uniform's distance the model removes (1 = the truth itself)."""
+
+    wasserstein: float
+    uniform: float
+    removed: float
+    cells: int
+    reference: str  # "scored participants" (their own truth) or "cell" (the cell's truth)
+    persona: PersonaReading | None = None
+
+
+@dataclass
+class ModelScores:
+    """Every metric of one model's predictions on one setting's scorable cells."""
+
+    cells: int
+    cells_exact: int
+    cells_skipped: int
+    rows: int
+    unparsable: int
+    mode: str  # "exact" when any cell has full distributions, else "sample"
+    wasserstein: float | None  # full distributions where a cell has them, sampled answers elsewhere
+    accuracy: float | None
+    wasserstein_sampled: float | None  # one answer per participant everywhere
+    accuracy_sampled: float | None
+    subgroup_gap_error: float | None
+    cell_spread: CellSpread
+    per_cell: dict[str, float | None]  # "study|condition|task" -> W
+    per_study: dict[str, float]
+    vs_truth: TruthDistance | None = None
+
+    @property
+    def persona_reading(self) -> float | None:
+        """The persona reading against the truth, where it was measured."""
+        persona = self.vs_truth.persona if self.vs_truth else None
+        return persona.within_cell_corr if persona else None
+
+
+@dataclass
+class UniformBaseline:
+    wasserstein: float | None
+    accuracy: float | None
+    per_study: dict[str, float]
+
+
+@dataclass
+class FloorBaseline:
+    """Humans against a bootstrap resample of themselves: what sampling noise alone costs."""
+
+    wasserstein: float | None
+    draws: int
+    answers_per_cell: int  # the median cell's: the floor is ~0.15 at 5 answers a cell, ~0.03 at 100
+
+
+@dataclass
+class TrueFloor:
+    """Synthetic data: humans against their cell's true distribution."""
+
+    wasserstein: float | None
+    cells: int
+
+
+@dataclass
+class Baselines:
+    uniform: UniformBaseline
+    floor: FloorBaseline
+    true_floor: TrueFloor | None = None
+
+
+@dataclass
+class Gain:
+    """One model against the uniform guess: (W_uniform - W) / W_uniform, and the share of the
+    uniform-to-floor gap it closes, (W_uniform - W) / (W_uniform - W_floor)."""
+
+    improvement_over_uniform: float | None
+    gap_closed: float | None
+
+
+@dataclass
+class FinetunedVsBase:
+    improvement: float | None  # (W_base - W_finetuned) / W_base
+    improvement_over_finetuned: float | None  # (W_base - W_finetuned) / W_finetuned: the other denominator
+    subgroup_gap_error_change: float | None  # relative to the base model's
+
+
+@dataclass
+class Comparison:
+    floor_used_for_gap: str  # "true_floor" (synthetic data) or "floor" (the resampling floor)
+    models: dict[str, Gain]
+    finetuned_vs_base: FinetunedVsBase | None = None
+
+    def gap_closed(self, model: str) -> float | None:
+        gain = self.models.get(model)
+        return gain.gap_closed if gain else None
+
+
+@dataclass
+class SettingResult:
+    """One split setting: every model's scores, the baselines, and how the models compare."""
+
+    rows: int
+    models: dict[str, ModelScores]
+    baselines: Baselines
+    comparison: Comparison
+
+
+@dataclass
+class TemperatureFit:
+    """The exact-mode temperature fitted on the validation split (calibrate.py); temperature None
+    with a note where nothing was fitted (sample mode)."""
+
+    temperature: float | None
+    nll_at_1: float | None = None
+    nll: float | None = None
+    rows: int = 0
+    rows_skipped: int = 0
+    bounds: list[float] = field(default_factory=list)
+    split: str | None = None
+    predictions: str | None = None
+    rows_without_distribution: int = 0
+    note: str | None = None
+
+
+@dataclass
+class AnchorInfo:
+    """The regression anchor as fitted: where, and what the validation split chose."""
+
+    trained_on: str
+    alpha: float
+    spread: float
+    val_mse: float
+    val_nll: float
+    features: int
+
+
+@dataclass
+class FitScores:
+    wasserstein: float | None
+    cell_spread: CellSpread | None = None
+    vs_truth: TruthDistance | None = None
+
+
+@dataclass
+class FitCheck:
+    """Can the models fit what they saw? Scores on the largest cells of the training split."""
+
+    split: str
+    rows: int
+    cells: int
+    models: dict[str, FitScores]  # base, finetuned, anchor
+    uniform: float | None
+    true_floor: float | None = None  # synthetic data: what the true distributions score against so few answers
+
+
+@dataclass
+class EvaluationResult:
+    model: str
+    adapter: str | None
+    mode: str
+    settings: dict[str, SettingResult]
+    temperature: dict[str, float]  # per model: what its exact distributions used
+    calibration: dict[str, TemperatureFit] = field(default_factory=dict)
+    anchor: AnchorInfo | None = None
+    fit_check: FitCheck | None = None
+    report: str | None = None  # report.md, once written
+
+
+def to_json(result: Any) -> str:
+    """A typed result (nested dataclasses) as indented JSON with its field names as keys."""
+    return json.dumps(dataclasses.asdict(result), indent=1, default=float)

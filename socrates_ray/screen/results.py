@@ -1,0 +1,170 @@
+"""What a screening (and a --from-split trust check) returns, as typed values: analysis.py and
+trust.py compute them, report.py and the CLI read them, and screen.json / trust.json are their
+`to_json` (the keys are these field names). Differences are in answer points (treatment - control);
+intervals are for what a human study of the planned size would observe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ArmSummary:
+    """An arm's predicted answers: the mean distribution over its participants, mean and sd."""
+
+    n: int
+    options: list[int]
+    distribution: list[float]
+    mean: float
+    sd: float  # persona spread and answer uncertainty together
+
+
+@dataclass
+class Effect:
+    """A predicted contrast: difference in mean answers and standardized effect, with intervals."""
+
+    difference: float
+    interval: list[float]
+    d: float
+    d_interval: list[float]
+    n_treatment: int
+    n_control: int
+
+
+@dataclass
+class SubgroupEffect:
+    difference: float
+    interval: list[float]
+    d: float
+    n_treatment: int
+    n_control: int
+
+
+@dataclass
+class Contrast:
+    """One planned contrast of one outcome: the predicted effect (Effect's fields), how it reads, and
+    what a human study needs."""
+
+    treatment: str
+    control: str
+    expected: str | None
+    difference: float
+    interval: list[float]
+    d: float
+    d_interval: list[float]
+    n_treatment: int
+    n_control: int
+    verdict: str
+    humans_per_arm_needed: int | None  # None: more than 10 million
+    planned_n: int
+    power_at_planned_n: float
+    subgroups: dict[str, dict[str, SubgroupEffect]] = field(default_factory=dict)  # field -> level -> effect
+
+
+@dataclass
+class OutcomeScreen:
+    arms: dict[str, ArmSummary]
+    contrasts: list[Contrast]
+
+
+@dataclass
+class ModelScreen:
+    temperature: float
+    model_error: float  # added to every interval (a share of the scale's range; 0 = sampling only)
+    outcomes: dict[str, OutcomeScreen]
+
+
+@dataclass
+class ScreenResult:
+    experiment: str
+    design: str
+    n_per_arm: int
+    population: dict[str, Any]
+    arms: dict[str, str]  # arm name -> its stimulus text
+    control: str
+    outcomes: list[str]
+    analysis: dict[str, Any]
+    planned_n: int
+    model_path: str
+    adapters: dict[str, str | None]
+    models: dict[str, ModelScreen] = field(default_factory=dict)
+    report: str | None = None
+
+
+@dataclass
+class ObservedEffect:
+    """A human contrast: difference in mean answers with a Welch t interval."""
+
+    difference: float
+    interval: list[float]
+    n_treatment: int
+    n_control: int
+
+
+@dataclass
+class SplitContrast:
+    """One condition against its study's control condition, predicted and observed (and true)."""
+
+    study_id: str
+    task_num: int
+    condition: int
+    control: int
+    range: float  # the scale's high - low: differences are compared as shares of it
+    predicted: float
+    interval: list[float]  # the predicted difference's interval, sampling only
+    observed: float
+    observed_interval: list[float]
+    n_treatment: int
+    n_control: int
+    true: float | None = None  # synthetic data: the true difference
+
+
+@dataclass
+class TruthAgreement:
+    contrasts: int
+    clear_true_contrasts: int  # a true effect of at least 5% of the scale
+    sign_agreement: float | None
+    correlation: float | None
+    coverage: float | None
+
+
+@dataclass
+class Agreement:
+    """Predicted against observed contrasts: sign agreement on clear human effects, correlation of
+    the differences (as shares of each scale), and interval coverage."""
+
+    contrasts: int
+    model_error: float
+    clear_human_contrasts: int
+    sign_agreement: float | None
+    correlation: float | None
+    coverage: float | None
+    vs_truth: TruthAgreement | None = None
+
+
+@dataclass
+class BeforeAfter:
+    before: Agreement  # intervals from sampling alone
+    after: Agreement  # widened by the fitted model error
+
+
+@dataclass
+class ModelTrust:
+    temperature: float
+    adapter_path: str | None
+    model_error: float
+    validation: BeforeAfter
+    eval: BeforeAfter
+    contrasts: list[SplitContrast]
+
+
+@dataclass
+class TrustResult:
+    setting: str
+    fitted_on: str
+    level: float
+    synthetic_truth: bool
+    models: dict[str, ModelTrust] = field(default_factory=dict)
+    report: str | None = None

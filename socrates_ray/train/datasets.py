@@ -1,0 +1,79 @@
+"""What a training run reads: train.setting's train and eval splits as ingest Datasets, streamed
+(tokenized beside the workers) or materialized once into the object store.
+
+    datasets, tokenized = materialize_splits(cfg, model_path, "val", pad_id, print)   # ingest.materialize
+    datasets = {"train": build_split_dataset(cfg, model_path, "train"), ...}           # streamed
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from socrates_ray.config import Config
+from socrates_ray.data.ingest import (
+    build_ingest_dataset, estimate_rows, format_ingest, ingest_figures, split_samples, tokenize_in_driver,
+)
+
+
+def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
+    """The ingest Dataset of train.setting's `part` ("train" is shuffled when ingest.shuffle)."""
+    ing = cfg.ingest
+    return build_ingest_dataset(
+        str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
+        ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
+        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
+    )
+
+
+def estimate_split_rows(cfg: Config, model_path: str, log: Any) -> int:
+    """estimate_rows for train.setting's train split, logged (streamed ingest's plan)."""
+    ing = cfg.ingest
+    started = time.perf_counter()
+    est = estimate_rows(str(Path(cfg.data.prepared) / cfg.train.setting / "train"), model_path, cfg.prompt.system_prompt,
+                        ing.max_length, ing.layout, ing.pack_window, cfg.run.seed)
+    log(f"train: about {est.rows:,} training rows from {est.samples:,} samples (estimated from {est.sampled:,} tokenized "
+        f"in {time.perf_counter() - started:.1f}s; streamed ingest tokenizes the rest beside the workers)")
+    return est.rows
+
+
+def tokenized_where(cfg: Config, samples: int) -> str:
+    """Where a materialized split is tokenized: "driver" (small splits) or "actors" (the pool)."""
+    return "driver" if samples < cfg.ingest.tokenize_in_driver_below else "actors"
+
+
+def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int, out_dir: Path, log: Any) -> tuple[dict[str, Any], str]:
+    """Tokenize the train and eval splits once into the object store: the row count, the ingest
+    figures and every epoch read these blocks. Small splits are tokenized in the driver, larger ones
+    by the tokenizer actor pool (ingest.tokenize_in_driver_below); the second value says which did
+    the train split. The ingest figures (padding, steps per worker, samples left out) come from
+    batching the stored train rows as the workers will, and go to out_dir/ingest_stats.json, so no
+    separate `socrates-ray ingest` pass is needed."""
+    ing = cfg.ingest
+    stored, where, seconds = {}, {}, {}
+    parts = {"train": "train", "eval": eval_part}
+    split_dirs = {name: str(Path(cfg.data.prepared) / cfg.train.setting / part) for name, part in parts.items()}
+    for name, part in parts.items():
+        split_dir = split_dirs[name]
+        where[name] = tokenized_where(cfg, split_samples(split_dir))
+        started = time.perf_counter()
+        if where[name] == "driver":
+            stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
+                                              ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None)
+        else:
+            ds = build_split_dataset(cfg, model_path, part)
+            # blocks in input order, not in the order the tokenizer actors finish them: the same
+            # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
+            ds.context.execution_options.preserve_order = True
+            stored[name] = ds.materialize()
+        seconds[name] = time.perf_counter() - started
+    size = sum(ds.size_bytes() for ds in stored.values())
+    how = {"driver": "in the driver", "actors": f"by {ing.tokenize_actors} tokenizer actors"}
+    by = how[where["train"]] if where["train"] == where["eval"] else f"{how[where['train']]} and {how[where['eval']]}"
+    log(f"train: tokenized the train and {eval_part} splits once {by} in {sum(seconds.values()):.1f}s "
+        f"({size / 2**20:,.0f} MiB in the object store; ingest.materialize)")
+    stats = ingest_figures(stored["train"], split_dirs["train"], ing.num_workers, ing.micro_batch_size, ing.layout, ing.max_length,
+                           pad_id, out_dir, seconds=seconds["train"])
+    log(format_ingest(stats, ing.layout))
+    return stored, where["train"]

@@ -1,0 +1,184 @@
+"""What every training method's worker loop shares (sft_loop.py; a second method's loop file uses
+the same, and worker.py starts and checkpoints them all): the loop's plain arguments, the loss over
+label tokens, the collectives every rank makes, the eval loss, and one optimizer step's meter and
+metrics record.
+
+Rules every loop keeps:
+- every collective (all_reduce, DeepSpeed step, checkpoint gather, ray.train.report) is made by
+  every rank the same number of times (Ray Train's report is a barrier; DeepSpeed hangs when ranks
+  see different numbers of batches);
+- every rank trains the same number of micro batches: the shards are equal and, as a guard, ranks
+  agree each step (all_reduce MIN) that all of them still have a batch, so none waits forever;
+- side effects (metrics file, TensorBoard, progress line) happen on rank 0.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from socrates_ray.data.tokenize import IGNORE_INDEX, packed_attention_mask
+from socrates_ray.train.attention import row_segments, varlen_arguments
+from socrates_ray.train.checkpoint import TrainState
+
+
+@dataclass(frozen=True)
+class LoopArgs:
+    """Everything a worker's loop needs, as plain values (trainer.loop_args_for builds it from the
+    config; Ray Train ships it to each worker as `dataclasses.asdict`)."""
+
+    model_path: str
+    finetuning: str  # "lora" | "full"
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    lora_rank_pattern: dict[str, int]
+    gradient_checkpointing: bool
+    attention: str  # "dense" | "segments" | "varlen" (train.attention)
+    ds_config: dict[str, Any]  # train.deepspeed.build_ds_config
+    use_gpu: bool
+    seed: int
+    torch_threads: int
+    pad_id: int
+    layout: str  # ingest.layout
+    max_length: int
+    # micro batches each worker trains per epoch (train.trainer.plan_steps); None: until the shards
+    # end (a streamed run, whose count is an estimate)
+    micro_per_epoch: int | None
+    total_steps: int  # optimizer steps of the whole run
+    eval_every: int
+    log_every: int
+    eval_batches: int
+    checkpoint_every: int
+    preemption_check_every: int
+    run_dir: str
+    fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
+
+
+def label_positions(labels: Any) -> Any:
+    """Sequence positions whose logits predict a label token in some row: t where labels[:, t + 1]
+    is set (a causal LM's logits at t score token t + 1). For SocSci210 rows that is the answer and
+    the end-of-turn token of each example: a few percent of a batch's positions."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+
+
+def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> Any:
+    """Mean loss over the batch's label tokens; packed examples never attend to each other.
+
+    attention "dense": a (B, 1, L, L) additive mask from seq_ids; "segments": no mask, one causal
+    attention call per example; "varlen": no mask, one flash varlen call per layer over all the
+    examples (CUDA; train/attention.py; the model was loaded with it). The output layer
+    and the softmax over the vocabulary run only at label_positions (the model's logits_to_keep),
+    not at every prompt token: the same loss as the model's own full-logits loss
+    (tests/unit/test_loss.py), without projecting ~99% of the hidden states that no label reads."""
+    import torch.nn.functional as F
+
+    device = model_engine.device
+    labels = batch["labels"].to(device)
+    keep = label_positions(labels)
+    if attention == "segments":
+        mask = {"attention_mask": None, "packed_segments": row_segments(batch["seq_ids"])}
+    elif attention == "varlen":
+        mask = {"attention_mask": None, **varlen_arguments(batch["seq_ids"], device)}
+    else:
+        mask = {"attention_mask": packed_attention_mask(batch["seq_ids"].to(device), dtype)}
+    logits = model_engine(
+        input_ids=batch["input_ids"].to(device),
+        position_ids=batch["position_ids"].to(device),
+        logits_to_keep=keep,
+        use_cache=False,  # training builds no KV cache (transformers would, for a config with use_cache)
+        **mask,
+    ).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def all_have_batch(batch: Any, device: Any) -> bool:
+    """True only if every rank still has a batch (a collective: every rank calls it each step)."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if batch is None else 1], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def all_sum(values: list[float], device: Any) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def eval_loss_of(model_engine: Any, shard: Any, collate_fn: Any, micro: int, max_batches: int, dtype: Any, attention: str) -> float:
+    """Token-weighted eval loss over up to max_batches micro batches per rank (collective)."""
+    import torch
+
+    model_engine.eval()
+    loss_sum = count = 0.0
+    batches = iter(shard.iter_torch_batches(batch_size=micro, collate_fn=collate_fn, drop_last=True))
+    with torch.no_grad():
+        for _ in range(max_batches):
+            batch = next(batches, None)
+            if not all_have_batch(batch, model_engine.device):
+                break
+            n = int((batch["labels"] != IGNORE_INDEX).sum())
+            loss_sum += float(forward_loss(model_engine, batch, dtype, attention)) * n
+            count += n
+    model_engine.train()
+    loss_sum, count = all_sum([loss_sum, count], model_engine.device)
+    return loss_sum / count if count else float("nan")
+
+
+class StepMeter:
+    """What one optimizer step trained (label-weighted loss, tokens, padding, data wait) and how
+    long it took; reset after each step's bookkeeping, so eval and checkpoint time never count."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = self.labels = self.tokens = self.slots = self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, batch: dict[str, Any]) -> None:
+        labels = int((batch["labels"] != IGNORE_INDEX).sum())
+        self.loss += loss * labels
+        self.labels += labels
+        self.tokens += int((batch["seq_ids"] > 0).sum())
+        self.slots += batch["seq_ids"].numel()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_record(model_engine: Any, rank: int, world: int, meter: StepMeter, state: TrainState) -> dict[str, Any]:
+    """One optimizer step's metrics, summed over the ranks (a collective): loss per label token,
+    learning rate, tokens/s, non-padding share, step and data-wait time, each rank's peak memory."""
+    peak = [0.0] * world
+    peak[rank] = peak_rss_mib()
+    loss_sum, label_count, tokens, slots, wait, *peak = all_sum(
+        [meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, *peak], model_engine.device
+    )
+    seconds = time.perf_counter() - meter.start
+    state.tokens += int(tokens)
+    return {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": loss_sum / label_count if label_count else float("nan"),
+        "lr": model_engine.get_lr()[0],
+        "tokens_per_s": tokens / seconds,
+        "non_padding_share": tokens / slots if slots else 0.0,
+        "step_time_s": seconds,
+        "data_wait_s": wait / world,
+        "tokens": state.tokens,
+        "peak_rss_mb_per_rank": [round(m, 1) for m in peak],
+    }
+
+
