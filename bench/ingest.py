@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, TinyModelSection, load_config
-from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for, measure_ingest
+from socrates_ray.data.ingest import build_ingest_dataset, collate_fn_for
+from socrates_ray.data.ingest_stats import measure_ingest
 from socrates_ray.models import load_tokenizer
 from socrates_ray.data.prepare import prepare_options, run_prepare
 from socrates_ray.data.synthetic_files import write_synthetic

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from socrates_ray.config import Config, ConfigError, dump_config
-from socrates_ray.data.ingest import build_ingest_dataset, format_ingest, ingest_figures
+from socrates_ray.data.ingest import build_ingest_dataset
+from socrates_ray.data.ingest_stats import format_ingest, ingest_figures
 from socrates_ray.data.prepare import prepare_options, run_prepare
 from socrates_ray.data.prepared import load_split_rows, split_problem
 from socrates_ray.data.synthetic_files import write_synthetic

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from socrates_ray.config import Config
-from socrates_ray.data.ingest import (
-    build_ingest_dataset, estimate_rows, format_ingest, ingest_figures, split_samples, tokenize_in_driver,
-)
+from socrates_ray.data.ingest import build_ingest_dataset, estimate_rows, split_samples, tokenize_in_driver
+from socrates_ray.data.ingest_stats import format_ingest, ingest_figures
 
 
 def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:

@@ -5,8 +5,9 @@ import pytest
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
 from socrates_ray.data.ingest import (
-    IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, measure_ingest, split_samples, tokenize_in_driver,
+    IngestError, build_ingest_dataset, collate_fn_for, estimate_rows, split_samples, tokenize_in_driver,
 )
+from socrates_ray.data.ingest_stats import measure_ingest
 from socrates_ray.data.prepare import prepare_options, run_prepare
 
 pytestmark = pytest.mark.ray
