@@ -23,7 +23,7 @@ from socrates_ray.data.prepared import load_split_rows, split_problem
 from socrates_ray.data.synthetic_files import write_synthetic
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.eval.calibrate import build_calibration_split, resolve_temperature
-from socrates_ray.eval.job import build_evaluation, run_evaluation
+from socrates_ray.eval.job import FINETUNED, build_evaluation, run_evaluation
 from socrates_ray.eval.passes import build_pass
 from socrates_ray.eval.results import EvaluationResult, TemperatureFit
 from socrates_ray.eval.simulate import run_simulation
@@ -38,9 +38,6 @@ from socrates_ray.screen.trust import run_from_split
 from socrates_ray.serve.app import build_app, serve_launch, start_serve
 from socrates_ray.train.checkpoint import chosen_adapter
 from socrates_ray.train.trainer import TrainingOutcome, check_training_splits, run_folder, run_training
-
-FINETUNED = "finetuned"  # the name a run's own adapter is served and evaluated under
-
 
 def synth(cfg: Config, out: str | None = None) -> dict[str, Any]:
     """Write the synthetic SocSci210-format dataset of cfg.synth into `out` (default data.raw)."""

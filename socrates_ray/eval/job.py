@@ -34,7 +34,7 @@ from socrates_ray.eval.simulate import run_simulation
 from socrates_ray.eval.truth import RowTruth, Truth, load_row_truth, load_truth, truth_distance
 from socrates_ray.infer import engine_spec
 
-FINETUNED = "finetuned"  # the name the replicas and the Serve app know the evaluated adapter by
+FINETUNED = "finetuned"  # the name a run's own adapter is evaluated, served and screened under
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,9 @@ def analyze(experiment: Experiment, table: pa.Table, model_error: float, seed: i
         for c in experiment.planned_contrasts():
             (treat, demo_t), (ctrl, demo_c) = arms[c.treatment], arms[c.control]
             e = contrast_effect(treat, ctrl, paired, a.interval, a.bootstrap, rng, model_error)
-            contrast = Contrast(c.treatment, c.control, c.expected, **dataclasses.asdict(e), verdict=verdict(e.interval, c.expected),
-                                humans_per_arm_needed=n_needed(e.d, a.alpha, a.power, paired), planned_n=planned,
-                                power_at_planned_n=power_at(e.d, planned, a.alpha, paired))
+            contrast = Contrast(**dataclasses.asdict(e), treatment=c.treatment, control=c.control, expected=c.expected,
+                                verdict=verdict(e.interval, c.expected), humans_per_arm_needed=n_needed(e.d, a.alpha, a.power, paired),
+                                planned_n=planned, power_at_planned_n=power_at(e.d, planned, a.alpha, paired))
             for field in experiment.subgroups:
                 levels = sorted({d[field] for d in demo_t + demo_c if d[field] is not None}, key=str)
                 per_level = {}

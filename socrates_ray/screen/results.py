@@ -43,19 +43,14 @@ class SubgroupEffect:
 
 
 @dataclass
-class Contrast:
-    """One planned contrast of one outcome: the predicted effect (Effect's fields), how it reads, and
-    what a human study needs."""
+class Contrast(Effect):
+    """One planned contrast of one outcome: its predicted effect (the fields it has as an Effect), how
+    that reads against the expected direction, and what a human study needs. (Fields only: screen.json
+    holds a contrast's effect beside its reading, one flat record.)"""
 
     treatment: str
     control: str
     expected: str | None
-    difference: float
-    interval: list[float]
-    d: float
-    d_interval: list[float]
-    n_treatment: int
-    n_control: int
     verdict: str
     humans_per_arm_needed: int | None  # None: more than 10 million
     planned_n: int
