@@ -1,8 +1,8 @@
 """`socrates-ray <command> --config configs/X.yaml key.sub=value ...`: argv -> config -> one call.
 
 Every command takes the same config file and dotted overrides and makes exactly one call of
-socrates_ray.api (the demo: demo.run_demo); `--help` lists every config key with its type, default
-and description, taken from the schema in config/.
+socrates_ray.api (the demo: demo.run_demo), in run_command; `--help` lists every config key with its
+type, default and description, taken from the schema in config/.
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import argparse
 import os
 import sys
 import textwrap
-from typing import Any, Callable
+from typing import Any
 
-from socrates_ray import api
-from socrates_ray.config import Config, describe_schema, load_config
-from socrates_ray.demo import run_demo
+from socrates_ray.config import Config, ConfigError, describe_schema, load_config
 from socrates_ray.errors import SocratesError
 from socrates_ray.runtime import quiet_libraries
-from socrates_ray.screen.spec import ExperimentError
 
 
 def schema_help() -> str:
@@ -32,35 +29,58 @@ def schema_help() -> str:
     return "\n".join(lines)
 
 
-def cmd_synth(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.synth(cfg, args.out)
+COMMANDS: dict[str, str] = {
+    "demo": "run the whole flow on the embedded default: synthetic data (or data.raw's own dataset), tiny model, 2 CPU workers, Serve",
+    "synth": "write a synthetic SocSci210-format dataset with known true distributions",
+    "prepare": "validate, quarantine, split and prompt-build raw SocSci210 shards",
+    "ingest": "tokenize + pack a prepared split with Ray Data and report throughput and padding",
+    "train": "finetune with Ray Train + DeepSpeed (LoRA or full); re-running the same command resumes",
+    "serve": "deploy the Ray Serve HTTP app: base model + adapters, batching, OpenAI-compatible chat",
+    "simulate": "predict a split's eval rows (exact distributions or sampling) into Parquet; resumable",
+    "evaluate": "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots",
+    "screen": "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split",
+    "build-tiny": "build the offline tiny Qwen2 model and tokenizer into model.path",
+}
 
 
-def cmd_prepare(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.prepare(cfg)
+def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
+    """The one api call a command makes. Imported here, when a command runs: the stages' libraries
+    (Ray, torch, pyarrow, FastAPI) take seconds to import that --help and a config error need not wait for."""
+    from socrates_ray import api
+    from socrates_ray.demo import run_demo
 
-
-def cmd_build_tiny(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.model_path(cfg)
-
-
-def cmd_ingest(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.ingest(cfg, args.split)
-
-
-def cmd_train(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.train(cfg)
-
-
-def cmd_serve(cfg: Config, args: argparse.Namespace) -> Any:
-    """Deploy the Serve app; unless --no-block, keep serving until interrupted."""
-    url = api.serve(cfg)
-    if not args.no_block:
-        serve_until_interrupted()
-    return url
+    match name:
+        case "demo":
+            return run_demo(cfg)
+        case "synth":
+            return api.synth(cfg, args.out)
+        case "prepare":
+            return api.prepare(cfg)
+        case "build-tiny":
+            return api.model_path(cfg)
+        case "ingest":
+            return api.ingest(cfg, args.split)
+        case "train":
+            return api.train(cfg)
+        case "serve":
+            url = api.serve(cfg)
+            if not args.no_block:
+                serve_until_interrupted()
+            return url
+        case "simulate":
+            return api.simulate(cfg, args.setting, args.out)
+        case "evaluate":
+            return api.evaluate(cfg)
+        case "screen":
+            if bool(args.experiment) == bool(args.from_split):
+                raise ConfigError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING (replay a "
+                                  "prepared split's held-out studies and fit the model error added to intervals), not both or neither")
+            return api.screen_trust(cfg, args.from_split) if args.from_split else api.screen(cfg, args.experiment)
+    raise ConfigError(f"unknown command {name!r} (expected one of {', '.join(COMMANDS)})")
 
 
 def serve_until_interrupted() -> None:
+    """Keep the deployed app serving until Ctrl-C, then shut Serve down."""
     import time
 
     from ray import serve
@@ -72,41 +92,6 @@ def serve_until_interrupted() -> None:
         serve.shutdown()
 
 
-def cmd_simulate(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.simulate(cfg, args.setting, args.out)
-
-
-def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> Any:
-    return api.evaluate(cfg)
-
-
-def cmd_screen(cfg: Config, args: argparse.Namespace) -> Any:
-    """Screen a planned experiment (--experiment), or measure how far screenings can be trusted on a
-    prepared split's held-out studies (--from-split)."""
-    if bool(args.experiment) == bool(args.from_split):
-        raise ExperimentError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING "
-                              "(replay a prepared split's held-out studies and fit the model error added to intervals), not both or neither")
-    return api.screen_trust(cfg, args.from_split) if args.from_split else api.screen(cfg, args.experiment)
-
-
-def cmd_demo(cfg: Config, args: argparse.Namespace) -> Any:
-    return run_demo(cfg)
-
-
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], Any], str]] = {
-    "demo": (cmd_demo, "run the whole flow on the embedded default: synthetic data (or data.raw's own dataset), tiny model, 2 CPU workers, Serve"),
-    "synth": (cmd_synth, "write a synthetic SocSci210-format dataset with known true distributions"),
-    "prepare": (cmd_prepare, "validate, quarantine, split and prompt-build raw SocSci210 shards"),
-    "ingest": (cmd_ingest, "tokenize + pack a prepared split with Ray Data and report throughput and padding"),
-    "train": (cmd_train, "finetune with Ray Train + DeepSpeed (LoRA or full); re-running the same command resumes"),
-    "serve": (cmd_serve, "deploy the Ray Serve HTTP app: base model + adapters, batching, OpenAI-compatible chat"),
-    "simulate": (cmd_simulate, "predict a split's eval rows (exact distributions or sampling) into Parquet; resumable"),
-    "evaluate": (cmd_evaluate, "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots"),
-    "screen": (cmd_screen, "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split"),
-    "build-tiny": (cmd_build_tiny, "build the offline tiny Qwen2 model and tokenizer into model.path"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="socrates-ray",
@@ -115,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=schema_help(),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, (_, summary) in COMMANDS.items():
+    for name, summary in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary, epilog=schema_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. ingest.max_length=512")
@@ -142,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
         quiet_libraries(cfg.run)
-        COMMANDS[args.command][0](cfg, args)
+        run_command(args.command, cfg, args)
     except SocratesError as exc:
         print(f"socrates-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
