@@ -3,6 +3,7 @@ command, the demo chains them, and a notebook can call them the same way.
 
     cfg = load_config("configs/demo.yaml", ["run.name=mine"])
     prepare(cfg); outcome = train(cfg); result = evaluate(cfg)     # result: an EvaluationResult
+    table = predict(cfg, personas_df, {"cost": "...Only return an integer from 1 to 7, ..."})
 
 Each reads the config only to build the plain values its stage runs on (the builders next to each
 stage: prepare_options, plan_run, build_evaluation, build_pass, build_screen_setup, build_app) and
@@ -11,9 +12,12 @@ starts or joins Ray where the stage needs it. Nothing here changes the config.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
 
 from socrates_ray.config import Config, ConfigError, dump_config
 from socrates_ray.data.ingest import build_ingest_dataset
@@ -23,11 +27,14 @@ from socrates_ray.data.prepared import load_split_rows, split_problem
 from socrates_ray.data.synthetic_files import write_synthetic
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.eval.calibrate import build_calibration_split, resolve_temperature
-from socrates_ray.eval.job import FINETUNED, build_evaluation, run_evaluation
+from socrates_ray.eval.job import FINETUNED, build_evaluation, evaluation_dir, run_evaluation
 from socrates_ray.eval.passes import build_pass
 from socrates_ray.eval.results import EvaluationResult, TemperatureFit
 from socrates_ray.eval.simulate import run_simulation
-from socrates_ray.infer import engine_spec
+from socrates_ray.infer import engine_spec, load_engine
+from socrates_ray.infer.precision import resolve_precision
+from socrates_ray.infer.table import persona_grid, predict_table
+from socrates_ray.preflight import check_inputs
 from socrates_ray.models import adapter_folder_problem, ensure_tiny_model, load_tokenizer, split_corpus, tiny_model_corpus
 from socrates_ray.runtime import ensure_ray
 from socrates_ray.screen.job import run_screen, screen_adapters
@@ -52,6 +59,7 @@ def synth(cfg: Config, out: str | None = None) -> dict[str, Any]:
 
 def prepare(cfg: Config) -> dict[str, Any]:
     """Validate, quarantine, split and prompt-build data.raw into data.prepared; the summary."""
+    check_inputs("prepare", cfg)
     if cfg.data.parallelism != 1:
         ensure_ray(cfg)  # started here, Ray must already have the CPUs later stages reserve
     return run_prepare(prepare_options(cfg))
@@ -87,6 +95,7 @@ def ingest(cfg: Config, split: str) -> dict[str, Any]:
 
 def train(cfg: Config) -> TrainingOutcome:
     """Finetune with Ray Train + DeepSpeed; re-running the same config resumes the run."""
+    check_inputs("train", cfg)
     check_training_splits(cfg)
     path = model_path(cfg)
     ensure_ray(cfg)
@@ -115,6 +124,7 @@ def endpoint(cfg: Config) -> str | None:
 def serve(cfg: Config) -> str:
     """Deploy the Serve app (the base model, serve.adapters and this run's adapter as 'finetuned');
     returns its URL. It keeps serving on the Ray cluster until Serve is shut down."""
+    check_inputs("serve", cfg)
     path = model_path(cfg)
     adapter = finetuned_adapter(cfg)
     extra = {FINETUNED: adapter} if adapter and FINETUNED not in cfg.serve.adapters else {}
@@ -129,6 +139,7 @@ def serve(cfg: Config) -> str:
 def simulate(cfg: Config, setting: str, out: str | None = None) -> tuple[Path, float, TemperatureFit | None]:
     """Predict a setting's eval rows into <out>/predictions.parquet (resumable); the file, the
     exact-mode temperature used and its fit (simulate.temperature=auto)."""
+    check_inputs("simulate", cfg, setting)
     path = model_path(cfg)
     ensure_ray(cfg)
     rows = load_split_rows(cfg.data.prepared, setting, "eval", cfg.simulate.max_per_cell, cfg.run.seed)
@@ -142,6 +153,7 @@ def simulate(cfg: Config, setting: str, out: str | None = None) -> tuple[Path, f
 
 def evaluate(cfg: Config) -> EvaluationResult:
     """Base vs finetuned (and the regression anchor) on every evaluate.settings; metrics.json, report.md, plots."""
+    check_inputs("evaluate", cfg)
     path = model_path(cfg)
     adapter = finetuned_adapter(cfg)
     if adapter is None:
@@ -152,6 +164,7 @@ def evaluate(cfg: Config) -> EvaluationResult:
 
 def screen(cfg: Config, experiment_path: str) -> ScreenResult:
     """Screen the planned experiment in `experiment_path`: predicted effects, intervals, power per model."""
+    check_inputs("screen", cfg, experiment=experiment_path)
     experiment = load_experiment(experiment_path)
     finetuned = finetuned_adapter(cfg) if FINETUNED in experiment.models else None
     adapters = screen_adapters(experiment, finetuned, str(cfg.run_dir))
@@ -162,9 +175,56 @@ def screen(cfg: Config, experiment_path: str) -> ScreenResult:
 
 def screen_trust(cfg: Config, setting: str) -> TrustResult:
     """Replay a prepared split's held-out studies as screenings: agreement with the humans, fitted model error."""
+    check_inputs("screen", cfg, setting)
     adapters: dict[str, str | None] = {"base": None}
     if (adapter := finetuned_adapter(cfg)) is not None:
         adapters[FINETUNED] = adapter
     path = model_path(cfg)
     ensure_ray(cfg)
     return run_from_split(build_screen_setup(cfg, path, adapters, endpoint(cfg), serve_token(cfg)), setting)
+
+
+def _predict_temperature(cfg: Config, path: str, adapter_path: str | None, name: str) -> float:
+    """simulate.temperature when it is a number; for auto, the temperature evaluate fitted for this model
+    (its calibration.json), else one fitted now on the validation split and recorded there."""
+    if cfg.simulate.temperature != "auto":
+        return float(cfg.simulate.temperature)
+    folder = evaluation_dir(cfg) / "calibration" / name
+    if (record := folder / "calibration.json").is_file() and (t := json.loads(record.read_text()).get("temperature")) is not None:
+        print(f"predict: temperature {t:.2f} for {name}, as fitted on the validation split ({record})")
+        return float(t)
+    ensure_ray(cfg)
+    p = build_pass(cfg.simulate, path, cfg.prompt.system_prompt, engine_spec(cfg.model), adapter_path=adapter_path,
+                   adapter_name=None if adapter_path is None else name, temperature=1.0, mode="exact")
+    return resolve_temperature("auto", p, build_calibration_split(cfg), folder)[0]
+
+
+def predict(cfg: Config, personas: pd.DataFrame, stimuli: Sequence[str] | Mapping[str, str] | None = None,
+            adapter: str | None = FINETUNED, temperature: float | None = None) -> pd.DataFrame:
+    """Answer distributions for personas x stimuli, in this process (a notebook's quick question; use
+    simulate for whole splits). `personas`: one column per demographic field (age, party_id, ...), or a
+    table that already has a `stimulus` column when `stimuli` is None. `adapter`: "finetuned" (this run's
+    adapter, as evaluate picks it), None (the base model) or an adapter folder. `temperature`: default
+    simulate.temperature, or for auto the one fitted on the validation split. Returns the table with
+    `options`, `probabilities` and `mean` per row."""
+    table = personas if stimuli is None else persona_grid(personas, stimuli)
+    path = model_path(cfg)
+    if adapter == FINETUNED:
+        adapter_path = finetuned_adapter(cfg)
+        if adapter_path is None:
+            raise ConfigError(f"predict(adapter={FINETUNED!r}): run {cfg.run.name!r} has no checkpoint export under "
+                              f"{run_folder(cfg)}; train first, pass adapter=<folder>, or adapter=None for the base model")
+    elif adapter is not None:
+        if (problem := adapter_folder_problem(adapter)) is not None:
+            raise ConfigError(f"predict(adapter={adapter!r}): {problem}")
+        adapter_path = adapter
+    else:
+        adapter_path = None
+    name = "base" if adapter_path is None else FINETUNED
+    t = temperature if temperature is not None else _predict_temperature(cfg, path, adapter_path, name)
+    on_gpu = cfg.simulate.gpus_per_replica > 0
+    engine = load_engine(engine_spec(cfg.model), path, cfg.prompt.system_prompt, device="cuda" if on_gpu else "cpu",
+                         precision=resolve_precision(cfg.simulate.precision, on_gpu))
+    if adapter_path is not None:
+        engine.load_adapter(name, adapter_path)
+    return predict_table(engine, table, None if adapter_path is None else name, t, cfg.simulate.top_p, cfg.simulate.batch_size)

@@ -1,8 +1,10 @@
-"""`socrates-ray <command> --config configs/X.yaml key.sub=value ...`: argv -> config -> one call.
+"""`socrates-ray <command> --config configs/X.yaml key.sub=value ...` (or `python -m socrates_ray
+<command> ...`): argv -> config -> one call.
 
 Every command takes the same config file and dotted overrides and makes exactly one call of
-socrates_ray.api (the demo: demo.run_demo), in run_command; `--help` lists every config key with its
-type, default and description, taken from the schema in config/.
+socrates_ray.api (the demo: demo.run_demo), in run_command. `socrates-ray <command> --help` lists the
+config keys that command reads, with type, choices, default and description, taken from the schema in
+config/; `socrates-ray config keys` lists them all and `socrates-ray config show` prints a resolved config.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ import sys
 import textwrap
 from typing import Any
 
-from socrates_ray.config import Config, ConfigError, describe_schema, load_config
+from socrates_ray.config import Config, ConfigError, config_yaml, describe_schema, load_config
 from socrates_ray.errors import SocratesError
+from socrates_ray.preflight import check_inputs
 from socrates_ray.runtime import quiet_libraries
 
 
-def schema_help() -> str:
-    rows = describe_schema()
-    width = max(len(k) for k, *_ in rows)
-    lines = ["config keys (override any with key.sub=value; values are parsed as YAML):"]
+def schema_help(prefixes: tuple[str, ...] = ("",)) -> str:
+    """The config keys under any of `prefixes` (all keys for ""), each with its type, default and description."""
+    rows = [r for r in describe_schema() if any(r[0] == p or r[0].startswith(p.rstrip(".") + ".") or not p for p in prefixes)]
+    width = min(max(len(k) for k, *_ in rows), 36)
+    lines = ["config keys this command reads (override any with key.sub=value; `socrates-ray config keys` lists every key):"]
     for key, type_name, default, description in rows:
         lines.append(f"  {key:<{width}}  {type_name} = {default}")
         if description:
-            lines.extend(textwrap.wrap(description, 96, initial_indent=" " * (width + 4), subsequent_indent=" " * (width + 4)))
+            lines.extend(textwrap.wrap(description, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(lines)
 
 
@@ -40,6 +44,24 @@ COMMANDS: dict[str, str] = {
     "evaluate": "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots",
     "screen": "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split",
     "build-tiny": "build the offline tiny Qwen2 model and tokenizer into model.path",
+    "config": "config show: print the resolved config (file + overrides) as YAML; config keys: every key, documented",
+}
+
+# The config keys each command reads, as dotted prefixes: its --help lists these and no others.
+_MODEL = ("prompt", "model.source", "model.path", "model.tiny")
+_INFERENCE = ("prompt", "model", "simulate", "train.setting", "train.storage_path", "train.keep_by")
+COMMAND_KEYS: dict[str, tuple[str, ...]] = {
+    "demo": ("",),
+    "synth": ("run", "synth", "data.raw"),
+    "prepare": ("run", "data"),
+    "build-tiny": ("run", "data.prepared", "train.setting", *_MODEL),
+    "ingest": ("run", "data.prepared", *_MODEL, "ingest"),
+    "train": ("run", "data.prepared", *_MODEL, "ingest", "train"),
+    "serve": ("run", "data.prepared", *_INFERENCE, "serve", "evaluate.adapter_path"),
+    "simulate": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env"),
+    "evaluate": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate"),
+    "screen": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate.adapter_path"),
+    "config": ("",),
 }
 
 
@@ -50,6 +72,9 @@ def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
     from socrates_ray.demo import run_demo
 
     match name:
+        case "config":
+            print(config_yaml(cfg) if args.action == "show" else schema_help(), end="" if args.action == "show" else "\n")
+            return None
         case "demo":
             return run_demo(cfg)
         case "synth":
@@ -97,20 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="socrates-ray",
         description="Finetune LLMs to simulate people in social-science experiments, on Ray.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=schema_help(),
+        epilog="Every command takes --config C.yaml and key.sub=value overrides; `socrates-ray <command> --help` lists the "
+        "keys it reads, `socrates-ray config keys` every key. Same as `python -m socrates_ray <command> ...`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, summary in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary, epilog=schema_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=summary, description=summary, epilog=schema_help(COMMAND_KEYS[name]) if name != "config" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
-        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. ingest.max_length=512")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. ingest.max_length=512" if name != "config" else
+                       "show (the resolved config as YAML) or keys (every config key), then key.sub=value overrides")
         p.add_argument("--verbose", action="store_true", help="show Ray's INFO logs, access logs and progress bars (run.log_level=info)")
         if name == "synth":
             p.add_argument("--out", default=None, help="output folder (default: data.raw)")
         if name == "serve":
             p.add_argument("--no-block", action="store_true", help="deploy and return (the app keeps running on the cluster)")
         if name == "simulate":
-            p.add_argument("--setting", default="unseen_studies", help="split setting whose eval rows to simulate")
+            p.add_argument("--setting", default="unseen_studies", choices=["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"],
+                           help="split setting whose eval rows to simulate")
             p.add_argument("--out", default=None, help="output folder (default: <run>/simulate/<setting>)")
         if name == "screen":
             p.add_argument("--experiment", default=None, help="experiment spec YAML (e.g. configs/experiments/carbon_tax_framing.yaml)")
@@ -123,9 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may sit on both sides of --config (`config show --config C a=b`): argparse fills a
+    # positional list once, so the words it leaves over are overrides too
+    args, extra = parser.parse_known_args(argv)
+    if unknown := [w for w in extra if w.startswith("-")]:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides += extra
+    if args.command == "config":  # `config show|keys [overrides]`: one positional list (argparse cannot mix two here)
+        args.action = args.overrides.pop(0) if args.overrides else None
+        if args.action not in ("show", "keys"):
+            parser.error(f"config: expected `config show` or `config keys`, got {args.action!r}")
     try:
         cfg = load_config(args.config, args.overrides + (["run.log_level=info"] if args.verbose else []))
+        check_inputs(args.command, cfg, getattr(args, "setting", None) or getattr(args, "from_split", None), getattr(args, "experiment", None))
         quiet_libraries(cfg.run)
         run_command(args.command, cfg, args)
     except SocratesError as exc:

@@ -28,10 +28,9 @@ class RunSection(Section):
     output_dir: str = Field("runs", description="Folder (or shared path) that holds run folders.")
     seed: int = Field(0, description="Seed for everything random in a run.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "error", description="Ray, Ray Train, Ray Data and Ray Serve log level (their INFO lines, HTTP access logs and "
-        "progress bars appear from `info` on; `--verbose` sets `info`). The default hides their warnings too: with no "
-        "dashboard, Ray Train's placement-group cleaner warns every few seconds that the state API is unavailable. "
-        "socrates_ray's own progress lines, warnings and every error are always shown.",
+        "error", description="Log level of Ray, Ray Train, Ray Data and Ray Serve (their INFO lines, HTTP access logs and "
+        "progress bars appear from `info` on; `--verbose` sets `info`). socrates_ray's own progress lines, warnings and "
+        "every error are always shown.",
     )
 
     @property
@@ -97,11 +96,9 @@ class PromptSection(Section):
 
 
 class TinyModelSection(Section):
-    # 4 heads of 32 (head_dim = hidden_size / num_attention_heads): more attention patterns to pick the
-    # topic, frame, question and persona lines out of a 300-token prompt. On the demo's three worlds they
-    # fitted the training cells at 0.39 / 0.44 / 0.36 x uniform's W where 2 heads of 64 fitted 0.58 / 0.45
-    # / 0.37, unseen cells about as well, at the same step time (README, "The tiny model recipe"). vLLM's
-    # CPU backend and FlashAttention take head_dim 32; vLLM refuses 16.
+    # Defaults: 4 heads of 32 (head_dim = hidden_size / num_attention_heads) give a 2-layer model more
+    # attention patterns to pick the topic, frame, question and persona lines out of a 300-token prompt
+    # (docs/training.md, "The tiny model"). vLLM's CPU backend and FlashAttention need head_dim >= 32.
     hidden_size: int = Field(128, ge=8, description="Width of the tiny Qwen2 model.")
     intermediate_size: int = Field(512, ge=8, description="MLP width.")
     num_hidden_layers: int = Field(2, ge=1, description="Transformer layers.")
@@ -120,8 +117,8 @@ class VllmSection(Section):
         "auto",
         description="How vLLM runs a LoRA adapter: lora = by name over the shared base (LoRARequest); merge = a merged "
         "copy of base + adapter in an engine of its own; auto = lora on GPUs, merge on CPU (vLLM's CPU LoRA kernels copy "
-        "the adapter weights per token: ~10x slower). Adapters on embed_tokens/lm_head, which vLLM cannot apply as "
-        "LoRA, are always merged.",
+        "the adapter weights for every token). Adapters on embed_tokens/lm_head, which vLLM cannot apply as LoRA, are "
+        "always merged.",
     )
     max_lora_rank: int = Field(128, ge=1, description="Largest LoRA rank the engine accepts (adapters=lora).")
     max_loras: int = Field(4, ge=1, description="Adapters one engine batch may mix (adapters=lora).")
@@ -152,8 +149,7 @@ class ModelSection(Section):
         "mask", description="engine=transformers, exact scoring: how a prompt's options share it. mask = one row of "
         "prompt + every option under a dense (L, L) tree mask; cache = the prompts alone with no mask (causal, the fused "
         "attention kernels' path), then the options on their key/value cache under an options x (prompt + options) "
-        "mask. Same probabilities (within 1e-6 in fp32); on 2 CPU cores at the demo's ~300-token prompts 0.98-1.06x "
-        "the prompts/s of mask (bench/scorer_tree.py), so mask stays the default until a GPU measures cache.",
+        "mask. The same probabilities either way; try cache for long prompts on a GPU (bench/scorer_tree.py compares them).",
     )
 
 

@@ -39,14 +39,13 @@ class IngestSection(Section):
     materialize: bool = Field(
         False, description="Tokenize the training and eval splits once, before training, and keep the rows in Ray's "
         "object store for every epoch: no tokenizer actors beside the workers, no re-tokenizing each epoch. For splits "
-        "that fit the object store (the demo's 15k training rows: 75 MiB with the validation split) on one machine: a lost node loses the blocks it held, and "
-        "Ray cannot rebuild blocks made by an actor pool, so on multi-node clusters and at SocSci210 scale leave it off and stream.",
+        "that fit the object store on one machine: a lost node loses the blocks it held, and Ray cannot rebuild blocks "
+        "made by an actor pool, so on multi-node clusters and at SocSci210 scale leave it off and stream.",
     )
     tokenize_in_driver_below: int = Field(
         20000, ge=0, description="With ingest.materialize: a split of fewer samples than this is tokenized in the driver "
-        "process, not by the tokenizer actor pool (on 2 cores each actor spends ~7 s importing transformers before its first "
-        "row: the 20k-answer demo's 8,356 training samples took 16.4 s in the pool, 4.0 s in the driver); larger splits use "
-        "the pool, on every core. 0: always the pool.",
+        "process, where small splits finish before a pool of tokenizer actors has started; larger splits use the pool, "
+        "on every core. The two paths order the rows differently, so a run records which it used. 0: always the pool.",
     )
 
 
@@ -96,10 +95,9 @@ class TrainSection(Section):
     attention: Literal["dense", "segments", "varlen"] = Field(
         "dense", description="How packed rows keep their examples apart. dense: a (B, 1, L, L) mask over the whole row "
         "(cost grows with max_length^2); segments: no mask, one causal attention call per example (cost grows with "
-        "each example's length^2; at 2048 tokens of ~290-token examples, bench/attention.py); varlen: no mask, one "
-        "flash-attention call per layer over all the batch's examples (torch's varlen_attn: CUDA and bf16 only, "
-        "train.use_gpu). Same losses to float rounding. The demo keeps dense until its figures are re-measured "
-        "with segments; scripts/gpu_check.sh times all three on a GPU.",
+        "each example's length^2: the choice for packed rows on CPU); varlen: no mask, one flash-attention call per "
+        "layer over all the batch's examples (torch's varlen_attn: CUDA and bf16 only, train.use_gpu). The same losses "
+        "to float rounding; with one example a row (layout pad_longest) they differ by rounding only.",
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
@@ -160,11 +158,10 @@ class ServeSection(Section):
     max_loaded_adapters: int = Field(8, ge=1, description="Adapters kept loaded per replica (LRU beyond this).")
     max_batch_size: int = Field(16, ge=1, description="Requests merged into one forward pass by @serve.batch (model.engine transformers; vLLM batches across requests itself).")
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a batch waits to fill. Under steady load from clients that wait for each "
-        "answer, the next requests reach a busy replica slowly (its request handling shares the GIL with the model "
-        "thread), so short waits leave batches small: bench/serve.py, 32 clients, CPU: 1.60x over one-at-a-time at "
-        "0.005 s (mean batch 2.7), 3.09x at 0.05 s (mean batch 12.8); H200: 10.6x at 0.05 s (README). 0.05 suits GPU "
-        "serving; a lone request waits at most this long.",
+        0.01, ge=0, description="How long a batch waits to fill; a lone request waits at most this long. Under steady "
+        "load from clients that wait for each answer, the next requests reach a busy replica slowly (its request "
+        "handling shares the GIL with the model thread), so short waits leave batches small: raise it (0.05) for "
+        "throughput under many clients, on GPUs especially; bench/serve.py measures the trade.",
     )
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= max_batch_size so batches fill); with model.engine vllm, the requests in its engine at once.")
     autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection, description="Replica autoscaling.")
@@ -198,7 +195,7 @@ class SimulateSection(Section):
     batch_size: int = Field(16, ge=1, description="Rows per scoring call.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Number format of the local replicas' model: auto = bf16 on GPU and on CPUs with native bf16 "
-        "matrix instructions, else fp32 (bf16 moved the demo adapter's option probabilities by 0.004 on average).",
+        "matrix instructions, else fp32 (bf16 moves option probabilities slightly; fp32 for exact reproduction).",
     )
     temperature: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         1.0, description="Exact mode: temperature applied to the option distribution; 'auto' fits it on the validation "
@@ -244,6 +241,6 @@ class EvaluateSection(Section):
         "0 = off.",
     )
     fit_check_per_cell: int = Field(
-        40, ge=2, description="Rows scored per fit-check cell (not simulate.max_per_cell: with ~5 answers a cell even "
-        "the true distributions score only ~0.5-0.7 x uniform against the sample, so the check would say nothing).",
+        40, ge=2, description="Rows scored per fit-check cell (not simulate.max_per_cell: against a handful of answers a "
+        "cell even the true distributions are far from the sample, so the check would measure sampling noise).",
     )

@@ -160,11 +160,9 @@ def read_parquet_v1(path: str, **kwargs: Any) -> Any:
 
     The pinned Ray Data reads Parquet through its V2 datasource by default, which provisions 32
     FooterReader actors (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS) at every execution of the plan: each
-    epoch and each eval of a streamed run, each pass of the actor pool. On 2 cores one ingest pass
-    over a 1,887-sample split took 12.5-14.2 s through V2 and 7.2-8.6 s through V1 (`socrates-ray
-    ingest`, a fresh Ray each, 2026-12-03), and a streamed two-node run waited 25 s for its first
-    batch (15 s through V1). V1 reads the same rows; the seeded shuffle orders them differently
-    (PARQUET_READER)."""
+    epoch and each eval of a streamed run, each pass of the actor pool: on a small machine those
+    actors cost more than the read itself, and a streamed run waits longer for its first batch.
+    V1 reads the same rows; the seeded shuffle orders them differently (PARQUET_READER)."""
     import ray.data
 
     context = ray.data.DataContext.get_current()

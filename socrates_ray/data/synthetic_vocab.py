@@ -3,7 +3,7 @@ answer scales and persona pools (data.synthetic draws studies and answers from t
 
 Every effect here is visible in the prompt text and shared across studies, so a model that reads
 the prompt can predict a held-out study or condition; only TASK_NOISE_SD and PERSON_NOISE_SD are
-unobserved. Changing a number changes every generated world (and the demo's figures in README).
+unobserved. Changing a number changes every generated world (and the demo's figures in BENCHMARKS.md).
 """
 
 from __future__ import annotations

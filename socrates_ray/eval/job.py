@@ -58,6 +58,11 @@ class EvaluationPlan:
     passes: dict[str, SimulationPass]  # "base" (and "finetuned"), each at T = 1 until its temperature is resolved
 
 
+def evaluation_dir(cfg: Config) -> Path:
+    """Where an evaluation writes: evaluate.output_dir, else <run>/eval."""
+    return Path(cfg.evaluate.output_dir) if cfg.evaluate.output_dir else cfg.run_dir / "eval"
+
+
 def build_evaluation(cfg: Config, model_path: str, adapter_path: str | None, endpoint: str | None = None,
                      token: str | None = None) -> EvaluationPlan:
     """The builder. endpoint: evaluate through the running Serve app (the adapter registered there as
@@ -71,7 +76,7 @@ def build_evaluation(cfg: Config, model_path: str, adapter_path: str | None, end
 
     passes = {"base": model_pass(None)} | ({FINETUNED: model_pass(adapter_path)} if adapter_path else {})
     return EvaluationPlan(
-        prepared=cfg.data.prepared, raw=str(cfg.data.raw), out=Path(e.output_dir) if e.output_dir else cfg.run_dir / "eval",
+        prepared=cfg.data.prepared, raw=str(cfg.data.raw), out=evaluation_dir(cfg),
         settings=tuple(e.settings), trained_on=cfg.train.setting, max_per_cell=sim.max_per_cell, seed=cfg.run.seed,
         parity_fields=tuple(e.parity_fields), floor_resamples=e.floor_resamples, anchor=e.anchor, fit_check_cells=e.fit_check_cells,
         fit_check_per_cell=e.fit_check_per_cell, temperature=sim.temperature, calibration=build_calibration_split(cfg), passes=passes,
@@ -169,8 +174,8 @@ def fit_check(plan: EvaluationPlan, passes: dict[str, SimulationPass], anchor: A
 def training_cells(prepared: str, setting: str, n_cells: int, per_cell: int | None, seed: int) -> pa.Table:
     """The fit check's rows: the n_cells cells of a train split with the most answers (at most per_cell
     rows each; ties broken at random by seed). Big cells, because a cell's empirical distribution is
-    what the model is compared with: at ~15 answers a cell (the demo's median is 12) even the true
-    distributions score 0.24 x uniform against it, and sampling noise hides how well the model fits."""
+    what the model is compared with: against a dozen answers even the true distributions are far from
+    the cell's sample, and sampling noise hides how well the model fits."""
     table = load_split_rows(prepared, setting, "train", per_cell, seed)
     keys = list(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist(), table["task_num"].to_pylist()))
     sizes: dict[tuple, int] = {}

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from socrates_ray.eval.results import EvaluationResult, to_json
+from socrates_ray.plots import new_figure, save_png
 
 
 def _fmt(v: float | None) -> str:
@@ -126,18 +127,13 @@ def cell_picks(predictions: Any, per_cell: dict[str, float], k: int = 3) -> list
 
 
 def plot_cells(predictions: Any, per_cell: dict[str, float], out: Path, k: int = 3) -> Path | None:
-    """Human vs predicted histograms of the k best and k worst cells (exact-mode predictions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Human vs predicted histograms of the k best and k worst cells (exact-mode predictions), saved to `out`."""
     if not per_cell or "probs" not in predictions.column_names:
         return None
     picks = cell_picks(predictions, per_cell, k)
     if not picks:
         return None
-    fig, axes = plt.subplots(2, k, figsize=(4 * k, 6), squeeze=False)
+    fig, axes = new_figure(4 * k, 6, 2, k)
     for ax, (label, cell, w, members) in zip(axes.flat, picks):
         study, cond, task = cell.split("|")
         options = np.asarray(members[0]["options"])
@@ -146,21 +142,16 @@ def plot_cells(predictions: Any, per_cell: dict[str, float], out: Path, k: int =
     for ax in axes.flat[len(picks):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save_png(fig, out)
     return out
 
 
 def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: dict[str, float], out: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """W per study for base and finetuned against the uniform guess, saved to `out`."""
     studies = sorted(set(base) | set(finetuned))
     x = np.arange(len(studies))
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(studies) + 2), 3.5))
+    fig, axes = new_figure(max(6, 0.5 * len(studies) + 2), 3.5)
+    ax = axes[0][0]
     ax.bar(x - 0.2, [base.get(s, np.nan) for s in studies], width=0.4, label="base")
     ax.bar(x + 0.2, [finetuned.get(s, np.nan) for s in studies], width=0.4, label="finetuned")
     ax.scatter(x, [uniform.get(s, np.nan) for s in studies], color="black", marker="_", s=200, label="uniform guess", zorder=3)
@@ -168,9 +159,7 @@ def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: d
     ax.set_ylabel("Wasserstein (lower is better)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save_png(fig, out)
     return out
 
 

@@ -1,9 +1,9 @@
 """Which number format a model computes in: bf16 where the hardware multiplies it natively, else fp32.
 
 `auto` (every precision setting's default) picks bf16 on a GPU and on CPUs with native bf16 matrix
-instructions (Intel AMX or AVX512-BF16: Sapphire Rapids and later, recent EPYCs), where it is
-measured 1.5x faster for LoRA training steps and 1.7-2.1x for exact scoring of the tiny demo model
-(README, "Precision"); fp32 elsewhere, where bf16 would be emulated and slower than fp32.
+instructions (Intel AMX or AVX512-BF16: Sapphire Rapids and later, recent EPYCs), where it runs
+faster for training and scoring (BENCHMARKS.md has the figures); fp32 elsewhere, where bf16 would be
+emulated and slower than fp32.
 """
 
 from __future__ import annotations

@@ -4,36 +4,22 @@ tables the CLI prints; all read the typed results (results.py)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from matplotlib.figure import Figure
 
 from socrates_ray.eval.results import to_json
+from socrates_ray.plots import new_figure, save_png
 from socrates_ray.screen.results import ScreenResult, TrustResult
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    _plt().close(fig)
 
 
 def _fmt_interval(iv: list[float]) -> str:
     return f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
 
 
-def plot_distributions(results: ScreenResult, path: Path) -> None:
+def plot_distributions(results: ScreenResult, path: Path | None = None) -> Figure:
     """One panel per (outcome, model): each arm's predicted answer distribution."""
-    plt = _plt()
     models, outcomes = list(results.models), results.outcomes
-    fig, axes = plt.subplots(len(outcomes), len(models), figsize=(4.5 * len(models), 3.2 * len(outcomes)), squeeze=False)
+    fig, axes = new_figure(4.5 * len(models), 3.2 * len(outcomes), len(outcomes), len(models))
     for i, outcome in enumerate(outcomes):
         for j, model in enumerate(models):
             ax = axes[i][j]
@@ -44,12 +30,11 @@ def plot_distributions(results: ScreenResult, path: Path) -> None:
             ax.set_xlabel("answer")
             ax.set_ylabel("predicted share")
             ax.legend(fontsize=7)
-    _save(fig, path)
+    return save_png(fig, path)
 
 
-def plot_effects(results: ScreenResult, path: Path) -> None:
+def plot_effects(results: ScreenResult, path: Path | None = None) -> Figure:
     """Forest plot: every contrast (and its subgroup effects, indented) with its interval, per model."""
-    plt = _plt()
     labels, points = [], []
     models = list(results.models)
     for outcome in results.outcomes:
@@ -65,7 +50,8 @@ def plot_effects(results: ScreenResult, path: Path) -> None:
                     cm = results.models[model].outcomes[outcome].contrasts[k]
                     e = cm if field is None else cm.subgroups.get(field, {}).get(level)
                     points[-1].append(e)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(labels) + 1.5))
+    fig, axes = new_figure(8, 0.35 * len(labels) + 1.5)
+    ax = axes[0][0]
     for j, model in enumerate(models):
         offset = (j - (len(models) - 1) / 2) * 0.25
         for i, row in enumerate(points):
@@ -80,7 +66,7 @@ def plot_effects(results: ScreenResult, path: Path) -> None:
     ax.set_yticklabels(list(reversed(labels)), fontsize=8)
     ax.set_xlabel(f"predicted difference in mean answer (treatment - control), {results.analysis['interval']:.0%} interval")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_screen_report(results: ScreenResult, folder: Path) -> Path:
@@ -126,11 +112,10 @@ def write_screen_report(results: ScreenResult, folder: Path) -> Path:
     return path
 
 
-def plot_trust(results: TrustResult, path: Path) -> None:
+def plot_trust(results: TrustResult, path: Path | None = None) -> Figure:
     """Predicted vs observed (and true) differences, as shares of each scale's range, per model."""
-    plt = _plt()
     models = list(results.models)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4.2), squeeze=False)
+    fig, axes = new_figure(4.5 * len(models), 4.2, 1, len(models))
     for j, model in enumerate(models):
         ax = axes[0][j]
         cs = results.models[model].contrasts
@@ -144,7 +129,7 @@ def plot_trust(results: TrustResult, path: Path) -> None:
         ax.set_ylabel("predicted effect")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_trust_report(results: TrustResult, folder: Path) -> Path:

@@ -197,7 +197,7 @@ def load_experiment(path: str | Path) -> Experiment:
     try:
         experiment = Experiment.model_validate(tree)
     except ValidationError as err:
-        raise ExperimentError(format_validation_errors(err, str(path), "the fields are described in socrates_ray/screen/spec.py")) from None
+        raise ExperimentError(format_validation_errors(err, str(path), "docs/screening.md describes every field", Experiment)) from None
     for i, outcome in enumerate(experiment.outcomes):
         outcome_scale(outcome, f"outcomes.{i}")
     return experiment

@@ -77,7 +77,7 @@ def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
     ZeRO-3 gathers each layer's full parameters, uses them, and frees them. glibc's default
     *dynamic* mmap threshold rises after the first such free, so later gathers land on the heap
     and are never returned: the worker's resident memory then grows to the full model and ZeRO-3
-    ends up using more host RAM than ZeRO-2 (measured: 2.1-2.4 GiB vs 1.7 GiB on a 152M model).
+    ends up using more host RAM than ZeRO-2.
     Fixing the thresholds (the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_) keeps each
     gather's memory only as long as it is used. False where the C library is not glibc."""
     import ctypes

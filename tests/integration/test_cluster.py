@@ -117,11 +117,12 @@ def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, 
     listing = submit(ray_head, ray_head["env"], "python", "-c", LIST_UPLOAD)
     assert listing.returncode == 0, listing.stdout[-4000:]
     arrived = json.loads(re.search(r"UPLOAD (.*)", listing.stdout).group(1))
-    assert {"socrates_ray", "jobs", "configs", "pyproject.toml"} <= set(arrived["top"])
-    assert not {"tests", "data", "runs", ".venv", ".git", "bench"} & set(arrived["top"])
+    assert {"socrates_ray", "configs", "pyproject.toml"} <= set(arrived["top"])
+    assert not {"tests", "data", "runs", ".venv", ".git", "bench", "docs"} & set(arrived["top"])
     assert arrived["package"].startswith(arrived["cwd"]) and arrived["bytes"] < 5 * 2**20
 
-    done = submit(ray_head, ray_head["env"], "python", "jobs/finetune.py", "--config", "configs/demo.yaml",
+    # the documented cluster form: python -m socrates_ray <command> (no console script needed on the nodes)
+    done = submit(ray_head, ray_head["env"], "python", "-m", "socrates_ray", "train", "--config", "configs/demo.yaml",
                   *train_overrides(tmp_path, prepared, tiny_model, "job", steps=3), "train.checkpoint_every=2",
                   # packed rows (~3 examples each) through the per-example attention path; every other
                   # training test runs the dense mask

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from socrates_ray.cli import build_parser, main, schema_help
-from socrates_ray.config import ConfigError, dump_config, load_config
+from socrates_ray.config import ConfigError, describe_schema, dump_config, load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
 
@@ -22,8 +22,10 @@ def test_every_shipped_config_loads(path):
 def test_unknown_key_names_dotted_path(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data:\n  rawx: /tmp/x\n")
-    with pytest.raises(ConfigError, match=r"data\.rawx: unknown key"):
+    # the nearest real key, and a command that exists for the whole list
+    with pytest.raises(ConfigError, match=r"data\.rawx: unknown key \(did you mean data\.raw\? `socrates-ray config keys`"):
         load_config(p)
+    assert main(["config", "keys"]) == 0
     with pytest.raises(ConfigError, match=r"model\.tiny\.hiden_size: unknown key"):
         load_config(None, ["model.tiny.hiden_size=3"])
 
@@ -33,6 +35,26 @@ def test_overrides_are_parsed_as_yaml():
     assert cfg.ingest.max_length == 512
     assert cfg.data.settings == ["unseen_studies"]
     assert cfg.run.name == "x y"
+
+
+def test_text_fields_take_what_was_typed():
+    # YAML would read these as a date, an int, a float and a bool; a name is a name
+    for typed in ("2025-12-01", "123", "1e3", "yes", "null"):
+        assert load_config(None, [f"run.name={typed}"]).run.name == typed
+    cfg = load_config(None, ["serve.adapters.v2=runs/x/export", "simulate.adapter_path=null", "evaluate.adapter_path=007",
+                             "simulate.temperature=auto", "train.zero_stage=3"])
+    assert cfg.serve.adapters == {"v2": "runs/x/export"}
+    assert cfg.simulate.adapter_path is None and cfg.evaluate.adapter_path == "007"
+    assert cfg.simulate.temperature == "auto" and cfg.train.zero_stage == 3
+
+
+def test_config_show_prints_the_resolved_yaml(capsys):
+    assert main(["config", "show", "--config", "configs/demo.yaml", "run.name=2025-12-01", "train.max_steps=7"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["run"]["name"] == "2025-12-01" and shown["train"]["max_steps"] == 7
+    assert load_config(None, []).model_validate(shown).train.lora.r == 128  # the demo's own value, resolved
+    with pytest.raises(SystemExit):
+        main(["config", "bogus"])
 
 
 def test_bad_values_say_path_and_what_came():
@@ -62,9 +84,25 @@ def test_resolved_config_round_trips(tmp_path):
 def test_help_comes_from_field_descriptions(capsys):
     text = schema_help()
     assert "data.raw" in text and "fsspec URL" in text
+    # choices are spelled out, not `Literal`
+    assert "ingest.layout" in text and "pack | pad_longest | pad_max_length = pack" in text and "Literal" not in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prepare", "--help"])
-    assert "ingest.layout" in capsys.readouterr().out
+    prepare_help = capsys.readouterr().out
+    assert "data.raw" in prepare_help and "ingest.layout" not in prepare_help  # only the keys prepare reads
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    train_help = capsys.readouterr().out
+    assert "ingest.layout" in train_help and "train.lora.r" in train_help and "serve.port" not in train_help
+
+
+def test_field_descriptions_hold_no_figures_or_history():
+    """A description says what a field means and when to change it: no timings, ratios, dates or README sections."""
+    import re
+
+    bad = re.compile(r"\d\.\d+ ?x\b|\b\d+(\.\d+)? ?(ms|s)\b|20\d\d-\d\d|README|commit|measured")
+    offenders = [(key, desc) for key, _, _, desc in describe_schema() if bad.search(desc)]
+    assert not offenders, offenders
 
 
 def test_cli_config_error_exits_2_without_traceback(capsys):
