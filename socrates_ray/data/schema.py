@@ -73,7 +73,7 @@ REASONS: dict[str, str] = {
     "refusal_code": "response is a refusal/don't-know code outside the bounded scale",
     "response_out_of_scale": "response lies outside the scale parsed from the stimulus",
     "missing_demographic": "demographic is null",
-    "demographic_fields": "demographic struct has missing or extra fields",
+    "demographic_fields": "demographic has a field that is not one of SocSci210's 16 (rename it or drop it), or is not a mapping",
     "non_integer_demographic": "age or household_size is not an integer",
 }
 
@@ -114,7 +114,9 @@ def as_int(value: Any) -> int | None:
 
 
 def check_demographic(demo: Any) -> tuple[str | None, dict[str, Any] | None]:
-    """(reason, normalised demographic). The struct must have exactly the 16 published fields."""
+    """(reason, normalised demographic). Fields must be among the 16 published ones; a field left out is
+    null (SocSci210's own rows carry all 16, a survey of one's own often fewer), an unknown one is refused:
+    it would be dropped from the prompt without a word (`Party` for `party_id`)."""
     if demo is None:
         return "missing_demographic", None
     # Other exporters: an Arrow map (a list of (key, value) pairs) or a JSON object string.
@@ -127,11 +129,11 @@ def check_demographic(demo: Any) -> tuple[str | None, dict[str, Any] | None]:
             return "demographic_fields", None
     if not isinstance(demo, dict):
         return "demographic_fields", None
-    if set(demo) != set(DEMOGRAPHIC_FIELDS):
+    if not set(demo) <= set(DEMOGRAPHIC_FIELDS):
         return "demographic_fields", None
     clean: dict[str, Any] = {}
     for name in DEMOGRAPHIC_FIELDS:
-        value = demo[name]
+        value = demo.get(name)
         if name in INT_DEMOGRAPHIC_FIELDS and value is not None:
             number = as_int(value)
             if number is None:
