@@ -86,6 +86,18 @@ def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int |
     return table.take(pa.array(sorted(keep)))
 
 
+def cell_ranges(prepared: str, setting: str, split: str) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """Each (study_id, condition_num, task_num) cell's lowest and highest human answer over the whole
+    split: the range the paper rescales a cell by, whatever subset of it is scored."""
+    if (problem := split_problem(prepared, setting, split)) is not None:
+        raise PreparedSplitError(problem)
+    files = sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet")))
+    keys = ["study_id", "condition_num", "task_num"]
+    table = pq.read_table(files, columns=[*keys, "response"]).group_by(keys).aggregate([("response", "min"), ("response", "max")])
+    return {(s, int(c), int(t)): (float(lo), float(hi)) for s, c, t, lo, hi in zip(
+        *(table[k].to_pylist() for k in keys), table["response_min"].to_pylist(), table["response_max"].to_pylist())}
+
+
 def val_or_train(prepared: str, setting: str) -> pa.Table:
     """The validation split (held-out units of train) where prepare made one, else train itself."""
     return load_split_rows(prepared, setting, "val" if has_rows(prepared, setting, "val") else "train")

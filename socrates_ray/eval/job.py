@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from socrates_ray.config import Config
-from socrates_ray.data.prepared import load_split_rows, val_or_train
+from socrates_ray.data.prepared import cell_ranges, load_split_rows, val_or_train
 from socrates_ray.eval.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.eval.calibrate import CalibrationSplit, build_calibration_split, resolve_temperature
 from socrates_ray.eval.metrics import Cell, CellKey, baseline_metrics, compare, group_cells, model_metrics
@@ -126,17 +126,18 @@ def _evaluate(plan: EvaluationPlan, pool: ReplicaPool | None, log: Callable[[str
             log(f"evaluate: warning: the adapter was trained on train.setting={plan.trained_on}, whose train split overlaps "
                 f"{setting}'s eval split; its {setting} numbers are optimistic (train on all_settings to avoid this)")
         rows = load_split_rows(plan.prepared, setting, "eval", plan.max_per_cell, plan.seed)
+        ranges = cell_ranges(plan.prepared, setting, "eval")  # the whole cell's humans, whatever max_per_cell scores
         models: dict[str, ModelScores] = {}
         for name, p in passes.items():
             log(f"evaluate: {setting}: {name} model on {rows.num_rows:,} rows"
                 + (f" (temperature {p.decoding.temperature:.2f})" if p.decoding.mode == "exact" else ""))
             table = pq.read_table(run_simulation(rows, plan.out / setting / name, p, pool, log))
-            cells = group_cells(table.to_pylist(), fields)
+            cells = group_cells(table.to_pylist(), fields, ranges)
             models[name] = scores(cells, truth, row_truth)
             if name == FINETUNED:
                 finetuned_tables[setting] = table
         if anchor is not None:
-            models["anchor"] = scores(group_cells(predict_anchor(anchor, rows).to_pylist(), fields), truth, row_truth)
+            models["anchor"] = scores(group_cells(predict_anchor(anchor, rows).to_pylist(), fields, ranges), truth, row_truth)
         baselines = baseline_metrics(cells, truth, plan.floor_resamples, plan.seed)
         result.settings[setting] = SettingResult(rows.num_rows, models, baselines, compare(models, baselines))
     if plan.fit_check_cells:
@@ -156,16 +157,17 @@ def fit_check(plan: EvaluationPlan, passes: dict[str, SimulationPass], anchor: A
               pool: ReplicaPool | None, log: Callable[[str], None]) -> FitCheck:
     """Can the models fit what they saw? W on the largest cells of train.setting's train split."""
     rows = training_cells(plan.prepared, plan.trained_on, plan.fit_check_cells, plan.fit_check_per_cell, plan.seed)
+    ranges = cell_ranges(plan.prepared, plan.trained_on, "train")
     split = f"{plan.trained_on}/train"
     models: dict[str, FitScores] = {}
     for name, p in passes.items():
         log(f"evaluate: fit check: {name} model on {rows.num_rows:,} rows of {split}")
         table = pq.read_table(run_simulation(rows, plan.out / "fit_check" / name, p, pool, log))
-        cells = group_cells(table.to_pylist())
+        cells = group_cells(table.to_pylist(), ranges=ranges)
         m = scores(cells, truth, row_truth)
         models[name] = FitScores(m.wasserstein, m.cell_spread, m.vs_truth)
     if anchor is not None:
-        models["anchor"] = FitScores(model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist())).wasserstein)
+        models["anchor"] = FitScores(model_metrics(group_cells(predict_anchor(anchor, rows).to_pylist(), ranges=ranges)).wasserstein)
     baselines = baseline_metrics(cells, truth, 1, plan.seed)
     return FitCheck(split=split, rows=rows.num_rows, cells=m.cells, models=models, uniform=baselines.uniform.wasserstein,
                     true_floor=baselines.true_floor.wasserstein if baselines.true_floor else None)

@@ -5,10 +5,12 @@ participant, response (the human), prediction (one model answer, null when unpar
 exact mode, options + probs (the participant's full predicted distribution); demographic for the
 subgroup metric. Definitions follow the paper (Kolluri et al., EMNLP 2025, section 5):
 
-- per (study, condition, task) cell, rescale with the human min/max of the cell, clip model
-  answers to [0, 1]; skip cells with < 2 human answers or max == min;
+- per (study, condition, task) cell, rescale with the min/max of *all* the cell's human answers in
+  the split (`ranges`, whatever subset is scored: a handful of answers spans less of the scale than
+  the cell's humans do), clip model answers to [0, 1]; skip cells with < 2 answers scored or max == min;
 - Wasserstein per cell (scipy.stats.wasserstein_distance), then macro average: cells -> study ->
-  overall; individual accuracy 1 - mean(|m - h| / (max - min)), averaged the same way;
+  overall; individual accuracy 1 - mean(|m - h| / (max - min)), model answers clipped to the range
+  as for W (so it stays in [0, 1]), averaged the same way;
 - exact mode: the Wasserstein between the humans and the mixture of every participant's full
   distribution, and the expected accuracy under it (cells without distributions, i.e. open-ended
   amounts, fall back to the sampled answers); the sampled variant uses `prediction` everywhere;
@@ -51,14 +53,15 @@ class Cell:
     groups: dict[str, list[Any]] = field(default_factory=dict)
     scale: tuple[int | None, int | None] = (None, None)
     sample_ids: list[int] = field(default_factory=list)
+    range: tuple[float, float] | None = None  # min/max of all the cell's human answers; None: of those scored
 
     @property
     def lo(self) -> float:
-        return float(self.human.min())
+        return float(self.range[0]) if self.range else float(self.human.min())
 
     @property
     def span(self) -> float:
-        return float(self.human.max() - self.human.min())
+        return float(self.range[1] - self.range[0]) if self.range else float(self.human.max() - self.human.min())
 
     def scorable(self) -> bool:
         return len(self.human) >= 2 and self.span > 0
@@ -67,8 +70,10 @@ class Cell:
         return np.clip((np.asarray(values, dtype=np.float64) - self.lo) / self.span, 0.0, 1.0)
 
 
-def group_cells(rows: Iterable[dict[str, Any]], parity_fields: list[str] = ()) -> dict[CellKey, Cell]:
-    """Prediction rows -> cells, keeping row order within a cell."""
+def group_cells(rows: Iterable[dict[str, Any]], parity_fields: list[str] = (),
+                ranges: dict[CellKey, tuple[float, float]] | None = None) -> dict[CellKey, Cell]:
+    """Prediction rows -> cells, keeping row order within a cell. `ranges`: each cell's human min/max
+    over the whole split (data.prepared.cell_ranges), the paper's rescaling whatever subset is scored."""
     raw: dict[CellKey, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (r["study_id"], int(r["condition_num"]), int(r["task_num"]))
@@ -90,8 +95,15 @@ def group_cells(rows: Iterable[dict[str, Any]], parity_fields: list[str] = ()) -
             key=key, human=np.asarray(c["human"], dtype=np.float64), predicted=c["predicted"],
             options=c["options"] if exact else None, probs=c["probs"] if exact else None,
             groups={f: c[f"g:{f}"] for f in parity_fields}, scale=c["scale"][0], sample_ids=c["sample_ids"],
+            range=_widest(ranges.get(key), c["human"]) if ranges is not None else None,
         )
     return cells
+
+
+def _widest(recorded: tuple[float, float] | None, human: list[float]) -> tuple[float, float]:
+    """The recorded range, widened to the answers scored (rows from outside the split it was read from)."""
+    lo, hi = (min(human), max(human)) if recorded is None else recorded
+    return float(min(lo, min(human))), float(max(hi, max(human)))
 
 
 # --- per-cell metrics ----------------------------------------------------------------------------
@@ -119,18 +131,19 @@ def w_exact(cell: Cell) -> float:
 
 
 def accuracy_sampled(cell: Cell) -> float | None:
+    """1 - the mean distance between each answer and the model's, both rescaled (model answers clipped)."""
     pairs = [(h, m) for h, m in zip(cell.human, cell.predicted) if m is not None]
     if not pairs:
         return None
-    return 1.0 - float(np.mean([abs(m - h) / cell.span for h, m in pairs]))
+    h, m = (np.asarray(v, dtype=np.float64) for v in zip(*pairs))
+    return 1.0 - float(np.mean(np.abs(cell.rescale(m) - cell.rescale(h))))
 
 
 def accuracy_exact(cell: Cell) -> float:
     """Expected individual accuracy under each participant's distribution."""
-    errors = [
-        float(np.dot(np.asarray(p), np.abs(np.asarray(o, dtype=np.float64) - h))) / cell.span
-        for h, o, p in zip(cell.human, cell.options, cell.probs)  # type: ignore[arg-type]
-    ]
+    hs = cell.rescale(cell.human)
+    errors = [float(np.dot(np.asarray(p), np.abs(cell.rescale(np.asarray(o, dtype=np.float64)) - h)))
+              for h, o, p in zip(hs, cell.options, cell.probs)]  # type: ignore[arg-type]
     return 1.0 - float(np.mean(errors))
 
 
@@ -147,8 +160,8 @@ def w_uniform(cell: Cell) -> float:
 
 
 def accuracy_uniform(cell: Cell) -> float:
-    support = uniform_support(cell)
-    return 1.0 - float(np.mean(np.abs(cell.human[:, None] - support[None, :]))) / cell.span
+    support = cell.rescale(uniform_support(cell))
+    return 1.0 - float(np.mean(np.abs(cell.rescale(cell.human)[:, None] - support[None, :])))
 
 
 def w_floor(cell: Cell, rng: np.random.Generator, draws: int) -> float:

@@ -251,3 +251,77 @@ def test_the_cell_plot_draws_cells_with_distributions_and_never_one_twice(tmp_pa
     assert all(len(members) == 2 for *_, members in picks)
     assert plot_cells(table, per_cell, tmp_path / "cells.png", k=2).stat().st_size > 0
     assert plot_cells(table, {"open|0|0": 0.0}, tmp_path / "none.png") is None  # nothing to draw: no file
+
+
+# --- the paper's rescaling by the whole cell's humans, whatever subset is scored -----------------
+def _exact_rows(humans: list[int], probs: list[list[float]], options: list[int]) -> list[dict]:
+    out = rows("a", 0, humans, [None] * len(humans), low=options[0], high=options[-1])
+    for r, p in zip(out, probs):
+        r["options"], r["probs"] = options, p
+    return out
+
+
+def test_a_perfect_predictor_scores_accuracy_one_and_w_zero() -> None:
+    humans = [1, 3, 3, 5, 7, 2]
+    options = list(range(1, 8))
+    probs = [[1.0 if o == h else 0.0 for o in options] for h in humans]
+    m = model_metrics(group_cells(_exact_rows(humans, probs, options), ranges={("a", 0, 0): (1.0, 7.0)}))
+    assert m.accuracy == pytest.approx(1.0) and m.wasserstein == pytest.approx(0.0)
+    sampled = model_metrics(group_cells(rows("a", 0, humans, humans)))
+    assert sampled.accuracy_sampled == pytest.approx(1.0)
+
+
+def test_uniform_accuracy_on_a_symmetric_cell_matches_its_closed_form() -> None:
+    # humans spread evenly over a K-point scale, the uniform guess: E|U - H| = (K^2 - 1) / (3K) points,
+    # so accuracy = 1 - (K + 1) / (3K) (0.619 at K = 7, near the paper's 0.612 on SocSci210)
+    for k in (2, 5, 7, 11):
+        humans = list(range(1, k + 1)) * 3
+        cells = group_cells(rows("a", 0, humans, humans, low=1, high=k))
+        assert baseline_metrics(cells, None, draws=2).uniform.accuracy == pytest.approx(1 - (k + 1) / (3 * k))
+
+
+def test_accuracy_never_leaves_zero_one_whatever_the_model_says() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        humans = rng.integers(1, 8, size=5).tolist()
+        preds = rng.integers(-20, 30, size=5).tolist()  # far outside the scale too: clipped as for W
+        cells = group_cells(rows("a", 0, humans, preds, low=1, high=7), ranges={("a", 0, 0): (1.0, 7.0)})
+        acc = model_metrics(cells).accuracy_sampled
+        assert acc is None or 0.0 <= acc <= 1.0
+        options = list(range(1, 8))
+        probs = [(p / p.sum()).tolist() for p in rng.random((5, 7))]
+        exact = model_metrics(group_cells(_exact_rows(humans, probs, options), ranges={("a", 0, 0): (1.0, 7.0)}))
+        assert exact.accuracy is None or 0.0 <= exact.accuracy <= 1.0
+
+
+def test_a_subsample_is_rescaled_by_the_whole_cells_range() -> None:
+    # five answers that span 3..4 of a cell whose humans span 1..7: a miss of 1 point is 1/6 of the
+    # range, not 100% of it
+    ranges = {("a", 0, 0): (1.0, 7.0)}
+    sub = group_cells(rows("a", 0, [3, 4, 3, 4, 3], [4, 3, 4, 3, 4], low=1, high=7), ranges=ranges)
+    m = model_metrics(sub)
+    assert m.accuracy_sampled == pytest.approx(1 - 1 / 6)
+    # W: humans {3,4,3,4,3} and the model {4,3,4,3,4} differ by one answer moved one point: 1/5 x 1/6
+    assert m.wasserstein_sampled == pytest.approx(1 / 30)
+    narrow = model_metrics(group_cells(rows("a", 0, [3, 4, 3, 4, 3], [4, 3, 4, 3, 4], low=1, high=7)))
+    assert narrow.accuracy_sampled == pytest.approx(0.0)  # by the subsample's own range the same miss is total
+    # a subsample with no spread is still scorable against the cell's range (the paper skips only max == min cells)
+    flat = model_metrics(group_cells(rows("a", 0, [4, 4, 4], [4, 4, 5], low=1, high=7), ranges=ranges))
+    assert flat.cells == 1 and flat.accuracy_sampled == pytest.approx(1 - 1 / 18)
+
+
+def test_cell_ranges_are_read_from_the_whole_split(tmp_path) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from socrates_ray.data.prepared import PREPARED_SUMMARY, cell_ranges
+
+    folder = tmp_path / "unseen_studies" / "eval"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"study_id": ["s", "s", "s", "t"], "condition_num": [0, 0, 1, 0], "task_num": [1, 1, 1, 1],
+                             "response": [2, 6, 3, 5]}), folder / "part-0.parquet")
+    (tmp_path / PREPARED_SUMMARY).write_text(json.dumps({"settings": {"unseen_studies": {}}}))
+    assert cell_ranges(str(tmp_path), "unseen_studies", "eval") == {("s", 0, 1): (2.0, 6.0), ("s", 1, 1): (3.0, 3.0),
+                                                                     ("t", 0, 1): (5.0, 5.0)}
