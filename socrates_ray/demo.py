@@ -63,8 +63,15 @@ def setting_verdict(setting: str, r: SettingResult) -> str:
     if r.comparison.floor_used_for_gap == "floor":  # no true distributions: the resampling floor
         n = r.baselines.floor.answers_per_cell
         floor = f" (resampling floor, median {n} answers a cell{'; past it: see the note above' if gap is not None and gap > 1 else ''})"
+    acc = {name: m.accuracy for name, m in models.items()}
+    accuracy = (f"; individual accuracy finetuned {acc['finetuned']:.3f} vs uniform {r.baselines.uniform.accuracy:.3f}"
+                + (f", anchor {acc['anchor']:.3f}" if acc.get("anchor") is not None else "")) if acc.get("finetuned") is not None else ""
+    parity = ""
+    if r.parity is not None:
+        parity = (f"; subgroup gap error on the {r.parity.cells} largest cells "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in r.parity.errors.items() if v is not None))
     return (f"{setting}: finetuned {w['finetuned']:.4f} vs base {w['base']:.4f} vs uniform {r.baselines.uniform.wasserstein:.4f}{anchor}; "
-            f"finetuned closes {gap:.0%} of the uniform-to-floor gap{floor}{to_truth}")
+            f"finetuned closes {gap:.0%} of the uniform-to-floor gap{floor}{to_truth}{accuracy}{parity}")
 
 
 def serve_matches_evaluation(cfg: Config, path: str, adapter: str, results: EvaluationResult, token: str | None = None) -> dict[str, Any]:

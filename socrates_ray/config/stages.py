@@ -230,6 +230,12 @@ class EvaluateSection(Section):
         default_factory=lambda: ["gender", "party_id", "ideology", "education"],
         description="Demographic fields of the subgroup-gap (demographic parity) metric.",
     )
+    parity_cells: int = Field(
+        20, ge=0, description="The parity check: the eval split's cells with the most answers, scored with up to "
+        "parity_per_cell answers each, so subgroups have enough people to compare (a quick evaluation's few answers a "
+        "cell cannot measure subgroup gaps). 0 = off.",
+    )
+    parity_per_cell: int = Field(200, ge=6, description="Answers scored per parity-check cell.")
     anchor: bool = Field(
         True, description="Fit the regression anchor (anchor.py: ridge on persona fields + stimulus words and their "
         "party/ideology/age interactions) on train.setting's train split and score it beside the models: the baseline "

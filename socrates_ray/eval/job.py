@@ -26,10 +26,11 @@ from socrates_ray.data.prepared import cell_ranges, load_split_rows, val_or_trai
 from socrates_ray.eval.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.eval.calibrate import CalibrationSplit, build_calibration_split, resolve_temperature
 from socrates_ray.eval.metrics import Cell, CellKey, baseline_metrics, compare, group_cells, model_metrics
+from socrates_ray.eval.parity import parity_check
 from socrates_ray.eval.passes import SimulationPass, build_pass
 from socrates_ray.eval.replica import ReplicaPool
 from socrates_ray.eval.report import past_floor_note, results_table, temperature_line, write_report
-from socrates_ray.eval.results import AnchorInfo, EvaluationResult, FitCheck, FitScores, ModelScores, SettingResult
+from socrates_ray.eval.results import AnchorInfo, EvaluationResult, FitCheck, FitScores, ModelScores, ParityCheck, SettingResult
 from socrates_ray.eval.simulate import run_simulation
 from socrates_ray.eval.truth import RowTruth, Truth, load_row_truth, load_truth, truth_distance
 from socrates_ray.infer import engine_spec
@@ -53,6 +54,8 @@ class EvaluationPlan:
     anchor: bool
     fit_check_cells: int
     fit_check_per_cell: int
+    parity_cells: int
+    parity_per_cell: int
     temperature: float | str  # simulate.temperature: a number, or "auto" (fitted per model)
     calibration: CalibrationSplit
     passes: dict[str, SimulationPass]  # "base" (and "finetuned"), each at T = 1 until its temperature is resolved
@@ -79,7 +82,7 @@ def build_evaluation(cfg: Config, model_path: str, adapter_path: str | None, end
         prepared=cfg.data.prepared, raw=str(cfg.data.raw), out=evaluation_dir(cfg),
         settings=tuple(e.settings), trained_on=cfg.train.setting, max_per_cell=sim.max_per_cell, seed=cfg.run.seed,
         parity_fields=tuple(e.parity_fields), floor_resamples=e.floor_resamples, anchor=e.anchor, fit_check_cells=e.fit_check_cells,
-        fit_check_per_cell=e.fit_check_per_cell, temperature=sim.temperature, calibration=build_calibration_split(cfg), passes=passes,
+        fit_check_per_cell=e.fit_check_per_cell, parity_cells=e.parity_cells, parity_per_cell=e.parity_per_cell, temperature=sim.temperature, calibration=build_calibration_split(cfg), passes=passes,
     )
 
 
@@ -140,6 +143,8 @@ def _evaluate(plan: EvaluationPlan, pool: ReplicaPool | None, log: Callable[[str
             models["anchor"] = scores(group_cells(predict_anchor(anchor, rows).to_pylist(), fields, ranges), truth, row_truth)
         baselines = baseline_metrics(cells, truth, plan.floor_resamples, plan.seed)
         result.settings[setting] = SettingResult(rows.num_rows, models, baselines, compare(models, baselines))
+        if plan.parity_cells and fields:
+            result.settings[setting].parity = parity_pass(plan, setting, passes, anchor, ranges, pool, log)
     if plan.fit_check_cells:
         result.fit_check = fit_check(plan, passes, anchor, truth, row_truth, pool, log)
     report = write_report(result, plan.out, finetuned_tables)
@@ -156,7 +161,7 @@ def _evaluate(plan: EvaluationPlan, pool: ReplicaPool | None, log: Callable[[str
 def fit_check(plan: EvaluationPlan, passes: dict[str, SimulationPass], anchor: Any, truth: Truth | None, row_truth: RowTruth | None,
               pool: ReplicaPool | None, log: Callable[[str], None]) -> FitCheck:
     """Can the models fit what they saw? W on the largest cells of train.setting's train split."""
-    rows = training_cells(plan.prepared, plan.trained_on, plan.fit_check_cells, plan.fit_check_per_cell, plan.seed)
+    rows = largest_cells(plan.prepared, plan.trained_on, "train", plan.fit_check_cells, plan.fit_check_per_cell, plan.seed)
     ranges = cell_ranges(plan.prepared, plan.trained_on, "train")
     split = f"{plan.trained_on}/train"
     models: dict[str, FitScores] = {}
@@ -173,12 +178,27 @@ def fit_check(plan: EvaluationPlan, passes: dict[str, SimulationPass], anchor: A
                     true_floor=baselines.true_floor.wasserstein if baselines.true_floor else None)
 
 
-def training_cells(prepared: str, setting: str, n_cells: int, per_cell: int | None, seed: int) -> pa.Table:
-    """The fit check's rows: the n_cells cells of a train split with the most answers (at most per_cell
-    rows each; ties broken at random by seed). Big cells, because a cell's empirical distribution is
-    what the model is compared with: against a dozen answers even the true distributions are far from
-    the cell's sample, and sampling noise hides how well the model fits."""
-    table = load_split_rows(prepared, setting, "train", per_cell, seed)
+def parity_pass(plan: EvaluationPlan, setting: str, passes: dict[str, SimulationPass], anchor: Any,
+                ranges: dict[CellKey, tuple[float, float]], pool: ReplicaPool | None, log: Callable[[str], None]) -> ParityCheck:
+    """Demographic parity on the eval split's largest cells, scored with (up to parity_per_cell) all their answers."""
+    rows = largest_cells(plan.prepared, setting, "eval", plan.parity_cells, plan.parity_per_cell, plan.seed)
+    fields = list(plan.parity_fields)
+    cells: dict[str, dict[CellKey, Cell]] = {}
+    for name, p in passes.items():
+        log(f"evaluate: {setting}: parity check: {name} model on {rows.num_rows:,} rows of the {plan.parity_cells} largest cells")
+        table = pq.read_table(run_simulation(rows, plan.out / setting / "parity" / name, p, pool, log))
+        cells[name] = group_cells(table.to_pylist(), fields, ranges)
+    if anchor is not None:
+        cells["anchor"] = group_cells(predict_anchor(anchor, rows).to_pylist(), fields, ranges)
+    return parity_check(cells, fields, f"{setting}/eval")
+
+
+def largest_cells(prepared: str, setting: str, split: str, n_cells: int, per_cell: int | None, seed: int) -> pa.Table:
+    """The rows of the n_cells cells of a split with the most answers (at most per_cell rows each; ties
+    broken at random by seed): the fit check's (on train) and the parity check's (on eval). Big cells,
+    because a cell's answers are what a model is compared with: against a dozen answers even the true
+    distributions are far from the sample, and a subgroup of one or two people has no mean worth comparing."""
+    table = load_split_rows(prepared, setting, split, per_cell, seed)
     keys = list(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist(), table["task_num"].to_pylist()))
     sizes: dict[tuple, int] = {}
     for k in keys:

@@ -174,18 +174,21 @@ def w_true(cell: Cell, options: list[int], probs: list[float]) -> float:
     return float(wasserstein_distance(cell.rescale(cell.human), cell.rescale(np.asarray(options)), v_weights=np.asarray(probs)))
 
 
-def _expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:
+def expected_rescaled(cell: Cell, exact: bool) -> list[float | None]:
+    """Each participant's predicted answer on the cell's 0-1 range: the expectation under their
+    distribution (exact), or their sampled answer (None when unparsable)."""
     if exact:
         return [float(np.dot(p, cell.rescale(np.asarray(o)))) for o, p in zip(cell.options, cell.probs)]  # type: ignore[arg-type]
     return [None if m is None else float(cell.rescale(np.asarray([m]))[0]) for m in cell.predicted]
 
 
-def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
-    """Mean over fields of |model gap - human gap| (see the module docstring); None if no field has 2 groups."""
+def field_gaps(cell: Cell, exact: bool) -> dict[str, tuple[float, float]]:
+    """Per demographic field with >= 2 groups of >= MIN_GROUP people: (human gap, model gap), each the
+    spread (max - min) of the groups' mean rescaled answers."""
     hs = cell.rescale(cell.human)
-    ms = _expected_rescaled(cell, exact)
-    errors = []
-    for values in cell.groups.values():
+    ms = expected_rescaled(cell, exact)
+    gaps = {}
+    for name, values in cell.groups.items():
         members: dict[Any, list[int]] = defaultdict(list)
         for i, v in enumerate(values):
             if v is not None and ms[i] is not None:
@@ -193,9 +196,15 @@ def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
         groups = [ix for ix in members.values() if len(ix) >= MIN_GROUP]
         if len(groups) < 2:
             continue
-        human_means = [float(np.mean(hs[ix])) for ix in groups]
-        model_means = [float(np.mean([ms[i] for i in ix])) for ix in groups]
-        errors.append(abs((max(model_means) - min(model_means)) - (max(human_means) - min(human_means))))
+        human = [float(np.mean(hs[ix])) for ix in groups]
+        model = [float(np.mean([ms[i] for i in ix])) for ix in groups]  # type: ignore[misc]
+        gaps[name] = (max(human) - min(human), max(model) - min(model))
+    return gaps
+
+
+def subgroup_gap_error(cell: Cell, exact: bool) -> float | None:
+    """Mean over fields of |model gap - human gap| (see the module docstring); None if no field has 2 groups."""
+    errors = [abs(model - human) for human, model in field_gaps(cell, exact).values()]
     return float(np.mean(errors)) if errors else None
 
 

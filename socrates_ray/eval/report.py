@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from socrates_ray.eval.results import EvaluationResult, to_json
+from socrates_ray.eval.results import EvaluationResult, ParityCheck, to_json
 from socrates_ray.plots import new_figure, save_png
 
 
@@ -163,6 +163,23 @@ def plot_studies(base: dict[str, float], finetuned: dict[str, float], uniform: d
     return out
 
 
+def parity_table(p: ParityCheck) -> str:
+    """The parity check as markdown: per field, the humans' subgroup gap and each model's (error in brackets)."""
+    names = list(p.errors)
+    lines = [f"Demographic parity on {p.cells} cells of {p.split} with the most answers ({p.rows:,} rows, groups of >= "
+             f"{p.min_group} people): the subgroup gap (spread of the groups' mean answers on the 0-1 range) of the humans "
+             "and of each model, |model - human| in brackets. Subgroup gap error (lower is better): "
+             + ", ".join(f"{n} {_fmt(v)}" for n, v in p.errors.items())
+             + (f"; finetuned vs base {p.change:+.0%}" if p.change is not None else "") + ".", "",
+             "| field | cells | humans | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for field, f in p.fields.items():
+        cols = [f"{_fmt(f.gaps.get(n))} ({_fmt(f.errors.get(n))})" for n in names]
+        lines.append(f"| {field} | {f.cells} | {_fmt(f.human_gap)} | " + " | ".join(cols) + " |")
+    if p.note:
+        lines.append(f"\n{p.note}.")
+    return "\n".join(lines)
+
+
 def temperature_line(results: EvaluationResult) -> str | None:
     """What temperature each model's exact distributions used, and how it was chosen."""
     if results.mode != "exact" or not results.temperature:
@@ -211,8 +228,10 @@ def write_report(results: EvaluationResult, folder: Path, predictions: dict[str,
             lines.append(
                 f"- **{name}**: W {m.wasserstein:.4f} ({m.cells_exact} of {m.cells} cells from full distributions), "
                 f"W sampled {m.wasserstein_sampled or float('nan'):.4f}, "
-                f"accuracy {m.accuracy:.4f}, subgroup gap error {m.subgroup_gap_error or float('nan'):.4f}, "
-                f"{m.unparsable} unparsable of {m.rows} rows"
+                f"accuracy {m.accuracy:.4f}, subgroup gap error "
+                + (f"{m.subgroup_gap_error:.4f}, " if m.subgroup_gap_error is not None else
+                   "not measurable here (no cell has two groups of 3 people among the answers scored: see the parity check), ")
+                + f"{m.unparsable} unparsable of {m.rows} rows"
             )
         lines.append(f"- uniform guess: W {r.baselines.uniform.wasserstein:.4f}, accuracy {r.baselines.uniform.accuracy:.4f}")
         for name, m in r.models.items():
@@ -227,6 +246,8 @@ def write_report(results: EvaluationResult, folder: Path, predictions: dict[str,
             lines.append(f"- finetuned vs base: improvement (denominator: W_base) = {_fmt_signed(versus.improvement)}, "
                          f"improvement (denominator: W_finetuned) = {_fmt_signed(versus.improvement_over_finetuned)}, "
                          f"subgroup gap error change (denominator: base) = {_fmt_signed(versus.subgroup_gap_error_change)}")
+        if r.parity is not None:
+            lines += ["", parity_table(r.parity), ""]
         models = r.models
         if "base" in models and "finetuned" in models:
             png = plot_studies(models["base"].per_study, models["finetuned"].per_study, r.baselines.uniform.per_study,

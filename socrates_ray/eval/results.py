@@ -128,6 +128,31 @@ class Comparison:
 
 
 @dataclass
+class FieldParity:
+    """One demographic field's subgroup gaps (spread of the groups' mean rescaled answers), averaged
+    over the cells where it has two groups of enough people."""
+
+    cells: int
+    human_gap: float | None
+    gaps: dict[str, float | None]  # per model
+    errors: dict[str, float | None]  # per model: mean |model gap - human gap|
+
+
+@dataclass
+class ParityCheck:
+    """Demographic parity on cells with enough people per group (parity.py): per field and overall."""
+
+    split: str
+    cells: int
+    rows: int
+    min_group: int
+    fields: dict[str, FieldParity]
+    errors: dict[str, float | None]  # per model: the subgroup gap error, cells -> studies
+    change: float | None  # (finetuned - base) / base: negative = finetuning reproduces subgroup differences better
+    note: str | None = None  # fields no cell could measure
+
+
+@dataclass
 class SettingResult:
     """One split setting: every model's scores, the baselines, and how the models compare."""
 
@@ -135,6 +160,7 @@ class SettingResult:
     models: dict[str, ModelScores]
     baselines: Baselines
     comparison: Comparison
+    parity: ParityCheck | None = None
 
 
 @dataclass

@@ -54,6 +54,13 @@ def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_pa
         assert models["finetuned"]["cell_spread"]["human"] > 0
         assert models["finetuned"]["cells"] > 0 and 0 <= models["finetuned"]["wasserstein"] <= 1
         assert metrics["settings"][setting]["baselines"]["true_floor"]["wasserstein"] is not None
+        # individual accuracy on the paper's scale: every model and uniform in [0, 1] at max_per_cell 6
+        assert all(0 <= models[n]["accuracy"] <= 1 for n in models)
+        assert 0.3 < metrics["settings"][setting]["baselines"]["uniform"]["accuracy"] < 0.8
+        # parity measured on whole cells, for every model, where the quick evaluation's 6 a cell cannot
+        parity = metrics["settings"][setting]["parity"]
+        assert set(parity["errors"]) == {"base", "finetuned", "anchor"} and parity["rows"] > 6 * parity["cells"]
+        assert any(f["cells"] > 0 for f in parity["fields"].values()) and all(v is not None for v in parity["errors"].values())
         # synthetic data: distance to the scored participants' own true distributions, and persona reading
         for name in ("finetuned", "anchor"):
             truth = models[name]["vs_truth"]
@@ -84,6 +91,8 @@ def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_pa
     assert fit["rows"] > 6 * fit["cells"] and fit["models"]["finetuned"]["vs_truth"]  # simulate.max_per_cell=6 would cap it there
     assert "Fit check on" in out and "Fit check on" in (eval_dir / "report.md").read_text()
     assert "persona reading" in out and "persona reading" in (eval_dir / "report.md").read_text()
+    assert "Demographic parity on" in (eval_dir / "report.md").read_text() and "subgroup gap error on the" in out
+    assert "nan" not in (eval_dir / "report.md").read_text()
     assert "[socrates_ray] step 6/6" in out
     # evaluated in-process (the batch path), then the Serve app answered the same rows over HTTP with
     # the same distributions (base and the 'finetuned' adapter, each at its fitted temperature)

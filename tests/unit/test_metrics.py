@@ -211,7 +211,7 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from socrates_ray.eval.job import training_cells
+    from socrates_ray.eval.job import largest_cells
     from socrates_ray.data.prepared import INPUT_COLUMNS
 
     # cells of 3, 50, 8 and 45 answers: the two big ones are the check's, capped at 40 answers each
@@ -225,11 +225,11 @@ def test_fit_check_takes_the_training_cells_with_the_most_answers(tmp_path) -> N
     pq.write_table(pa.Table.from_pylist(records).select(INPUT_COLUMNS), tmp_path / "u" / "train" / "part-0.parquet")
     (tmp_path / "summary.json").write_text('{"settings": {"u": {}}}')  # prepare's completion marker
     for seed in (0, 1, 2):
-        table = training_cells(str(tmp_path), "u", 2, 40, seed)
+        table = largest_cells(str(tmp_path), "u", "train", 2, 40, seed)
         cells = set(zip(table["study_id"].to_pylist(), table["condition_num"].to_pylist()))
         assert cells == {("s1", 1), ("s3", 2)}
         assert table.num_rows == 80
-    assert training_cells(str(tmp_path), "u", 10, 40, 0).num_rows == 3 + 40 + 8 + 40
+    assert largest_cells(str(tmp_path), "u", "train", 10, 40, 0).num_rows == 3 + 40 + 8 + 40
 
 
 def test_the_cell_plot_draws_cells_with_distributions_and_never_one_twice(tmp_path) -> None:
@@ -325,3 +325,31 @@ def test_cell_ranges_are_read_from_the_whole_split(tmp_path) -> None:
     (tmp_path / PREPARED_SUMMARY).write_text(json.dumps({"settings": {"unseen_studies": {}}}))
     assert cell_ranges(str(tmp_path), "unseen_studies", "eval") == {("s", 0, 1): (2.0, 6.0), ("s", 1, 1): (3.0, 3.0),
                                                                      ("t", 0, 1): (5.0, 5.0)}
+
+
+def test_the_parity_check_recovers_a_planted_subgroup_gap() -> None:
+    from socrates_ray.eval.parity import parity_check
+
+    # Democrats answer 6-7, Republicans 1-2 on a 1-7 scale: the humans' party gap is (6.4 - 1.6) / 6 = 0.8
+    humans = [6, 7, 6, 7, 6, 2, 1, 2, 1, 2]
+    party = ["D"] * 5 + ["R"] * 5
+    gender = ["F", "M"] * 5  # 3 and 2 per group within each party: both genders have >= 3 people overall
+    lone = ["x"] * 9 + ["y"]  # one group of 1: never measurable
+    options = list(range(1, 8))
+    extra = {"demographic": [{"party_id": p, "gender": g, "ideology": i} for p, g, i in zip(party, gender, lone)]}
+
+    def model(means: list[float]) -> dict:
+        out = rows("a", 0, humans, [None] * 10, low=1, high=7, **extra)
+        for r, m in zip(out, means):
+            r["options"], r["probs"] = options, [1.0 if o == m else 0.0 for o in options]
+        return group_cells(out, ["party_id", "gender", "ideology"], {("a", 0, 0): (1.0, 7.0)})
+
+    reads = model(humans)  # says what each person said
+    ignores = model([4] * 10)  # the same answer for everyone
+    check = parity_check({"base": ignores, "finetuned": reads}, ["party_id", "gender", "ideology"], "u/eval")
+    party_gap = check.fields["party_id"]
+    assert party_gap.cells == 1 and party_gap.human_gap == pytest.approx(0.8)
+    assert party_gap.gaps["finetuned"] == pytest.approx(0.8) and party_gap.errors["finetuned"] == pytest.approx(0.0)
+    assert party_gap.gaps["base"] == pytest.approx(0.0) and party_gap.errors["base"] == pytest.approx(0.8)
+    assert check.fields["ideology"].cells == 0 and "ideology" in check.note  # too few people: said, not NaN
+    assert check.errors["finetuned"] < check.errors["base"] and check.change == pytest.approx(-1.0)
