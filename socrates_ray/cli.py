@@ -138,12 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             p.add_argument("--no-block", action="store_true", help="deploy and return (the app keeps running on the cluster)")
         if name == "simulate":
-            p.add_argument("--setting", default="unseen_studies", choices=["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"],
+            p.add_argument("--setting", default="unseen_studies", choices=["unseen_studies", "unseen_conditions", "unseen_tasks", "unseen_participants", "all_settings"],
                            help="split setting whose eval rows to simulate")
             p.add_argument("--out", default=None, help="output folder (default: <run>/simulate/<setting>)")
         if name == "screen":
             p.add_argument("--experiment", default=None, help="experiment spec YAML (e.g. configs/experiments/carbon_tax_framing.yaml)")
-            p.add_argument("--from-split", default=None, choices=["unseen_studies", "unseen_conditions", "unseen_tasks"],
+            p.add_argument("--from-split", default=None, choices=["unseen_studies", "unseen_conditions", "unseen_tasks", "unseen_participants"],
                            help="replay this setting's held-out studies as screenings: agreement with the humans, fitted model error")
         if name == "ingest":
             p.add_argument("--split", default="unseen_studies/train", help="<setting>/<train|eval> under data.prepared")

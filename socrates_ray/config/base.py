@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "all_settings"]
+SplitSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "unseen_participants", "all_settings"]
+EvalSetting = Literal["unseen_studies", "unseen_conditions", "unseen_tasks", "unseen_participants"]
 
 
 class Section(BaseModel):

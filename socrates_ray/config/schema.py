@@ -66,8 +66,10 @@ class DataSection(Section):
     prepared: str = Field("data/prepared", description="Output folder of `socrates-ray prepare`.")
     settings: list[SplitSetting] = Field(
         default_factory=lambda: ["unseen_studies", "unseen_conditions", "unseen_tasks"],
-        description="Split settings to prepare (each gets its own train/eval shards). all_settings trains on the "
-        "rows every setting trains on (its eval = rows any setting holds out): one model, evaluable on every setting.",
+        description="Split settings to prepare (each gets its own train/val/eval shards). all_settings trains on the "
+        "rows each of unseen_studies, unseen_conditions and unseen_tasks trains on (its eval = rows any of them holds "
+        "out): one model, evaluable on those three. unseen_participants (trained on data.participant_fraction of each "
+        "study's participants, evaluated on the rest) is its own setting.",
     )
     unseen_study_fraction: float = Field(
         0.19, gt=0, lt=1, description="Share of studies held out when no participant_mapping.json exists."
@@ -76,6 +78,11 @@ class DataSection(Section):
         0.25, gt=0, lt=1, description="Share of conditions/tasks held out when no mapping file exists."
     )
     split_seed: int = Field(0, description="Seed for splits made without metadata files (and for the validation draw).")
+    participant_fraction: float = Field(
+        0.1, gt=0, lt=1, description="unseen_participants: share of each study's participants trained on, all their "
+        "rows (the paper: learning saturates near a tenth); the others are evaluated. Participants are added where a "
+        "condition or task would otherwise have nobody in training.",
+    )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1,
         description="Share of each setting's train units (studies / conditions / tasks, the kind the setting holds out) "

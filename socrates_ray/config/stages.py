@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from socrates_ray.config.base import Section, SplitSetting
+from socrates_ray.config.base import EvalSetting, Section, SplitSetting
 
 
 class IngestSection(Section):
@@ -215,7 +215,7 @@ class SimulateSection(Section):
 
 
 class EvaluateSection(Section):
-    settings: list[Literal["unseen_studies", "unseen_conditions", "unseen_tasks"]] = Field(
+    settings: list[EvalSetting] = Field(
         default_factory=lambda: ["unseen_studies", "unseen_conditions", "unseen_tasks"],
         description="Split settings to evaluate (each on its eval split).",
     )

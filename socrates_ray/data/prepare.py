@@ -176,7 +176,8 @@ def prepare_file(
                 "prompt_matches_builder": matches,
             }
             for setting in settings:
-                split = splits.split_of(setting, clean.study_id, clean.sample_id, clean.condition_num, clean.task_num)
+                split = splits.split_of(setting, clean.study_id, clean.sample_id, clean.condition_num, clean.task_num,
+                                        clean.participant)
                 key = f"{setting}/{split}"
                 kept[key].append(record)
                 stats.split_rows[key] += 1
@@ -206,6 +207,7 @@ class PrepareOptions:
     eval_fraction: float
     split_seed: int
     validation_fraction: float
+    participant_fraction: float
     rows_per_shard: int
     parallelism: int
     refusal_codes: frozenset[int]
@@ -218,7 +220,7 @@ def prepare_options(cfg: Config) -> PrepareOptions:
     return PrepareOptions(
         raw=str(d.raw), prepared=str(d.prepared), settings=tuple(d.settings), unseen_study_fraction=d.unseen_study_fraction,
         eval_fraction=d.eval_fraction, split_seed=d.split_seed, validation_fraction=d.validation_fraction,
-        rows_per_shard=d.rows_per_shard, parallelism=d.parallelism, refusal_codes=frozenset(d.refusal_codes),
+        participant_fraction=d.participant_fraction, rows_per_shard=d.rows_per_shard, parallelism=d.parallelism, refusal_codes=frozenset(d.refusal_codes),
         config_record=config_yaml(cfg),
     )
 
@@ -251,7 +253,8 @@ def _prepare_into(o: PrepareOptions, fs: Any, root: str, files: list[str], out: 
         log("prepare: no `prompt` column; building prompts from demographic + stimuli in SocSci210's format")
     studies, duplicates = scan_keys(fs, files)
     metadata = read_metadata(fs, root)
-    splits = build_splits(metadata, studies, o.unseen_study_fraction, o.eval_fraction, o.split_seed, o.validation_fraction)
+    splits = build_splits(metadata, studies, o.unseen_study_fraction, o.eval_fraction, o.split_seed, o.validation_fraction,
+                          o.participant_fraction)
     check_studies = metadata[SETTING_FILES["unseen_studies"]] is not None
     args = (splits, list(o.settings), str(out), o.refusal_codes, o.rows_per_shard, check_studies)
     progress = Progress(log, len(files))

@@ -17,7 +17,7 @@ from socrates_ray.data.schema import RAW_SCHEMA, REQUIRED_COLUMNS, as_int
 from socrates_ray.data.splits import SETTING_FILES, StudyKeys
 from socrates_ray.errors import SocratesError
 
-KEY_COLUMNS = ("study_id", "sample_id", "condition_num", "task_num")
+KEY_COLUMNS = ("study_id", "sample_id", "participant", "condition_num", "task_num")
 
 
 class PrepareError(SocratesError, ValueError):
@@ -117,9 +117,9 @@ def scan_keys(fs: fsspec.AbstractFileSystem, files: list[str]) -> tuple[dict[str
         except (pa.ArrowInvalid, OSError) as exc:
             raise PrepareError(f"data.raw: cannot read {path} ({exc})") from None
         study_ids = [None if s is None else str(s).strip() for s in table["study_id"].to_pylist()]
-        sample_ids, conds, tasks = (_ints(table[c]) for c in ("sample_id", "condition_num", "task_num"))
-        for row, (study_id, sample_id, cond, task) in enumerate(zip(study_ids, sample_ids, conds, tasks)):
-            if not study_id or sample_id is None or cond is None or task is None:
+        sample_ids, participants, conds, tasks = (_ints(table[c]) for c in ("sample_id", "participant", "condition_num", "task_num"))
+        for row, (study_id, sample_id, person, cond, task) in enumerate(zip(study_ids, sample_ids, participants, conds, tasks)):
+            if not study_id or sample_id is None or person is None or cond is None or task is None:
                 continue
             key = (study_id, sample_id)
             if key in seen:
@@ -130,4 +130,5 @@ def scan_keys(fs: fsspec.AbstractFileSystem, files: list[str]) -> tuple[dict[str
             keys.conditions.add(cond)
             keys.tasks.add(task)
             keys.sample_ids.append(sample_id)
+            keys.participants.setdefault(person, set()).add((cond, task))
     return studies, duplicates

@@ -1,4 +1,4 @@
-"""The three split settings: unseen studies, unseen conditions, unseen tasks (pure).
+"""The split settings: unseen studies, unseen conditions, unseen tasks, unseen participants (pure).
 
 Splits come from SocSci210's metadata files when they exist, else they are drawn from a seed in
 the same shapes (the paper, Kolluri et al. EMNLP 2025, section 3). The 75/25 files may list condition/task numbers or sample
@@ -8,14 +8,21 @@ Row assignment, per setting:
 - unseen_studies: participant_mapping "unseen" -> eval, "seen" -> train; a study in neither list
   is quarantined (reason unknown_study) because no setting can place it;
 - unseen_conditions / unseen_tasks: rows of a mapped study whose condition (task) is listed under
-  "eval" -> eval; every other row -> train (unmapped studies train the model, as in the paper).
+  "eval" -> eval; every other row -> train (unmapped studies train the model, as in the paper);
+- unseen_participants: per study, a seeded share of its participants (data.participant_fraction)
+  -> train, with every row of theirs (a participant is never split: within-subject designs repeat a
+  task per person); the study's other participants -> eval. Participants are added to train where a
+  condition or task would otherwise be seen by nobody in training. all_settings does not include
+  this setting: it would train on a tenth of each study.
 
 Validation (data.validation_fraction): a slice of each setting's TRAIN rows goes to a third split,
 "val", held out the same way the setting holds out its eval rows: whole studies (unseen_studies),
 whole conditions (unseen_conditions), whole tasks (unseen_tasks), a mix of the three
-(all_settings). So the validation split shows the shift the test split shows, without touching
-the test split: training's eval loss, checkpoint selection (keep_by) and the fitted exact-mode
-temperature (simulate.temperature: auto) all read it. The units are chosen once from pass 1's keys
+(all_settings), other participants (unseen_participants: drawn from the participants not trained on,
+validation_fraction x the number trained on per study, before the rest become eval). So the
+validation split shows the shift the test split shows, without touching the test split: training's
+eval loss, checkpoint selection (keep_by) and the fitted exact-mode temperature
+(simulate.temperature: auto) all read it. The units are chosen once from pass 1's keys
 (round(fraction x units), at least one, never all, never a study's last training condition or
 task; ranked by a seeded hash), so every shard agrees and a re-run picks the same ones;
 splits/validation.json lists them.
@@ -38,6 +45,7 @@ SETTING_FILES = {
     "unseen_tasks": "task_mapping.json",
 }
 SETTING_KEY = {"unseen_conditions": "condition_num", "unseen_tasks": "task_num"}
+PARTICIPANTS = "unseen_participants"
 SPLITS = ("train", "val", "eval")
 
 
@@ -58,6 +66,7 @@ class StudyKeys:
     conditions: set[int] = field(default_factory=set)
     tasks: set[int] = field(default_factory=set)
     sample_ids: list[int] = field(default_factory=list)
+    participants: dict[int, set[tuple[int, int]]] = field(default_factory=dict)  # participant -> its (condition, task)s
 
 
 @dataclass
@@ -81,15 +90,22 @@ class Splits:
     validation_seed: int = 0
     # setting -> {"studies": {id}, "conditions": {(id, num)}, "tasks": {(id, num)}}: units moved from train to val
     validation: dict[str, dict[str, frozenset]] = field(default_factory=dict)
+    participant_fraction: float = 0.1
+    # unseen_participants: per study, the participants trained on and those held for validation
+    participants_train: dict[str, frozenset[int]] = field(default_factory=dict)
+    participants_val: dict[str, frozenset[int]] = field(default_factory=dict)
 
     def known_study(self, study_id: str) -> bool:
         return study_id in self.seen or study_id in self.unseen
 
-    def assign(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int) -> Literal["train", "eval"]:
+    def assign(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int,
+               participant: int = -1) -> Literal["train", "eval"]:
         """train or eval for one kept row under one setting.
 
-        all_settings: train only on rows that every setting trains on, so one model can be
-        evaluated on the eval split of each setting without having seen any of it."""
+        all_settings: train only on rows that every unit setting (studies, conditions, tasks) trains
+        on, so one model can be evaluated on the eval split of each without having seen any of it."""
+        if setting == PARTICIPANTS:
+            return "train" if participant in self.participants_train.get(study_id, ()) else "eval"
         if setting == "all_settings":
             each = (self.assign(s, study_id, sample_id, condition_num, task_num) for s in SETTING_FILES)
             return "train" if all(split == "train" for split in each) else "eval"
@@ -112,9 +128,12 @@ class Splits:
         return (study_id in units["studies"] or (study_id, condition_num) in units["conditions"]
                 or (study_id, task_num) in units["tasks"])
 
-    def split_of(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int) -> Literal["train", "val", "eval"]:
+    def split_of(self, setting: str, study_id: str, sample_id: int, condition_num: int, task_num: int,
+                 participant: int = -1) -> Literal["train", "val", "eval"]:
         """train, val or eval for one kept row under one setting (assign, then the validation slice)."""
-        split = self.assign(setting, study_id, sample_id, condition_num, task_num)
+        if setting == PARTICIPANTS and participant in self.participants_val.get(study_id, ()):
+            return "val"
+        split = self.assign(setting, study_id, sample_id, condition_num, task_num, participant)
         if split == "train" and self.holds_for_validation(setting, study_id, condition_num, task_num):
             return "val"
         return split
@@ -132,6 +151,9 @@ class Splits:
             "unseen_studies": {"seen": sorted(self.seen), "unseen": sorted(self.unseen)},
             "unseen_conditions": dump(self.conditions),
             "unseen_tasks": dump(self.tasks),
+            PARTICIPANTS: {"fraction": self.participant_fraction,
+                           "train": {s: sorted(p) for s, p in sorted(self.participants_train.items())},
+                           "val": {s: sorted(p) for s, p in sorted(self.participants_val.items())}},
             "sources": self.sources,
             "missing_studies": self.missing_studies,
             "validation": {
@@ -241,6 +263,7 @@ def build_splits(
     eval_fraction: float,
     seed: int,
     validation_fraction: float = 0.0,
+    participant_fraction: float = 0.1,
 ) -> Splits:
     """Combine metadata files (text or None per file name) with seeded draws for missing ones."""
     seen, unseen, cond_drawn, task_drawn = draw_splits(studies, unseen_fraction, eval_fraction, seed)
@@ -257,9 +280,41 @@ def build_splits(
             resolved[setting], missing[setting] = resolve_mapping75(_parse_json(text, SETTING_FILES[setting]), setting, studies)
             sources[setting] = f"metadata/{SETTING_FILES[setting]}"
     splits = Splits(seen, unseen, resolved["unseen_conditions"], resolved["unseen_tasks"], sources, missing,
-                    validation_fraction, seed)
+                    validation_fraction, seed, participant_fraction=participant_fraction)
     splits.validation = draw_validation(splits, studies, validation_fraction, seed)
+    splits.participants_train, splits.participants_val = draw_participants(studies, participant_fraction, validation_fraction, seed)
+    sources[PARTICIPANTS] = f"{participant_fraction:.0%} of each study's participants trained on, drawn from data.split_seed={seed}"
     return splits
+
+
+def draw_participants(studies: dict[str, StudyKeys], fraction: float, validation_fraction: float,
+                      seed: int) -> tuple[dict[str, frozenset[int]], dict[str, frozenset[int]]]:
+    """Per study, (participants trained on, participants held for validation) of unseen_participants.
+
+    round(fraction x participants) ranked by a seeded hash (at least one, never all), then, in the
+    same order, one more for each condition or task no trained participant saw; validation takes the
+    next round(validation_fraction x trained) (at least one when it is on), leaving at least one
+    participant to evaluate on."""
+    train: dict[str, frozenset[int]] = {}
+    val: dict[str, frozenset[int]] = {}
+    for study_id in sorted(studies):
+        people = studies[study_id].participants
+        if len(people) < 2:
+            continue
+        order = sorted(people, key=lambda p: unit_draw(seed, "participant", study_id, p))
+        k = min(len(order) - 1, max(1, round(fraction * len(order))))
+        chosen = order[:k]
+        seen = set().union(*(people[p] for p in chosen))
+        for p in order[k:]:  # a condition or task nobody trained on would be an unseen condition, not an unseen person
+            if {c for c, _ in people[p]} - {c for c, _ in seen} or {t for _, t in people[p]} - {t for _, t in seen}:
+                chosen.append(p)
+                seen |= people[p]
+        picked = set(chosen)
+        rest = [p for p in order if p not in picked]
+        n_val = min(len(rest) - 1, max(1, round(validation_fraction * len(chosen)))) if validation_fraction > 0 else 0
+        train[study_id] = frozenset(chosen)
+        val[study_id] = frozenset(rest[:max(n_val, 0)])
+    return train, val
 
 
 def _take(candidates: list, share: float, seed: int, kind: str) -> frozenset:

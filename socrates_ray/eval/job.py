@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from socrates_ray.config import Config
 from socrates_ray.data.prepared import cell_ranges, load_split_rows, val_or_train
+from socrates_ray.data.splits import PARTICIPANTS
 from socrates_ray.eval.anchor import describe, fit_anchor, predict_anchor
 from socrates_ray.eval.calibrate import CalibrationSplit, build_calibration_split, resolve_temperature
 from socrates_ray.eval.metrics import Cell, CellKey, baseline_metrics, compare, group_cells, model_metrics
@@ -125,9 +126,11 @@ def _evaluate(plan: EvaluationPlan, pool: ReplicaPool | None, log: Callable[[str
             f"chosen on the validation split)")
     finetuned_tables: dict[str, Any] = {}
     for setting in plan.settings:
-        if adapter and plan.trained_on not in (setting, "all_settings"):
+        covered = plan.trained_on == setting or (plan.trained_on == "all_settings" and setting != PARTICIPANTS)
+        if adapter and not covered:
             log(f"evaluate: warning: the adapter was trained on train.setting={plan.trained_on}, whose train split overlaps "
-                f"{setting}'s eval split; its {setting} numbers are optimistic (train on all_settings to avoid this)")
+                f"{setting}'s eval split; its {setting} numbers are optimistic (train on "
+                f"{'unseen_participants' if setting == PARTICIPANTS else 'all_settings'} to avoid this)")
         rows = load_split_rows(plan.prepared, setting, "eval", plan.max_per_cell, plan.seed)
         ranges = cell_ranges(plan.prepared, setting, "eval")  # the whole cell's humans, whatever max_per_cell scores
         models: dict[str, ModelScores] = {}

@@ -389,3 +389,36 @@ def test_a_many_shard_prepare_says_its_progress_in_about_ten_lines(tmp_path) -> 
     assert shards > 20  # one line each before
     assert 8 <= len(synth) <= 11 and synth[-1].startswith(f"synth: shard {shards}/{shards} written (")
     assert 8 <= len(prepare) <= 11 and prepare[-1].startswith(f"prepare: shard {shards}/{shards} done [")
+
+
+def test_unseen_participants_trains_on_a_share_of_each_studys_people_never_splitting_one(tmp_path, synth_dir):
+    summary = run_prepare(prepare_options(_cfg(synth_dir, tmp_path / "prep", "data.settings=[unseen_participants]",
+                                               "data.participant_fraction=0.2")), log=lambda *_: None)
+    parts = {split: pq.read_table(tmp_path / "prep" / "unseen_participants" / split).to_pylist() for split in ("train", "val", "eval")}
+    assert summary["settings"]["unseen_participants"]["eval"]["rows"] > 0 and "participants" in summary["settings"]["unseen_participants"]["source"]
+    people = {split: {(r["study_id"], r["participant"]) for r in rows} for split, rows in parts.items()}
+    # a participant is all of their rows: never on two sides (within-subject designs repeat a task per person)
+    assert not people["train"] & people["eval"] and not people["train"] & people["val"] and not people["val"] & people["eval"]
+    every = pq.read_table(synth_dir / "data").to_pylist()
+    by_person = Counter((r["study_id"], r["participant"]) for r in every)
+    assert sum(by_person[p] for p in people["train"]) == len(parts["train"])  # every row of a trained participant
+    # every condition and task a study has is seen in training, so eval is about the person only
+    for key in ("condition_num", "task_num"):
+        assert {(r["study_id"], r[key]) for r in every} == {(r["study_id"], r[key]) for r in parts["train"]}
+    # about the asked share of each study's participants (more only where coverage needed them)
+    studies = {s for s, _ in by_person}
+    for study in studies:
+        n = sum(1 for s, _ in by_person if s == study)
+        trained = sum(1 for s, _ in people["train"] if s == study)
+        assert round(0.2 * n) <= trained < n
+    # the same seed draws the same people
+    again = run_prepare(prepare_options(_cfg(synth_dir, tmp_path / "again", "data.settings=[unseen_participants]",
+                                             "data.participant_fraction=0.2")), log=lambda *_: None)
+    assert again["settings"]["unseen_participants"] == summary["settings"]["unseen_participants"]
+
+
+def test_all_settings_leaves_unseen_participants_out(tmp_path, synth_dir):
+    summary = run_prepare(prepare_options(_cfg(synth_dir, tmp_path / "prep", "data.settings=[unseen_studies, all_settings, "
+                                               "unseen_participants]")), log=lambda *_: None)
+    # all_settings trains on what the three unit settings train on: far more than a tenth of the rows
+    assert summary["settings"]["all_settings"]["train"]["rows"] > 3 * summary["settings"]["unseen_participants"]["train"]["rows"]
