@@ -140,7 +140,10 @@ def write_trust_report(results: TrustResult, folder: Path) -> Path:
     lines = [f"# Screening trust on {results.setting}/eval", "",
              f"Every study of the split replayed as a screening (lowest condition = control). Intervals at {results.level:.0%}; "
              f"each model's error in effects fitted on {results.fitted_on}. Sign agreement counts contrasts whose human Welch interval "
-             "excludes 0; correlations use differences divided by each scale's range.", "", trust_table(results), ""]
+             "excludes 0; correlations use differences divided by each scale's range.", "", trust_table(results), "",
+             "Subgroup effects: per contrast and level of a field with enough people in both arms, the level's effect minus "
+             "the overall effect (a share of the scale). A model that reads no persona predicts deviations near 0: a spread "
+             "far below the humans' and no correlation.", "", subgroup_table(results), ""]
     for name, m in results.models.items():
         v = m.validation
         lines.append(f"- {name}: validation coverage {v.before.coverage or 0:.0%} with sampling only -> "
@@ -184,4 +187,16 @@ def trust_table(results: TrustResult) -> str:
         truth = f"{_pct(t.sign_agreement)} / {_num(t.correlation)} / {_pct(t.coverage)}" if t else "-"
         lines.append(f"| {name} | {b.contrasts} ({b.clear_human_contrasts}) | {_pct(b.sign_agreement)} | {_num(b.correlation)} | "
                      f"{_pct(b.coverage)} -> {_pct(a.coverage)} ({m.model_error:.3f} of the range) | {truth} |")
+    return "\n".join(lines)
+
+
+def subgroup_table(results: TrustResult) -> str:
+    """Subgroup effects: each model's deviations of a level's effect from the overall effect, against the humans'."""
+    lines = ["| model | field | levels | r with observed | spread: predicted / observed | vs truth: r / spread / sign |",
+             "|---|---|---|---|---|---|"]
+    for name, m in results.models.items():
+        for g in m.subgroups:
+            truth = f"{_num(g.correlation_true)} / {_num(g.spread_true)} / {_pct(g.sign_agreement_true)}" if g.spread_true is not None else "-"
+            lines.append(f"| {name} | {g.field} | {g.levels} | {_num(g.correlation)} | {_num(g.spread_predicted)} / "
+                         f"{_num(g.spread_observed)} | {truth} |")
     return "\n".join(lines)

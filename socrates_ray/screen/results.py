@@ -146,6 +146,21 @@ class BeforeAfter:
 
 
 @dataclass
+class SubgroupAgreement:
+    """Predicted against human subgroup deviations (a level's effect minus the overall effect, as a
+    share of the scale) for one demographic field (subgroups.py)."""
+
+    field: str
+    levels: int  # (contrast, level) pairs with enough people in both arms
+    correlation: float | None  # with the observed deviations
+    spread_predicted: float | None  # sd of the deviations: near 0 for a model that reads no persona
+    spread_observed: float | None
+    correlation_true: float | None = None  # synthetic data: with the true deviations
+    spread_true: float | None = None
+    sign_agreement_true: float | None = None  # on true deviations of at least 5% of the scale
+
+
+@dataclass
 class ModelTrust:
     temperature: float
     adapter_path: str | None
@@ -153,6 +168,7 @@ class ModelTrust:
     validation: BeforeAfter
     eval: BeforeAfter
     contrasts: list[SplitContrast]
+    subgroups: list[SubgroupAgreement] = field(default_factory=list)
 
 
 @dataclass

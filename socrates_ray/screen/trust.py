@@ -29,11 +29,15 @@ import pyarrow as pa
 from scipy import stats
 
 from socrates_ray.data.prepared import load_split_rows
-from socrates_ray.eval.truth import Truth, load_truth
+from socrates_ray.eval.truth import Truth, load_row_truth, load_truth
 from socrates_ray.screen.analysis import Arm, contrast_effect, fit_model_error, observed_contrast, widened_interval
-from socrates_ray.screen.report import trust_table, write_trust_report
+from socrates_ray.screen.report import subgroup_table, trust_table, write_trust_report
 from socrates_ray.screen.results import Agreement, BeforeAfter, ModelTrust, SplitContrast, TrustResult, TruthAgreement
 from socrates_ray.screen.simulator import SCREEN_CALIBRATION, ScreenSetup, simulator
+from socrates_ray.screen.subgroups import subgroup_agreement, subgroup_deviations
+
+SUBGROUP_FIELDS = ("party_id", "ideology")  # the fields whose effects the replayed studies are compared on
+SUBGROUP_MIN_N = 5  # people of a level in each arm
 
 
 def split_contrasts(table: pa.Table, level: float, draws: int, seed: int, truth: Truth | None = None) -> list[SplitContrast]:
@@ -112,6 +116,7 @@ def run_from_split(setup: ScreenSetup, setting: str, level: float = 0.9, draws: 
     fitted error in <run>/screen/screen_calibration.json for `screen` to apply."""
     out = setup.root / "from_split" / setting
     truth = load_truth(setup.raw)
+    row_truth = load_row_truth(setup.raw) if truth else None
     val_name, eval_name = f"{setup.trained_on}/val", f"{setting}/eval"
     splits = {val_name: load_split_rows(setup.prepared, setup.trained_on, "val"), eval_name: load_split_rows(setup.prepared, setting, "eval")}
     log(f"screen --from-split: every study of {eval_name} ({splits[eval_name].num_rows:,} rows) replayed as a screening; "
@@ -121,16 +126,17 @@ def run_from_split(setup: ScreenSetup, setting: str, level: float = 0.9, draws: 
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     with simulator(setup, log) as sim:
         for name, adapter in setup.adapters.items():
-            contrasts = {}
+            contrasts, tables = {}, {}
             for split, rows in splits.items():
-                table = sim.predict(name, rows, out / "simulate" / split.replace("/", "_") / name)
-                contrasts[split] = split_contrasts(table, level, draws, setup.seed, truth)
+                tables[split] = sim.predict(name, rows, out / "simulate" / split.replace("/", "_") / name)
+                contrasts[split] = split_contrasts(tables[split], level, draws, setup.seed, truth)
             error = fit_model_error(contrasts[val_name], level)
             model = ModelTrust(
                 sim.temperature(name), adapter, error,
                 BeforeAfter(agreement(contrasts[val_name], 0.0, level), agreement(contrasts[val_name], error, level)),
                 BeforeAfter(agreement(contrasts[eval_name], 0.0, level), agreement(contrasts[eval_name], error, level)),
                 contrasts[eval_name],
+                [subgroup_agreement(subgroup_deviations(tables[eval_name], f, SUBGROUP_MIN_N, row_truth), f) for f in SUBGROUP_FIELDS],
             )
             result.models[name] = model
             record[name] = {"model_error": error, "adapter_path": adapter, "fitted_on": val_name, "contrasts": len(contrasts[val_name]),
@@ -139,5 +145,6 @@ def run_from_split(setup: ScreenSetup, setting: str, level: float = 0.9, draws: 
     record_path.write_text(json.dumps(record, indent=1))
     result.report = str(write_trust_report(result, out))
     log("screen --from-split: predicted vs human contrasts on " + eval_name + "\n" + trust_table(result))
+    log("screen --from-split: subgroup effects (a level's effect minus the overall effect) on " + eval_name + "\n" + subgroup_table(result))
     log(f"screen --from-split: model errors saved to {record_path} (screen adds them to its intervals); report {result.report}")
     return result

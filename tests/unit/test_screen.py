@@ -266,3 +266,32 @@ def test_models_resolve_to_adapters_or_say_what_is_missing(tmp_path):
     (tmp_path / "mine" / "adapter_config.json").write_text("{}")
     assert screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x") == {
         "base": None, "finetuned": "runs/x/checkpoint_000010/export", "mine": str(tmp_path / "mine")}
+
+
+def test_subgroup_effects_are_compared_and_a_persona_blind_model_shows_none():
+    from socrates_ray.screen.subgroups import subgroup_agreement, subgroup_deviations
+
+    # condition 0 is the control (everyone answers 4); conditions 1 and 2 move Democrats up and
+    # Republicans down, by 2 and by 1 points: deviations from the overall effect of +-2/6 and +-1/6
+    options = list(range(1, 8))
+    rows = []
+    for condition, push in ((0, 0), (1, 2), (2, 1)):
+        for party, sign in (("Strong Democrat", 1), ("Strong Republican", -1)):
+            for i in range(6):
+                answer = 4 + sign * push
+                rows.append({"study_id": "s", "sample_id": len(rows), "task_num": 1, "condition_num": condition,
+                             "response": answer, "options": options, "demographic": {"party_id": party},
+                             "scale_low": 1, "scale_high": 7, "reads": answer, "blind": 4})
+
+    def table(column: str) -> pa.Table:
+        return pa.Table.from_pylist([{**r, "probs": [1.0 if o == r[column] else 0.0 for o in options]} for r in rows])
+
+    truth = {("s", r["sample_id"]): [1.0 if o == r["response"] else 0.0 for o in options] for r in rows}
+    reads = subgroup_agreement(subgroup_deviations(table("reads"), "party_id", 5, truth), "party_id")
+    assert reads.levels == 4 and reads.correlation == pytest.approx(1.0) and reads.correlation_true == pytest.approx(1.0)
+    assert reads.spread_predicted == pytest.approx(reads.spread_observed) and reads.sign_agreement_true == 1.0
+    blind = subgroup_agreement(subgroup_deviations(table("blind"), "party_id", 5, truth), "party_id")
+    assert blind.levels == 4 and blind.spread_predicted == pytest.approx(0.0) and blind.spread_observed > 0.1
+    assert blind.correlation is None and blind.sign_agreement_true == 0.0  # no deviation predicted: no sign right
+    # levels with too few people in an arm are left out
+    assert subgroup_deviations(table("reads"), "party_id", 7, truth) == []
