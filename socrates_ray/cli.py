@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "predict a split's eval rows (exact distributions or sampling) into Parquet; resumable",
     "evaluate": "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots",
     "screen": "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split",
+    "curve": "learning curve: train on growing shares of each study's participants, score all on the same held-out people",
     "build-tiny": "build the offline tiny Qwen2 model and tokenizer into model.path",
     "config": "config show: print the resolved config (file + overrides) as YAML; config keys: every key, documented",
 }
@@ -61,6 +62,7 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "simulate": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env"),
     "evaluate": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate"),
     "screen": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate.adapter_path"),
+    "curve": ("run", "data", *_INFERENCE, "ingest", "train", "evaluate.anchor", "curve"),
     "config": ("",),
 }
 
@@ -70,6 +72,7 @@ def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
     (Ray, torch, pyarrow, FastAPI) take seconds to import that --help and a config error need not wait for."""
     from socrates_ray import api
     from socrates_ray.demo import run_demo
+    from socrates_ray.learning_curve import run_learning_curve
 
     match name:
         case "config":
@@ -96,6 +99,8 @@ def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
             return api.simulate(cfg, args.setting, args.out)
         case "evaluate":
             return api.evaluate(cfg)
+        case "curve":
+            return run_learning_curve(cfg)
         case "screen":
             if bool(args.experiment) == bool(args.from_split):
                 raise ConfigError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING (replay a "

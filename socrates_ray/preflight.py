@@ -78,8 +78,8 @@ def _adapters(cfg: Config, command: str) -> list[tuple[str, str]]:
 def check_inputs(command: str, cfg: Config, setting: str | None = None, experiment: str | None = None) -> None:
     """Raise ConfigError for the first input of `command` that cannot work; `setting` is simulate's
     --setting or screen's --from-split, `experiment` screen's --experiment."""
-    if command == "prepare":
-        problem = raw_problem(cfg.data.raw)
+    if command in ("prepare", "curve"):
+        problem = raw_problem(cfg.data.raw) or (model_problem(cfg.model.source, cfg.model.path) if command == "curve" else None)
         if problem:
             raise ConfigError(problem)
         return

@@ -128,6 +128,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(format_validation_errors(err, source + (" + overrides" if overrides else ""))) from None
 
 
+def derive(cfg: Config, overrides: list[str]) -> Config:
+    """A validated copy of `cfg` with dotted overrides applied, for orchestrators that run a stage
+    several ways (the learning curve's runs); stages themselves never change their config."""
+    tree = cfg.model_dump(mode="json")
+    for override in overrides:
+        apply_override(tree, override)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_errors(err, "derived config")) from None
+
+
 CONFIG_FILE = "config.yaml"
 
 

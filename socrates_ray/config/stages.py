@@ -250,3 +250,13 @@ class EvaluateSection(Section):
         40, ge=2, description="Rows scored per fit-check cell (not simulate.max_per_cell: against a handful of answers a "
         "cell even the true distributions are far from the sample, so the check would measure sampling noise).",
     )
+
+
+class CurveSection(Section):
+    fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5], min_length=2,
+        description="`socrates-ray curve`: shares of each study's participants to train on, one run each (unseen_participants; "
+        "the paper: gains saturate near 0.1). Every run is evaluated on the same held-out participants.",
+    )
+    epochs: int = Field(2, ge=1, description="Passes over each run's training split (train.max_steps still caps the steps).")
+    output_dir: str | None = Field(None, description="Where the curve's prepared splits, table and plot go; default <run>/curve.")

@@ -224,6 +224,39 @@ class EvaluationResult:
     report: str | None = None  # report.md, once written
 
 
+@dataclass
+class CurvePoint:
+    """One run of the learning curve: trained on `fraction` of each study's participants."""
+
+    fraction: float
+    participants: int  # trained on, over all studies
+    rows: int  # training rows
+    adapter: str
+    temperature: float
+    wasserstein: float | None
+    accuracy: float | None
+    anchor_wasserstein: float | None = None  # the regression anchor fitted on the same rows
+    anchor_accuracy: float | None = None
+
+
+@dataclass
+class CurveResult:
+    """The learning curve (`socrates-ray curve`): every run scored on the same held-out participants."""
+
+    setting: str
+    eval_rows: int
+    eval_participants: int
+    cells: int
+    base: FitScores
+    base_accuracy: float | None
+    uniform_wasserstein: float | None
+    uniform_accuracy: float | None
+    points: list[CurvePoint] = field(default_factory=list)
+    seconds: float = 0.0
+    report: str | None = None
+
+
 def to_json(result: Any) -> str:
     """A typed result (nested dataclasses) as indented JSON with its field names as keys."""
     return json.dumps(dataclasses.asdict(result), indent=1, default=float)
+

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 import socrates_ray
-from socrates_ray.cli import main
 from socrates_ray.config import ConfigError, load_config
 from socrates_ray.infer import load_engine, EngineSpec
 from socrates_ray.infer.engine import ScoreError
