@@ -101,7 +101,6 @@ def run_curve(plan: CurvePlan, log: Callable[[str], None] = print) -> CurveResul
     ranges = _ranges(everyone)
     rows = _subsample(everyone, plan.max_per_cell, plan.seed)
     log(f"curve: {len(plan.runs)} runs scored on {rows.num_rows:,} rows of {len(_people(everyone)):,} participants no run trained on")
-    # adapter names become torch module names, which cannot hold a "."
     names = {run.fraction: "f" + f"{run.fraction:g}".replace(".", "_") for run in plan.runs}
     adapters = {names[run.fraction]: run.adapter for run in plan.runs}
     b = plan.base

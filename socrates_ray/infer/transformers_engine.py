@@ -71,6 +71,12 @@ def _targets(layouts: list[dict[str, Any]]) -> Any:
                 yield row, at, token
 
 
+def _module_name(name: str) -> str:
+    """The name peft registers an adapter's modules under: torch module names cannot hold a "." (an
+    adapter folder named v1.2 would fail to load), so every character outside [A-Za-z0-9_] is encoded."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"_x{ord(c):x}_" for c in name)
+
+
 @dataclass
 class TransformersEngine:
     """A base model plus any number of LoRA adapters, scored one adapter at a time (engine.InferenceEngine).
@@ -116,17 +122,18 @@ class TransformersEngine:
 
         # The adapter computes in the model's format, whatever it was saved in (peft would upcast a
         # bf16 adapter to fp32 and make every LoRA layer cast back and forth on a bf16 model).
+        module = _module_name(name)
         if not self._peft:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, autocast_adapter_dtype=False).eval()
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=module, autocast_adapter_dtype=False).eval()
             self._peft = True
         else:
-            self.model.load_adapter(str(path), adapter_name=name, autocast_adapter_dtype=False)
+            self.model.load_adapter(str(path), adapter_name=module, autocast_adapter_dtype=False)
         self.model.to(self.dtype)
         self.adapters[name] = str(path)
 
     def unload_adapter(self, name: str) -> None:
         if name in self.adapters:
-            self.model.delete_adapter(name)
+            self.model.delete_adapter(_module_name(name))
             del self.adapters[name]
 
     def _use(self, adapter: str | None) -> Any:
@@ -135,7 +142,7 @@ class TransformersEngine:
             return self.model.disable_adapter() if self._peft else contextlib.nullcontext()
         if adapter not in self.adapters:
             raise unknown_adapter(adapter)
-        self.model.set_adapter(adapter)
+        self.model.set_adapter(_module_name(adapter))
         return contextlib.nullcontext()
 
     def _causal_lm(self) -> Any:

@@ -170,6 +170,11 @@ def test_exact_scoring_with_an_adapter_on_the_output_layer_matches_brute_force(t
     scorer.tree = "cache"  # the options on cached prompts, through the same adapter layers
     assert np.allclose(scorer.option_logprobs(prompts, options, adapter="a")[0], adapted, atol=1e-5)
     assert np.allclose(scorer.option_logprobs(prompts, options)[0], base_lp, atol=1e-5)
+    # a name torch cannot use as a module name (an adapter folder called v1.2) loads, answers and unloads
+    scorer.load_adapter("v1.2", tmp_path / "adapter")
+    assert np.allclose(scorer.option_logprobs(prompts, options, adapter="v1.2")[0], adapted, atol=1e-5)
+    scorer.unload_adapter("v1.2")
+    assert "v1.2" not in scorer.adapters
 
 
 def test_bf16_scoring_runs_the_adapter_in_bf16_and_agrees_with_fp32(tiny_model, tmp_path) -> None:
