@@ -245,7 +245,9 @@ def write_report(results: EvaluationResult, folder: Path, predictions: dict[str,
         if versus := r.comparison.finetuned_vs_base:
             lines.append(f"- finetuned vs base: improvement (denominator: W_base) = {_fmt_signed(versus.improvement)}, "
                          f"improvement (denominator: W_finetuned) = {_fmt_signed(versus.improvement_over_finetuned)}, "
-                         f"subgroup gap error change (denominator: base) = {_fmt_signed(versus.subgroup_gap_error_change)}")
+                         "subgroup gap error change (denominator: base) = " + (
+                             _fmt_signed(versus.subgroup_gap_error_change) if versus.subgroup_gap_error_change is not None
+                             else "not measurable in this pass (see the parity check)"))
         if r.parity is not None:
             lines += ["", parity_table(r.parity), ""]
         models = r.models
