@@ -114,12 +114,8 @@ def load_yaml_mapping(path: str | Path, option: str, example: str, holds: str, e
     return loaded
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file (or start from defaults when path is None), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        tree, source = load_yaml_mapping(path, "--config", "configs/demo.yaml", "sections", ConfigError), str(path)
+def _validated(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Config:
+    """`tree` with the overrides applied, as a validated Config; errors name `source`."""
     for override in overrides:
         apply_override(tree, override)
     try:
@@ -128,16 +124,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(format_validation_errors(err, source + (" + overrides" if overrides else ""))) from None
 
 
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults when path is None), apply overrides, validate."""
+    if path is None:
+        return _validated({}, overrides, "defaults")
+    return _validated(load_yaml_mapping(path, "--config", "configs/demo.yaml", "sections", ConfigError), overrides, str(path))
+
+
 def derive(cfg: Config, overrides: list[str]) -> Config:
     """A validated copy of `cfg` with dotted overrides applied, for orchestrators that run a stage
     several ways (the learning curve's runs); stages themselves never change their config."""
-    tree = cfg.model_dump(mode="json")
-    for override in overrides:
-        apply_override(tree, override)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(format_validation_errors(err, "derived config")) from None
+    return _validated(cfg.model_dump(mode="json"), overrides, "derived config")
 
 
 CONFIG_FILE = "config.yaml"

@@ -67,12 +67,15 @@ def split_problem(prepared: str | Path, setting: str, split: str) -> str | None:
             f"or use another setting")
 
 
-def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int | None = None, seed: int = 0) -> pa.Table:
-    """One split (train / val / eval) of one setting; with max_per_cell, a seeded subsample of each cell."""
+def read_split(prepared: str, setting: str, split: str, columns: list[str]) -> pa.Table:
+    """Some columns of one split (train / val / eval) of one setting, after split_problem's check."""
     if (problem := split_problem(prepared, setting, split)) is not None:
         raise PreparedSplitError(problem)
-    files = sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet")))
-    table = pq.read_table(files, columns=INPUT_COLUMNS)
+    return pq.read_table(sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet"))), columns=columns)
+
+
+def subsample_cells(table: pa.Table, max_per_cell: int | None, seed: int) -> pa.Table:
+    """At most max_per_cell rows of each (study, condition, task) cell, drawn by seed, in table order."""
     if max_per_cell is None:
         return table
     rng = np.random.default_rng(seed)
@@ -86,16 +89,23 @@ def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int |
     return table.take(pa.array(sorted(keep)))
 
 
-def cell_ranges(prepared: str, setting: str, split: str) -> dict[tuple[str, int, int], tuple[float, float]]:
-    """Each (study_id, condition_num, task_num) cell's lowest and highest human answer over the whole
-    split: the range the paper rescales a cell by, whatever subset of it is scored."""
-    if (problem := split_problem(prepared, setting, split)) is not None:
-        raise PreparedSplitError(problem)
-    files = sorted(glob.glob(os.path.join(prepared, setting, split, "*.parquet")))
+def load_split_rows(prepared: str, setting: str, split: str, max_per_cell: int | None = None, seed: int = 0) -> pa.Table:
+    """One split (train / val / eval) of one setting; with max_per_cell, a seeded subsample of each cell."""
+    return subsample_cells(read_split(prepared, setting, split, INPUT_COLUMNS), max_per_cell, seed)
+
+
+def ranges_of(table: pa.Table) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """Each (study_id, condition_num, task_num) cell's lowest and highest `response` in `table`."""
     keys = ["study_id", "condition_num", "task_num"]
-    table = pq.read_table(files, columns=[*keys, "response"]).group_by(keys).aggregate([("response", "min"), ("response", "max")])
-    return {(s, int(c), int(t)): (float(lo), float(hi)) for s, c, t, lo, hi in zip(
-        *(table[k].to_pylist() for k in keys), table["response_min"].to_pylist(), table["response_max"].to_pylist())}
+    t = table.select([*keys, "response"]).group_by(keys).aggregate([("response", "min"), ("response", "max")])
+    return {(s, int(c), int(k)): (float(lo), float(hi)) for s, c, k, lo, hi in zip(
+        *(t[k].to_pylist() for k in keys), t["response_min"].to_pylist(), t["response_max"].to_pylist())}
+
+
+def cell_ranges(prepared: str, setting: str, split: str) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """Each cell's lowest and highest human answer over the whole split: the range the paper rescales
+    a cell by, whatever subset of it is scored."""
+    return ranges_of(read_split(prepared, setting, split, ["study_id", "condition_num", "task_num", "response"]))
 
 
 def val_or_train(prepared: str, setting: str) -> pa.Table:

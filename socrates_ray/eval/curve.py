@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from socrates_ray.config import Config
-from socrates_ray.data.prepared import has_rows, load_split_rows
+from socrates_ray.data.prepared import has_rows, load_split_rows, ranges_of, read_split, subsample_cells
 from socrates_ray.data.splits import PARTICIPANTS
 from socrates_ray.eval.anchor import fit_anchor, predict_anchor
 from socrates_ray.eval.calibrate import CalibrationSplit, resolve_temperature
-from socrates_ray.eval.metrics import CellKey, baseline_metrics, group_cells, model_metrics
+from socrates_ray.eval.metrics import baseline_metrics, group_cells, model_metrics
 from socrates_ray.eval.passes import SimulationPass, build_pass
 from socrates_ray.eval.replica import ReplicaPool
 from socrates_ray.eval.results import CurvePoint, CurveResult, FitScores, to_json
@@ -68,28 +67,9 @@ def held_out_rows(runs: tuple[CurveRun, ...]) -> pa.Table:
     for run in runs:
         for split in ("train", "val"):
             if has_rows(run.prepared, PARTICIPANTS, split):
-                used |= _people(load_split_rows(run.prepared, PARTICIPANTS, split))
+                used |= _people(read_split(run.prepared, PARTICIPANTS, split, ["study_id", "participant"]))
     keep = [(s, p) not in used for s, p in zip(rows["study_id"].to_pylist(), rows["participant"].to_pylist())]
     return rows.filter(pa.array(keep))
-
-
-def _ranges(rows: pa.Table) -> dict[CellKey, tuple[float, float]]:
-    keys = ["study_id", "condition_num", "task_num"]
-    t = rows.select([*keys, "response"]).group_by(keys).aggregate([("response", "min"), ("response", "max")])
-    return {(s, int(c), int(k)): (float(lo), float(hi)) for s, c, k, lo, hi in zip(
-        *(t[k].to_pylist() for k in keys), t["response_min"].to_pylist(), t["response_max"].to_pylist())}
-
-
-def _subsample(rows: pa.Table, per_cell: int | None, seed: int) -> pa.Table:
-    if per_cell is None:
-        return rows
-    keys = list(zip(rows["study_id"].to_pylist(), rows["condition_num"].to_pylist(), rows["task_num"].to_pylist()))
-    by_cell: dict[tuple, list[int]] = {}
-    for i, k in enumerate(keys):
-        by_cell.setdefault(k, []).append(i)
-    rng = np.random.default_rng(seed)
-    keep = [i for ix in by_cell.values() for i in (ix if len(ix) <= per_cell else rng.choice(ix, per_cell, replace=False).tolist())]
-    return rows.take(pa.array(sorted(keep)))
 
 
 def run_curve(plan: CurvePlan, log: Callable[[str], None] = print) -> CurveResult:
@@ -98,8 +78,8 @@ def run_curve(plan: CurvePlan, log: Callable[[str], None] = print) -> CurveResul
 
     start = time.perf_counter()
     everyone = held_out_rows(plan.runs)
-    ranges = _ranges(everyone)
-    rows = _subsample(everyone, plan.max_per_cell, plan.seed)
+    ranges = ranges_of(everyone)
+    rows = subsample_cells(everyone, plan.max_per_cell, plan.seed)
     log(f"curve: {len(plan.runs)} runs scored on {rows.num_rows:,} rows of {len(_people(everyone)):,} participants no run trained on")
     names = {run.fraction: "f" + f"{run.fraction:g}".replace(".", "_") for run in plan.runs}
     adapters = {names[run.fraction]: run.adapter for run in plan.runs}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
-from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, INT_DEMOGRAPHIC_FIELDS
+from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, REASONS, check_demographic
 from socrates_ray.infer.engine import InferenceEngine, ScoreError, distributions
 
 STIMULUS = "stimulus"  # the stimulus text column of a table
@@ -59,18 +59,12 @@ def persona_grid(personas: pd.DataFrame, stimuli: Sequence[str] | Mapping[str, s
 
 
 def _demographic(row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
-    """One row's persona: missing values (None, NaN) left out, as the prompts leave out nulls."""
-    persona: dict[str, Any] = {}
-    for c in columns:
-        value = row[c]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if c in INT_DEMOGRAPHIC_FIELDS:
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ScoreError(f"persona column {c!r}: expected a whole number, got {value!r}") from None
-        persona[c] = value
+    """One row's persona, normalised as prepare normalises a dataset's (whole-number ages, text
+    elsewhere); missing values (None, NaN) are left out, as the prompts leave out nulls."""
+    given = {c: row[c] for c in columns if not (row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])))}
+    reason, persona = check_demographic(given)
+    if persona is None:
+        raise ScoreError(f"persona {given}: {REASONS[reason]}")  # type: ignore[index]
     return persona
 
 
