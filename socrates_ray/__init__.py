@@ -37,7 +37,9 @@ _LAZY = {
     "finetune": ("socrates_ray.api", "train"),
     "deploy": ("socrates_ray.api", "serve"),
     "screen_experiment": ("socrates_ray.api", "screen"),
-    "learning_curve": ("socrates_ray.learning_curve", "run_learning_curve"),
+    "learning_curve": ("socrates_ray.curves", "run_learning_curve"),
+    "pilot": ("socrates_ray.pilots", "run_pilot"),
+    "replay_pilots": ("socrates_ray.pilots", "replay_pilots"),
     "persona_grid": ("socrates_ray.infer.table", "persona_grid"),
     "plot_distributions": ("socrates_ray.plots", "plot_distributions"),
     "EvaluationResult": ("socrates_ray.eval.results", "EvaluationResult"),
@@ -45,6 +47,8 @@ _LAZY = {
     "ScreenResult": ("socrates_ray.screen.results", "ScreenResult"),
     "TrustResult": ("socrates_ray.screen.results", "TrustResult"),
     "CurveResult": ("socrates_ray.eval.results", "CurveResult"),
+    "PilotResult": ("socrates_ray.eval.results", "PilotResult"),
+    "PilotReplay": ("socrates_ray.eval.results", "PilotReplay"),
 }
 
 __all__ = ["Config", "ConfigError", "SocratesError", "__version__", "load_config", *_LAZY]
@@ -52,8 +56,9 @@ __all__ = ["Config", "ConfigError", "SocratesError", "__version__", "load_config
 if TYPE_CHECKING:
     from socrates_ray.api import evaluate, ingest, model_path, predict, prepare, screen_trust, simulate, synth  # noqa: F401
     from socrates_ray.api import screen as screen_experiment, serve as deploy, train as finetune  # noqa: F401
-    from socrates_ray.eval.results import CurveResult, EvaluationResult  # noqa: F401
-    from socrates_ray.learning_curve import run_learning_curve as learning_curve  # noqa: F401
+    from socrates_ray.eval.results import CurveResult, EvaluationResult, PilotReplay, PilotResult  # noqa: F401
+    from socrates_ray.curves import run_learning_curve as learning_curve  # noqa: F401
+    from socrates_ray.pilots import replay_pilots, run_pilot as pilot  # noqa: F401
     from socrates_ray.infer.table import persona_grid  # noqa: F401
     from socrates_ray.plots import plot_distributions  # noqa: F401
     from socrates_ray.screen.results import ScreenResult, TrustResult  # noqa: F401

@@ -184,14 +184,14 @@ def screen_trust(cfg: Config, setting: str) -> TrustResult:
     return run_from_split(build_screen_setup(cfg, path, adapters, endpoint(cfg), serve_token(cfg)), setting)
 
 
-def _predict_temperature(cfg: Config, path: str, adapter_path: str | None, name: str) -> float:
+def model_temperature(cfg: Config, path: str, adapter_path: str | None, name: str) -> float:
     """simulate.temperature when it is a number; for auto, the temperature evaluate fitted for this model
     (its calibration.json), else one fitted now on the validation split and recorded there."""
     if cfg.simulate.temperature != "auto":
         return float(cfg.simulate.temperature)
     folder = evaluation_dir(cfg) / "calibration" / name
     if (record := folder / "calibration.json").is_file() and (t := json.loads(record.read_text()).get("temperature")) is not None:
-        print(f"predict: temperature {t:.2f} for {name}, as fitted on the validation split ({record})")
+        print(f"model: temperature {t:.2f} for {name}, as fitted on the validation split ({record})")
         return float(t)
     ensure_ray(cfg)
     p = build_pass(cfg.simulate, path, cfg.prompt.system_prompt, engine_spec(cfg.model), adapter_path=adapter_path,
@@ -221,7 +221,7 @@ def predict(cfg: Config, personas: pd.DataFrame, stimuli: Sequence[str] | Mappin
     else:
         adapter_path = None
     name = "base" if adapter_path is None else FINETUNED
-    t = temperature if temperature is not None else _predict_temperature(cfg, path, adapter_path, name)
+    t = temperature if temperature is not None else model_temperature(cfg, path, adapter_path, name)
     on_gpu = cfg.simulate.gpus_per_replica > 0
     engine = load_engine(engine_spec(cfg.model), path, cfg.prompt.system_prompt, device="cuda" if on_gpu else "cpu",
                          precision=resolve_precision(cfg.simulate.precision, on_gpu))

@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "base vs finetuned on each setting with the paper's metrics; metrics.json, report.md, plots",
     "screen": "screen a planned experiment (--experiment E.yaml): predicted effects, intervals, power; or --from-split",
     "curve": "learning curve: train on growing shares of each study's participants, score all on the same held-out people",
+    "pilot": "finetune a new study's adapter on its pilot's answers (--data) and serve it by name; or --from-split unseen_studies: "
+             "replay held-out studies as pilots of pilot.sizes participants",
     "build-tiny": "build the offline tiny Qwen2 model and tokenizer into model.path",
     "config": "config show: print the resolved config (file + overrides) as YAML; config keys: every key, documented",
 }
@@ -63,6 +65,7 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "evaluate": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate"),
     "screen": ("run", "data.prepared", *_INFERENCE, "serve.auth_token_env", "evaluate.adapter_path"),
     "curve": ("run", "data", *_INFERENCE, "ingest", "train", "evaluate.anchor", "curve"),
+    "pilot": ("run", "data", *_INFERENCE, "ingest", "train", "serve.adapters_dir", "evaluate.adapter_path", "evaluate.anchor", "pilot"),
     "config": ("",),
 }
 
@@ -72,7 +75,8 @@ def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
     (Ray, torch, pyarrow, FastAPI) take seconds to import that --help and a config error need not wait for."""
     from socrates_ray import api
     from socrates_ray.demo import run_demo
-    from socrates_ray.learning_curve import run_learning_curve
+    from socrates_ray.curves import run_learning_curve
+    from socrates_ray.pilots import replay_pilots, run_pilot
 
     match name:
         case "config":
@@ -101,6 +105,11 @@ def run_command(name: str, cfg: Config, args: argparse.Namespace) -> Any:
             return api.evaluate(cfg)
         case "curve":
             return run_learning_curve(cfg)
+        case "pilot":
+            if bool(args.data) == bool(args.from_split):
+                raise ConfigError("give --data PILOT.parquet (a new study's pilot answers: finetune and serve its adapter) or "
+                                  "--from-split unseen_studies (replay held-out studies as pilots), not both or neither")
+            return replay_pilots(cfg, args.from_split) if args.from_split else run_pilot(cfg, args.data, args.name)
         case "screen":
             if bool(args.experiment) == bool(args.from_split):
                 raise ConfigError("give --experiment E.yaml (screen a planned experiment) or --from-split SETTING (replay a "
@@ -150,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--experiment", default=None, help="experiment spec YAML (e.g. configs/experiments/carbon_tax_framing.yaml)")
             p.add_argument("--from-split", default=None, choices=["unseen_studies", "unseen_conditions", "unseen_tasks", "unseen_participants"],
                            help="replay this setting's held-out studies as screenings: agreement with the humans, fitted model error")
+        if name == "pilot":
+            p.add_argument("--data", default=None, help="the pilot's answers: a Parquet file or folder in SocSci210's raw schema, one study")
+            p.add_argument("--name", default=None, help="the adapter's name in the Serve app (default pilot-<study_id>)")
+            p.add_argument("--from-split", default=None, choices=["unseen_studies"],
+                           help="replay this setting's held-out studies as pilots of pilot.sizes participants, scored on the rest")
         if name == "ingest":
             p.add_argument("--split", default="unseen_studies/train", help="<setting>/<train|eval> under data.prepared")
     return parser

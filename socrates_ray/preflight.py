@@ -62,6 +62,8 @@ def _splits(cfg: Config, command: str, setting: str | None) -> list[tuple[str, s
             return [*((s, "eval") for s in cfg.evaluate.settings), *calibration]
         case "screen":
             return [(setting, "eval"), *calibration] if setting else calibration
+        case "pilot":  # the replay reads the held-out studies and the general adapter's training split
+            return [(setting, "eval"), (cfg.train.setting, "train"), *calibration] if setting else []
     return []
 
 
@@ -70,6 +72,8 @@ def _adapters(cfg: Config, command: str) -> list[tuple[str, str]]:
     named = [("evaluate.adapter_path", cfg.evaluate.adapter_path)]
     if command == "simulate":
         named = [("simulate.adapter_path", cfg.simulate.adapter_path)]
+    if command == "train":
+        named = [("train.init_adapter", cfg.train.init_adapter)]
     if command == "serve":
         named += [(f"serve.adapters.{name}", path) for name, path in cfg.serve.adapters.items()]
     return [(key, path) for key, path in named if path]
@@ -83,7 +87,7 @@ def check_inputs(command: str, cfg: Config, setting: str | None = None, experime
         if problem:
             raise ConfigError(problem)
         return
-    if command not in ("train", "serve", "simulate", "evaluate", "screen"):
+    if command not in ("train", "serve", "simulate", "evaluate", "screen", "pilot"):
         return
     for split_setting, part in _splits(cfg, command, setting):
         if (problem := split_problem(cfg.data.prepared, split_setting, part)) is not None:

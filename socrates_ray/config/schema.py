@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from socrates_ray.config.base import Section, SplitSetting
-from socrates_ray.config.stages import CurveSection, EvaluateSection, IngestSection, ServeSection, SimulateSection, TrainSection
+from socrates_ray.config.stages import (
+    CurveSection, EvaluateSection, IngestSection, PilotSection, ServeSection, SimulateSection, TrainSection,
+)
 
 # Used by everyone who runs the released Socrates models; train and serve with the same one
 # (Qwen's chat template otherwise inserts its own default system prompt).
@@ -172,6 +174,7 @@ class Config(Section):
     simulate: SimulateSection = Field(default_factory=SimulateSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     curve: CurveSection = Field(default_factory=CurveSection)
+    pilot: PilotSection = Field(default_factory=PilotSection)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "Config":

@@ -1,5 +1,5 @@
 """The config sections of the flow's stages: ingest, train (with its LoRA section), serve (with its
-autoscaling section), simulate and evaluate. schema.py gathers them into Config."""
+autoscaling section), simulate, evaluate, the learning curve and pilots. schema.py gathers them into Config."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ class TrainSection(Section):
         "to float rounding; with one example a row (layout pad_longest) they differ by rounding only.",
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
+    init_adapter: str | None = Field(
+        None, description="Start from this LoRA adapter folder instead of a fresh adapter: its rank, alpha and target "
+        "modules replace train.lora's, its weights are the starting point (a pilot's per-study adapter continues the "
+        "general one). train.finetuning must be lora.",
+    )
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
     log_every: int = Field(
         10, ge=1, description="Optimizer steps between progress lines on the terminal (every step still goes to metrics.jsonl "
@@ -125,6 +130,13 @@ class TrainSection(Section):
         "PACK", description="PACK = fill a node before using the next (fast intra-node communication); SPREAD = "
         "spread workers over nodes where possible (best effort: a restart after a lost node still fits on the rest).",
     )
+
+    @model_validator(mode="after")
+    def _init_adapter_needs_lora(self) -> "TrainSection":
+        if self.init_adapter is not None and self.finetuning != "lora":
+            raise ValueError(f"train.init_adapter continues a LoRA adapter, so train.finetuning must be lora (got "
+                             f"{self.finetuning}); unset train.init_adapter or set train.finetuning=lora")
+        return self
 
     @model_validator(mode="after")
     def _varlen_needs_cuda_bf16(self) -> "TrainSection":
@@ -260,3 +272,31 @@ class CurveSection(Section):
     )
     epochs: int = Field(2, ge=1, description="Passes over each run's training split (train.max_steps still caps the steps).")
     output_dir: str | None = Field(None, description="Where the curve's prepared splits, table and plot go; default <run>/curve.")
+
+
+class PilotSection(Section):
+    epochs: int = Field(
+        8, ge=1, description="`socrates-ray pilot`: passes over the pilot's rows when continuing the general adapter on them "
+        "(a pilot holds a few hundred rows: one pass is a handful of steps).",
+    )
+    lr: float | None = Field(None, gt=0, description="Peak learning rate of a pilot's training; default train.lr.")
+    num_workers: int = Field(1, ge=1, description="Training workers of a pilot run (its few rows need no more).")
+    sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [10, 25, 50], min_length=1,
+        description="`pilot --from-split`: pilot sizes (participants per study) replayed on held-out studies; each study "
+        "is also scored with no pilot (the general adapter), and every size on the same participants in no pilot.",
+    )
+    studies: int = Field(
+        6, ge=1, description="`pilot --from-split`: held-out studies replayed, the largest first (one training run per study "
+        "and size).",
+    )
+    seed: int | None = Field(
+        None, description="`pilot --from-split`: the draw of each study's pilot participants; default run.seed (another "
+        "seed replays other pilots with the same general adapter).",
+    )
+    min_held_out: int = Field(
+        20, ge=1, description="`pilot --from-split`: participants a study must keep beyond its largest pilot to be replayed.",
+    )
+    output_dir: str | None = Field(
+        None, description="Where pilots' prepared rows, reports and (without serve.adapters_dir) adapters go; default <run>/pilot.",
+    )

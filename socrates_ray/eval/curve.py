@@ -1,7 +1,7 @@
 """The learning curve's evaluation: adapters trained on growing shares of each study's participants,
 scored on the same held-out participants (unseen_participants).
 
-learning_curve.py prepares and trains one run per fraction; `build_curve` turns those runs into a
+curves.py prepares and trains one run per fraction; `build_curve` turns those runs into a
 CurvePlan of plain values and `run_curve` scores them: the held-out participants are those no run
 trained on or validated with (the larger fractions' train sets contain the smaller ones', so this
 is the largest run's eval split less any participant a smaller run added to cover a condition),

@@ -256,6 +256,73 @@ class CurveResult:
     report: str | None = None
 
 
+@dataclass
+class PilotPoint:
+    """Pilots of k participants per study, scored on each study's participants in no pilot."""
+
+    k: int  # pilot participants per study (0: the general adapter, no pilot)
+    rows: int  # pilot rows trained on, over all studies
+    wasserstein: float | None
+    accuracy: float | None
+    anchor_wasserstein: float | None = None  # the regression anchor fitted on the training split + these pilots
+    anchor_accuracy: float | None = None
+    per_study: dict[str, float] = field(default_factory=dict)  # W per study
+    adapters: dict[str, str] = field(default_factory=dict)  # study -> its pilot adapter (k > 0)
+
+
+@dataclass
+class PilotReplay:
+    """`socrates-ray pilot --from-split`: held-out studies replayed as pilots of growing size."""
+
+    setting: str
+    studies: list[str]
+    eval_rows: int
+    eval_participants: int
+    cells: int
+    temperature: float
+    uniform_wasserstein: float | None
+    uniform_accuracy: float | None
+    points: list[PilotPoint] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # study -> why it was not replayed
+    seconds: float = 0.0
+    report: str | None = None
+
+
+@dataclass
+class PilotCell:
+    """One (condition, task) of a pilot's design: the pilot's humans and both models' predictions,
+    each the mean over the pilot's personas."""
+
+    condition_num: int
+    task_num: int
+    stimulus: str
+    options: list[int]
+    humans: int
+    human_mean: float
+    general_mean: float
+    pilot_mean: float
+    human_probs: list[float]
+    general_probs: list[float]
+    pilot_probs: list[float]
+
+
+@dataclass
+class PilotResult:
+    """`socrates-ray pilot --data`: a per-study adapter, where it is served, and what it predicts."""
+
+    name: str
+    study_id: str
+    participants: int
+    rows: int
+    quarantined: int
+    adapter: str  # the adapter folder the Serve app finds by `name`
+    general_adapter: str
+    temperature: float
+    cells: list[PilotCell] = field(default_factory=list)
+    expected_gain: str | None = None  # read off the replay of held-out studies, where one was run
+    report: str | None = None
+
+
 def to_json(result: Any) -> str:
     """A typed result (nested dataclasses) as indented JSON with its field names as keys."""
     return json.dumps(dataclasses.asdict(result), indent=1, default=float)

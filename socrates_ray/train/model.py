@@ -19,9 +19,11 @@ def load_model_for_training(
     bf16: bool,
     gradient_checkpointing: bool,
     attention: str = "dense",
+    init_adapter: str | None = None,
 ) -> tuple[Any, Any]:
     """(model, keepalive). Under ZeRO-3 the HfDeepSpeedConfig must exist (and stay alive) before
-    from_pretrained, so each rank loads only its partition instead of the whole model."""
+    from_pretrained, so each rank loads only its partition instead of the whole model.
+    `init_adapter`: a LoRA adapter folder to continue (its own shape; the lora_* arguments are unused)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
@@ -38,7 +40,13 @@ def load_model_for_training(
         # (tests/integration/test_train.py trains ZeRO-3 + LoRA + checkpointing on 2 ranks)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if finetuning == "lora":
+    if finetuning == "lora" and init_adapter is not None:
+        from peft import PeftModel
+
+        # the adapter's weights become trainable parameters of a fresh peft model; the LoRA layers
+        # are ordinary tensors (made after from_pretrained), so ZeRO-3 partitions them at initialize
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    elif finetuning == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(

@@ -36,6 +36,7 @@ class LoopArgs:
     lora_dropout: float
     lora_targets: list[str]
     lora_rank_pattern: dict[str, int]
+    init_adapter: str | None  # train.init_adapter: continue this adapter (its shape replaces lora_*)
     gradient_checkpointing: bool
     attention: str  # "dense" | "segments" | "varlen" (train.attention)
     ds_config: dict[str, Any]  # train.deepspeed.build_ds_config

@@ -79,9 +79,15 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "optimizer_steps": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.method": t.method,
         "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision": "bf16" if bf16 else "fp32",
+        "train.init_adapter": _absolute(t.init_adapter),
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local folder as an absolute path (workers may start elsewhere); URIs and None unchanged."""
+    return path if path is None or "://" in path else str(Path(path).resolve())
 
 
 def model_sizes(model_path: str) -> tuple[int | None, int | None]:
@@ -187,7 +193,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         model_path=str(Path(model_path).resolve()) if "://" not in model_path and Path(model_path).exists() else model_path,
         finetuning=t.finetuning, gradient_checkpointing=t.gradient_checkpointing, attention=t.attention,
         lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, lora_targets=t.lora.target_modules,
-        lora_rank_pattern=t.lora.rank_pattern,
+        lora_rank_pattern=t.lora.rank_pattern, init_adapter=_absolute(t.init_adapter),
         ds_config=ds_config, use_gpu=t.use_gpu, seed=cfg.run.seed, torch_threads=max(1, int(t.cpus_per_worker)),
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
         pad_id=plan.pad_id, layout=ing.layout,

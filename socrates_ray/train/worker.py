@@ -143,7 +143,7 @@ def start_worker(args: LoopArgs) -> Worker:
     bf16 = args.ds_config["bf16"]["enabled"]
     model, keepalive = load_model_for_training(
         args.model_path, args.finetuning, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets,
-        args.lora_rank_pattern, args.ds_config, bf16, args.gradient_checkpointing, args.attention,
+        args.lora_rank_pattern, args.ds_config, bf16, args.gradient_checkpointing, args.attention, args.init_adapter,
     )
     trainable, total = count_parameters(model)
     rss_loaded = peak_rss_mib()
