@@ -174,3 +174,20 @@ def adapter_folder_problem(path: str | Path) -> str | None:
     if (Path(path) / "adapter_config.json").is_file():
         return None
     return f"{path} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)"
+
+
+def folder_digest(*folders: str | Path) -> str:
+    """A short hash of the weight, data and config files under `folders` (safetensors, bin, parquet,
+    json): what a run's name or resume fingerprint carries where a folder's path alone would not
+    change when its content does (a retrained adapter, new pilot rows). A folder that does not exist
+    locally (a hub id, a URI) hashes as its name."""
+    h = hashlib.sha256()
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            h.update(str(folder).encode())
+            continue
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".parquet", ".json")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:8]

@@ -16,7 +16,6 @@ full study once it has seen those people? (beyond the paper)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -38,6 +37,7 @@ from socrates_ray.eval.results import PilotPoint, PilotReplay, PilotResult
 from socrates_ray.infer import engine_spec, load_engine
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.infer.table import persona_grid, predict_table
+from socrates_ray.models import folder_digest
 from socrates_ray.preflight import check_inputs
 from socrates_ray.runtime import ensure_ray
 from socrates_ray.serve.replica import ADAPTER_NAME
@@ -55,19 +55,6 @@ def pilot_dir(cfg: Config) -> Path:
 def adapters_folder(cfg: Config) -> Path:
     """Where pilot adapters are served from: serve.adapters_dir, else <pilot dir>/adapters."""
     return Path(cfg.serve.adapters_dir) if cfg.serve.adapters_dir else pilot_dir(cfg) / "adapters"
-
-
-def digest(*folders: str | Path) -> str:
-    """A short hash of the folders' files: a pilot run's name carries the digest of the general adapter
-    and the pilot rows it trains on, so new rows or a retrained general adapter make a new run
-    instead of finding an old one finished."""
-    h = hashlib.sha256()
-    for folder in folders:
-        root = Path(folder)
-        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".parquet", ".json")):
-            h.update(f.relative_to(root).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:8]
 
 
 def general_adapter(cfg: Config) -> str:
@@ -163,7 +150,7 @@ def run_pilot(cfg: Config, data: str, name: str | None = None) -> PilotResult:
           f"{f', {pilot.quarantined} quarantined' if pilot.quarantined else ''} -> adapter {name!r}")
     path = api.model_path(cfg)
     ensure_ray(cfg)
-    run_name = f"{cfg.run.name}-pilot-{name}-{digest(general, Path(pilot.prepared) / PILOT_SETTING / 'train')}"
+    run_name = f"{cfg.run.name}-pilot-{name}-{folder_digest(general, Path(pilot.prepared) / PILOT_SETTING / 'train')}"
     target = adapters_folder(cfg) / name
     _check_target(target, run_name)
     trained = train_pilot(cfg, pilot, run_name, general)
@@ -221,7 +208,7 @@ def replay_pilots(cfg: Config, setting: str = STUDIES) -> PilotReplay:
         for k in sorted(p.sizes):
             folder = out / study.study_id / f"k{k}"
             pilot = write_pilot_rows(pilot_rows_of(rows, study, k), folder)
-            run_name = f"{cfg.run.name}-pilot-{study.study_id}-k{k}-{digest(general, Path(folder) / PILOT_SETTING / 'train')}"
+            run_name = f"{cfg.run.name}-pilot-{study.study_id}-k{k}-{folder_digest(general, Path(folder) / PILOT_SETTING / 'train')}"
             print(f"pilot: study {study.study_id}, pilot of {k} ({pilot.rows} rows) -> run {run_name}")
             adapters.setdefault(k, {})[study.study_id] = train_pilot(cfg, pilot, run_name, general)
     t = api.model_temperature(cfg, path, general, FINETUNED)

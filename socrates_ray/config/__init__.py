@@ -10,12 +10,12 @@ from socrates_ray.config.schema import (
     VllmSection,
 )
 from socrates_ray.config.stages import (
-    AutoscalingSection, CurveSection, EvaluateSection, IngestSection, LoraSection, PilotSection, ServeSection, SimulateSection, TrainSection,
+    AutoscalingSection, CurveSection, DpoSection, EvaluateSection, IngestSection, LoraSection, PilotSection, ServeSection, SimulateSection, TrainSection,
 )
 
 __all__ = [
     "CONFIG_FILE", "ConfigError", "apply_override", "config_yaml", "derive", "describe_schema", "dump_config", "load_config",
-    "DEFAULT_SYSTEM_PROMPT", "AutoscalingSection", "Config", "CurveSection", "DataSection", "EvaluateSection", "IngestSection", "PilotSection",
+    "DEFAULT_SYSTEM_PROMPT", "AutoscalingSection", "Config", "CurveSection", "DataSection", "DpoSection", "EvaluateSection", "IngestSection", "PilotSection",
     "LoraSection", "ModelSection", "PromptSection", "RunSection", "Section", "ServeSection", "SimulateSection",
     "SplitSetting", "SynthSection", "TinyModelSection", "TrainSection", "VllmSection",
 ]

@@ -63,11 +63,26 @@ class LoraSection(Section):
     )
 
 
-class TrainSection(Section):
-    method: Literal["sft"] = Field(
-        "sft", description="Training method; each has a loop of its own (train/sft_loop.py). sft = supervised finetuning on "
-        "each participant's own answer, the loss on the answer tokens only (the paper's SFT).",
+class DpoSection(Section):
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference (larger = less).")
+    sft_weight: float = Field(
+        0.0, ge=0, description="Adds this multiple of the chosen answers' per-token negative log-likelihood to the DPO loss.",
     )
+    pairs_per_row: int = Field(1, ge=1, description="Pairs per training answer, each with a different rejected answer.")
+    rejected: Literal["uniform", "distance"] = Field(
+        "uniform", description="How the rejected answer is drawn from the other answers of the same cell: uniform = as "
+        "often as people gave it; distance = weighted by how far it is from the chosen answer.",
+    )
+
+
+class TrainSection(Section):
+    method: Literal["sft", "dpo"] = Field(
+        "sft", description="Training method; each has a loop of its own (train/sft_loop.py, train/dpo_loop.py). sft = "
+        "supervised finetuning on each participant's own answer, the loss on the answer tokens only (the paper's SFT); "
+        "dpo = preference optimisation of the participant's answer over another participant's answer to the same prompt, "
+        "against the reference policy the run starts from (train.init_adapter for LoRA: the SFT adapter; model.path for full).",
+    )
+    dpo: DpoSection = Field(default_factory=DpoSection, description="train.method=dpo settings.")
     finetuning: Literal["lora", "full"] = Field(
         "lora", description="lora = train a peft adapter; full = train every parameter (the paper's recipe)."
     )

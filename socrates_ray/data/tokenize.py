@@ -228,3 +228,29 @@ def additive_mask(allowed: Any, dtype: Any) -> Any:
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None, :, :]
+
+
+def encode_pairs(encoder: Any, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, list]:
+    """DPO pairs -> columns: each side's (input_ids, labels) as `encoder.encode` makes them (the
+    prompt unlabelled, the answer and end-of-turn labelled)."""
+    sides = {"chosen": encoder.encode(prompts, chosen), "rejected": encoder.encode(prompts, rejected)}
+    out: dict[str, list] = {}
+    for side, examples in sides.items():
+        out[f"{side}_input_ids"] = [np.asarray(ids, np.int32) for ids, _ in examples]
+        out[f"{side}_labels"] = [np.asarray(labels, np.int32) for _, labels in examples]
+    return out
+
+
+def collate_pairs(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """B pairs -> the (2B, L) tensors of `collate` (rows 0..B-1 the chosen answers, B..2B-1 the
+    rejected ones, padded to the longest), plus each pair's reference log-probabilities."""
+    import torch
+
+    ids = list(batch["chosen_input_ids"]) + list(batch["rejected_input_ids"])
+    columns = {"input_ids": ids, "labels": list(batch["chosen_labels"]) + list(batch["rejected_labels"]),
+               "position_ids": [np.arange(len(x)) for x in ids], "seq_ids": [np.ones(len(x), np.int32) for x in ids]}
+    out = collate(columns, pad_id)
+    for name in ("ref_chosen", "ref_rejected"):
+        if name in batch:
+            out[name] = torch.as_tensor(np.asarray(batch[name], dtype=np.float64))
+    return out

@@ -57,6 +57,7 @@ class LoopArgs:
     preemption_check_every: int
     run_dir: str
     fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
+    dpo: dict[str, float] | None = None  # train.method dpo: beta, sft_weight
 
 
 def label_positions(labels: Any) -> Any:
@@ -66,8 +67,9 @@ def label_positions(labels: Any) -> Any:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
-def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> Any:
-    """Mean loss over the batch's label tokens; packed examples never attend to each other.
+def label_logits(model: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> tuple[Any, Any]:
+    """(logits at label_positions, the labels they predict): one forward of `model` (a DeepSpeed
+    engine or a plain model) in which packed examples never attend to each other.
 
     attention "dense": a (B, 1, L, L) additive mask from seq_ids; "segments": no mask, one causal
     attention call per example; "varlen": no mask, one flash varlen call per layer over all the
@@ -75,9 +77,7 @@ def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention
     and the softmax over the vocabulary run only at label_positions (the model's logits_to_keep),
     not at every prompt token: the same loss as the model's own full-logits loss
     (tests/unit/test_loss.py), without projecting ~99% of the hidden states that no label reads."""
-    import torch.nn.functional as F
-
-    device = model_engine.device
+    device = model.device
     labels = batch["labels"].to(device)
     keep = label_positions(labels)
     if attention == "segments":
@@ -86,14 +86,34 @@ def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention
         mask = {"attention_mask": None, **varlen_arguments(batch["seq_ids"], device)}
     else:
         mask = {"attention_mask": packed_attention_mask(batch["seq_ids"].to(device), dtype)}
-    logits = model_engine(
+    logits = model(
         input_ids=batch["input_ids"].to(device),
         position_ids=batch["position_ids"].to(device),
         logits_to_keep=keep,
         use_cache=False,  # training builds no KV cache (transformers would, for a config with use_cache)
         **mask,
     ).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
+    return logits, labels[:, keep + 1]
+
+
+def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> Any:
+    """Mean loss over the batch's label tokens (label_logits' forward)."""
+    import torch.nn.functional as F
+
+    logits, targets = label_logits(model_engine, batch, dtype, attention)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def sequence_logps(model: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> tuple[Any, Any]:
+    """(each row's summed log-probability of its label tokens, each row's label count): log pi(answer
+    | prompt) of one example per row, as DPO compares them. The policy in the loop and the reference
+    scorer before it both call this, so the two agree exactly where the weights do."""
+    import torch
+
+    logits, targets = label_logits(model, batch, dtype, attention)
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(dim=1), mask.sum(dim=1)
 
 
 def all_have_batch(batch: Any, device: Any) -> bool:

@@ -22,10 +22,11 @@ from socrates_ray.data.prepared import split_problem, training_eval_part
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.errors import SocratesError
 from socrates_ray.infer.precision import resolve_precision
-from socrates_ray.models import load_tokenizer
-from socrates_ray.train import sft_loop
+from socrates_ray.models import folder_digest, load_tokenizer
+from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
 from socrates_ray.train.datasets import build_split_dataset, estimate_split_rows, materialize_splits
+from socrates_ray.train.pairs_dataset import materialize_pairs, reference_of
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.steps import LoopArgs
 from socrates_ray.train.worker import PROGRESS_FILE
@@ -51,7 +52,9 @@ def loop_for(method: str) -> Callable[[dict[str, Any]], None]:
     """The worker loop of a training method (train.method)."""
     if method == "sft":
         return sft_loop.train_loop_per_worker
-    raise ValueError(f"train.method={method!r} has no loop (expected sft)")
+    if method == "dpo":
+        return dpo_loop.train_loop_per_worker
+    raise ValueError(f"train.method={method!r} has no loop (expected sft or dpo)")
 
 
 def check_training_splits(cfg: Config) -> None:
@@ -62,7 +65,8 @@ def check_training_splits(cfg: Config) -> None:
             raise TrainError(f"train.setting={cfg.train.setting}: {problem}")
 
 
-def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool, tokenized: str = "actors") -> dict[str, Any]:
+def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool, tokenized: str = "actors",
+                    reference_digest: str | None = None) -> dict[str, Any]:
     """What defines a run's data stream and optimizer schedule: a resumed run must find the same
     (checkpoint.check_resume). Keys are the config paths a user would change, or for what the run
     derives, the plain names checkpoint.DERIVED describes. `tokenized`: "driver" or "actors" (the
@@ -80,6 +84,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.method": t.method,
         "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision": "bf16" if bf16 else "fp32",
         "train.init_adapter": _absolute(t.init_adapter),
+        "train.dpo": {**t.dpo.model_dump(), "reference": reference_digest} if t.method == "dpo" else None,
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
@@ -145,7 +150,13 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
             "Re-run `socrates-ray prepare` with data.validation_fraction > 0 to keep the test split unseen.")
     pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
     tokenized = "actors"
-    if ing.materialize:
+    bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
+    reference = None
+    if t.method == "dpo":  # pairs, scored by the reference policy, always materialized (train/pairs_dataset.py)
+        datasets, _ = materialize_pairs(cfg, model_path, eval_part, bf16, log)
+        rows, estimated, tokenized = datasets["train"].count(), False, "driver"
+        reference = folder_digest(reference_of(cfg, model_path))
+    elif ing.materialize:
         datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, run_folder(cfg), log)
         rows, estimated = datasets["train"].count(), False
     else:
@@ -160,8 +171,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
             f"train: {rows} training rows give no full optimizer step with {ing.num_workers} workers x micro batch "
             f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
         )
-    bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
-    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized)
+    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized, reference)
     finished = None
     if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
         check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued
@@ -202,6 +212,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
         run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
+        dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
     )
 
 

@@ -197,6 +197,8 @@ def progress_line(w: Worker, record: dict[str, Any], last: bool) -> None:
     if record["step"] % w.args.log_every == 0 or "eval_loss" in record or last:
         w.say(f"[socrates_ray] step {record['step']}/{w.args.total_steps} loss {record['loss']:.4f}"
               + (f" eval_loss {record['eval_loss']:.4f}" if "eval_loss" in record else "")
+              + (f" preferred {record['preference_accuracy']:.3f}" if "preference_accuracy" in record else "")
+              + (f" eval_preferred {record['eval_preference_accuracy']:.3f}" if "eval_preference_accuracy" in record else "")
               + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s")
 
 

@@ -70,7 +70,7 @@ def test_the_replay_plan_nests_pilots_and_holds_the_same_people_out(raw):
 
 
 def test_a_pilot_run_name_changes_with_its_rows_and_the_general_adapter(raw, tmp_path):
-    from socrates_ray.pilots import digest
+    from socrates_ray.models import folder_digest as digest
 
     study = raw["study_id"][0].as_py()
     rows = raw.filter(pc.equal(raw["study_id"], study))
