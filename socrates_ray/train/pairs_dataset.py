@@ -24,6 +24,7 @@ import pyarrow as pa
 from socrates_ray.config import Config
 from socrates_ray.data.pairs import PairStats, build_pairs
 from socrates_ray.data.prepared import read_split
+from socrates_ray.data.progress import Progress
 from socrates_ray.data.tokenize import Encoder, collate_pairs, encode_pairs
 from socrates_ray.models import load_tokenizer
 
@@ -117,7 +118,12 @@ def materialize_pairs(cfg: Config, model_path: str, eval_part: str, bf16: bool, 
             # a few thousand pairs on CPU: scored here, where torch is loaded already (each actor would
             # spend seconds importing transformers and loading the model before its first pair)
             scorer = driver_scorer = driver_scorer or ReferenceScorer(**scorer_args)
-            stored[name] = ray.data.from_arrow([scorer(block) for block in blocks])
+            progress = Progress(log, len(blocks))
+            scored = []
+            for block in blocks:
+                scored.append(scorer(block))
+                progress.done(len(scored), f"train: reference log-probabilities of {name} pairs: block {len(scored)}/{len(blocks)}")
+            stored[name] = ray.data.from_arrow(scored)
             continue
         ds = ray.data.from_arrow(blocks).map_batches(
             ReferenceScorer, fn_constructor_kwargs=scorer_args, batch_size=512, batch_format="pyarrow",
