@@ -170,7 +170,8 @@ def run_pilot(cfg: Config, data: str, name: str | None = None) -> PilotResult:
     after = predict_table(engine, grid, name, t, sim.top_p, sim.batch_size)
     replay = load_replay(out / "replay" / "replay.json")
     result = PilotResult(name, pilot.study_id, pilot.participants, pilot.rows, pilot.quarantined, str(target), general, t,
-                         pilot_cells(rows, before, after), expected_gain(replay, pilot.participants) if replay else None)
+                         pilot_cells(rows, before, after), expected_gain(replay, pilot.participants) if replay else None,
+                         dict(pilot.reasons or {}))
     result.report = str(write_pilot_report(result, folder))
     print(f"pilot: adapter {name!r} at {target}; a Serve app with serve.adapters_dir={target.parent} answers it by name "
           f"(\"model\": \"{name}\") without a restart")

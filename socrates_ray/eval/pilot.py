@@ -266,6 +266,8 @@ def plot_pilot(r: PilotResult, path: Path | None = None) -> Figure:
         ax.bar(cell.options, cell.human_probs, color="lightgrey", label=f"pilot humans (n={cell.humans}, mean {cell.human_mean:.2f})")
         ax.plot(cell.options, cell.general_probs, marker="o", label=f"general adapter (mean {cell.general_mean:.2f})")
         ax.plot(cell.options, cell.pilot_probs, marker="s", label=f"pilot adapter (mean {cell.pilot_mean:.2f})")
+        if len(cell.options) <= 11:
+            ax.set_xticks(cell.options)
         ax.set_title(f"condition {cell.condition_num}, task {cell.task_num}", fontsize=9)
         ax.set_xlabel("answer")
         ax.set_ylabel("share")
@@ -273,6 +275,13 @@ def plot_pilot(r: PilotResult, path: Path | None = None) -> Figure:
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return save_png(fig, path)
+
+
+def _quarantined(r: PilotResult) -> str:
+    if not r.quarantined:
+        return "none quarantined"
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(r.quarantine_reasons.items(), key=lambda x: -x[1]))
+    return f"{r.quarantined} quarantined: {why}; each with its reason in prepared/quarantine/"
 
 
 def write_pilot_report(r: PilotResult, out: Path) -> Path:
@@ -283,7 +292,7 @@ def write_pilot_report(r: PilotResult, out: Path) -> Path:
     for c in r.cells:
         lines.append(f"| {c.condition_num} | {c.task_num} | {c.humans} | {c.human_mean:.2f} | {c.general_mean:.2f} | {c.pilot_mean:.2f} |")
     text = [f"# Pilot {r.name} (study {r.study_id})", "",
-            f"{r.participants} participants, {r.rows:,} rows ({r.quarantined} quarantined). The adapter `{r.name}` continues the "
+            f"{r.participants} participants, {r.rows:,} rows ({_quarantined(r)}). The adapter `{r.name}` continues the "
             f"general adapter ({r.general_adapter}) on them; it is at {r.adapter}, where the Serve app finds it by name. Predictions: "
             f"the mean over the pilot's personas of each model's distribution, at temperature {r.temperature:.2f}.", "",
             *lines, "", f"Expected gain: {r.expected_gain or 'run `socrates-ray pilot --from-split unseen_studies` to measure it'}.",

@@ -320,6 +320,7 @@ class PilotResult:
     temperature: float
     cells: list[PilotCell] = field(default_factory=list)
     expected_gain: str | None = None  # read off the replay of held-out studies, where one was run
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
     report: str | None = None
 
 

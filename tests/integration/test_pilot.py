@@ -72,6 +72,7 @@ def test_a_pilot_is_trained_served_by_name_and_reported(setup, synth_dir, tiny_m
     assert main(["pilot", "--config", "configs/demo.yaml", "--data", str(tmp / "pilot.parquet"), "--name", "p1", *overrides]) == 0
     out = capsys.readouterr().out
     assert "12 participants" in out and "1 quarantined" in out
+    assert "1 quarantined: 1 " in (tmp / "pl" / "pilot" / "p1" / "pilot.md").read_text()
     report = json.loads((tmp / "pl" / "pilot" / "p1" / "pilot.json").read_text())
     assert report["study_id"] == study and report["participants"] == 12 and report["quarantined"] == 1
     assert report["cells"] and all(abs(sum(c["pilot_probs"]) - 1) < 1e-6 for c in report["cells"])
