@@ -4,7 +4,7 @@ full study once it has seen those people? (beyond the paper)
 - `run_pilot(cfg, data)`: the pilot's answers (SocSci210's raw Parquet schema, one study) are
   validated into a pilot folder (data/pilot.py); the general adapter (this run's, or
   evaluate.adapter_path) is trained further on them in a Ray Train run of its own
-  (`train.init_adapter`, `<run.name>-pilot-<name>`: re-running resumes or skips it); the result is
+  (`train.init_adapter`, `<run.name>-pilot-<name>-<digest>`: re-running resumes or skips it); the result is
   copied into serve.adapters_dir as `<name>`, where a running Serve app finds it by name with no
   restart; both adapters predict every (condition, task) of the pilot's design for the pilot's
   personas; pilot.md / pilot.json / pilot.png report it with the gain the replay measured.
