@@ -199,6 +199,17 @@ def model_temperature(cfg: Config, path: str, adapter_path: str | None, name: st
     return resolve_temperature("auto", p, build_calibration_split(cfg), folder)[0]
 
 
+def local_engine(cfg: Config, path: str, adapters: Mapping[str, str]) -> Any:
+    """An inference engine in this process (model.engine; on GPU where simulate.gpus_per_replica > 0)
+    with `adapters` (name -> folder) loaded."""
+    on_gpu = cfg.simulate.gpus_per_replica > 0
+    engine = load_engine(engine_spec(cfg.model), path, cfg.prompt.system_prompt, device="cuda" if on_gpu else "cpu",
+                         precision=resolve_precision(cfg.simulate.precision, on_gpu))
+    for name, folder in adapters.items():
+        engine.load_adapter(name, folder)
+    return engine
+
+
 def predict(cfg: Config, personas: pd.DataFrame, stimuli: Sequence[str] | Mapping[str, str] | None = None,
             adapter: str | None = FINETUNED, temperature: float | None = None) -> pd.DataFrame:
     """Answer distributions for personas x stimuli, in this process (a notebook's quick question; use
@@ -222,9 +233,5 @@ def predict(cfg: Config, personas: pd.DataFrame, stimuli: Sequence[str] | Mappin
         adapter_path = None
     name = "base" if adapter_path is None else FINETUNED
     t = temperature if temperature is not None else model_temperature(cfg, path, adapter_path, name)
-    on_gpu = cfg.simulate.gpus_per_replica > 0
-    engine = load_engine(engine_spec(cfg.model), path, cfg.prompt.system_prompt, device="cuda" if on_gpu else "cpu",
-                         precision=resolve_precision(cfg.simulate.precision, on_gpu))
-    if adapter_path is not None:
-        engine.load_adapter(name, adapter_path)
+    engine = local_engine(cfg, path, {name: adapter_path} if adapter_path is not None else {})
     return predict_table(engine, table, None if adapter_path is None else name, t, cfg.simulate.top_p, cfg.simulate.batch_size)

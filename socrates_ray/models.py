@@ -176,12 +176,13 @@ def adapter_folder_problem(path: str | Path) -> str | None:
     return f"{path} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)"
 
 
-def folder_digest(*folders: str | Path) -> str:
+def folder_digest(*folders: str | Path, salt: str = "") -> str:
     """A short hash of the weight, data and config files under `folders` (safetensors, bin, parquet,
     json): what a run's name or resume fingerprint carries where a folder's path alone would not
     change when its content does (a retrained adapter, new pilot rows). A folder that does not exist
-    locally (a hub id, a URI) hashes as its name."""
-    h = hashlib.sha256()
+    locally (a hub id, a URI) hashes as its name. `salt`: a digest already taken (of a large folder
+    many names share) mixed in instead of reading that folder again."""
+    h = hashlib.sha256(salt.encode())
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():

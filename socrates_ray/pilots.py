@@ -16,6 +16,7 @@ full study once it has seen those people? (beyond the paper)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -34,8 +35,7 @@ from socrates_ray.eval.pilot import (
     write_pilot_report,
 )
 from socrates_ray.eval.results import PilotPoint, PilotReplay, PilotResult
-from socrates_ray.infer import engine_spec, load_engine
-from socrates_ray.infer.precision import resolve_precision
+from socrates_ray.infer import engine_spec
 from socrates_ray.infer.table import persona_grid, predict_table
 from socrates_ray.models import folder_digest
 from socrates_ray.preflight import check_inputs
@@ -145,7 +145,7 @@ def run_pilot(cfg: Config, data: str, name: str | None = None) -> PilotResult:
     shutil.rmtree(folder / "prepared", ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     staging.rename(folder / "prepared")
-    pilot = PilotData(str(folder / "prepared"), pilot.study_id, pilot.participants, pilot.rows, pilot.cells, pilot.quarantined, pilot.reasons)
+    pilot = dataclasses.replace(pilot, prepared=str(folder / "prepared"))
     print(f"pilot: study {pilot.study_id}: {pilot.participants} participants, {pilot.rows:,} rows in {pilot.cells} cells"
           f"{f', {pilot.quarantined} quarantined' if pilot.quarantined else ''} -> adapter {name!r}")
     path = api.model_path(cfg)
@@ -160,11 +160,7 @@ def run_pilot(cfg: Config, data: str, name: str | None = None) -> PilotResult:
     rows = pilot_rows(pilot.prepared)
     personas, stimuli = design_table(rows)
     grid = persona_grid(personas, {f"{c}/{k}": s for (c, k), s in stimuli.items()})
-    on_gpu = cfg.simulate.gpus_per_replica > 0
-    engine = load_engine(engine_spec(cfg.model), path, cfg.prompt.system_prompt, device="cuda" if on_gpu else "cpu",
-                         precision=resolve_precision(cfg.simulate.precision, on_gpu))
-    engine.load_adapter(GENERAL, general)
-    engine.load_adapter(name, str(target))
+    engine = api.local_engine(cfg, path, {GENERAL: general, name: str(target)})
     sim = cfg.simulate
     before = predict_table(engine, grid, GENERAL, t, sim.top_p, sim.batch_size)
     after = predict_table(engine, grid, name, t, sim.top_p, sim.batch_size)
@@ -205,11 +201,12 @@ def replay_pilots(cfg: Config, setting: str = STUDIES) -> PilotReplay:
     print(f"pilot: replaying {len(studies)} held-out studies as pilots of {', '.join(map(str, sorted(p.sizes)))} participants "
           f"({len(studies) * len(p.sizes)} training runs; {len(skipped)} studies skipped, see replay.md)")
     adapters: dict[int, dict[str, str]] = {}
+    general_digest = folder_digest(general)  # read once: every run's name carries it
     for study in studies:
         for k in sorted(p.sizes):
             folder = out / study.study_id / f"k{k}"
             pilot = write_pilot_rows(pilot_rows_of(rows, study, k), folder)
-            run_name = f"{cfg.run.name}-pilot-{study.study_id}-k{k}-{folder_digest(general, Path(folder) / PILOT_SETTING / 'train')}"
+            run_name = f"{cfg.run.name}-pilot-{study.study_id}-k{k}-{folder_digest(Path(folder) / PILOT_SETTING / 'train', salt=general_digest)}"
             print(f"pilot: study {study.study_id}, pilot of {k} ({pilot.rows} rows) -> run {run_name}")
             adapters.setdefault(k, {})[study.study_id] = train_pilot(cfg, pilot, run_name, general)
     t = api.model_temperature(cfg, path, general, FINETUNED)

@@ -230,10 +230,13 @@ def additive_mask(allowed: Any, dtype: Any) -> Any:
     return mask[:, None, :, :]
 
 
-def encode_pairs(encoder: Any, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, list]:
-    """DPO pairs -> columns: each side's (input_ids, labels) as `encoder.encode` makes them (the
-    prompt unlabelled, the answer and end-of-turn labelled)."""
-    sides = {"chosen": encoder.encode(prompts, chosen), "rejected": encoder.encode(prompts, rejected)}
+def encode_pairs(encoder: Encoder, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, list]:
+    """DPO pairs -> columns: each side's (input_ids, labels) as `Encoder.encode` makes them (the
+    prompt unlabelled, the answer and end-of-turn labelled); each prompt is tokenized once."""
+    prefixes = encoder.encode_prompts(prompts)
+    answers = encoder.tokenizer(list(chosen) + list(rejected), add_special_tokens=False)["input_ids"]
+    sides = {"chosen": labelled(prefixes, answers[: len(chosen)], encoder.eot_ids),
+             "rejected": labelled(prefixes, answers[len(chosen):], encoder.eot_ids)}
     out: dict[str, list] = {}
     for side, examples in sides.items():
         out[f"{side}_input_ids"] = [np.asarray(ids, np.int32) for ids, _ in examples]

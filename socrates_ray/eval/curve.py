@@ -108,14 +108,15 @@ def run_curve(plan: CurvePlan, log: Callable[[str], None] = print) -> CurveResul
                 anchored = model_metrics(group_cells(predict_anchor(fit_anchor(train, val), rows).to_pylist(), ranges=ranges))
                 point.anchor_wasserstein, point.anchor_accuracy = anchored.wasserstein, anchored.accuracy
             result.points.append(point)
-            log(f"curve: {run.fraction:.0%} of participants ({point.participants:,}, {point.rows:,} rows): W {_f(point.wasserstein)}, "
-                f"accuracy {_f(point.accuracy)}; anchor W {_f(point.anchor_wasserstein)}, accuracy {_f(point.anchor_accuracy)}")
+            log(f"curve: {run.fraction:.0%} of participants ({point.participants:,}, {point.rows:,} rows): W {fmt(point.wasserstein)}, "
+                f"accuracy {fmt(point.accuracy)}; anchor W {fmt(point.anchor_wasserstein)}, accuracy {fmt(point.anchor_accuracy)}")
     result.seconds = round(time.perf_counter() - start, 1)
     result.report = str(write_curve_report(result, plan.out))
     return result
 
 
-def _f(v: float | None) -> str:
+def fmt(v: float | None) -> str:
+    """A figure for tables and log lines: 4 decimals, "-" where there is none."""
     return "-" if v is None else f"{v:.4f}"
 
 
@@ -123,10 +124,10 @@ def curve_table(r: CurveResult) -> str:
     lines = ["| participants trained on | people | rows | W finetuned | W anchor | accuracy finetuned | accuracy anchor | T |",
              "|---|---|---|---|---|---|---|---|"]
     for p in r.points:
-        lines.append(f"| {p.fraction:.0%} | {p.participants:,} | {p.rows:,} | {_f(p.wasserstein)} | {_f(p.anchor_wasserstein)} | "
-                     f"{_f(p.accuracy)} | {_f(p.anchor_accuracy)} | {p.temperature:.2f} |")
-    lines.append(f"| base model | - | - | {_f(r.base.wasserstein)} | - | {_f(r.base_accuracy)} | - | - |")
-    lines.append(f"| uniform guess | - | - | {_f(r.uniform_wasserstein)} | - | {_f(r.uniform_accuracy)} | - | - |")
+        lines.append(f"| {p.fraction:.0%} | {p.participants:,} | {p.rows:,} | {fmt(p.wasserstein)} | {fmt(p.anchor_wasserstein)} | "
+                     f"{fmt(p.accuracy)} | {fmt(p.anchor_accuracy)} | {p.temperature:.2f} |")
+    lines.append(f"| base model | - | - | {fmt(r.base.wasserstein)} | - | {fmt(r.base_accuracy)} | - | - |")
+    lines.append(f"| uniform guess | - | - | {fmt(r.uniform_wasserstein)} | - | {fmt(r.uniform_accuracy)} | - | - |")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from socrates_ray.data.prepared import ranges_of
 from socrates_ray.data.prompts import parse_answer_scale
 from socrates_ray.eval.anchor import fit_anchor, predict_anchor
+from socrates_ray.eval.curve import fmt
 from socrates_ray.eval.metrics import baseline_metrics, group_cells, model_metrics
 from socrates_ray.eval.passes import SimulationPass
 from socrates_ray.eval.replica import ReplicaPool
@@ -111,6 +112,7 @@ def score_replay(plan: ReplayPlan, log: Callable[[str], None] = print) -> PilotR
     names = {GENERAL: plan.general.adapter_path}
     for k, by_study in plan.adapters.items():
         names.update({f"{study}-k{k}": path for study, path in by_study.items()})
+    pilots = {k: pa.concat_tables([pilot_rows_of(plan.rows, s, k) for s in plan.studies]) for k in plan.adapters}
     g = plan.general
     with ReplicaPool(g.model_path, g.system_prompt, names, g.replicas) as pool:
         general_rows = pq.read_table(run_simulation(scored, plan.out / "scores" / "k0", g, pool, log))
@@ -125,17 +127,16 @@ def score_replay(plan: ReplayPlan, log: Callable[[str], None] = print) -> PilotR
                 p = dataclasses.replace(g, adapter_path=plan.adapters[k][study.study_id], adapter_name=f"{study.study_id}-k{k}")
                 parts.append(pq.read_table(run_simulation(_select(scored, study.study_id, study.held_out),
                                                           plan.out / "scores" / f"k{k}" / study.study_id, p, pool, lambda _: None)))
-            pilot_rows = pa.concat_tables([pilot_rows_of(plan.rows, s, k) for s in plan.studies])
-            result.points.append(_point(k, pilot_rows.num_rows, group_cells(pa.concat_tables(parts).to_pylist(), ranges=ranges),
+            result.points.append(_point(k, pilots[k].num_rows, group_cells(pa.concat_tables(parts).to_pylist(), ranges=ranges),
                                         plan.adapters[k]))
     for point in result.points:
         if plan.anchor_train is not None:
-            extra = [pilot_rows_of(plan.rows, s, point.k).select(plan.anchor_train.column_names) for s in plan.studies] if point.k else []
+            extra = [pilots[point.k].select(plan.anchor_train.column_names)] if point.k else []
             anchor = fit_anchor(pa.concat_tables([plan.anchor_train, *extra]), plan.anchor_val)
             a = model_metrics(group_cells(predict_anchor(anchor, scored).to_pylist(), ranges=ranges))
             point.anchor_wasserstein, point.anchor_accuracy = a.wasserstein, a.accuracy
-        log(f"pilot: k = {point.k:>3}: W {_f(point.wasserstein)}, accuracy {_f(point.accuracy)}; "
-            f"anchor W {_f(point.anchor_wasserstein)}, accuracy {_f(point.anchor_accuracy)}")
+        log(f"pilot: k = {point.k:>3}: W {fmt(point.wasserstein)}, accuracy {fmt(point.accuracy)}; "
+            f"anchor W {fmt(point.anchor_wasserstein)}, accuracy {fmt(point.anchor_accuracy)}")
     result.seconds = round(time.perf_counter() - start, 1)
     result.report = str(write_replay_report(result, plan.out))
     return result
@@ -146,24 +147,20 @@ def _point(k: int, rows: int, cells: dict, adapters: dict[str, str]) -> PilotPoi
     return PilotPoint(k, rows, m.wasserstein, m.accuracy, per_study=dict(m.per_study), adapters=dict(adapters))
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
 def replay_table(r: PilotReplay) -> str:
     lines = ["| pilot per study | pilot rows | W pilot adapters | W anchor | accuracy pilot adapters | accuracy anchor |",
              "|---|---|---|---|---|---|"]
     for p in r.points:
         who = "0 (general adapter)" if p.k == 0 else str(p.k)
-        lines.append(f"| {who} | {p.rows:,} | {_f(p.wasserstein)} | {_f(p.anchor_wasserstein)} | {_f(p.accuracy)} | {_f(p.anchor_accuracy)} |")
-    lines.append(f"| uniform guess | - | {_f(r.uniform_wasserstein)} | - | {_f(r.uniform_accuracy)} | - |")
+        lines.append(f"| {who} | {p.rows:,} | {fmt(p.wasserstein)} | {fmt(p.anchor_wasserstein)} | {fmt(p.accuracy)} | {fmt(p.anchor_accuracy)} |")
+    lines.append(f"| uniform guess | - | {fmt(r.uniform_wasserstein)} | - | {fmt(r.uniform_accuracy)} | - |")
     return "\n".join(lines)
 
 
 def study_table(r: PilotReplay) -> str:
     lines = ["| study | " + " | ".join(f"W k={p.k}" for p in r.points) + " |", "|---" * (len(r.points) + 1) + "|"]
     for study in r.studies:
-        lines.append(f"| {study} | " + " | ".join(_f(p.per_study.get(study)) for p in r.points) + " |")
+        lines.append(f"| {study} | " + " | ".join(fmt(p.per_study.get(study)) for p in r.points) + " |")
     return "\n".join(lines)
 
 
@@ -177,8 +174,8 @@ def expected_gain(r: PilotReplay, k: int) -> str:
     dw = None if near.wasserstein is None else near.wasserstein - base.wasserstein
     da = None if near.accuracy is None or base.accuracy is None else near.accuracy - base.accuracy
     return (f"on {len(r.studies)} held-out studies replayed as pilots of {near.k} (the replayed size nearest {k}), W went "
-            f"{_f(base.wasserstein)} -> {_f(near.wasserstein)} ({'-' if dw is None else f'{dw:+.4f}'}) and accuracy "
-            f"{_f(base.accuracy)} -> {_f(near.accuracy)} ({'-' if da is None else f'{da:+.4f}'}) on the participants in no pilot")
+            f"{fmt(base.wasserstein)} -> {fmt(near.wasserstein)} ({'-' if dw is None else f'{dw:+.4f}'}) and accuracy "
+            f"{fmt(base.accuracy)} -> {fmt(near.accuracy)} ({'-' if da is None else f'{da:+.4f}'}) on the participants in no pilot")
 
 
 def plot_replay(r: PilotReplay, path: Path | None = None) -> Figure:
