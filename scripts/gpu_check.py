@@ -8,7 +8,8 @@ built from a config, with an offline tokenizer: nothing is downloaded.
 
 Prints, per training setup (ZeRO-2 with the dense packed mask, with per-example attention
 (train.attention=segments) and with one flash varlen call per layer (varlen, CUDA only); ZeRO-3 with
-segments and varlen and the LoRA persistence threshold that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then the scorer's
+segments and varlen and the LoRA persistence threshold that keeps LoRA matrices whole): tokens/s, model FLOPs utilisation and peak GPU memory; then DPO LoRA steps under
+ZeRO-2 (pairs/s, the reference pass, and a first loss that must be log 2); then the scorer's
 prompts/s with each option-tree path (model.scoring_tree: the dense tree mask and the prompts' cache);
 then what batching buys: 32 requests one at a time vs as one batch, in sample and
 distribution mode (the model-side half of bench/serve.py's target, which needs Ray Serve too).
@@ -177,6 +178,82 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     return result
 
 
+def dpo_steps(folder: Path, preset: dict[str, Any], device: str) -> dict[str, Any]:
+    """DPO (train.method=dpo) LoRA steps under ZeRO-2: the reference log-probabilities computed once
+    before training (as train/pairs_dataset.py does), then the policy's forward on both answers of
+    `micro` pairs a step and the sigmoid loss. The first loss must be log 2 (policy = reference)."""
+    import math
+
+    import deepspeed
+    import torch
+
+    from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
+    from socrates_ray.data.tokenize import Encoder, collate_pairs, encode_pairs
+    from socrates_ray.models import load_tokenizer, synthetic_corpus
+    from socrates_ray.train.deepspeed import build_ds_config
+    from socrates_ray.train.dpo_loop import dpo_loss
+    from socrates_ray.train.model import load_model_for_training
+    from socrates_ray.train.steps import sequence_logps
+
+    on_gpu = device == "cuda"
+    steps, warmup, micro = preset["steps"], preset["warmup"], preset["micro"]
+    encoder = Encoder(load_tokenizer(str(folder)), DEFAULT_SYSTEM_PROMPT)
+    texts = [t for t in synthetic_corpus(4 * micro * (steps + warmup) + 1, seed=4) if "\n" in t][: micro * (steps + warmup)]
+    prompts, answers = zip(*(t.rsplit("\n", 1) for t in texts))
+    rejected = [answers[(i + 1) % len(answers)] if answers[(i + 1) % len(answers)] != a else a + "0" for i, a in enumerate(answers)]
+    columns = encode_pairs(encoder, prompts, answers, rejected)
+    batches = [collate_pairs({k: v[b * micro : (b + 1) * micro] for k, v in columns.items()}, encoder.pad_id)
+               for b in range(steps + warmup)]
+    ds_config = build_ds_config(
+        zero_stage=2, offload_optimizer=False, offload_params=False, bf16=True, micro_batch_size=micro,
+        grad_accum=1, world_size=1, lr=1e-4, weight_decay=0.0, grad_clip=1.0, warmup_steps=1,
+        total_steps=steps + warmup, on_gpu=on_gpu, hidden_size=preset["hidden_size"], persistence_threshold=None,
+    )
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, keepalive = load_model_for_training(str(folder), "lora", 16, 32, 0.0, "all-linear", {}, ds_config, True, False, "dense")
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    with torch.no_grad():  # the reference pass: LoRA's B is zero at start, so the policy is the reference
+        engine.eval()
+        for batch in batches:
+            logps, _ = sequence_logps(engine, batch, torch.bfloat16)
+            batch["ref_chosen"], batch["ref_rejected"] = logps[:micro].double().cpu(), logps[micro:].double().cpu()
+        engine.train()
+    sync()
+    reference_seconds = time.perf_counter() - start
+    losses, tokens = [], 0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        policy, counts = sequence_logps(engine, batch, torch.bfloat16)
+        loss, _, _ = dpo_loss(policy, counts, batch["ref_chosen"], batch["ref_rejected"], 0.1, 0.0)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+        if i >= warmup:
+            tokens += int((batch["seq_ids"] > 0).sum())
+    sync()
+    seconds = time.perf_counter() - start
+    result = {
+        "pairs_per_step": micro, "steps_timed": steps, "pairs_per_s": round(micro * steps / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1), "step_time_s": round(seconds / steps, 4),
+        "reference_pairs_per_s": round(len(batches) * micro / reference_seconds, 1),
+        "first_loss": losses[0], "first_loss_minus_log2": losses[0] - math.log(2), "last_loss": losses[-1],
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else None,
+    }
+    engine.destroy()
+    del engine, model, keepalive
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return result
+
+
 def scorer_throughput(scorer: Any, preset: dict[str, Any], device: str) -> dict[str, Any]:
     """Exact answer distributions for synthetic prompts with 5- and 11-point scales."""
     import numpy as np
@@ -299,6 +376,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (unknown peak)'} (6N; LoRA count {r['mfu_lora']}), "
                   f"peak GPU memory {r['peak_gpu_mib']} MiB; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} "
                   f"(first loss {r['first_loss_diff_vs_dense']:.1e} from dense's)", flush=True)
+        try:
+            report["dpo"] = d = dpo_steps(folder, preset, args.device)
+            print(f"gpu_check: DPO LoRA ZeRO-2 bf16: {d['pairs_per_s']:,.1f} pairs/s ({d['tokens_per_s']:,.0f} tokens/s, "
+                  f"{d['step_time_s'] * 1000:.0f} ms/step of {d['pairs_per_step']} pairs), reference pass "
+                  f"{d['reference_pairs_per_s']:,.1f} pairs/s, peak GPU memory {d['peak_gpu_mib']} MiB; loss "
+                  f"{d['first_loss']:.4f} (log 2 {d['first_loss_minus_log2']:+.1e}) -> {d['last_loss']:.4f}", flush=True)
+        except Exception as error:  # as above: the scorer's figures still come
+            report["dpo"] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"gpu_check: DPO: FAILED {type(error).__name__}: {error}", flush=True)
         scorer = TransformersEngine(str(folder), DEFAULT_SYSTEM_PROMPT, device=args.device, max_length=preset["max_position_embeddings"])
         # both option-tree paths (model.scoring_tree) on the same prompts: the dense tree mask (report["score"])
         # and the prompts' cache with no prompt mask (report["score_cache"])

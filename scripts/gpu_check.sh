@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (issue 5): on one NVIDIA GPU, with no network, in under 8 minutes: bf16 ZeRO-2 and
-# ZeRO-3 LoRA training steps on a random ~0.5B Qwen2-architecture model (tokens/s, MFU, peak GPU
+# ZeRO-3 LoRA training steps and DPO steps on a random ~0.5B Qwen2-architecture model (tokens/s, MFU, peak GPU
 # memory) and the exact-distribution scorer's throughput. See scripts/gpu_check.py. Where Ray Serve
 # can be imported (the venv, or a wheelhouse built with WITH_SERVE=1), it first runs bench/serve.py
 # on the GPU in sample and distribution mode (issue 4's batching target), SERVE_ARGS passed on.

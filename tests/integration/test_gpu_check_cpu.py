@@ -25,6 +25,10 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path):
     assert np.isfinite(z2["last_loss"]) and abs(z2["first_loss"] - z3["first_loss"]) < 1e-3
     assert abs(z2["first_loss"] - z2_segments["first_loss"]) < 1e-3 and z3["persistence_threshold"] > 0
     assert z2_segments["first_loss_diff_vs_dense"] == abs(z2["first_loss"] - z2_segments["first_loss"])
+    # DPO: the reference pass and the first policy step see the same weights: the loss starts at log 2
+    assert "error" not in report["dpo"], report["dpo"]
+    assert abs(report["dpo"]["first_loss_minus_log2"]) < 1e-3 and report["dpo"]["pairs_per_s"] > 0
+    assert np.isfinite(report["dpo"]["last_loss"])
     assert report["score"]["prompts"] == 16 and report["score"]["prompts_per_s"] > 0
     assert report["score_cache"]["prompts"] == 16 and report["score_cache"]["max_abs_diff_vs_mask"] < 1e-4  # fp32 on CPU
     for mode in ("sample", "distribution"):  # batched vs one-at-a-time, measured (no timing asserted)
