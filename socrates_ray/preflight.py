@@ -12,7 +12,7 @@ from pathlib import Path
 
 from socrates_ray.config import Config, ConfigError
 from socrates_ray.data.prepared import split_problem
-from socrates_ray.models import adapter_folder_problem
+from socrates_ray.infer.adapter_check import adapter_problem, base_vocab
 
 
 def model_problem(source: str, path: str) -> str | None:
@@ -94,9 +94,10 @@ def check_inputs(command: str, cfg: Config, setting: str | None = None, experime
             raise ConfigError(problem)
     if (problem := model_problem(cfg.model.source, cfg.model.path)) is not None:
         raise ConfigError(problem)
+    base = base_vocab(cfg.model.path)
     for key, path in _adapters(cfg, command):
-        if (problem := adapter_folder_problem(path)) is not None:
-            raise ConfigError(f"{key}: {problem}")
+        if (problem := adapter_problem(path, base)) is not None:
+            raise ConfigError(f"{key}: adapter {path} cannot be used: {problem}")
     if command == "serve" and cfg.serve.adapters_dir and not Path(cfg.serve.adapters_dir).is_dir():
         raise ConfigError(f"serve.adapters_dir: {cfg.serve.adapters_dir} is not a folder (expected one sub-folder per PEFT adapter)")
     if experiment is not None and not Path(experiment).is_file():

@@ -51,6 +51,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelSection(tokenizer_corpus_rows=600), seed=0)
 
 
+def _make_adapter(model: Path, out: Path, seed: int, r: int = 4, target_modules: tuple[str, ...] = ("q_proj", "v_proj", "lm_head")) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it changes the model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model),
+        LoraConfig(r=r, lora_alpha=64, target_modules=list(target_modules), init_lora_weights=False),
+    )
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_adapter():
+    """make_adapter(model_folder, out_folder, seed, r=4, target_modules=...) -> out_folder."""
+    return _make_adapter
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -16,6 +16,8 @@ Persona lines come in a fixed order, snake_case keys in Title Case, null fields 
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,6 +73,40 @@ def build_persona_block(demographic: dict[str, Any]) -> str:
             continue
         lines.append(f"- {title_case(key)}: {format_value(value)}")
     return "\n".join(lines)
+
+
+# The persona fields that hold integers (the raw schema's int64 columns), and the values they may take.
+INT_PERSONA_RANGES = {"age": (0, 150), "household_size": (0, 100)}
+MAX_PERSONA_TEXT = 200
+
+
+def persona_problem(persona: dict[str, Any]) -> str | None:
+    """Why `persona` is not a persona a prompt can be built from (a client's mistake, said so it can
+    be fixed), or None. Keys are the SocSci210 field names (PERSONA_ORDER, lower case); age and
+    household_size are integers in range (an integer-valued number or numeral string is taken); the
+    others are short text (a number is taken as its text); null leaves a field out."""
+    for key, value in persona.items():
+        if key not in PERSONA_ORDER:
+            near = difflib.get_close_matches(str(key).strip().lower().replace(" ", "_"), PERSONA_ORDER, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            return f"unknown persona field {key!r}{hint}; the fields are {', '.join(PERSONA_ORDER)}"
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return f"persona field {key!r} must be text or a number; got {type(value).__name__}"
+        if key in INT_PERSONA_RANGES:
+            low, high = INT_PERSONA_RANGES[key]
+            try:
+                number = float(value.strip()) if isinstance(value, str) else float(value)
+            except ValueError:
+                return f"persona field {key!r} must be an integer from {low} to {high}; got {value!r}"
+            if not (low <= number <= high) or not number.is_integer():
+                return f"persona field {key!r} must be an integer from {low} to {high}; got {value!r}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"persona field {key!r} must be a finite number or text; got {value!r}"
+        elif len(str(value)) > MAX_PERSONA_TEXT:
+            return f"persona field {key!r} is {len(str(value))} characters long; at most {MAX_PERSONA_TEXT}"
+    return None
 
 
 def build_prompt(demographic: dict[str, Any], stimuli: str) -> str:

@@ -112,15 +112,23 @@ def sample_answers(
 
 
 class OptionIds:
-    """An option's token ids as it follows a prompt, cached: a study asks the same scale many times."""
+    """An option's token ids as it follows a prompt, cached: a study asks the same scale many times.
+    Only short options are kept, and at most MAX_ENTRIES of them, so requests with many distinct
+    long options (refused or not) never grow a replica's memory."""
+
+    MAX_TEXT = 24
+    MAX_ENTRIES = 65536
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer, self.cache = tokenizer, {}
 
     def __call__(self, text: str) -> list[int]:
-        if text not in self.cache:
-            self.cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.cache[text]
+        if (ids := self.cache.get(text)) is not None:
+            return ids
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(text) <= self.MAX_TEXT and len(self.cache) < self.MAX_ENTRIES:
+            self.cache[text] = ids
+        return ids
 
 
 def encode_prefixes(tokenizer: Any, prefixes: Sequence[str], max_new_tokens: int, context: int) -> list[list[int]]:

@@ -25,9 +25,10 @@ from socrates_ray.infer.engine import (
     GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
     unknown_adapter,
 )
+from socrates_ray.infer.adapter_check import AdapterUnusable, check_adapter
 from socrates_ray.infer.precision import engine_precision
 from socrates_ray.infer.sampling import SeededSampler
-from socrates_ray.models import adapter_folder_problem, load_tokenizer
+from socrates_ray.models import load_tokenizer
 
 def option_layout(prefix: list[int], options: list[list[int]], eot: int) -> dict[str, list[int]]:
     """One row holding the prompt followed by every option (each without its end-of-turn token).
@@ -113,11 +114,20 @@ class TransformersEngine:
 
     # --- adapters -------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a PEFT adapter folder under `name` (idempotent)."""
+        """Load a PEFT adapter folder under `name` (idempotent). The folder is checked against this
+        base first (adapter_check: AdapterUnusable says what is wrong); a load that still fails
+        leaves the model as it was: the base and the adapters loaded before, weight for weight."""
         if name in self.adapters:
             return
-        if (problem := adapter_folder_problem(path)) is not None:
-            raise ScoreError(f"adapter {name!r}: {problem}")
+        check_adapter(name, path, self.model_path)
+        try:
+            self._inject(name, path)
+        except Exception as error:
+            self._rebuild()  # peft injects layers into the base in place before it reads the weights
+            raise AdapterUnusable(f"adapter {name!r} cannot be used: loading it failed ({type(error).__name__}: {error})") from error
+        self.adapters[name] = str(path)
+
+    def _inject(self, name: str, path: str | Path) -> None:
         from peft import PeftModel
 
         # The adapter computes in the model's format, whatever it was saved in (peft would upcast a
@@ -129,7 +139,16 @@ class TransformersEngine:
         else:
             self.model.load_adapter(str(path), adapter_name=module, autocast_adapter_dtype=False)
         self.model.to(self.dtype)
-        self.adapters[name] = str(path)
+
+    def _rebuild(self) -> None:
+        """The base model read again from its folder and the adapters loaded before put back on it."""
+        from transformers import AutoModelForCausalLM
+
+        loaded, self.adapters, self._peft = dict(self.adapters), {}, False
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
+        for name, path in loaded.items():
+            self._inject(name, path)
+            self.adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
         if name in self.adapters:

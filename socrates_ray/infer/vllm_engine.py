@@ -44,6 +44,7 @@ from socrates_ray.infer.engine import (
     GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
     unknown_adapter,
 )
+from socrates_ray.infer.adapter_check import check_adapter
 from socrates_ray.infer.precision import engine_precision
 from socrates_ray.infer.sampling import prompt_seed
 from socrates_ray.infer.vllm_loop import EngineLoop
@@ -197,6 +198,7 @@ class VllmEngine:
         """Load a PEFT adapter folder under `name` (idempotent)."""
         if name in self.adapters:
             return
+        check_adapter(name, path, self.model_path)
         unsupported = needs_merge(path)
         if unsupported or not self._lora_by_name():
             parked = self._parked.pop(self.adapters_path_key(path), None)

@@ -8,7 +8,8 @@ Routes:
 
 Every client mistake is a 4xx JSON body {"error": {"message", "type", "param"}} and the replica
 keeps serving: malformed JSON and wrong fields (400), missing/bad bearer token (401), unknown
-adapter (404), bodies over serve.max_body_bytes (413).
+adapter (404), an adapter that cannot be used on this base (422, the reason named), bodies over
+serve.max_body_bytes (413).
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the request models as real
@@ -19,24 +20,62 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from ray import serve
 
 from socrates_ray.config import Config, ServeSection
-from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale
+from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale, persona_problem
 from socrates_ray.infer import MAX_DISTRIBUTION_TEMPERATURE, engine_spec, parse_first_integer
+from socrates_ray.infer.adapter_check import AdapterUnusable
 from socrates_ray.serve.replica import (
-    AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters,
+    AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters, resolve_adapter,
 )
 
 
-class Strict(BaseModel):
+MAX_OPTION = 10**12  # an answer option beyond this is no survey scale (and would be thousands of tokens)
+
+
+def lone_surrogate(value: Any, where: str = "body") -> str | None:
+    """Where a string in a parsed JSON body holds a lone UTF-16 surrogate ("\\ud800": valid JSON, not
+    text: it cannot be encoded for the tokenizer), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and lone_surrogate(key) is not None:
+            return f"{where} (a key)"
+        if (found := lone_surrogate(item, f"{where}.{key}" if where != "body" else str(key))) is not None:
+            return found
+    return None
+
+
+class Text(BaseModel):
+    """A request body whose strings are text: a lone surrogate anywhere is the client's 400."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        if (where := lone_surrogate(data)) is not None:
+            raise ValueError(f"{where} holds a lone UTF-16 surrogate (e.g. \\ud800), which is not text; send valid Unicode")
+        return data
+
+
+class Strict(Text):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -46,13 +85,21 @@ class PredictRequest(Strict):
     prompt: str | None = Field(None, min_length=1, description="A full prompt instead of persona + stimulus.")
     adapter: str | None = Field(None, description="Adapter name; null or 'base' = the base model.")
     mode: Literal["distribution", "sample"] = "distribution"
-    options: list[int] | None = Field(None, min_length=1, max_length=MAX_SCALE_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
+    options: list[Annotated[int, Field(ge=-MAX_OPTION, le=MAX_OPTION)]] | None = Field(
+        None, min_length=1, max_length=MAX_SCALE_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
     n: int = Field(1, ge=1)
     # Up to MAX_DISTRIBUTION_TEMPERATURE on an option distribution (what simulate.temperature=auto
     # may fit); sampling text keeps OpenAI's cap of 2.
     temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(32, ge=1)
+
+    @field_validator("persona")
+    @classmethod
+    def _persona(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and (problem := persona_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("temperature")
     @classmethod
@@ -68,7 +115,7 @@ class ChatMessage(Strict):
     content: str
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Text):
     # Unknown OpenAI fields (user, seed, stream=false, ...) are ignored, as OpenAI-compatible servers do.
     model: str = "base"
     messages: list[ChatMessage] = Field(min_length=1)
@@ -169,7 +216,9 @@ def build_api(replica: "SocratesModel") -> FastAPI:
         if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
             return error(413, f"request body of {length} bytes is over the limit of {settings.max_body_bytes} (serve.max_body_bytes)")
         if settings.token is not None and request.url.path != "/healthz":
-            if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {settings.token}"):
+            # compared as bytes: a header with non-ASCII bytes is a wrong token (401), not a failed comparison
+            sent = request.headers.get("authorization", "").encode("latin-1")
+            if not hmac.compare_digest(sent, f"Bearer {settings.token}".encode()):
                 return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'", "authentication_error")
         return await call_next(request)
 
@@ -239,6 +288,8 @@ class SocratesModel:
             return error(400, str(err))
         except AdapterNotFound as err:
             return error(404, str(err), "not_found_error", "adapter")
+        except AdapterUnusable as err:
+            return error(422, str(err), param="adapter")
 
     async def chat(self, req: ChatRequest) -> Any:
         try:
@@ -260,6 +311,8 @@ class SocratesModel:
             return error(400, str(err))
         except AdapterNotFound as err:
             return error(404, str(err), "not_found_error", "model")
+        except AdapterUnusable as err:
+            return error(422, str(err), param="model")
         choices = []
         for i, o in enumerate(outs):
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
@@ -278,11 +331,19 @@ class SocratesModel:
         }
 
     async def models(self) -> Any:
-        names = ["base"] + list_adapters(self.settings.adapters_dir, self.settings.adapters)
+        names = ["base"] + [name for name in list_adapters(self.settings.adapters_dir, self.settings.adapters)
+                            if not self._failed(name)]
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "socrates_ray",
              "parent": None if n == "base" else "base"} for n in names
         ]}
+
+    def _failed(self, name: str) -> bool:
+        """Whether `name` failed to load here and its folder is unchanged since (not listed as usable)."""
+        try:
+            return self.core.unusable(name, resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)) is not None
+        except (AdapterNotFound, BadRequest):
+            return True
 
     async def healthz(self) -> Any:
         return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.engine.device,

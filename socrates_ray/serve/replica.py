@@ -14,7 +14,11 @@ in flight) and joins its next step; the engine answers it as soon as its own tok
 Adapters: names resolve to folders under serve.adapters_dir or in serve.adapters; a bounded LRU
 (`serve.multiplexed`) keeps at most serve.max_loaded_adapters cached per replica, and a request
 pins the adapter it uses until it is answered, so an eviction never pulls an adapter from under a
-queued request (an evicted adapter is unloaded after the batch that last used it).
+queued request (an evicted adapter is unloaded after the batch that last used it). Every adapter
+is checked before it loads (infer/adapter_check.py): the listed ones when the replica starts (a
+bad one stops the start, named), the others on first use (AdapterUnusable: the app's 422). A
+failed load leaves the model as it was, and is remembered against the folder's files, so asking
+again costs a stat of each file until the folder changes.
 
 A replica reads no config: app.replica_settings builds a ReplicaSettings (plain values) from it
 where the app is built, and Serve ships that to every replica. The deployment class itself
@@ -38,6 +42,7 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from socrates_ray.infer import EngineSpec, ScoreError, distributions, load_engine
+from socrates_ray.infer.adapter_check import AdapterUnusable, adapter_problem, check_adapter
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.models import adapter_folder_problem
 
@@ -61,6 +66,9 @@ def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) 
             "(no path separators, no '..')"
         )
     if name in extra:
+        if adapter_folder_problem(extra[name]) is not None:  # listed, and its folder has gone since
+            raise AdapterNotFound(f"adapter {name!r} is listed in serve.adapters but its folder {extra[name]} "
+                                  "no longer holds an adapter")
         return Path(extra[name])
     if adapters_dir:
         root = Path(adapters_dir).resolve()
@@ -72,10 +80,21 @@ def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) 
     raise AdapterNotFound(f"unknown adapter {name!r}; GET /v1/models lists the available ones")
 
 
+def folder_signature(folder: Path) -> tuple:
+    """What changes when an adapter folder's files do (names, sizes, modification times): the key a
+    failed load is remembered under."""
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    except OSError:
+        return ()
+
+
 def list_adapters(adapters_dir: str | None, extra: dict[str, str]) -> list[str]:
-    names = set(extra)
+    """The adapter names whose folders hold a whole adapter now (listed in serve.adapters, or under
+    serve.adapters_dir): the folder checks of adapter_check, which read headers, never weights."""
+    names = {name for name, path in extra.items() if adapter_problem(path, None) is None}
     if adapters_dir and Path(adapters_dir).is_dir():
-        names.update(p.name for p in Path(adapters_dir).iterdir() if adapter_folder_problem(p) is None)
+        names.update(p.name for p in Path(adapters_dir).iterdir() if ADAPTER_NAME.match(p.name) and adapter_problem(p, None) is None)
     return sorted(names)
 
 
@@ -176,6 +195,8 @@ class ModelCore:
         self.run_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
         self._init_adapters()
+        for name, path in s.adapters.items():  # the listed adapters: a broken one stops the start, named
+            check_adapter(name, path, s.model_path)
 
         async def load(name: str) -> _AdapterHandle:  # a plain function: Serve sets attributes on what it wraps
             return await self._load_adapter(name)
@@ -188,6 +209,12 @@ class ModelCore:
         self._pins: Counter[str] = Counter()  # adapter -> requests in flight that use it
         self._generations = itertools.count()
         self._state = threading.Lock()  # guards _cached and _pins (event loop, executor threads, GC)
+        self._unusable: dict[str, tuple[tuple, str]] = {}  # adapter -> (its folder's signature, why it failed)
+
+    def unusable(self, name: str, path: Path) -> str | None:
+        """Why `name` failed to load, if it did and its folder has not changed since."""
+        known = self._unusable.get(name)
+        return known[1] if known is not None and known[0] == folder_signature(path) else None
 
     async def _load_adapter(self, name: str) -> _AdapterHandle:
         """What the multiplexer calls on a miss. Loading a name that is still loaded (evicted while a
@@ -224,8 +251,17 @@ class ModelCore:
         if name is None or name in BASE_NAMES:
             yield None
             return
-        resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)  # 400 / 404 before the multiplexer sees it
-        await self.get_adapter(name)
+        path = resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)  # 400 / 404 before the multiplexer
+        if (known := self.unusable(name, path)) is not None:
+            raise AdapterUnusable(known)
+        signature = folder_signature(path)
+        try:
+            await self.get_adapter(name)
+        except Exception as error:  # remembered: a repeat is answered from here, never reloaded
+            unusable = error if isinstance(error, AdapterUnusable) else AdapterUnusable(
+                f"adapter {name!r} cannot be used: loading it failed ({type(error).__name__}: {error})")
+            self._unusable[name] = (signature, str(unusable))
+            raise unusable from error
         with self._state:  # no await between the load and the pin: nothing can evict it in between
             self._pins[name] += 1
         try:

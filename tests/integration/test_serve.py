@@ -20,23 +20,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STIMULUS = "How fair is this proposal? Only return an integer from 1 to 7, where 1 means Not at all and 7 means Very, nothing else."
 
 
-def make_adapter(model: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter with random (non-zero) weights, so it changes the model's answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model),
-        LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False),
-    )
-    peft_model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def adapters(tiny_model, tmp_path_factory) -> Path:
+def adapters(tiny_model, tmp_path_factory, make_adapter) -> Path:
     """The app's adapters_dir: a1 and a2."""
     folder = tmp_path_factory.mktemp("adapters")
     make_adapter(tiny_model, folder / "a1", seed=1)
@@ -106,6 +91,52 @@ def test_two_adapters_give_different_distributions(app) -> None:
     assert max(abs(a - b) for a, b in zip(got["base"], got["a1"])) > 1e-3
 
 
+def test_a_broken_adapter_is_a_named_422_remembered_and_the_base_never_changes(app, adapters) -> None:
+    """Adapter folders broken as a careless operator would: each named request is a 422 that says
+    what is wrong (never a 500), again on every repeat; the base's answer stays exactly what it was;
+    /v1/models lists none of them; a folder that is fixed is loaded on its next use."""
+    import shutil
+
+    body = {"persona": {"age": 40}, "stimulus": STIMULUS}
+    base = post("/v1/predict", body).json()["probs"]
+
+    def cut(folder: Path) -> None:
+        weights = folder / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+
+    def config(folder: Path, **changes) -> None:
+        path = folder / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}) if changes else "")
+
+    def dangling(folder: Path) -> None:
+        (folder / "adapter_model.safetensors").unlink()
+        (folder / "adapter_model.safetensors").symlink_to(folder / "nowhere")
+
+    broken = {"cut": (cut, "truncated"), "empty-config": (config, "not readable JSON"),
+              "rank": (lambda f: config(f, r=16), "at rank 16"),
+              "targets": (lambda f: config(f, target_modules=["k_proj", "o_proj"]), "target_modules do not match"),
+              "dangling": (dangling, "not a regular file")}
+    try:
+        for name, (breaking, fragment) in broken.items():
+            shutil.copytree(adapters / "a1", adapters / name)
+            breaking(adapters / name)
+            for _ in range(3):
+                r = post("/v1/predict", body | {"adapter": name})
+                assert r.status_code == 422 and fragment in r.json()["error"]["message"], (name, r.text)
+            assert post("/v1/predict", body).json()["probs"] == base, name
+        chat = post("/v1/chat/completions", {"model": "rank", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert chat.status_code == 422 and "at rank 16" in chat.json()["error"]["message"]
+        models = requests.get(URL + "/v1/models", headers=AUTH, timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["base", "a1", "a2"]
+        shutil.rmtree(adapters / "rank")  # fixed: the remembered failure no longer applies
+        shutil.copytree(adapters / "a2", adapters / "rank")
+        r = post("/v1/predict", body | {"adapter": "rank"})
+        assert r.status_code == 200 and r.json()["probs"] == post("/v1/predict", body | {"adapter": "a2"}).json()["probs"]
+    finally:
+        for name in broken:
+            shutil.rmtree(adapters / name, ignore_errors=True)
+
+
 def test_sample_mode_returns_n_samples(app) -> None:
     r = post("/v1/predict", {"stimulus": STIMULUS, "mode": "sample", "n": 3, "max_tokens": 4, "temperature": 0.6, "top_p": 0.9})
     assert r.status_code == 200, r.text
@@ -154,6 +185,16 @@ def test_openai_client_works_unchanged(app) -> None:
         ({"stimulus": "Only return an integer from 1 to 100000000, nothing else."}, 400, "no bounded answer scale"),
         ({"stimulus": "Please return 1 for yes " * 500}, 400, "no bounded answer scale"),
         ({"stimulus": STIMULUS, "mode": "sample", "temperature": 1e-300, "max_tokens": 2}, 200, None),
+        # issue 42's probes: persona fields misspelled or of the wrong type, text that is not text, huge options
+        ({"persona": {"Age": 40}, "stimulus": STIMULUS}, 400, "did you mean 'age'"),
+        ({"persona": {"Party": "Democrat"}, "stimulus": STIMULUS}, 400, "did you mean 'party_id'"),
+        ({"persona": {"age": "abc"}, "stimulus": STIMULUS}, 400, "integer from 0 to 150"),
+        ({"persona": {"age": 1e20}, "stimulus": STIMULUS}, 400, "integer from 0 to 150"),
+        ({"persona": {"party_id": {"nested": 1}}, "stimulus": STIMULUS}, 400, "text or a number"),
+        ('{"stimulus": "\\ud800 ' + STIMULUS + '"}', 400, "lone UTF-16 surrogate"),
+        ('{"persona": {"gender": "\\udfff"}, "stimulus": "' + STIMULUS + '"}', 400, "persona.gender holds a lone"),
+        ({"stimulus": STIMULUS, "options": [1, 10**15]}, 400, "options"),
+        ({"persona": {"age": "40", "household_size": 3.0}, "stimulus": STIMULUS}, 200, None),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_the_replica_keeps_serving(app, body, status, fragment) -> None:
@@ -192,6 +233,56 @@ def test_bearer_token_is_required(app) -> None:
     assert r.status_code == 401
     r = requests.post(URL + "/v1/predict", json={"stimulus": STIMULUS}, headers={"Authorization": "Bearer wrong"}, timeout=30)
     assert r.status_code == 401
+    for header in (b"Bearer \xe9t\xe9", "Bearer été".encode(), b"\xff\xfe", b"Bearer " + TOKEN.encode() + b"\x80"):
+        for method, route in (("post", "/v1/predict"), ("post", "/v1/chat/completions"), ("get", "/v1/models")):
+            r = requests.request(method, URL + route, json={"stimulus": STIMULUS}, headers={"Authorization": header}, timeout=30)
+            assert r.status_code == 401, (header, route, r.text)
+
+
+def test_random_bodies_and_headers_on_every_route_are_never_a_5xx(app) -> None:
+    """A seeded fuzz: random JSON shapes, random bytes, known fields with random values, odd
+    headers, on every route; no answer is a 5xx and the replica never restarts."""
+    import random
+
+    rng = random.Random(42)
+    pid = requests.get(URL + "/healthz", timeout=30).json()["replica_pid"]
+
+    def text() -> str:
+        pieces = ["a", "é", "中", "\U0001f600", "\x00", "\n", "\\", '"', "\ud800", "{", "-1", "1e999", "Party Id"]
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+
+    def value(depth: int = 0):
+        kinds = [lambda: None, lambda: True, lambda: rng.randint(-10**30, 10**30), lambda: rng.uniform(-1e300, 1e300), text,
+                 lambda: rng.choice([0, -1, 1.5]), lambda: [value(depth + 1) for _ in range(rng.randint(0, 4))],
+                 lambda: {text(): value(depth + 1) for _ in range(rng.randint(0, 4))},
+                 lambda: {k: value(depth + 1) for k in rng.sample(["age", "party_id", "gender", "x"], 2)}]
+        return kinds[rng.randint(0, 8 if depth < 3 else 5)]()
+
+    fields = {"/v1/predict": ["persona", "stimulus", "prompt", "adapter", "mode", "options", "n", "temperature", "top_p", "max_tokens"],
+              "/v1/chat/completions": ["model", "messages", "temperature", "top_p", "max_tokens", "n", "logprobs", "stream"]}
+    statuses = []
+    for i in range(160):
+        route = rng.choice(["/v1/predict", "/v1/chat/completions", "/v1/models", "/healthz"])
+        shape = i % 4
+        if shape == 0:
+            data = json.dumps(value(), ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        elif shape == 1:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
+        else:
+            names = fields.get(route, ["x", "stimulus", "model"])
+            body = {k: value() for k in rng.sample(names, rng.randint(1, min(4, len(names))))}
+            if shape == 3 and route == "/v1/predict":
+                body = {"stimulus": STIMULUS, "max_tokens": 2, **body}
+            data = json.dumps(body).encode()
+        headers = {**AUTH, "Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded"])}
+        if rng.random() < 0.1:
+            headers["Authorization"] = bytes(rng.choice([*range(0x21, 0x7f), *range(0x80, 0x100)]) for _ in range(12))  # no CR/LF
+        method = "get" if route in ("/v1/models", "/healthz") and rng.random() < 0.7 else "post"
+        r = requests.request(method, URL + route, data=data, headers=headers, timeout=120)
+        statuses.append(r.status_code)
+        assert r.status_code < 500, (route, data[:200], r.status_code, r.text[:300])
+    assert requests.get(URL + "/healthz", timeout=30).json()["replica_pid"] == pid
+    assert len(set(statuses)) > 2  # the fuzz reached more than one kind of answer
 
 
 def test_concurrent_requests_are_batched(app) -> None:
