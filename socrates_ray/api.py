@@ -34,6 +34,7 @@ from socrates_ray.eval.simulate import run_simulation
 from socrates_ray.infer import engine_spec, load_engine
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.infer.table import persona_grid, predict_table
+from socrates_ray.locks import folder_lock
 from socrates_ray.preflight import check_inputs
 from socrates_ray.models import adapter_folder_problem, ensure_tiny_model, load_tokenizer, split_corpus, tiny_model_corpus
 from socrates_ray.runtime import ensure_ray
@@ -60,9 +61,10 @@ def synth(cfg: Config, out: str | None = None) -> dict[str, Any]:
 def prepare(cfg: Config) -> dict[str, Any]:
     """Validate, quarantine, split and prompt-build data.raw into data.prepared; the summary."""
     check_inputs("prepare", cfg)
-    if cfg.data.parallelism != 1:
-        ensure_ray(cfg)  # started here, Ray must already have the CPUs later stages reserve
-    return run_prepare(prepare_options(cfg))
+    with folder_lock(cfg.data.prepared, "prepare"):  # a second writer of this folder is refused before Ray starts
+        if cfg.data.parallelism != 1:
+            ensure_ray(cfg)  # started here, Ray must already have the CPUs later stages reserve
+        return run_prepare(prepare_options(cfg))
 
 
 def model_path(cfg: Config) -> str:
@@ -97,9 +99,10 @@ def train(cfg: Config) -> TrainingOutcome:
     """Finetune with Ray Train + DeepSpeed; re-running the same config resumes the run."""
     check_inputs("train", cfg)
     check_training_splits(cfg)
-    path = model_path(cfg)
-    ensure_ray(cfg)
-    return run_training(cfg, path)
+    with folder_lock(run_folder(cfg), "train"):  # a second writer of this run is refused before Ray starts
+        path = model_path(cfg)
+        ensure_ray(cfg)
+        return run_training(cfg, path)
 
 
 def finetuned_adapter(cfg: Config) -> str | None:

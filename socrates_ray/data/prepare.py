@@ -28,9 +28,10 @@ from socrates_ray.data.prepare_summary import FileStats, format_summary, merge_s
 from socrates_ray.data.prepared import PREPARED_SUMMARY
 from socrates_ray.data.progress import Progress
 from socrates_ray.data.prompts import build_prompt, parse_answer_scale
-from socrates_ray.data.raw_source import PrepareError, open_parquet, open_source, read_metadata, scan_keys  # noqa: F401 (PrepareError: prepare's error)
+from socrates_ray.data.raw_source import PrepareError, open_parquet, open_source, read_metadata, scan_keys
 from socrates_ray.data.schema import DEMOGRAPHIC_TYPE, check_demographic, validate_row
 from socrates_ray.data.splits import SETTING_FILES, SPLITS, Splits, build_splits
+from socrates_ray.locks import folder_lock
 from socrates_ray.ray_window import in_window
 
 
@@ -235,14 +236,15 @@ def run_prepare(o: PrepareOptions, log: Any = print) -> dict[str, Any]:
     fs, root, files = open_source(o.raw)
     target = Path(o.prepared)
     out = target.with_name(f".{target.name}.partial")
-    _remove_tree(out)  # a crashed run's leftovers
-    out.mkdir(parents=True)
-    try:
-        summary = _prepare_into(o, fs, root, files, out, start, log)
-    except BaseException:
-        _remove_tree(out)
-        raise
-    _replace_folder(out, target)
+    with folder_lock(target, "prepare", log):  # one writer: a second prepare into this folder is refused
+        _remove_tree(out)  # a crashed run's leftovers
+        out.mkdir(parents=True)
+        try:
+            summary = _prepare_into(o, fs, root, files, out, start, log)
+        except BaseException:
+            _remove_tree(out)
+            raise
+        _replace_folder(out, target)
     log(format_summary(summary))
     return summary
 
@@ -270,12 +272,27 @@ def _prepare_into(o: PrepareOptions, fs: Any, root: str, files: list[str], out: 
     if total.rows_in != total.rows_kept + quarantined:
         raise RuntimeError(f"prepare lost rows: in {total.rows_in} != kept {total.rows_kept} + quarantined {quarantined}")
     summary = summarize(total, splits, list(o.settings), len(files), time.perf_counter() - start)
+    _check_on_disk(out, summary)
     (out / "splits").mkdir(exist_ok=True)
     for setting, content in splits.manifest().items():
         (out / "splits" / f"{setting}.json").write_text(json.dumps(content, indent=1))
     (out / CONFIG_FILE).write_text(o.config_record)
     (out / PREPARED_SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_on_disk(out: Path, summary: dict[str, Any]) -> None:
+    """The summary's row counts against the Parquet files written (their footers, no data read):
+    a summary never claims rows that are not on disk."""
+    for setting, parts in summary["settings"].items():
+        for split in SPLITS:
+            files = sorted((out / setting / split).glob("*.parquet"))
+            on_disk = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            if on_disk != parts[split]["rows"]:
+                raise PrepareError(
+                    f"prepare counted {parts[split]['rows']:,} rows for {setting}/{split} but {out / setting / split} holds "
+                    f"{on_disk:,}: something else wrote or deleted files there while prepare ran; run prepare again"
+                )
 
 
 def _replace_folder(new: Path, target: Path) -> None:

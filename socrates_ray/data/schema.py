@@ -59,6 +59,11 @@ RAW_SCHEMA = pa.schema(
 # `reasoning` is optional; so is `prompt`, which prepare then builds from demographic + stimuli.
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in RAW_SCHEMA if f.name not in ("reasoning", "prompt"))
 
+# The longest prompt or stimulus prepare keeps (characters): 20 times the longest SocSci210 prompt;
+# a row over it is quarantined, so one runaway cell never reaches a tokenizer or a batch.
+MAX_TEXT_CHARS = 200_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 # One reason per quarantined row; the summary counts each.
 REASONS: dict[str, str] = {
     "missing_id": "study_id, sample_id, participant, condition_num or task_num is null or empty",
@@ -75,6 +80,8 @@ REASONS: dict[str, str] = {
     "missing_demographic": "demographic is null",
     "demographic_fields": "demographic has a field that is not one of SocSci210's 16 (rename it or drop it), or is not a mapping",
     "non_integer_demographic": "age or household_size is not an integer",
+    "integer_out_of_range": "an id, the response, age or household_size is an integer beyond 64 bits (e.g. 1e20): no real answer or id",
+    "prompt_too_long": f"prompt or stimuli is over {MAX_TEXT_CHARS:,} characters: no model reads it whole",
 }
 
 
@@ -138,6 +145,8 @@ def check_demographic(demo: Any) -> tuple[str | None, dict[str, Any] | None]:
             number = as_int(value)
             if number is None:
                 return "non_integer_demographic", None
+            if not INT64_MIN <= number <= INT64_MAX:
+                return "integer_out_of_range", None
             value = number
         elif value is not None and not isinstance(value, str):
             value = str(value)
@@ -165,12 +174,16 @@ def validate_row(
         ids[name] = as_int(row[name])
         if ids[name] is None:
             return "non_integer_id", None
+        if not INT64_MIN <= ids[name] <= INT64_MAX:
+            return "integer_out_of_range", None
 
     stimuli, prompt = row.get("stimuli"), row.get("prompt")
     if prompt is None or not str(prompt).strip():
         return "empty_prompt", None
     if stimuli is None or not str(stimuli).strip():
         return "empty_stimuli", None
+    if len(str(prompt)) > MAX_TEXT_CHARS or len(str(stimuli)) > MAX_TEXT_CHARS:
+        return "prompt_too_long", None
     if not str(prompt).rstrip().endswith(str(stimuli).strip()):
         return "prompt_stimuli_mismatch", None
 
@@ -184,6 +197,8 @@ def validate_row(
     response = as_int(raw_response)
     if response is None:
         return "non_integer_response", None
+    if not INT64_MIN <= response <= INT64_MAX:
+        return "integer_out_of_range", None
     if scale is not None and scale.bounded and not scale.low <= response <= scale.high:
         return ("refusal_code" if response in refusal_codes else "response_out_of_scale"), None
 

@@ -22,6 +22,7 @@ from socrates_ray.data.prepared import split_problem, training_eval_part
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.errors import SocratesError
 from socrates_ray.infer.precision import resolve_precision
+from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
 from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
@@ -251,7 +252,13 @@ def torch_trainer(cfg: Config, plan: RunPlan, args: LoopArgs) -> Any:
 
 def run_training(cfg: Config, model_path: str, log: Any = print) -> TrainingOutcome:
     """Plan, then fit on the connected Ray instance; a run whose last step is already checkpointed
-    starts no workers (re-running a finished command is free)."""
+    starts no workers (re-running a finished command is free). One writer per run: a second
+    training of the same run folder while this one runs is refused (locks.py, LockHeld)."""
+    with folder_lock(run_folder(cfg), "train", log):
+        return _run_training(cfg, model_path, log)
+
+
+def _run_training(cfg: Config, model_path: str, log: Any) -> TrainingOutcome:
     ing, t = cfg.ingest, cfg.train
     plan = plan_run(cfg, model_path, log)
     if plan.finished is not None:

@@ -13,7 +13,7 @@ import pytest
 from socrates_ray.cli import main
 from socrates_ray.config import load_config
 from socrates_ray.data.prepare import PrepareError, prepare_options, run_prepare
-from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, RAW_SCHEMA, REASONS
+from socrates_ray.data.schema import DEMOGRAPHIC_FIELDS, MAX_TEXT_CHARS, RAW_SCHEMA, REASONS
 from socrates_ray.data.splits import SplitError
 
 
@@ -58,6 +58,8 @@ def build_dirty_dataset(synth_dir: Path, out: Path) -> Counter:
     add("unknown_study", variant(study_id="zzzzz"))
     add("prompt_stimuli_mismatch", variant(stimuli="A different question. Only return an integer from 1 to 7."))
     add("missing_demographic", variant(demographic=None))
+    long_row = variant()
+    add("prompt_too_long", {**long_row, "prompt": "x" * MAX_TEXT_CHARS + "\n\n" + long_row["stimuli"]})
     (out / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(good + bad, schema=RAW_SCHEMA), out / "data" / "a.parquet")
 
@@ -76,11 +78,18 @@ def build_dirty_dataset(synth_dir: Path, out: Path) -> Counter:
         ("non_integer_response", "response", "3.5"),
         ("non_integer_response", "response", "seven"),
         ("non_integer_id", "condition_num", "B"),
+        # issue 42: values a Parquet cell can hold that no int64 can (they crashed prepare with OverflowError)
+        ("integer_out_of_range", "response", "12345678901234567890"),
+        ("integer_out_of_range", "response", "1e20"),
+        ("integer_out_of_range", "condition_num", "-99999999999999999999"),
     ]:
-        loose_rows[len(loose_rows) - 1 - sum(expected[k] for k in ("non_integer_response", "non_integer_id"))][field] = value
+        taken = sum(expected[k] for k in ("non_integer_response", "non_integer_id", "integer_out_of_range"))
+        loose_rows[len(loose_rows) - 1 - taken][field] = value
         expected[reason] += 1
     loose_rows[0]["demographic"]["age"] = "thirty"
     expected["non_integer_demographic"] += 1
+    loose_rows[1]["demographic"]["age"] = "1e20"
+    expected["integer_out_of_range"] += 1
     pq.write_table(pa.Table.from_pylist(loose_rows, schema=loose_schema), out / "data" / "b.parquet")
 
     # Shards whose demographic struct lacks a field (kept: the field is null, as in a survey of one's
