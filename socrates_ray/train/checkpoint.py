@@ -10,6 +10,9 @@ One checkpoint folder (Ray merges every worker's files into it):
                            fingerprint: what defines its data stream and optimizer schedule
       export/              what users load: a PEFT adapter (LoRA) or a consolidated HF model in
                            safetensors (full finetuning)
+      manifest.rank<r>.json  each rank's files and their sizes, written last: a checkpoint is
+                           complete when every rank's manifest is there and every file it lists
+                           has its size (a copy cut short by a crash is not complete)
 
 Every function here that touches parameters is collective: all ranks call it.
 """
@@ -26,6 +29,7 @@ from socrates_ray.errors import SocratesError
 DS_TAG = "ds"
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
+MANIFEST = "manifest.rank{rank}.json"
 
 
 @dataclass
@@ -45,7 +49,26 @@ class TrainState:
 
     @classmethod
     def load(cls, folder: Path) -> "TrainState":
-        return cls(**json.loads((folder / STATE_FILE).read_text()))
+        state = read_state(folder)
+        if state is None:
+            raise ResumeError(f"{folder / STATE_FILE} is missing or damaged (not the JSON a checkpoint writes); "
+                              f"delete {folder} and run the same command again to resume from the checkpoint before it")
+        return state
+
+
+def read_state(folder: Path) -> TrainState | None:
+    """A checkpoint's resume state; None where state.json is missing, cut short or not one."""
+    try:
+        return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return None
+
+
+def write_manifest(folder: Path, rank: int) -> None:
+    """This rank's files in `folder` and their sizes, written after them."""
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.name.startswith("manifest.rank")}
+    (folder / MANIFEST.format(rank=rank)).write_text(json.dumps(files))
 
 
 def save_checkpoint(engine: Any, folder: Path, state: TrainState, finetuning: str, rank: int, tokenizer: Any) -> None:
@@ -56,6 +79,7 @@ def save_checkpoint(engine: Any, folder: Path, state: TrainState, finetuning: st
     if rank == 0:
         state.save(folder)
     export_model(engine, folder / EXPORT_DIR, finetuning, rank, tokenizer)
+    write_manifest(folder, rank)
 
 
 def export_model(engine: Any, out: Path, finetuning: str, rank: int, tokenizer: Any) -> None:
@@ -87,16 +111,60 @@ def load_checkpoint(engine: Any, folder: Path, finetuning: str) -> TrainState:
     return TrainState.load(folder)
 
 
-def is_complete(folder: Path, world_size: int) -> bool:
-    """True when every rank's DeepSpeed files, the resume state and the export are in `folder`."""
+def incomplete(folder: Path, world_size: int) -> str | None:
+    """Why `folder` is not a checkpoint a run can resume from (a file missing or cut short, a
+    damaged state.json), or None when it is complete."""
+    manifests = sorted(folder.glob("manifest.rank*.json"))
+    if not manifests:  # a checkpoint written before manifests: the files' names alone
+        return _incomplete_by_name(folder, world_size)
+    for rank in range(world_size):
+        path = folder / MANIFEST.format(rank=rank)
+        try:
+            files = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return f"rank {rank}'s manifest {path.name} is missing or damaged"
+        for name, size in files.items():
+            file = folder / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != size:
+                return f"{name} has {file.stat().st_size:,} of its {size:,} bytes"
+    if read_state(folder) is None:
+        return f"{STATE_FILE} is missing or damaged"
+    return None
+
+
+def _incomplete_by_name(folder: Path, world_size: int) -> str | None:
     ds = folder / DS_TAG
     if not ((folder / STATE_FILE).is_file() and (folder / EXPORT_DIR).is_dir() and ds.is_dir()):
-        return False
+        return f"it lacks {STATE_FILE}, {EXPORT_DIR}/ or {DS_TAG}/"
+    if read_state(folder) is None:
+        return f"{STATE_FILE} is damaged"
     names = [p.name for p in ds.iterdir()]
     # DeepSpeed names a rank's optimizer partition zero_pp_rank_<r>_..., or bf16_zero_pp_rank_<r>_...
     # when it trains in bf16 (its BF16_Optimizer)
-    return all(any(n.removeprefix("bf16_").startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names)
-               for r in range(world_size))
+    for r in range(world_size):
+        if not any(n.removeprefix("bf16_").startswith(f"zero_pp_rank_{r}_") and n.endswith("optim_states.pt") for n in names):
+            return f"rank {r}'s optimizer state is missing"
+    return None
+
+
+def export_whole(folder: Path) -> bool:
+    """Whether the checkpoint's export has every file rank 0's manifest lists, at its size (True for
+    a checkpoint without a manifest: nothing to check against)."""
+    try:
+        files = json.loads((folder / MANIFEST.format(rank=0)).read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size
+               for name, size in files.items() if name.startswith(f"{EXPORT_DIR}/"))
+
+
+def is_complete(folder: Path, world_size: int) -> bool:
+    """True when every rank's DeepSpeed files, the resume state and the export are in `folder`, whole."""
+    return incomplete(folder, world_size) is None
 
 
 # The fingerprint's keys that are not config paths (trainer.run_fingerprint), and what sets them.
@@ -139,8 +207,8 @@ def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> No
 def newest_checkpoint_any(run_dir: Path) -> Path | None:
     """The highest-step checkpoint folder with a resume state, complete or not (what a resume would
     start from under some worker count: the fingerprint check must see it whatever the count)."""
-    found = [p for p in run_dir.glob("checkpoint_0*") if (p / STATE_FILE).is_file()] if run_dir.is_dir() else []
-    return max(found, key=lambda p: TrainState.load(p).step) if found else None
+    found = [(state.step, p) for p in run_dir.glob("checkpoint_0*") if (state := read_state(p)) is not None] if run_dir.is_dir() else []
+    return max(found)[1] if found else None
 
 
 def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -> Path | None:
@@ -150,7 +218,7 @@ def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -
     worker that dies in between leaves a checkpoint that is fully in storage but unknown to Ray,
     and resuming from the older registered one would train those steps again.
     """
-    candidates = [registered] if registered is not None else []
+    candidates = [registered] if registered is not None and is_complete(registered, world_size) else []
     if run_dir.is_dir():
         candidates += [p for p in run_dir.glob("checkpoint_0*") if is_complete(p, world_size)]
     if not candidates:
@@ -158,11 +226,22 @@ def newest_checkpoint(run_dir: Path, world_size: int, registered: Path | None) -
     return max(candidates, key=lambda p: TrainState.load(p).step)
 
 
+def skipped_checkpoints(run_dir: Path, world_size: int, resume_from: Path | None) -> list[str]:
+    """The checkpoints newer than `resume_from` that a resume passes over, each with why."""
+    floor = TrainState.load(resume_from).step if resume_from is not None else -1
+    said = []
+    for p in sorted(run_dir.glob("checkpoint_0*")) if run_dir.is_dir() else []:
+        state = read_state(p)
+        if (state is None or state.step > floor) and (why := incomplete(p, world_size)) is not None:
+            said.append(f"{p.name} ({why})")
+    return said
+
+
 def chosen_adapter(run_dir: Path, keep_by: str = "latest") -> str | None:
-    """The exported adapter a training run folder offers: its newest checkpoint's, or with
+    """The exported adapter a training run folder offers: its newest complete checkpoint's, or with
     keep_by="eval_loss" (train.keep_by) the one whose step had the lowest eval loss in metrics.jsonl
     (checkpoints without a recorded eval loss count only when none has one)."""
-    found = sorted(run_dir.glob(f"checkpoint_*/{EXPORT_DIR}/adapter_config.json"))
+    found = sorted(p for p in run_dir.glob(f"checkpoint_*/{EXPORT_DIR}/adapter_config.json") if export_whole(p.parent.parent))
     if not found:
         return None
     if keep_by == "eval_loss" and (run_dir / "metrics.jsonl").is_file():

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from socrates_ray.models import load_tokenizer
-from socrates_ray.train.checkpoint import TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint
+from socrates_ray.train.checkpoint import (
+    TrainState, check_resume, load_checkpoint, newest_checkpoint, save_checkpoint, skipped_checkpoints,
+)
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
 from socrates_ray.train.model import count_parameters, load_model_for_training
 from socrates_ray.train.steps import LoopArgs, peak_rss_mib
@@ -169,6 +171,9 @@ def restore(w: Worker) -> tuple[TrainState, Path | None]:
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as registered:
         resume_from = newest_checkpoint(run_dir, w.world, Path(registered) if registered else None)
+        if w.rank == 0 and (skipped := skipped_checkpoints(run_dir, w.world, resume_from)):
+            w.say(f"[socrates_ray] passing over incomplete checkpoint(s): {'; '.join(skipped)}; resuming from "
+                  f"{resume_from.name if resume_from else 'the start (no complete checkpoint)'}")
         if resume_from is not None:
             # plan_run checked already; this guards TorchTrainers built some other way
             check_resume(resume_from, args.fingerprint, run_dir.name)

@@ -152,3 +152,37 @@ def test_a_packed_run_records_its_packer_and_one_packed_by_another_is_refused(tm
     before = saved(tmp_path / "checkpoint_000004", 4, packed | {"packer": "first-fit decreasing"})
     with pytest.raises(ResumeError, match=r"packer .*'first-fit decreasing' -> 'fewest of first-fit"):
         check_resume(before, packed, "demo")
+
+
+def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before_and_said_why(tmp_path) -> None:
+    """A crash during a checkpoint copy leaves files cut short (0 bytes, or half an optimizer file)
+    under the right names: the manifests written last tell, and a resume takes the newest whole one."""
+    from socrates_ray.train.checkpoint import ResumeError, chosen_adapter, incomplete, skipped_checkpoints, write_manifest
+
+    def whole(step: int):
+        folder = saved(tmp_path / f"checkpoint_{step:06d}", step, FINGERPRINT)
+        for rank in range(2):
+            (folder / "ds").mkdir(exist_ok=True)
+            (folder / "ds" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"x" * 1000)
+        (folder / "export").mkdir()
+        (folder / "export" / "adapter_config.json").write_text("{}")
+        (folder / "export" / "adapter_model.safetensors").write_bytes(b"w" * 500)
+        write_manifest(folder, 0)
+        (folder / "manifest.rank1.json").write_text(json.dumps({"ds/zero_pp_rank_1_mp_rank_00_optim_states.pt": 1000}))
+        return folder
+
+    older, newer = whole(4), whole(8)
+    assert incomplete(newer, 2) is None and newest_checkpoint(tmp_path, 2, newer) == newer
+    (newer / "ds" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"x" * 300)  # cut short
+    assert incomplete(newer, 2) == "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt has 300 of its 1,000 bytes"
+    assert newest_checkpoint(tmp_path, 2, newer) == older  # even where Ray registered the damaged one
+    assert skipped_checkpoints(tmp_path, 2, older) == [f"{newer.name} (ds/zero_pp_rank_1_mp_rank_00_optim_states.pt has 300 of its 1,000 bytes)"]
+    (newer / "export" / "adapter_model.safetensors").write_bytes(b"")  # a 0-byte export is never the adapter evaluated
+    assert chosen_adapter(tmp_path) == str(older / "export")
+    (older / "manifest.rank1.json").unlink()  # a rank's manifest never written: the copy did not finish
+    assert "rank 1's manifest" in incomplete(older, 2) and newest_checkpoint(tmp_path, 2, None) is None
+
+    (newer / "state.json").write_text('{"step": 8, "ep')  # a state cut short: a clear error, never a traceback
+    assert newest_checkpoint_any(tmp_path) == older
+    with pytest.raises(ResumeError, match="state.json is missing or damaged"):
+        TrainState.load(newer)
