@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from socrates_ray.eval.passes import Decoding, Replicas, SimulateError
-from socrates_ray.infer import distributions, load_engine, parse_first_integer, sample_answers
+from socrates_ray.infer import ContextOverflow, distributions, load_engine, parse_first_integer, sample_answers
+from socrates_ray.infer.engine import CONTEXT_CODE
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.ray_window import in_window
 
 OUTPUT_FIELDS = [
     pa.field("prediction", pa.int64()), pa.field("options", pa.list_(pa.int64())),
     pa.field("probs", pa.list_(pa.float64())), pa.field("samples", pa.list_(pa.int64())),
+    pa.field("skipped", pa.string()),  # why a row got no prediction (longer than the model's context); null when it got one
 ]
 KEPT_COLUMNS = ["study_id", "sample_id", "participant", "condition_num", "task_num", "response", "scale_low", "scale_high", "demographic"]
 
@@ -45,6 +47,21 @@ def exact_result(probs: np.ndarray, options: list[int], study_id: str, sample_id
 
 def sampled_result(answers: list[int | None]) -> dict[str, Any]:
     return {"prediction": answers[0], "samples": answers}
+
+
+def row_by_row(rows: list[int], score: Callable[[list[int]], list[Any]]) -> list[Any]:
+    """score(rows) in one call; where one row overflows the context, each row alone, the overflowing
+    ones answered by their ContextOverflow (skipped, never fatal to the batch)."""
+    try:
+        return score(rows)
+    except ContextOverflow:
+        out: list[Any] = []
+        for i in rows:
+            try:
+                out.extend(score([i]))
+            except ContextOverflow as error:
+                out.append(error)
+        return out
 
 
 def prediction_table(batch: pa.Table, results: list[dict[str, Any]]) -> pa.Table:
@@ -77,17 +94,18 @@ class LocalReplica:
         results: list[dict[str, Any]] = [{} for _ in options]
         exact_rows = [i for i, opts in enumerate(options) if d.mode == "exact" and opts]
         if exact_rows:
-            dists = distributions(self.engine, [batch["prompt"][i] for i in exact_rows], [options[i] for i in exact_rows], adapter,
-                                  d.temperature, d.top_p)
+            dists = row_by_row(exact_rows, lambda rows: distributions(
+                self.engine, [batch["prompt"][i] for i in rows], [options[i] for i in rows], adapter, d.temperature, d.top_p))
             for i, probs in zip(exact_rows, dists):
-                results[i] = exact_result(probs, options[i], batch["study_id"][i], batch["sample_id"][i])
+                results[i] = {"skipped": str(probs)} if isinstance(probs, ContextOverflow) else \
+                    exact_result(probs, options[i], batch["study_id"][i], batch["sample_id"][i])
         exact = set(exact_rows)
         other = [i for i in range(len(options)) if i not in exact]
         if other:
-            answers = sample_answers(self.engine, [batch["prompt"][i] for i in other], 1, d.sample_temperature, d.sample_top_p,
-                                     d.max_new_tokens, adapter)
+            answers = row_by_row(other, lambda rows: sample_answers(
+                self.engine, [batch["prompt"][i] for i in rows], 1, d.sample_temperature, d.sample_top_p, d.max_new_tokens, adapter))
             for i, a in zip(other, answers):
-                results[i] = sampled_result(a)
+                results[i] = {"skipped": str(a)} if isinstance(a, ContextOverflow) else sampled_result(a)
         return prediction_table(table, results)
 
 
@@ -148,6 +166,13 @@ class ReplicaPool:
         self.close()
 
 
+def _error_code(reply: Any) -> str | None:
+    try:
+        return reply.json()["error"].get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class HttpReplica:
     """Calls the Serve app's /v1/predict, one request per row, `concurrency` at a time (so the
     server's dynamic batching has something to merge)."""
@@ -173,6 +198,8 @@ class HttpReplica:
         if exact:
             body["options"] = options  # the scale prepare parsed; the server need not parse the text again
         reply = self.session.post(self.url, json=body, timeout=600)
+        if reply.status_code == 400 and _error_code(reply) == CONTEXT_CODE:  # this row alone: skipped and counted
+            return {"skipped": reply.json()["error"].get("message", CONTEXT_CODE)}
         if reply.status_code != 200:
             raise SimulateError(f"{self.url} answered {reply.status_code}: {reply.text[:500]}")
         return reply.json()
@@ -181,7 +208,8 @@ class HttpReplica:
         batch = table.to_pydict()
         replies = list(self.pool.map(self._one, list(batch["prompt"]), row_options(batch)))
         results = [
-            exact_result(np.asarray(r["probs"]), r["options"], batch["study_id"][i], batch["sample_id"][i]) if "probs" in r
+            r if "skipped" in r
+            else exact_result(np.asarray(r["probs"]), r["options"], batch["study_id"][i], batch["sample_id"][i]) if "probs" in r
             else sampled_result([parse_first_integer(t) for t in r["samples"]])
             for i, r in enumerate(replies)
         ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -28,13 +29,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from socrates_ray.errors import unwrap
+from socrates_ray.errors import SocratesError, unwrap
 from socrates_ray.eval.passes import SimulateError, SimulationPass
 from socrates_ray.eval.processor import build_simulate_processor
 from socrates_ray.eval.replica import HttpReplica, ReplicaPool
 
 PART_GLOB = "part-*.parquet"
 PARAMS_FILE = "simulate_params.json"
+SKIPPED_FILE = "skipped.parquet"
+
+
+_RAISED = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Timeout)): (.+)$", re.MULTILINE)
+
+
+def _cause(exc: BaseException) -> str:
+    """'Type: message' of what went wrong: for an error Ray wraps (a task's, or Ray Data's "UDF failed
+    to process a data block"), the innermost error its traceback text names, not the wrapper."""
+    text = str(exc).strip()
+    if type(exc).__module__.startswith("ray") and (raised := _RAISED.findall(text)):
+        kind, message = raised[-1]
+        return f"{kind.rsplit('.', 1)[-1]}: {message.strip()[:300]}"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else '(no message)'}"
 
 
 def check_params(out: Path, p: SimulationPass) -> None:
@@ -101,6 +116,12 @@ class PartFolder:
                 if parts % 10 == 0 or written == self.todo.num_rows:
                     self.log(f"simulate: {self.total - self.todo.num_rows + written:,}/{self.total:,} rows, {rate:,.1f} rows/s, "
                              f"ETA {(self.todo.num_rows - written) / max(rate, 1e-9):,.0f}s")
+        except Exception as exc:  # the project's own error: what failed, what is kept, how to go on
+            wanted = set(self.keys)
+            done = sum(key in wanted for key in done_keys(self.out))  # what is on disk, a part written as it failed included
+            said = str(exc) if isinstance(exc, SocratesError) else _cause(exc)
+            raise SimulateError(f"simulation stopped at {done:,} of {self.total:,} rows: {said}. The {done:,} finished rows "
+                                f"are kept in {self.out}; run the same command again to go on from them") from exc
         finally:
             stream.close()  # a stopped pass releases its actors now (Ray Data's executor, or the pool's queue)
 
@@ -110,7 +131,16 @@ class PartFolder:
         wanted = set(self.keys)
         merged = merged.filter(pa.array([k in wanted for k in zip(merged["study_id"].to_pylist(), merged["sample_id"].to_pylist())]))
         target = self.out / "predictions.parquet"
-        pq.write_table(merged.sort_by([("study_id", "ascending"), ("sample_id", "ascending")]), target)
+        merged = merged.sort_by([("study_id", "ascending"), ("sample_id", "ascending")])
+        if "skipped" in merged.column_names:
+            skipped = pc.is_valid(merged["skipped"])
+            left_out = merged.filter(skipped)
+            merged = merged.filter(pc.invert(skipped)).drop_columns(["skipped"])
+            if left_out.num_rows:  # rows no model can read (over its context): listed, never scored as wrong
+                pq.write_table(left_out.select(["study_id", "sample_id", "condition_num", "task_num", "skipped"]), self.out / SKIPPED_FILE)
+                self.log(f"simulate: skipped {left_out.num_rows:,} row(s) longer than the model's context (listed with the reason in "
+                         f"{self.out / SKIPPED_FILE}); the metrics leave them out")
+        pq.write_table(merged, target)
         unparsable = merged.num_rows - pc.count(merged["prediction"]).as_py()
         self.log(f"simulate: wrote {target} ({merged.num_rows:,} rows, {unparsable:,} unparsable answers)")
         return target

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from socrates_ray.infer.engine import (
-    GREEDY_BELOW, MAX_DISTRIBUTION_TEMPERATURE, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, InferenceEngine, ScoreError,
-    distributions, parse_first_integer, sample_answers, shape_distribution,
+    GREEDY_BELOW, MAX_DISTRIBUTION_TEMPERATURE, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, InferenceEngine,
+    ScoreError, distributions, parse_first_integer, sample_answers, shape_distribution,
 )
 from socrates_ray.infer.transformers_engine import TransformersEngine
 from socrates_ray.infer.vllm_engine import VllmEngine, VllmSettings
 
 __all__ = [
     "GREEDY_BELOW", "MAX_DISTRIBUTION_TEMPERATURE", "PAPER_MAX_NEW_TOKENS", "PAPER_TEMPERATURE", "PAPER_TOP_P",
-    "EngineSpec", "InferenceEngine", "ScoreError", "TransformersEngine", "VllmEngine", "VllmSettings",
+    "ContextOverflow", "EngineSpec", "InferenceEngine", "ScoreError", "TransformersEngine", "VllmEngine", "VllmSettings",
     "distributions", "engine_spec", "load_engine", "parse_first_integer", "sample_answers", "shape_distribution",
 ]
 

@@ -40,6 +40,15 @@ class ScoreError(SocratesError, ValueError):
     """A request the engine cannot serve (too long, unknown adapter, bad options)."""
 
 
+class ContextOverflow(ScoreError):
+    """One prompt (with its options or new tokens) longer than the model's context: a fault of that
+    row alone, which a batch job skips and counts instead of stopping."""
+
+
+# The Serve app's error code for a ContextOverflow (OpenAI's name for it): an HTTP client skips that row.
+CONTEXT_CODE = "context_length_exceeded"
+
+
 class InferenceEngine(Protocol):
     """A base model + adapters by name (None = the base model), as the two engines implement it."""
 
@@ -136,7 +145,7 @@ def encode_prefixes(tokenizer: Any, prefixes: Sequence[str], max_new_tokens: int
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
     for ids in encoded:
         if len(ids) + max_new_tokens > context:
-            raise ScoreError(f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {context}")
+            raise ContextOverflow(f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceeds the model's context of {context}")
     return encoded
 
 

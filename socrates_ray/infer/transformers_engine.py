@@ -22,8 +22,8 @@ import numpy as np
 
 from socrates_ray.data.tokenize import Encoder, additive_mask
 from socrates_ray.infer.engine import (
-    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
-    unknown_adapter,
+    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, OptionIds, ScoreError, completion,
+    encode_prefixes,     unknown_adapter,
 )
 from socrates_ray.infer.adapter_check import AdapterUnusable, check_adapter
 from socrates_ray.infer.precision import engine_precision
@@ -189,7 +189,7 @@ class TransformersEngine:
                 raise ScoreError("exact scoring needs at least one option (a bounded answer scale)")
             layout = option_layout(prompt_ids, [self.option_ids(str(o)) for o in opts], eot)
             if len(layout["input_ids"]) > self.context:
-                raise ScoreError(
+                raise ContextOverflow(
                     f"prompt of {len(prompt_ids)} tokens plus {len(opts)} options is {len(layout['input_ids'])} tokens, "
                     f"over the model's context of {self.context}; shorten the prompt or the scale"
                 )

@@ -41,8 +41,8 @@ import numpy as np
 
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.infer.engine import (
-    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, OptionIds, ScoreError, completion, encode_prefixes,
-    unknown_adapter,
+    GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, OptionIds, ScoreError, completion,
+    encode_prefixes,     unknown_adapter,
 )
 from socrates_ray.infer.adapter_check import check_adapter
 from socrates_ray.infer.precision import engine_precision
@@ -264,7 +264,7 @@ class VllmEngine:
             tokens = [self.option_ids(str(o)) for o in opts]
             longest = len(prompt_ids) + max(len(t) for t in tokens) + 1
             if longest > self.context:
-                raise ScoreError(
+                raise ContextOverflow(
                     f"prompt of {len(prompt_ids)} tokens plus its longest option is {longest} tokens, "
                     f"over the model's context of {self.context}; shorten the prompt or the scale"
                 )

@@ -34,7 +34,7 @@ from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_p
 from socrates_ray.infer import MAX_DISTRIBUTION_TEMPERATURE, engine_spec, parse_first_integer
 from socrates_ray.infer.adapter_check import AdapterUnusable
 from socrates_ray.serve.replica import (
-    AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters, resolve_adapter,
+    CONTEXT_CODE, AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters, resolve_adapter,
 )
 
 
@@ -128,8 +128,10 @@ class ChatRequest(Text):
     stream: bool = False
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": status}})
+def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+          code: str | None = None) -> JSONResponse:
+    """The documented error body; `code` a name clients act on (context_length_exceeded), else the status."""
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code or status}})
 
 
 def replica_settings(cfg: Config, model_path: str, adapters: dict[str, str] | None = None) -> ReplicaSettings:
@@ -255,7 +257,8 @@ class SocratesModel:
         prompt_tokens = self.core.context_tokens(text)
         used = prompt_tokens + extra
         if used > self.core.engine.context:
-            raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.engine.context}; shorten the prompt")
+            raise BadRequest(f"input needs {used} tokens, over the model's context of {self.core.engine.context}; shorten the prompt",
+                             CONTEXT_CODE)
         return prompt_tokens
 
     async def predict(self, req: PredictRequest) -> Any:
@@ -285,7 +288,7 @@ class SocratesModel:
                                 unparsable=sum(a is None for a in answers))
             return body
         except BadRequest as err:
-            return error(400, str(err))
+            return error(400, str(err), code=err.code)
         except AdapterNotFound as err:
             return error(404, str(err), "not_found_error", "adapter")
         except AdapterUnusable as err:
@@ -308,7 +311,7 @@ class SocratesModel:
                     GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
                 )
         except BadRequest as err:
-            return error(400, str(err))
+            return error(400, str(err), code=err.code)
         except AdapterNotFound as err:
             return error(404, str(err), "not_found_error", "model")
         except AdapterUnusable as err:

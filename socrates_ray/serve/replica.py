@@ -41,7 +41,8 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from socrates_ray.infer import EngineSpec, ScoreError, distributions, load_engine
+from socrates_ray.infer import ContextOverflow, EngineSpec, ScoreError, distributions, load_engine
+from socrates_ray.infer.engine import CONTEXT_CODE
 from socrates_ray.infer.adapter_check import AdapterUnusable, adapter_problem, check_adapter
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.models import adapter_folder_problem
@@ -55,7 +56,12 @@ class AdapterNotFound(LookupError):
 
 
 class BadRequest(ValueError):
-    """400: a request the replica cannot serve as asked."""
+    """400: a request the replica cannot serve as asked; `code` names the kind where a client acts on
+    it (CONTEXT_CODE: this prompt is over the model's context, as OpenAI's API says it)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def resolve_adapter(name: str, adapters_dir: str | None, extra: dict[str, str]) -> Path:
@@ -351,7 +357,7 @@ class ModelCore:
         else:
             result = await self.run_batch(job)
         if isinstance(result, ScoreError):
-            raise BadRequest(str(result))
+            raise BadRequest(str(result), CONTEXT_CODE if isinstance(result, ContextOverflow) else None)
         if isinstance(result, Exception):
             raise result  # this request's own 500; its batch neighbours got their answers
         return result

@@ -27,6 +27,28 @@ def rows_from(synth_dir, n: int) -> pa.Table:
     return table.select(INPUT_COLUMNS)
 
 
+def test_a_row_longer_than_the_context_is_skipped_and_counted_never_fatal(ray_local, synth_dir, tiny_model, tmp_path) -> None:
+    """One runaway prompt in an eval split (prepare keeps up to 200,000 characters; the tiny model reads
+    2,048 tokens) once failed the whole simulate on every re-run: it is skipped, listed with the reason,
+    and every other row is predicted."""
+    rows = rows_from(synth_dir, 12).to_pylist()
+    long_one = rows[5]
+    long_one["prompt"] = "word " * 3000 + long_one["prompt"]
+    table = pa.Table.from_pylist(rows, schema=rows_from(synth_dir, 12).schema)
+    logs: list[str] = []
+    p = build_pass(SimulateSection(batch_size=4, replicas=1, cpus_per_replica=1), str(tiny_model), DEFAULT_SYSTEM_PROMPT, EngineSpec())
+    target = run_simulation(table, tmp_path / "sim", p, log=logs.append)
+    predicted = pq.read_table(target)
+    assert predicted.num_rows == 11 and "skipped" not in predicted.column_names
+    assert long_one["sample_id"] not in predicted["sample_id"].to_pylist()
+    skipped = pq.read_table(tmp_path / "sim" / "skipped.parquet").to_pylist()
+    assert [r["sample_id"] for r in skipped] == [long_one["sample_id"]] and "over the model's context" in skipped[0]["skipped"]
+    assert any("skipped 1 row(s) longer than the model's context" in line for line in logs), logs
+    logs.clear()  # a re-run has nothing left to do: the skipped row is not tried again
+    run_simulation(table, tmp_path / "sim", p, log=logs.append)
+    assert any("12 already done" in line and "0 to go" in line for line in logs), logs
+
+
 class Killed(Exception):
     """What the test raises where a kill would stop the driver."""
 
@@ -51,7 +73,7 @@ def test_killed_simulation_resumes_without_redoing_rows(ray_local, synth_dir, ti
             raise Killed
 
     monkeypatch.setattr(simulate, "write_part", write_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(SimulateError, match="stopped at 16 of 40 rows: Killed.*finished rows are kept in.*run the same command again"):
         run_simulation(rows, out, model_pass(engine), log=logs.append)
     monkeypatch.undo()
     first = pq.read_table(sorted(out.glob("part-*.parquet")))
