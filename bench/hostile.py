@@ -4,13 +4,17 @@ oversized and malicious ones, four adapters cycling over an LRU of two (eviction
 Prints, per kind of request, how many were sent and the status codes they got; the 4xx and 5xx
 totals; the p50/p99 latency of the valid requests alone and then while under attack (same
 requests, same run); whether every valid request got its own answer (the distribution it gets
-alone); and whether the replica restarted (its pid, from /healthz). Exits 1 when a response was
-5xx, a valid request failed or got another answer, or the replica restarted.
+alone); whether the replica restarted (its pid, from /healthz); how much its memory grew over 60
+more refused requests; and what GET /v1/models lists (never the broken adapters). Exits 1 when a
+response was 5xx, a valid request failed or got another answer, the replica restarted, refused
+requests left memory behind, or a broken adapter was listed.
 
     python bench/hostile.py                # ~30 s on 2 cores
     python bench/hostile.py --rounds 3 --clients 24
 
-The model is the tiny random Qwen2 (built offline); the adapters are random LoRA weights.
+The model is the tiny random Qwen2 (built offline); the adapters are random LoRA weights, and seven
+more adapter folders are broken as a careless operator leaves them (cut short, an empty config,
+another rank, edited targets, a dangling link, another base): each must be a 422 that says why.
 """
 
 from __future__ import annotations
@@ -88,19 +92,62 @@ HOSTILE: dict[str, tuple[dict, set[int]]] = {
     "invalid UTF-8": ({"data": b'{"stimulus": "\xff\xfe"}'}, {400}),
     "5,000-digit integer": ({"data": ('{"stimulus": "x", "n": ' + "9" * 5000 + "}").encode()}, {400}),
     "chat, empty model": ({"path": "/v1/chat/completions", "json": {"model": "", "messages": [{"role": "user", "content": "hi"}]}}, {400}),
+    # issue 42's round: persona fields, text that is not text, odd tokens, huge options, broken adapters
+    "persona key misspelled (Age)": ({"json": {"persona": {"Age": 40}, "stimulus": STIMULUS}}, {400}),
+    "persona age 'abc'": ({"json": {"persona": {"age": "abc"}, "stimulus": STIMULUS}}, {400}),
+    "persona age 1e20": ({"json": {"persona": {"age": 1e20}, "stimulus": STIMULUS}}, {400}),
+    "persona value an object": ({"json": {"persona": {"party_id": {"a": [1]}}, "stimulus": STIMULUS}}, {400}),
+    "lone surrogate in the stimulus": ({"data": b'{"stimulus": "\\ud800 x"}'}, {400}),
+    "lone surrogate in a persona value": ({"data": b'{"persona": {"gender": "\\udfff"}, "stimulus": "x"}'}, {400}),
+    "lone surrogate in a chat message": ({"path": "/v1/chat/completions",
+                                          "data": b'{"messages": [{"role": "user", "content": "\\ud800"}]}'}, {400}),
+    "token with a latin-1 byte": ({"json": {"stimulus": STIMULUS}, "headers": {"Authorization": b"Bearer \xe9"}}, {401}),
+    "token with UTF-8 bytes, /v1/models": ({"method": "get", "path": "/v1/models", "headers": {"Authorization": "Bearer été".encode()}}, {401}),
+    "option of 10^15": ({"json": {"stimulus": STIMULUS, "options": [1, 10**15]}}, {400}),
+    "1,001 distinct 12-digit options": ({"json": {"stimulus": STIMULUS, "options": "distinct"}}, {400}),
+    "adapter cut short": ({"json": {"stimulus": STIMULUS, "adapter": "cut"}}, {422}),
+    "adapter with an empty config": ({"json": {"stimulus": STIMULUS, "adapter": "empty-config"}}, {422}),
+    "adapter config of another rank": ({"json": {"stimulus": STIMULUS, "adapter": "rank"}}, {422}),
+    "adapter targets edited": ({"json": {"stimulus": STIMULUS, "adapter": "targets"}}, {422}),
+    "adapter weights a dangling link": ({"json": {"stimulus": STIMULUS, "adapter": "dangling"}}, {422}),
+    "adapter of another base (vocab)": ({"json": {"stimulus": STIMULUS, "adapter": "other-base"}}, {422}),
+    "chat naming a broken adapter": ({"path": "/v1/chat/completions",
+                                      "json": {"model": "rank", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}}, {422}),
 }
+
+
+def break_adapters(model: Path, folder: Path) -> None:
+    """Broken copies of adapter a0, as a careless operator leaves them, and one trained on another base."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        shutil.copytree(folder / "a0", folder / name)
+        return folder / name
+
+    weights = copy("cut") / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    (copy("empty-config") / "adapter_config.json").write_text("")
+    for name, change in (("rank", {"r": 16}), ("targets", {"target_modules": ["k_proj", "o_proj"]})):
+        config = copy(name) / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    (copy("dangling") / "adapter_model.safetensors").unlink()
+    (folder / "dangling" / "adapter_model.safetensors").symlink_to(folder / "nowhere")
+    other = ensure_tiny_model(folder.parent / "other-tiny", TinyModelSection(vocab_size=500, tokenizer_corpus_rows=300), seed=1)
+    make_adapter(other, folder / "other-base", seed=9)
 
 
 def send(url: str, kind: str, kwargs: dict) -> tuple[str, int, float, dict | None]:
     kwargs = dict(kwargs)
-    path = kwargs.pop("path", "/v1/predict")
+    path, method = kwargs.pop("path", "/v1/predict"), kwargs.pop("method", "post")
+    if kwargs.get("json", {}).get("options") == "distinct":  # each request its own long options: nothing may stay behind
+        kwargs["json"] = {**kwargs["json"], "options": [random.randrange(10**11, 10**12) for _ in range(1001)]}
     extra = kwargs.pop("headers", None)  # the hostile kinds that send their own (or no) token
     headers = {"Content-Type": "application/json", **(AUTH if extra is None else extra)}
     if kwargs.get("data") == "chunked":
         kwargs["data"] = chunked(LIMIT * 3)
     start = time.perf_counter()
     try:
-        r = requests.post(url + path, headers=headers, timeout=300, **kwargs)
+        r = requests.request(method, url + path, headers=headers, timeout=300, **kwargs)
         status, body = r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else None)
     except requests.RequestException as err:  # a dropped connection counts as a server failure
         status, body = 599, {"error": str(err)}
@@ -123,13 +170,15 @@ def main() -> int:
     model = ensure_tiny_model(Path(tempfile.gettempdir()) / "socrates_bench_tiny", TinyModelSection())
     for i in range(4):
         make_adapter(model, work / "adapters" / f"a{i}", seed=i)
+    break_adapters(model, work / "adapters")
     os.environ["SOCRATES_HOSTILE_TOKEN"] = TOKEN
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = load_config(None, [f"serve.port={args.port}", f"serve.adapters_dir={work / 'adapters'}", "serve.auth_token_env=SOCRATES_HOSTILE_TOKEN",
                              f"serve.max_body_bytes={LIMIT}", "serve.max_loaded_adapters=2", "serve.max_length=512",
                              "serve.max_n=8", "serve.max_tokens_limit=16", "serve.num_cpus=1", "serve.app_name=hostile"])
     url = start_serve(build_app(cfg, str(model)), serve_launch(cfg))
-    pid = requests.get(url + "/healthz", timeout=60).json()["replica_pid"]
+    before = requests.get(url + "/healthz", timeout=60).json()
+    pid = before["replica_pid"]
     print(f"Serve app at {url}: tiny model, 4 adapters over serve.max_loaded_adapters=2, body limit {LIMIT:,} bytes, replica pid {pid}")
 
     with ThreadPoolExecutor(args.clients) as pool:
@@ -140,7 +189,14 @@ def main() -> int:
         started = time.perf_counter()
         attacked = list(pool.map(lambda j: (j, send(url, *mixed[j])), order))
         wall = time.perf_counter() - started
+        # refused requests must leave nothing behind: 60 more, each with its own 1,001 long options
+        settled = requests.get(url + "/healthz", timeout=60).json()["rss_mib"]
+        refused = list(pool.map(lambda _: send(url, "options", HOSTILE["1,001 distinct 12-digit options"][0]), range(60)))
     after = requests.get(url + "/healthz", timeout=60).json()
+    growth = after["rss_mib"] - settled
+    print(f"60 refused requests of 1,001 distinct long options: {Counter(r[1] for r in refused)}; replica memory "
+          f"{settled:,.0f} -> {after['rss_mib']:,.0f} MiB ({growth:+,.0f} MiB)")
+    listed = [m["id"] for m in requests.get(url + "/v1/models", headers=AUTH, timeout=60).json()["data"]]
     serve.shutdown()
     ray.shutdown()
 
@@ -171,7 +227,13 @@ def main() -> int:
           f"({np.percentile(latency, 99) / np.percentile(base, 99):.2f}x)")
     restarted = after["replica_pid"] != pid
     print(f"replica restarted: {'YES' if restarted else 'no'} (pid {pid} -> {after['replica_pid']}); "
-          f"adapters loaded at the end: {after['loaded_adapters']}")
+          f"adapters loaded at the end: {after['loaded_adapters']}; replica memory {before['rss_mib']:,.0f} -> "
+          f"{after['rss_mib']:,.0f} MiB over the run")
+    print(f"GET /v1/models after the run: {listed}")
+    if growth > 60 or any(r[1] != 400 for r in refused):  # once 9.3 MiB a refused request
+        wrong.append(f"refused requests: replica memory grew {growth:+,.0f} MiB over 60 of them")
+    if listed != ["base", "a0", "a1", "a2", "a3"]:  # the broken adapters are never listed as nameable
+        wrong.append(f"/v1/models lists {listed}")
     for line in wrong[:20]:
         print("  wrong:", line)
     return 1 if wrong or fivexx or restarted else 0

@@ -32,11 +32,12 @@ from socrates_ray.eval.passes import build_pass
 from socrates_ray.eval.results import EvaluationResult, TemperatureFit
 from socrates_ray.eval.simulate import run_simulation
 from socrates_ray.infer import engine_spec, load_engine
+from socrates_ray.infer.adapter_check import adapter_problem, base_vocab
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.infer.table import persona_grid, predict_table
 from socrates_ray.locks import folder_lock
 from socrates_ray.preflight import check_inputs
-from socrates_ray.models import adapter_folder_problem, ensure_tiny_model, load_tokenizer, split_corpus, tiny_model_corpus
+from socrates_ray.models import ensure_tiny_model, load_tokenizer, split_corpus, tiny_model_corpus
 from socrates_ray.runtime import ensure_ray
 from socrates_ray.screen.job import run_screen, screen_adapters
 from socrates_ray.screen.results import ScreenResult, TrustResult
@@ -108,7 +109,7 @@ def train(cfg: Config) -> TrainingOutcome:
 def finetuned_adapter(cfg: Config) -> str | None:
     """evaluate.adapter_path, else the export of this run's training that train.keep_by chooses."""
     if cfg.evaluate.adapter_path:
-        if (problem := adapter_folder_problem(cfg.evaluate.adapter_path)) is not None:
+        if (problem := adapter_problem(cfg.evaluate.adapter_path, base_vocab(cfg.model.path))) is not None:
             raise ConfigError(f"evaluate.adapter_path: {problem}")
         return cfg.evaluate.adapter_path
     return chosen_adapter(run_folder(cfg), cfg.train.keep_by)
@@ -229,7 +230,7 @@ def predict(cfg: Config, personas: pd.DataFrame, stimuli: Sequence[str] | Mappin
             raise ConfigError(f"predict(adapter={FINETUNED!r}): run {cfg.run.name!r} has no checkpoint export under "
                               f"{run_folder(cfg)}; train first, pass adapter=<folder>, or adapter=None for the base model")
     elif adapter is not None:
-        if (problem := adapter_folder_problem(adapter)) is not None:
+        if (problem := adapter_problem(adapter, base_vocab(path))) is not None:
             raise ConfigError(f"predict(adapter={adapter!r}): {problem}")
         adapter_path = adapter
     else:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from socrates_ray.models import adapter_folder_problem
+from socrates_ray.infer.adapter_check import adapter_problem
 from socrates_ray.screen.analysis import Arm, contrast_effect, n_needed, power_at, summarize_arm, verdict
 from socrates_ray.screen.design import build_rows, draw_personas, personas_needed
 from socrates_ray.screen.report import summary_table, write_screen_report
@@ -93,7 +93,7 @@ def screen_adapters(experiment: Experiment, finetuned: str | None, run_dir: str)
             found[name] = finetuned
         else:
             path = experiment.adapters[name]
-            if (problem := adapter_folder_problem(path)) is not None:
+            if (problem := adapter_problem(path, None)) is not None:  # the base's shapes are checked where it loads
                 raise ExperimentError(f"adapters.{name}: {problem}")
             found[name] = path
     return found

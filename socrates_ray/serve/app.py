@@ -128,6 +128,13 @@ class ChatRequest(Text):
     stream: bool = False
 
 
+def resident_mib() -> float:
+    """This process's resident memory (MiB): /healthz reports it, so growth is visible from outside."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
           code: str | None = None) -> JSONResponse:
     """The documented error body; `code` a name clients act on (context_length_exceeded), else the status."""
@@ -349,7 +356,8 @@ class SocratesModel:
             return True
 
     async def healthz(self) -> Any:
-        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "device": self.core.engine.device,
+        return {"status": "ok", "model": self.model_name, "replica_pid": os.getpid(), "rss_mib": round(resident_mib(), 1),
+                "device": self.core.engine.device,
                 "engine": self.core.settings.engine.name, **{k: round(v, 3) for k, v in self.core.stats().items()},
                 "loaded_adapters": sorted(self.core.engine.adapters)}
 

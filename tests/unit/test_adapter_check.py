@@ -129,3 +129,28 @@ def test_a_failed_load_leaves_the_base_and_the_loaded_adapters_bit_for_bit(tiny_
     assert np.array_equal(engine.option_logprobs(PROMPTS, OPTIONS, "good")[0], with_good[0])
     engine.load_adapter("other", other)  # and the same folder loads once the fault is gone
     assert not np.allclose(engine.option_logprobs(PROMPTS, OPTIONS, "other")[0], base_before[0])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "screen"])
+def test_an_adapter_of_another_base_is_named_before_anything_starts(command, tiny_model, good, train_prepared, tmp_path_factory):
+    """`screen` once printed PyTorch's `size mismatch for ...embed_tokens` lines for an adapter trained
+    on another tiny model: now evaluate and screen say which base it needs, in one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from socrates_ray.config import TinyModelSection
+    from socrates_ray.models import ensure_tiny_model
+
+    other = ensure_tiny_model(tmp_path_factory.mktemp("other-tiny"), TinyModelSection(vocab_size=500, tokenizer_corpus_rows=300), seed=1)
+    assert base_vocab(str(other)).vocab != base_vocab(str(tiny_model)).vocab
+    repo = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "socrates_ray", command, f"data.prepared={train_prepared}", f"model.path={other}",
+            f"evaluate.adapter_path={good}", "train.setting=unseen_studies", "evaluate.settings=[unseen_studies]"]
+    if command == "screen":
+        args += ["--experiment", str(repo / "configs" / "experiments" / "carbon_tax_framing.yaml")]
+    done = subprocess.run(args, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert f"evaluate.adapter_path: adapter {good} cannot be used: it was trained on base" in said, said
+    assert f"(vocab {base_vocab(str(tiny_model)).vocab}); this base is" in said and "size mismatch" not in said and "Traceback" not in said
