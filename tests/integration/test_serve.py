@@ -128,12 +128,17 @@ def test_a_broken_adapter_is_a_named_422_remembered_and_the_base_never_changes(a
         assert chat.status_code == 422 and "at rank 16" in chat.json()["error"]["message"]
         models = requests.get(URL + "/v1/models", headers=AUTH, timeout=30).json()
         assert [m["id"] for m in models["data"]] == ["base", "a1", "a2"]
+        shutil.copytree(adapters / "a1", adapters / "gone")  # loaded, then its folder deleted: a 404, never a 500
+        assert post("/v1/predict", body | {"adapter": "gone"}).status_code == 200
+        shutil.rmtree(adapters / "gone")
+        r = post("/v1/predict", body | {"adapter": "gone"})
+        assert r.status_code == 404 and "unknown adapter 'gone'" in r.json()["error"]["message"], r.text
         shutil.rmtree(adapters / "rank")  # fixed: the remembered failure no longer applies
         shutil.copytree(adapters / "a2", adapters / "rank")
         r = post("/v1/predict", body | {"adapter": "rank"})
         assert r.status_code == 200 and r.json()["probs"] == post("/v1/predict", body | {"adapter": "a2"}).json()["probs"]
     finally:
-        for name in broken:
+        for name in [*broken, "gone"]:
             shutil.rmtree(adapters / name, ignore_errors=True)
 
 
