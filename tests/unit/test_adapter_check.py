@@ -154,3 +154,20 @@ def test_an_adapter_of_another_base_is_named_before_anything_starts(command, tin
     assert done.returncode == 2, said
     assert f"evaluate.adapter_path: adapter {good} cannot be used: it was trained on base" in said, said
     assert f"(vocab {base_vocab(str(tiny_model)).vocab}); this base is" in said and "size mismatch" not in said and "Traceback" not in said
+
+
+def test_a_listed_adapter_that_is_broken_stops_the_replica_start_naming_it(tiny_model, good, tmp_path):
+    """serve.adapters are checked when a replica starts: a broken one is a start-up error that names
+    the adapter and the fault, not a 500 on every request that names it."""
+    from socrates_ray.config import load_config
+    from socrates_ray.serve.app import replica_settings
+    from socrates_ray.serve.replica import ModelCore
+
+    cut = tmp_path / "cut"
+    shutil.copytree(good, cut)
+    _cut(cut, 0.5)
+    cfg = load_config(None, ["serve.max_length=512"])
+    with pytest.raises(AdapterUnusable, match="adapter 'finetuned' cannot be used: adapter_model.safetensors is truncated"):
+        ModelCore(replica_settings(cfg, str(tiny_model), {"finetuned": str(cut)}))
+    core = ModelCore(replica_settings(cfg, str(tiny_model), {"finetuned": str(good)}))  # a whole one starts
+    assert core.engine.adapters == {}  # loaded on first use, as before
