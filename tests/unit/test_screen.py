@@ -260,10 +260,18 @@ def test_models_resolve_to_adapters_or_say_what_is_missing(tmp_path):
     experiment = Experiment.model_validate(spec(models=["base", "finetuned", "mine"], adapters={"mine": str(tmp_path / "mine")}))
     with pytest.raises(ExperimentError, match="models: finetuned, but run runs/x has no exported adapter"):
         screen_adapters(experiment, None, "runs/x")
-    with pytest.raises(ExperimentError, match="adapters.mine: .* has no adapter_config.json"):
+    with pytest.raises(ExperimentError, match="adapters.mine: .* does not exist"):
         screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ExperimentError, match="adapters.mine: adapter_config.json's peft_type is None; only LoRA"):
+        screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x")
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (tmp_path / "mine" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}')
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 8), np.float32)},
+              str(tmp_path / "mine" / "adapter_model.safetensors"))
     assert screen_adapters(experiment, "runs/x/checkpoint_000010/export", "runs/x") == {
         "base": None, "finetuned": "runs/x/checkpoint_000010/export", "mine": str(tmp_path / "mine")}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,7 +67,7 @@ def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_
     assert FakeEngine.calls == 1
 
 
-def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_request_is_answered():
+def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_request_is_answered(tmp_path):
     import asyncio
     import threading
     from collections import OrderedDict
@@ -104,7 +106,10 @@ def test_an_adapter_evicted_while_a_request_uses_it_stays_loaded_until_that_requ
             self.models[name] = await self.load(name)
             return self.models[name]
 
-    extra = {f"a{i}": f"/adapters/a{i}" for i in range(4)}
+    extra = {f"a{i}": str(tmp_path / f"a{i}") for i in range(4)}
+    for folder in extra.values():  # listed adapters must exist (the fake engine reads nothing in them)
+        Path(folder).mkdir()
+        (Path(folder) / "adapter_config.json").write_text("{}")
     core = object.__new__(ModelCore)
     core.settings = ReplicaSettings("m", "", 1, 0, "fp32", 512, None, extra, 1, 8, 0.01, 4, 64, 1 << 20)
     core.engine, core.lock = FakeEngine(), threading.Lock()
