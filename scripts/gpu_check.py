@@ -116,6 +116,34 @@ def init_single_process_group(device: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
+def timed_steps(engine: Any, batches: list[dict[str, Any]], warmup: int, sync: Any, loss_of: Any) -> tuple[list[float], int, float]:
+    """(every step's loss, real tokens in the timed steps, their seconds): optimizer steps on `batches`,
+    the first `warmup` untimed."""
+    losses, tokens, start = [], 0, 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        loss = loss_of(batch)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+        if i >= warmup:
+            tokens += int((batch["seq_ids"] > 0).sum())
+    sync()
+    return losses, tokens, time.perf_counter() - start
+
+
+def release(engine: Any, on_gpu: bool) -> None:
+    """Free a setup's DeepSpeed engine and its memory before the next setup measures its own peak."""
+    import torch
+
+    engine.destroy()
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+
 # (ZeRO stage, train.attention); varlen (torch's flash varlen kernel) runs on CUDA only
 TRAIN_SETUPS = [(2, "dense"), (2, "segments"), (2, "varlen"), (3, "segments"), (3, "varlen")]
 
@@ -147,19 +175,7 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config)
     batches = training_batches(folder, preset["seq"], preset["micro"], steps + warmup)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    losses, tokens, start = [], 0, 0.0
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            sync()
-            start = time.perf_counter()
-        loss = forward_loss(engine, batch, torch.bfloat16, attention)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-        if i >= warmup:
-            tokens += int((batch["seq_ids"] > 0).sum())
-    sync()
-    seconds = time.perf_counter() - start
+    losses, tokens, seconds = timed_steps(engine, batches, warmup, sync, lambda batch: forward_loss(engine, batch, torch.bfloat16, attention))
     tokens_per_s = tokens / seconds
     result = {
         "zero_stage": stage, "attention": attention, "persistence_threshold": persistence, "parameters": total, "trainable": trainable, "steps_timed": steps,
@@ -170,11 +186,8 @@ def train_steps(folder: Path, stage: int, preset: dict[str, Any], device: str, p
         "mfu_lora": round(tokens_per_s * model_flops_per_token(preset, 4.0) / (peak_tflops * 1e12), 4) if peak_tflops else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else None,
     }
-    engine.destroy()
-    del engine, model, keepalive
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
+    del model, keepalive
+    release(engine, on_gpu)
     return result
 
 
@@ -225,20 +238,12 @@ def dpo_steps(folder: Path, preset: dict[str, Any], device: str) -> dict[str, An
         engine.train()
     sync()
     reference_seconds = time.perf_counter() - start
-    losses, tokens = [], 0
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            sync()
-            start = time.perf_counter()
+
+    def pair_loss(batch: dict[str, Any]) -> Any:
         policy, counts = sequence_logps(engine, batch, torch.bfloat16)
-        loss, _, _ = dpo_loss(policy, counts, batch["ref_chosen"], batch["ref_rejected"], 0.1, 0.0)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-        if i >= warmup:
-            tokens += int((batch["seq_ids"] > 0).sum())
-    sync()
-    seconds = time.perf_counter() - start
+        return dpo_loss(policy, counts, batch["ref_chosen"], batch["ref_rejected"], 0.1, 0.0)[0]
+
+    losses, tokens, seconds = timed_steps(engine, batches, warmup, sync, pair_loss)
     result = {
         "pairs_per_step": micro, "steps_timed": steps, "pairs_per_s": round(micro * steps / seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1), "step_time_s": round(seconds / steps, 4),
@@ -246,11 +251,8 @@ def dpo_steps(folder: Path, preset: dict[str, Any], device: str) -> dict[str, An
         "first_loss": losses[0], "first_loss_minus_log2": losses[0] - math.log(2), "last_loss": losses[-1],
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else None,
     }
-    engine.destroy()
-    del engine, model, keepalive
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
+    del model, keepalive
+    release(engine, on_gpu)
     return result
 
 
