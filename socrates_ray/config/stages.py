@@ -83,6 +83,11 @@ class TrainSection(Section):
         "against the reference policy the run starts from (train.init_adapter for LoRA: the SFT adapter; model.path for full).",
     )
     dpo: DpoSection = Field(default_factory=DpoSection, description="train.method=dpo settings.")
+    prompt_loss_weight: float = Field(
+        0.0, ge=0, description="sft: adds this multiple of the prompt tokens' mean next-token loss to the answers' loss "
+        "(the prompt loss weight of hosted fine-tuning APIs; 0 = answers only, the paper's recipe). The eval loss stays "
+        "the answers' alone.",
+    )
     finetuning: Literal["lora", "full"] = Field(
         "lora", description="lora = train a peft adapter; full = train every parameter (the paper's recipe)."
     )

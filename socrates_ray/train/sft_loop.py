@@ -51,7 +51,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, model_engine.device):
                 break
-            loss = forward_loss(model_engine, batch, w.dtype, args.attention)
+            loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
             model_engine.backward(loss)
             boundary = model_engine.is_gradient_accumulation_boundary()
             model_engine.step()

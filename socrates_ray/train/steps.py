@@ -58,6 +58,7 @@ class LoopArgs:
     run_dir: str
     fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
     dpo: dict[str, float] | None = None  # train.method dpo: beta, sft_weight
+    prompt_loss_weight: float = 0.0  # train.prompt_loss_weight (sft)
 
 
 def label_positions(labels: Any) -> Any:
@@ -96,12 +97,38 @@ def label_logits(model: Any, batch: dict[str, Any], dtype: Any, attention: str =
     return logits, labels[:, keep + 1]
 
 
-def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> Any:
-    """Mean loss over the batch's label tokens (label_logits' forward)."""
+def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense", prompt_weight: float = 0.0) -> Any:
+    """Mean loss over the batch's label tokens (label_logits' forward). prompt_weight > 0 adds that
+    multiple of the mean loss over the prompt tokens (train.prompt_loss_weight; prompt_lm_loss)."""
     import torch.nn.functional as F
 
+    if prompt_weight > 0:
+        return prompt_lm_loss(model_engine, batch, dtype, attention, prompt_weight)
     logits, targets = label_logits(model_engine, batch, dtype, attention)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def prompt_lm_loss(model: Any, batch: dict[str, Any], dtype: Any, attention: str, weight: float) -> Any:
+    """The answers' mean loss + `weight` x the prompt tokens' mean next-token loss, from one forward
+    over every position. A prompt token is predicted only from its own example (never across a packed
+    row's boundary, never a padding token). For a base that has read no text, the prompt tokens teach
+    what the persona lines and the stimulus are, which the answer tokens alone barely do."""
+    import torch.nn.functional as F
+
+    device = model.device
+    labels, ids, seq = batch["labels"].to(device), batch["input_ids"].to(device), batch["seq_ids"].to(device)
+    if attention == "segments":
+        mask = {"attention_mask": None, "packed_segments": row_segments(batch["seq_ids"])}
+    elif attention == "varlen":
+        mask = {"attention_mask": None, **varlen_arguments(batch["seq_ids"], device)}
+    else:
+        mask = {"attention_mask": packed_attention_mask(seq, dtype)}
+    logits = model(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False, **mask).logits[:, :-1].float()
+    answer = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    in_prompt = (labels[:, 1:] == IGNORE_INDEX) & (seq[:, 1:] == seq[:, :-1]) & (seq[:, 1:] > 0)
+    prompt_targets = ids[:, 1:].masked_fill(~in_prompt, IGNORE_INDEX)
+    prompt = F.cross_entropy(logits.flatten(0, 1), prompt_targets.flatten(), ignore_index=IGNORE_INDEX)
+    return answer + weight * prompt
 
 
 def sequence_logps(model: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense") -> tuple[Any, Any]:

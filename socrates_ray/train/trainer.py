@@ -86,6 +86,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "train.finetuning": t.finetuning, "train.zero_stage": t.zero_stage, "precision": "bf16" if bf16 else "fp32",
         "train.init_adapter": _absolute(t.init_adapter),
         "train.dpo": {**t.dpo.model_dump(), "reference": reference_digest} if t.method == "dpo" else None,
+        "train.prompt_loss_weight": t.prompt_loss_weight or None,  # absent (None) at 0: runs from before it resume
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
@@ -214,6 +215,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,
         run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
         dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
+        prompt_loss_weight=t.prompt_loss_weight if t.method == "sft" else 0.0,
     )
 
 

@@ -101,3 +101,34 @@ def test_label_position_loss_equals_the_full_logits_loss(tiny_model, layout, lor
     assert torch.allclose(ours, theirs, atol=1e-5), (float(ours), float(theirs))
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["pack", "pad_longest"])
+def test_the_prompt_loss_is_each_examples_own_next_tokens_never_across_a_boundary(tiny_model, layout) -> None:
+    """train.prompt_loss_weight: the answers' loss + w x the prompt tokens' mean next-token loss, each
+    example's prompt predicted from itself alone (the model's own per-example loss, summed by hand)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from socrates_ray.train.steps import prompt_lm_loss
+
+    torch.manual_seed(0)
+    enc = Encoder(load_tokenizer(str(tiny_model)), DEFAULT_SYSTEM_PROMPT)
+    prompts = [f"- Age: {20 + 7 * i}\nHow fair is it? Only return an integer from 1 to 7, nothing else." * (1 + i % 3) for i in range(5)]
+    examples = enc.encode(prompts, [str(1 + i) for i in range(5)])
+    rows = pack_rows(examples, 512, enc.pad_id) if layout == "pack" else single_rows(examples)
+    batch = collate_rows(rows, enc.pad_id)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    answers_only = forward_loss(Engine(model), batch, torch.float32)
+    assert torch.allclose(prompt_lm_loss(Engine(model), batch, torch.float32, "dense", 0.0), answers_only, atol=1e-5)
+    # by hand: each example alone through the model, its prompt tokens' losses pooled over all examples
+    total, count = 0.0, 0
+    for ids, labels in examples:
+        ids_t = torch.as_tensor(ids)[None]
+        logits = model(input_ids=ids_t).logits[0, :-1]
+        prompt = torch.as_tensor(labels)[1:] == -100
+        total += float(F.cross_entropy(logits[prompt], ids_t[0, 1:][prompt], reduction="sum"))
+        count += int(prompt.sum())
+    weighted = prompt_lm_loss(Engine(model), batch, torch.float32, "dense", 0.5)
+    assert torch.allclose(weighted, answers_only + 0.5 * total / count, atol=1e-4), (float(weighted), float(answers_only), total / count)
