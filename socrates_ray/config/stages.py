@@ -222,6 +222,9 @@ class SimulateSection(Section):
     replicas: int = Field(1, ge=1, description="Model replicas (actors) for backend=local; HTTP clients for http.")
     http_concurrency: int = Field(16, ge=1, description="backend=http: requests each HTTP client keeps in flight "
         "(the Serve app merges concurrent requests into batches of up to serve.max_batch_size).")
+    http_retries: int = Field(8, ge=0, description="backend=http: times one request is sent again after a back-pressure or "
+        "unavailable answer (429, 502, 503, 504) or a failed connection (a restarting replica), waiting twice as long each "
+        "time, capped, or as the server's Retry-After says; 0 = stop at the first.")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs per replica.")
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica.")
     batch_size: int = Field(16, ge=1, description="Rows per scoring call.")

@@ -66,6 +66,7 @@ class SimulationPass:
     adapter_name: str | None = None  # the name replicas and the Serve app know it by
     endpoint: str | None = None  # the Serve app's URL: its replicas answer (backend http); None = local replicas
     http_concurrency: int = 16  # backend http: requests each client keeps in flight
+    http_retries: int = 8  # backend http: resends of one request after 429/502/503/504 or a failed connection
     token: str | None = field(default=None, repr=False)  # the Serve app's bearer token
 
     @property
@@ -110,5 +111,5 @@ def build_pass(
     return SimulationPass(
         model_path=model_path, system_prompt=system_prompt, decoding=build_decoding(sim, temperature, mode),
         replicas=build_replicas(sim, engine), batch_size=sim.batch_size, adapter_path=adapter_path, adapter_name=adapter_name,
-        endpoint=endpoint, http_concurrency=sim.http_concurrency, token=token,
+        endpoint=endpoint, http_concurrency=sim.http_concurrency, http_retries=sim.http_retries, token=token,
     )

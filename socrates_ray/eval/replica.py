@@ -173,14 +173,35 @@ def _error_code(reply: Any) -> str | None:
         return None
 
 
+RETRY_STATUSES = (429, 502, 503, 504)  # back-pressure and a replica restarting: worth asking again
+
+
+def retrying_session(retries: int, pool_size: int) -> Any:
+    """A requests session whose requests are sent again, up to `retries` times, after a failed
+    connection or a RETRY_STATUSES answer, with exponential backoff (0.5 s, 1 s, 2 s, ... at most
+    30 s; a Retry-After header is honoured). /v1/predict is a pure function of its body, so a POST
+    sent twice answers the same. urllib3 logs a retry after a broken connection on its logger (WARNING)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0, backoff_factor=0.5, backoff_max=30,
+                  status_forcelist=RETRY_STATUSES, allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class HttpReplica:
     """Calls the Serve app's /v1/predict, one request per row, `concurrency` at a time (so the
-    server's dynamic batching has something to merge)."""
+    server's dynamic batching has something to merge); a request that meets back-pressure or a
+    restarting replica is sent again (retrying_session)."""
 
-    def __init__(self, endpoint: str, adapter: str | None, decoding: Decoding, concurrency: int, token: str | None = None) -> None:
-        import requests
-
-        self.session = requests.Session()
+    def __init__(self, endpoint: str, adapter: str | None, decoding: Decoding, concurrency: int, token: str | None = None,
+                 retries: int = 8) -> None:
+        self.session, self.retries = retrying_session(retries, concurrency), retries
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.url = endpoint.rstrip("/") + "/v1/predict"
@@ -188,6 +209,8 @@ class HttpReplica:
         self.pool = ThreadPoolExecutor(max_workers=concurrency)
 
     def _one(self, prompt: str, options: list[int]) -> dict[str, Any]:
+        import requests
+
         d = self.d
         exact = d.mode == "exact" and bool(options)
         body = {
@@ -197,11 +220,16 @@ class HttpReplica:
         }
         if exact:
             body["options"] = options  # the scale prepare parsed; the server need not parse the text again
-        reply = self.session.post(self.url, json=body, timeout=600)
+        try:
+            reply = self.session.post(self.url, json=body, timeout=600)
+        except requests.ConnectionError as error:
+            raise SimulateError(f"{self.url} could not be reached, {self.retries} retries included ({type(error).__name__}); "
+                                "is the Serve app running? (simulate.http_retries)") from None
         if reply.status_code == 400 and _error_code(reply) == CONTEXT_CODE:  # this row alone: skipped and counted
             return {"skipped": reply.json()["error"].get("message", CONTEXT_CODE)}
         if reply.status_code != 200:
-            raise SimulateError(f"{self.url} answered {reply.status_code}: {reply.text[:500]}")
+            again = f" after {self.retries} retries (simulate.http_retries)" if reply.status_code in RETRY_STATUSES else ""
+            raise SimulateError(f"{self.url} answered {reply.status_code}{again}: {reply.text[:500]}")
         return reply.json()
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -192,7 +192,7 @@ def simulate_over_http(rows: pa.Table, out_dir: str | Path, p: SimulationPass, l
     parts = PartFolder(rows, out_dir, p, f"http backend, {p.replicas.count} replica(s)", log)
     if parts.todo.num_rows:
         ds = _through_ray_data(parts.todo, p.batch_size).map_batches(
-            HttpReplica, fn_constructor_args=(p.endpoint, p.adapter_name, p.decoding, p.http_concurrency, p.token),
+            HttpReplica, fn_constructor_args=(p.endpoint, p.adapter_name, p.decoding, p.http_concurrency, p.token, p.http_retries),
             batch_size=p.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=p.replicas.count), num_cpus=0.1,
         )
         parts.write(ds.iter_batches(batch_size=None, batch_format="pyarrow"))

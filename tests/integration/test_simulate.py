@@ -126,6 +126,76 @@ def test_a_refusing_endpoint_surfaces_as_one_clear_error(ray_local, synth_dir, t
         server.shutdown()
 
 
+def test_a_replica_restarted_mid_run_costs_retries_not_the_run(ray_local, synth_dir, tmp_path) -> None:
+    """simulate over HTTP against a server that stops after 12 answers, is down for 2 s, then comes
+    back answering 503 to its first 5 requests (a replica restarting): the run finishes, every row
+    once, the refused requests sent again (simulate.http_retries)."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"ok": 0, "busy": 0}
+    lock = threading.Lock()
+
+    class Answer(BaseHTTPRequestHandler):
+        busy_left = 0
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                busy = Answer.busy_left > 0
+                Answer.busy_left -= busy
+                served["busy" if busy else "ok"] += 1
+                count = served["ok"]
+            if busy:
+                status, reply = 503, {"error": {"message": "replica restarting"}}
+            elif body["mode"] == "distribution":
+                status, reply = 200, {"options": body["options"], "probs": [1 / len(body["options"])] * len(body["options"])}
+            else:
+                status, reply = 200, {"samples": ["4"]}
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            if count == 12 and not busy:
+                threading.Thread(target=restart, daemon=True).start()
+
+        def log_message(self, *args):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Answer)]
+    port = servers[0].server_port
+
+    def restart():
+        servers[0].shutdown()
+        servers[0].server_close()
+        time.sleep(2)
+        Answer.busy_left = 5
+        ThreadingHTTPServer.allow_reuse_address = True
+        servers[0] = ThreadingHTTPServer(("127.0.0.1", port), Answer)
+        threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+
+    threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+    try:
+        rows = rows_from(synth_dir, 40)
+        p = build_pass(SimulateSection(batch_size=4, http_concurrency=2), "unused", DEFAULT_SYSTEM_PROMPT, EngineSpec(),
+                       endpoint=f"http://127.0.0.1:{port}")
+        table = pq.read_table(run_simulation(rows, tmp_path / "sim", p, log=lambda *_: None))
+        keys = list(zip(table["study_id"].to_pylist(), table["sample_id"].to_pylist()))
+        assert len(keys) == len(set(keys)) == 40  # every row once: nothing lost, nothing twice
+        assert served["busy"] == 5 and served["ok"] >= 40  # the 503s were sent again
+        no_retries = build_pass(SimulateSection(batch_size=4, http_retries=0), "unused", DEFAULT_SYSTEM_PROMPT, EngineSpec(),
+                                endpoint=f"http://127.0.0.1:{port}")
+        Answer.busy_left = 1000
+        with pytest.raises(SimulateError, match="answered 503 after 0 retries.*replica restarting"):
+            run_simulation(rows, tmp_path / "sim2", no_retries, log=lambda *_: None)
+    finally:
+        servers[0].shutdown()
+
+
 def test_one_replica_pool_serves_base_and_adapter_passes_as_fresh_replicas_would(ray_local, synth_dir, tiny_model, tmp_path) -> None:
     """An evaluation runs every pass through one ReplicaPool: the same actors answer base and
     adapter passes, and give the probabilities a pool started for that pass alone gives."""
