@@ -122,7 +122,11 @@ def contrast_effect(treatment: Arm, control: Arm, paired: bool, level: float, dr
 
 
 def power_at(d: float, n: float, alpha: float, paired: bool) -> float:
-    """Power of a two-sided t test with n humans per arm (pairs when paired) to detect effect d."""
+    """Power of a two-sided t test with n humans per arm (pairs when paired) to detect effect d: what
+    statsmodels' TTestIndPower / TTestPower give (tests/unit/test_screen.py checks both functions
+    against them at many points). Kept on scipy because statsmodels returns NaN where the noncentral
+    t's tail underflows (d 0.2 with 4,000 per arm at alpha 0.01), where this falls back to the normal
+    approximation, and so that screening needs no statsmodels (65 MB with its dependencies) at run time."""
     if n < 2:
         return float("nan")
     df, ncp = (n - 1, d * math.sqrt(n)) if paired else (2 * n - 2, d * math.sqrt(n / 2))
@@ -158,18 +162,16 @@ def verdict(interval: list[float], expected: str | None) -> str:
 
 
 def observed_contrast(treatment: list[int], control: list[int], level: float) -> ObservedEffect | None:
-    """A human contrast: difference in mean answers with a Welch t interval; None when an arm has < 2 answers."""
+    """A human contrast: difference in mean answers with scipy's Welch t interval
+    (`ttest_ind(equal_var=False).confidence_interval`); None when an arm has < 2 answers."""
     t, c = np.asarray(treatment, dtype=float), np.asarray(control, dtype=float)
     if len(t) < 2 or len(c) < 2:
         return None
     diff = float(t.mean() - c.mean())
-    vt, vc = t.var(ddof=1) / len(t), c.var(ddof=1) / len(c)
-    se = math.sqrt(vt + vc)
-    if se == 0:
+    if t.var() == 0 and c.var() == 0:  # no spread in either arm: the difference is exact (scipy gives NaN)
         return ObservedEffect(diff, [diff, diff], len(t), len(c))
-    df = (vt + vc) ** 2 / ((vt**2 / (len(t) - 1) if vt else 0) + (vc**2 / (len(c) - 1) if vc else 0))
-    half = float(stats.t.ppf((1 + level) / 2, df) * se)
-    return ObservedEffect(diff, [diff - half, diff + half], len(t), len(c))
+    ci = stats.ttest_ind(t, c, equal_var=False).confidence_interval(confidence_level=level)
+    return ObservedEffect(diff, [float(ci.low), float(ci.high)], len(t), len(c))
 
 
 def fit_model_error(contrasts: list[SplitContrast], level: float) -> float:
