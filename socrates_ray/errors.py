@@ -5,7 +5,8 @@ says what was expected, what was received and how to fix it; the CLI catches Soc
 and prints that message as one line. Anything else is a bug and keeps its traceback.
 
 Errors raised inside Ray tasks and actors come back wrapped (RayTaskError, with the remote
-traceback as text); `unwrap` recovers the typed error so the user reads one line, not a trace.
+traceback as text); `unwrap` recovers the typed error so the user reads one line, not a trace, and
+`innermost_cause` names the innermost error of any other kind in one line.
 """
 
 from __future__ import annotations
@@ -48,3 +49,17 @@ def unwrap(exc: BaseException) -> BaseException:
         return best[1](best[2])
     except TypeError:  # a subclass with another constructor: keep the message, lose the type
         return SocratesError(best[2])
+
+
+# "module.Type: message" lines of a traceback's text, for errors that are not SocratesErrors
+_RAISED = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Timeout)): (.+)$", re.MULTILINE)
+
+
+def innermost_cause(exc: BaseException) -> str:
+    """'Type: message' of what went wrong, in one line: for an error Ray wraps (a task's, or Ray Data's
+    "UDF failed to process a data block"), the innermost error its traceback text names, not the wrapper."""
+    text = str(exc).strip()
+    if type(exc).__module__.startswith("ray") and (raised := _RAISED.findall(text)):
+        kind, message = raised[-1]
+        return f"{kind.rsplit('.', 1)[-1]}: {message.strip()[:300]}"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else '(no message)'}"

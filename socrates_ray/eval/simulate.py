@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from socrates_ray.errors import SocratesError, unwrap
+from socrates_ray.errors import SocratesError, innermost_cause, unwrap
 from socrates_ray.eval.passes import SimulateError, SimulationPass
 from socrates_ray.eval.processor import build_simulate_processor
 from socrates_ray.eval.replica import HttpReplica, ReplicaPool
@@ -37,19 +36,6 @@ from socrates_ray.eval.replica import HttpReplica, ReplicaPool
 PART_GLOB = "part-*.parquet"
 PARAMS_FILE = "simulate_params.json"
 SKIPPED_FILE = "skipped.parquet"
-
-
-_RAISED = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Timeout)): (.+)$", re.MULTILINE)
-
-
-def _cause(exc: BaseException) -> str:
-    """'Type: message' of what went wrong: for an error Ray wraps (a task's, or Ray Data's "UDF failed
-    to process a data block"), the innermost error its traceback text names, not the wrapper."""
-    text = str(exc).strip()
-    if type(exc).__module__.startswith("ray") and (raised := _RAISED.findall(text)):
-        kind, message = raised[-1]
-        return f"{kind.rsplit('.', 1)[-1]}: {message.strip()[:300]}"
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else '(no message)'}"
 
 
 def check_params(out: Path, p: SimulationPass) -> None:
@@ -119,7 +105,7 @@ class PartFolder:
         except Exception as exc:  # the project's own error: what failed, what is kept, how to go on
             wanted = set(self.keys)
             done = sum(key in wanted for key in done_keys(self.out))  # what is on disk, a part written as it failed included
-            said = str(exc) if isinstance(exc, SocratesError) else _cause(exc)
+            said = str(exc) if isinstance(exc, SocratesError) else innermost_cause(exc)
             raise SimulateError(f"simulation stopped at {done:,} of {self.total:,} rows: {said}. The {done:,} finished rows "
                                 f"are kept in {self.out}; run the same command again to go on from them") from exc
         finally:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from socrates_ray.infer.engine import ScoreError
+from socrates_ray.models import adapter_folder_problem
 
 WEIGHTS = "adapter_model.safetensors"
 LEGACY_WEIGHTS = "adapter_model.bin"
@@ -131,10 +133,7 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             itemsize = _ITEMSIZE[entry["dtype"]]
         except (KeyError, TypeError, ValueError):
             raise _Problem(f"{path.name}: tensor {key!r} has a malformed header entry") from None
-        count = 1
-        for d in shape:
-            count *= d
-        if stop - start != count * itemsize or start < 0:
+        if stop - start != math.prod(shape) * itemsize or start < 0:
             raise _Problem(f"{path.name}: tensor {key!r} of shape {list(shape)} does not match its byte range")
         shapes[key], end = shape, max(end, stop)
     if 8 + length + end != size:
@@ -191,7 +190,7 @@ def _rank_of(config: dict[str, Any]) -> int | None:
     return None if config.get("rank_pattern") else int(config["r"])
 
 
-def _fits(module: str, piece: str, shape: tuple[int, ...], kind: str, a: int, b: int, rank: int | None) -> bool:
+def _fits(piece: str, shape: tuple[int, ...], kind: str, a: int, b: int, rank: int | None) -> bool:
     """Whether a saved tensor's shape is what `piece` of a LoRA layer on this module implies."""
     if len(shape) != 2:
         return piece == "magnitude"
@@ -226,8 +225,8 @@ def adapter_problem(path: str | Path, base: BaseShapes | None) -> str | None:
     if not folder.is_dir():
         return f"{folder} does not exist (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)"
     try:
-        if not (folder / "adapter_config.json").is_file():
-            raise _Problem(f"{folder} has no adapter_config.json (expected a PEFT adapter folder, e.g. <run>/checkpoint_N/export)")
+        if (missing := adapter_folder_problem(folder)) is not None:
+            raise _Problem(missing)
         config = _read_json(folder / "adapter_config.json")
         if not isinstance(config, dict):
             raise _Problem("adapter_config.json is not a JSON object")
@@ -269,7 +268,7 @@ def _match_base(config: dict[str, Any], shapes: dict[str, tuple[int, ...]], base
             raise _Problem(f"tensor {key!r} is for module {module!r}, which base {base.name!r} does not have "
                            f"(the adapter was trained on {trained_on!r})")
         kind, a, b = base.modules[module]
-        if not _fits(module, piece, shape, kind, a, b, _rank_of(config)):
+        if not _fits(piece, shape, kind, a, b, _rank_of(config)):
             raise _Problem(f"tensor {key!r} has shape {list(shape)}, which does not fit {module!r} of base {base.name!r} "
                            f"({kind} {a} x {b}) at rank {config['r']}: it was trained on {trained_on!r}, or the file was edited")
         if piece in ("A", "B"):

@@ -42,7 +42,7 @@ import numpy as np
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.infer.engine import (
     GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, OptionIds, ScoreError, completion,
-    encode_prefixes,     unknown_adapter,
+    encode_prefixes, unknown_adapter,
 )
 from socrates_ray.infer.adapter_check import check_adapter
 from socrates_ray.infer.precision import engine_precision

@@ -260,13 +260,12 @@ class ModelCore:
         path = resolve_adapter(name, self.settings.adapters_dir, self.settings.adapters)  # 400 / 404 before the multiplexer
         if (known := self.unusable(name, path)) is not None:
             raise AdapterUnusable(known)
-        signature = folder_signature(path)
         try:
             await self.get_adapter(name)
         except Exception as error:  # remembered: a repeat is answered from here, never reloaded
             unusable = error if isinstance(error, AdapterUnusable) else AdapterUnusable(
                 f"adapter {name!r} cannot be used: loading it failed ({type(error).__name__}: {error})")
-            self._unusable[name] = (signature, str(unusable))
+            self._unusable[name] = (folder_signature(path), str(unusable))
             raise unusable from error
         with self._state:  # no await between the load and the pin: nothing can evict it in between
             self._pins[name] += 1

@@ -114,23 +114,32 @@ def load_checkpoint(engine: Any, folder: Path, finetuning: str) -> TrainState:
 def incomplete(folder: Path, world_size: int) -> str | None:
     """Why `folder` is not a checkpoint a run can resume from (a file missing or cut short, a
     damaged state.json), or None when it is complete."""
-    manifests = sorted(folder.glob("manifest.rank*.json"))
-    if not manifests:  # a checkpoint written before manifests: the files' names alone
+    if not any(folder.glob("manifest.rank*.json")):  # a checkpoint written before manifests: the files' names alone
         return _incomplete_by_name(folder, world_size)
     for rank in range(world_size):
-        path = folder / MANIFEST.format(rank=rank)
-        try:
-            files = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return f"rank {rank}'s manifest {path.name} is missing or damaged"
-        for name, size in files.items():
-            file = folder / name
-            if not file.is_file():
-                return f"{name} is missing"
-            if file.stat().st_size != size:
-                return f"{name} has {file.stat().st_size:,} of its {size:,} bytes"
+        if (problem := _manifest_problem(folder, rank)) is not None:
+            return problem
     if read_state(folder) is None:
         return f"{STATE_FILE} is missing or damaged"
+    return None
+
+
+def _manifest_problem(folder: Path, rank: int, under: str = "") -> str | None:
+    """The first file of rank `rank`'s manifest (those whose path starts with `under`) that is missing
+    or not its recorded size, or the manifest itself missing or damaged; None when all are whole."""
+    path = folder / MANIFEST.format(rank=rank)
+    try:
+        files = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"rank {rank}'s manifest {path.name} is missing or damaged"
+    for name, size in files.items():
+        file = folder / name
+        if not name.startswith(under):
+            continue
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} of its {size:,} bytes"
     return None
 
 
@@ -152,14 +161,9 @@ def _incomplete_by_name(folder: Path, world_size: int) -> str | None:
 def export_whole(folder: Path) -> bool:
     """Whether the checkpoint's export has every file rank 0's manifest lists, at its size (True for
     a checkpoint without a manifest: nothing to check against)."""
-    try:
-        files = json.loads((folder / MANIFEST.format(rank=0)).read_text())
-    except FileNotFoundError:
+    if not (folder / MANIFEST.format(rank=0)).exists():
         return True
-    except (OSError, ValueError):
-        return False
-    return all((folder / name).is_file() and (folder / name).stat().st_size == size
-               for name, size in files.items() if name.startswith(f"{EXPORT_DIR}/"))
+    return _manifest_problem(folder, 0, f"{EXPORT_DIR}/") is None
 
 
 def is_complete(folder: Path, world_size: int) -> bool:
