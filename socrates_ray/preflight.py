@@ -8,6 +8,7 @@ function of socrates_ray.api before it starts Ray, so the Python API fails as ea
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from socrates_ray.config import Config, ConfigError
@@ -79,9 +80,25 @@ def _adapters(cfg: Config, command: str) -> list[tuple[str, str]]:
     return [(key, path) for key, path in named if path]
 
 
+def tracking_problem(cfg: Config) -> str | None:
+    """Why train.report_to cannot log, or None: a tracker whose package is missing, or W&B online with no key."""
+    from socrates_ray.train.tracking import missing_packages
+
+    t = cfg.train
+    if missing := missing_packages(t.report_to, t.tracking.mlflow_tracking_uri):
+        return (f"train.report_to: {', '.join(t.report_to)} needs {', '.join(missing)}, which this environment lacks; "
+                "install them with pip install 'socrates_ray[tracking]', or drop the tracker from train.report_to")
+    if "wandb" in t.report_to and t.tracking.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        return ("train.tracking.wandb_mode=online needs WANDB_API_KEY in the environment (on a cluster: in the job's "
+                "runtime_env env_vars); export it, or use wandb_mode=offline and `wandb sync` the run later")
+    return None
+
+
 def check_inputs(command: str, cfg: Config, setting: str | None = None, experiment: str | None = None) -> None:
     """Raise ConfigError for the first input of `command` that cannot work; `setting` is simulate's
     --setting or screen's --from-split, `experiment` screen's --experiment."""
+    if command in ("train", "curve", "pilot") and (problem := tracking_problem(cfg)) is not None:
+        raise ConfigError(problem)
     if command in ("prepare", "curve"):
         problem = raw_problem(cfg.data.raw) or (model_problem(cfg.model.source, cfg.model.path) if command == "curve" else None)
         if problem:

@@ -75,6 +75,18 @@ class DpoSection(Section):
     )
 
 
+class TrackingSection(Section):
+    project: str = Field("socrates_ray", description="The W&B project and the MLflow experiment runs are logged to.")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: W&B writes the run to <run>/wandb only (upload later with `wandb sync`); online: "
+        "logs live to W&B, which needs WANDB_API_KEY in the workers' environment (the job's runtime_env).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Where MLflow runs go (http://host:5000, sqlite:///path/mlflow.db, databricks); null: "
+        "$MLFLOW_TRACKING_URI, else a SQLite store <run>/mlflow.db.",
+    )
+
+
 class TrainSection(Section):
     method: Literal["sft", "dpo"] = Field(
         "sft", description="Training method; each has a loop of its own (train/sft_loop.py, train/dpo_loop.py). sft = "
@@ -127,9 +139,16 @@ class TrainSection(Section):
     )
     eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss passes.")
     log_every: int = Field(
-        10, ge=1, description="Optimizer steps between progress lines on the terminal (every step still goes to metrics.jsonl "
-        "and TensorBoard; eval steps and the last step always print).",
+        10, ge=1, description="Optimizer steps between progress lines on the terminal and metrics reported to Ray Train "
+        "(ray.train.report: its dashboard and Tune see them); every step still goes to metrics.jsonl and the trackers of "
+        "train.report_to; eval steps and the last step always print.",
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Experiment trackers rank 0 logs every step's metrics to, "
+        "besides metrics.jsonl; the run's config is logged once. wandb and mlflow need the tracking extra "
+        "(pip install 'socrates_ray[tracking]'); settings in train.tracking.",
+    )
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description="Settings of the W&B and MLflow trackers.")
     eval_batches: int = Field(20, ge=1, description="Micro batches per worker in one eval pass.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints (and one at the end).")
     preemption_check_every: int = Field(
@@ -202,6 +221,11 @@ class ServeSection(Section):
     auth_token_env: str | None = Field(
         None, description="Environment variable holding a bearer token; when set, requests need 'Authorization: Bearer <token>'."
     )
+    auth_token_file: str | None = Field(
+        None, description="A file holding the bearer token (its first line), instead of auth_token_env: on a cluster, a file "
+        "on shared storage readable by its owner only keeps the token off the job's entrypoint and runtime_env, which "
+        "`ray job list` shows.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Number format of the replica's model: auto = bf16 on GPU and on CPUs with native bf16, else fp32."
@@ -209,6 +233,13 @@ class ServeSection(Section):
     max_n: int = Field(64, ge=1, description="Largest n (samples per request).")
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens per request.")
     max_length: int = Field(2048, ge=64, description="Context cap in tokens (also bounded by the model).")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "ServeSection":
+        if self.auth_token_env and self.auth_token_file:
+            raise ValueError("serve.auth_token_env and serve.auth_token_file are both set; keep one (the file keeps the "
+                             "token off the job's entrypoint and environment)")
+        return self
 
 
 class SimulateSection(Section):

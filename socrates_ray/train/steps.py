@@ -59,6 +59,8 @@ class LoopArgs:
     fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
     dpo: dict[str, float] | None = None  # train.method dpo: beta, sft_weight
     prompt_loss_weight: float = 0.0  # train.prompt_loss_weight (sft)
+    # train.report_to and train.tracking, the run's name and its whole config (train.tracking.open_sinks)
+    tracking: dict[str, Any] | None = None
 
 
 def label_positions(labels: Any) -> Any:

@@ -20,7 +20,7 @@ from socrates_ray.data.ingest import PARQUET_READER
 from socrates_ray.data.packing import PACKER
 from socrates_ray.data.prepared import split_problem, training_eval_part
 from socrates_ray.data.tokenize import Encoder
-from socrates_ray.errors import SocratesError
+from socrates_ray.errors import SocratesError, innermost_cause
 from socrates_ray.infer.precision import resolve_precision
 from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
@@ -216,6 +216,9 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
         dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
         prompt_loss_weight=t.prompt_loss_weight if t.method == "sft" else 0.0,
+        tracking={"report_to": list(dict.fromkeys(t.report_to)), "project": t.tracking.project, "wandb_mode": t.tracking.wandb_mode,
+                  "mlflow_tracking_uri": t.tracking.mlflow_tracking_uri, "run_name": cfg.run.name,
+                  "config": cfg.model_dump(mode="json")},
     )
 
 
@@ -286,9 +289,9 @@ def _run_training(cfg: Config, model_path: str, log: Any) -> TrainingOutcome:
             with follow_progress(run_folder(cfg) / PROGRESS_FILE, log):
                 result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        first_lines = " ".join(str(exc).split("\n")[:3])
         raise TrainError(
-            f"training failed after train.max_failures={t.max_failures} retries ({first_lines}); "
+            f"training failed after train.max_failures={t.max_failures} retries ({innermost_cause(exc)}; the whole traceback is "
+            "in the workers' logs, /tmp/ray/session_latest/logs/worker-*.err on their nodes); "
             f"run the same command again to resume from the latest checkpoint in {run_folder(cfg)}"
         ) from None
     checkpoint = result.checkpoint.path if result.checkpoint else None

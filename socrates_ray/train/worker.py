@@ -41,28 +41,37 @@ def say(*parts: object, progress: Path | None = None) -> None:
 
 
 class RunLog:
-    """Rank 0's metrics: JSONL + TensorBoard in the run folder, and a progress line."""
+    """Rank 0's metrics: metrics.jsonl in the run folder, and every tracker train.report_to names
+    (train/tracking.py: TensorBoard, W&B, MLflow)."""
 
-    def __init__(self, folder: Path, enabled: bool) -> None:
+    def __init__(self, folder: Path, enabled: bool, tracking: dict[str, Any] | None = None) -> None:
         self.enabled = enabled
         self.folder = folder
+        self.sinks: list[Any] = []
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        from socrates_ray.train.tracking import open_sinks
 
         folder.mkdir(parents=True, exist_ok=True)
         self.jsonl = (folder / "metrics.jsonl").open("a")
-        self.tb = SummaryWriter(str(folder / "tensorboard"))
+        self.sinks = open_sinks(folder, tracking or {"report_to": ["tensorboard"]})
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
-                self.tb.add_scalar(key, value, record["step"])
-        self.tb.flush()
+        for sink in self.sinks:
+            sink.log(record)
+
+    def close(self) -> None:
+        """The end of the run: each tracker's run is marked finished."""
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def placement(self, workers: list[dict[str, Any]], resumed_from_step: int | None) -> None:
         """One line per attempt in placement.jsonl: which node and process runs each rank."""
@@ -158,7 +167,7 @@ def start_worker(args: LoopArgs) -> Worker:
     run_dir = Path(args.run_dir)
     return Worker(args, rank, world, placement, model_engine, keepalive, load_tokenizer(args.model_path),
                   torch.bfloat16 if bf16 else torch.float32, trainable, total, rss_loaded, peak_rss_mib(),
-                  RunLog(run_dir, rank == 0), run_dir / PROGRESS_FILE if rank == 0 else None)
+                  RunLog(run_dir, rank == 0, args.tracking), run_dir / PROGRESS_FILE if rank == 0 else None)
 
 
 def restore(w: Worker) -> tuple[TrainState, Path | None]:
@@ -198,8 +207,14 @@ def announce(w: Worker, state: TrainState, resume_from: Path | None) -> None:
 
 
 def progress_line(w: Worker, record: dict[str, Any], last: bool) -> None:
-    """Every log_every steps, at each eval and at the last step: one line from rank 0."""
+    """Every log_every steps, at each eval and at the last step: one line from rank 0, and the step's
+    metrics to Ray Train from every rank (ray.train.report is a barrier: all ranks reach the same steps)."""
     if record["step"] % w.args.log_every == 0 or "eval_loss" in record or last:
+        import ray.train
+
+        from socrates_ray.train.tracking import scalars
+
+        ray.train.report({"step": record["step"], **scalars(record)})
         w.say(f"[socrates_ray] step {record['step']}/{w.args.total_steps} loss {record['loss']:.4f}"
               + (f" eval_loss {record['eval_loss']:.4f}" if "eval_loss" in record else "")
               + (f" preferred {record['preference_accuracy']:.3f}" if "preference_accuracy" in record else "")
@@ -243,6 +258,8 @@ class Cadence:
                 self.checkpoint({"step": step, "loss": record["loss"], "eval_loss": eval_loss, "preempted": True})
 
     def finish(self, eval_loss: Callable[[], float]) -> None:
-        """The final checkpoint, unless the last step has one (eval_loss: the latest, or a pass now)."""
+        """The final checkpoint, unless the last step has one (eval_loss: the latest, or a pass now); then
+        the run's trackers are closed."""
         if self.last_checkpoint_step != self.state.step:
             self.checkpoint({"step": self.state.step, "eval_loss": eval_loss(), "final": True})
+        self.w.log.close()

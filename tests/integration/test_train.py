@@ -47,6 +47,56 @@ def metrics(tmp_path, name):
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 
+def wandb_offline_records(run_folder):
+    """The records of a W&B offline run (<run>/wandb/offline-run-*/run-*.wandb): a ':W&B' header, then
+    LevelDB log blocks of 32 KiB whose chunks (7-byte header: crc, length, type) join into protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_folder.glob("wandb/offline-run-*/run-*.wandb")
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        if length == 0 and kind == 0:
+            break
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = data if kind in (1, 2) else pending + data
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def check_trackers(run_folder, logged):
+    """The run's steps read back from MLflow's SQLite store and W&B's offline file, as metrics.jsonl has them."""
+    from mlflow import MlflowClient
+
+    ids = json.loads((run_folder / "tracking.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_folder / 'mlflow.db'}")
+    run = client.get_run(ids["mlflow"])
+    assert run.info.run_name == run_folder.name and run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "socrates_ray"
+    assert run.data.params["train.zero_stage"] == "2" and run.data.params["run.name"] == run_folder.name
+    history = sorted(client.get_metric_history(ids["mlflow"], "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(m["step"], pytest.approx(m["loss"])) for m in logged]
+
+    records = wandb_offline_records(run_folder)
+    (start,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert start.run_id == ids["wandb"] and start.display_name == run_folder.name and start.project == "socrates_ray"
+    config = {item.key: json.loads(item.value_json) for item in start.config.update}
+    assert config["train"]["zero_stage"] == 2
+    steps = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records if r.WhichOneof("record_type") == "history"]
+    assert [(h["_step"], h["loss"]) for h in steps] == [(m["step"], pytest.approx(m["loss"])) for m in logged]
+    assert any(r.WhichOneof("record_type") == "exit" for r in records)  # the run was finished, not cut off
+
+
 def latest_state(tmp_path, name):
     folders = sorted((tmp_path / name).glob("checkpoint_0*"))
     return folders[-1], json.loads((folders[-1] / "state.json").read_text())
@@ -54,7 +104,7 @@ def latest_state(tmp_path, name):
 
 def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, tiny_model):
     tmp_path = runs
-    assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2") == 0
+    assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
     # ZeRO-3 with every weight partitioned (norms too) and gradient checkpointing: LoRA's frozen weights
     # are gathered again in each recompute (what raised CheckpointError before DeepSpeed 0.19.8)
     assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0",
@@ -70,6 +120,7 @@ def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, t
     assert z2[0]["loss"] == pytest.approx(z3[0]["loss"], abs=1e-4)
     assert z2[1]["loss"] == pytest.approx(z3[1]["loss"], abs=1e-3)
     assert (tmp_path / "z2" / "tensorboard").is_dir()
+    check_trackers(tmp_path / "z2", z2)
     # keep_checkpoints=2: only the latest two remain (Ray deletes older ones in the background)
     deadline = time.time() + 30
     while len(list((tmp_path / "z2").glob("checkpoint_0*"))) > 2 and time.time() < deadline:
@@ -186,7 +237,7 @@ def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(r
     resumed = metrics(tmp_path, "again")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 5, 6, 7, 7, 8]
     if not (tmp_path / "z2" / "metrics.jsonl").exists():  # run alone: the uninterrupted run to compare with
-        assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2") == 0
+        assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
     uninterrupted = {m["step"]: m["loss"] for m in metrics(tmp_path, "z2")}
     for m in resumed:  # the same data position, weights, optimizer and schedule after each restore
         assert m["loss"] == pytest.approx(uninterrupted[m["step"]], abs=1e-4), m["step"]
