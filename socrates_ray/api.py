@@ -13,7 +13,6 @@ starts or joins Ray where the stage needs it. Nothing here changes the config.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -116,8 +115,12 @@ def finetuned_adapter(cfg: Config) -> str | None:
 
 
 def serve_token(cfg: Config) -> str | None:
-    """The Serve app's bearer token, from the environment variable serve.auth_token_env names."""
-    return os.environ.get(cfg.serve.auth_token_env) if cfg.serve.auth_token_env else None
+    """The Serve app's bearer token for simulate.backend http (serve.auth_token_env or serve.auth_token_file)."""
+    if cfg.simulate.backend != "http":
+        return None
+    from socrates_ray.serve.auth import bearer_token
+
+    return bearer_token(cfg.serve)
 
 
 def endpoint(cfg: Config) -> str | None:

@@ -30,11 +30,19 @@ class PrepareError(SocratesError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+# The package extra that brings a URL scheme's fsspec filesystem (pyproject's optional dependencies).
+SCHEME_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
 def open_source(raw: str) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
     """The filesystem, root and sorted Parquet shards of `data.raw` (local path or fsspec URL)."""
     try:
         fs, root = fsspec.core.url_to_fs(raw)
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        extra = SCHEME_EXTRAS.get(raw.split("://", 1)[0].lower())
+        fix = f"pip install 'socrates_ray[{extra}]'" if extra else "install the fsspec filesystem for this URL scheme"
+        raise PrepareError(f"data.raw: cannot open {raw!r}: its filesystem is not installed ({exc}); {fix}") from None
+    except ValueError as exc:
         raise PrepareError(f"data.raw: cannot open {raw!r} ({exc}); use a local folder or an fsspec URL such as hf://datasets/socratesft/SocSci210") from None
     if not fs.exists(root):
         raise PrepareError(

@@ -33,6 +33,7 @@ from socrates_ray.config import Config, ServeSection
 from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_prompt, parse_answer_scale, persona_problem
 from socrates_ray.infer import MAX_DISTRIBUTION_TEMPERATURE, engine_spec, parse_first_integer
 from socrates_ray.infer.adapter_check import AdapterUnusable
+from socrates_ray.serve.auth import bearer_token
 from socrates_ray.serve.replica import (
     CONTEXT_CODE, AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters, resolve_adapter,
 )
@@ -146,9 +147,7 @@ def replica_settings(cfg: Config, model_path: str, adapters: dict[str, str] | No
     serve.adapters (e.g. a training run's export as 'finetuned'). The bearer token is read here, in
     the process that builds the app (where the user exported it), not in the replica."""
     s = cfg.serve
-    token = os.environ.get(s.auth_token_env, "") if s.auth_token_env else None
-    if token == "":
-        raise ValueError(f"serve.auth_token_env: the environment variable {s.auth_token_env} is empty or unset; export the token first")
+    token = bearer_token(s)
     return ReplicaSettings(
         model_path=model_path, system_prompt=cfg.prompt.system_prompt, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
         precision=s.precision, max_length=s.max_length, adapters_dir=s.adapters_dir, adapters={**s.adapters, **(adapters or {})},

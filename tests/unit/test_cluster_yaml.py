@@ -54,3 +54,23 @@ def test_setup_installs_the_pinned_stack_and_mounts_shared_storage(raw):
     assert "-c ~/socrates_ray/constraints.txt" in setup
     assert "mount -t nfs4" in setup and "/mnt/shared" in setup
     assert raw["file_mounts"]["/home/ubuntu/socrates_ray"] == "."
+
+
+def test_gpu_nodes_install_vllm_with_the_gpu_pin_set(raw):
+    setup = "\n".join(raw["setup_commands"])
+    assert re.search(r"if nvidia-smi .*-c ~/socrates_ray/constraints-gpu\.txt -e \"\$HOME/socrates_ray\[vllm\]\"", setup)
+    gpu = dict(line.split("==") for line in (REPO / "constraints-gpu.txt").read_text().splitlines() if "==" in line)
+    cpu = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'vllm = ["vllm=={gpu["vllm"]}"]' in pyproject
+    # the stack the project runs on is the same on CPU and GPU machines
+    for name in ("ray", "transformers", "peft", "deepspeed", "pyarrow", "fastapi"):
+        assert gpu[name] == cpu[name], name
+    assert gpu["torch"] == cpu["torch"] == "2.13.0"
+
+
+def test_no_secret_is_passed_on_a_job_entrypoint():
+    # `ray job list` shows every job's entrypoint and runtime_env to anyone with the dashboard
+    for path in [REPO / "cluster.yaml", REPO / "runtime_env.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
+        text = path.read_text()
+        assert not re.search(r"(TOKEN|KEY|SECRET)\w*=<?\w", text), path.name

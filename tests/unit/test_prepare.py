@@ -431,3 +431,18 @@ def test_all_settings_leaves_unseen_participants_out(tmp_path, synth_dir):
                                                "unseen_participants]")), log=lambda *_: None)
     # all_settings trains on what the three unit settings train on: far more than a tenth of the rows
     assert summary["settings"]["all_settings"]["train"]["rows"] > 3 * summary["settings"]["unseen_participants"]["train"]["rows"]
+
+
+def test_a_cloud_url_without_its_filesystem_names_the_extra_to_install(monkeypatch):
+    import fsspec
+
+    from socrates_ray.data.raw_source import open_source
+
+    def missing(url, **_):
+        raise ImportError(f"Install the filesystem for {url.split(':')[0]}")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    with pytest.raises(PrepareError, match=r"pip install 'socrates_ray\[s3\]'"):
+        open_source("s3://bucket/socsci210")
+    with pytest.raises(PrepareError, match=r"pip install 'socrates_ray\[gcs\]'"):
+        open_source("gs://bucket/socsci210")

@@ -33,6 +33,24 @@ def test_replica_settings_read_the_token_where_the_app_is_built_and_never_print_
         replica_settings(cfg, "runs/tiny-model")
 
 
+def test_the_token_can_come_from_a_file_only_its_owner_reads(tmp_path, monkeypatch):
+    token_file = tmp_path / "serve_token"
+    cfg = load_config("configs/demo.yaml", [f"serve.auth_token_file={token_file}"])
+    with pytest.raises(ValueError, match=r"is not a file; .*umask 077"):
+        replica_settings(cfg, "m")
+    token_file.write_text("t0ken\n")
+    token_file.chmod(0o644)
+    with pytest.raises(ValueError, match=r"can be read by other users; chmod 600"):
+        replica_settings(cfg, "m")
+    token_file.chmod(0o600)
+    assert replica_settings(cfg, "m").token == "t0ken"
+    token_file.write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        replica_settings(cfg, "m")
+    with pytest.raises(ValueError, match="both set; keep one"):
+        load_config("configs/demo.yaml", [f"serve.auth_token_file={token_file}", "serve.auth_token_env=X"])
+
+
 def test_one_bad_request_in_a_batch_gets_its_own_error_and_its_neighbours_their_answers():
     import threading
 
