@@ -5,7 +5,8 @@ An engine holds one base model plus LoRA adapters loaded by name and answers two
 - `option_logprobs(prompts, options, adapter)`: log P(option text + end of turn | prompt) for every
   option of every prompt (exact scoring: no sampling noise, multi-token options included);
 - `generate(prefixes, n, temperature, top_p, max_new_tokens, adapter, logprobs)`: sampled
-  continuations of already-templated prefixes.
+  continuations of already-templated prefixes (logprobs: True for the chosen tokens' log-probabilities,
+  k for the k most likely tokens at each step too).
 
 Two engines implement them: `TransformersEngine` (transformers_engine.py, the reference) and
 `VllmEngine` (vllm_engine.py). Everything built on the primitives is a plain function here, the same
@@ -66,7 +67,7 @@ class InferenceEngine(Protocol):
 
     def generate(
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool | int = False,
     ) -> list[list[dict[str, Any]]]: ...
 
 
@@ -149,18 +150,33 @@ def encode_prefixes(tokenizer: Any, prefixes: Sequence[str], max_new_tokens: int
     return encoded
 
 
-def completion(tokenizer: Any, eot: int, tokens: list[int], logprob_at: Callable[[int, int], float] | None = None) -> dict[str, Any]:
-    """One generated continuation as `generate` returns it: text up to the end of turn, its length,
-    finish_reason and, when logprob_at(step, token) is given, each kept token's log-probability."""
+def top_count(logprobs: bool | int | None) -> int | None:
+    """`generate`'s logprobs argument as how many alternatives to keep per token: None = no log-probabilities;
+    False/None -> None, True -> 0 (the chosen tokens only), k -> the k most likely tokens too."""
+    if logprobs is None or logprobs is False:
+        return None
+    return 0 if logprobs is True else int(logprobs)
+
+
+def completion(tokenizer: Any, eot: int, tokens: list[int], logprob_at: Callable[[int, int], float] | None = None,
+               top_at: Callable[[int], list[tuple[int, float]]] | None = None) -> dict[str, Any]:
+    """One generated continuation as `generate` returns it: text up to the end of turn, its token ids and
+    length, finish_reason and, when logprob_at(step, token) is given, each kept token's log-probability,
+    with top_at(step) the most likely (token, log-probability) pairs at each step as "top"."""
     stop = eot in tokens
     kept = tokens[: tokens.index(eot)] if stop else tokens
     item: dict[str, Any] = {
         "text": tokenizer.decode(kept, skip_special_tokens=True),
         "tokens": len(kept),
+        "token_ids": kept,
         "finish_reason": "stop" if stop else "length",
     }
     if logprob_at is not None:
-        item["logprobs"] = [{"token": tokenizer.decode([t]), "logprob": float(logprob_at(j, t))} for j, t in enumerate(kept)]
+        item["logprobs"] = [
+            {"token": tokenizer.decode([t]), "logprob": float(logprob_at(j, t)),
+             **({"top": [(tokenizer.decode([a]), float(lp)) for a, lp in top_at(j)]} if top_at is not None else {})}
+            for j, t in enumerate(kept)
+        ]
     return item
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from socrates_ray.data.tokenize import Encoder, additive_mask
 from socrates_ray.infer.engine import (
     GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, OptionIds, ScoreError, completion,
-    encode_prefixes, unknown_adapter,
+    encode_prefixes, top_count, unknown_adapter,
 )
 from socrates_ray.infer.adapter_check import AdapterUnusable, check_adapter
 from socrates_ray.infer.precision import engine_precision
@@ -279,12 +279,12 @@ class TransformersEngine:
     # --- sampling -------------------------------------------------------------------------------
     def generate(
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool | int = False,
     ) -> list[list[dict[str, Any]]]:
         """Sample n continuations of each already-templated prefix text.
 
-        Returns per prefix n dicts: text, tokens, finish_reason ('stop' or 'length') and, with
-        logprobs, the chosen tokens' log-probabilities."""
+        Returns per prefix n dicts: text, tokens, token_ids, finish_reason ('stop' or 'length') and, with
+        logprobs, the chosen tokens' log-probabilities (an int k: and the k most likely tokens at each step)."""
         import torch
 
         eot = self.encoder.eot_ids[0]
@@ -300,23 +300,33 @@ class TransformersEngine:
         # answer does not depend on the batch it shares; generate then only picks the drawn token.
         from transformers import LogitsProcessorList
 
-        sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p, keep_scores=logprobs)
+        top = top_count(logprobs)
+        sampler = None if temperature < GREEDY_BELOW else SeededSampler(prefixes, n, temperature, top_p, keep_scores=top is not None)
         with torch.inference_mode(), self._use(adapter):
             out = self.model.generate(
                 input_ids=ids.to(self.device), attention_mask=attention.to(self.device), do_sample=False,
                 temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList([sampler] if sampler else []),
                 max_new_tokens=max_new_tokens, eos_token_id=eot,
-                pad_token_id=self.encoder.pad_id, output_scores=logprobs, return_dict_in_generate=True,
+                pad_token_id=self.encoder.pad_id, output_scores=top is not None, return_dict_in_generate=True,
             )
         new = out.sequences[:, width:].cpu()
         scores = None
-        if logprobs:  # the warped distribution each token was drawn from (greedy: the model's own)
+        if top is not None:  # the warped distribution each token was drawn from (greedy: the model's own)
             steps = sampler.warped if sampler else out.scores
             scores = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in steps], dim=1).cpu()
         results: list[list[dict[str, Any]]] = []
         for row in range(new.shape[0]):
             step_logprob = (lambda j, t, row=row: scores[row, j, t]) if scores is not None else None
+            step_top = (lambda j, row=row: _top_tokens(scores[row, j], top)) if scores is not None and top else None
             if row % n == 0:
                 results.append([])
-            results[-1].append(completion(self.tokenizer, eot, new[row].tolist(), step_logprob))
+            results[-1].append(completion(self.tokenizer, eot, new[row].tolist(), step_logprob, step_top))
         return results
+
+
+def _top_tokens(logprobs: Any, k: int) -> list[tuple[int, float]]:
+    """The k most likely (token, log-probability) pairs of one step, leaving out tokens top_p cut (-inf)."""
+    import torch
+
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+    return [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist()) if v > float("-inf")]

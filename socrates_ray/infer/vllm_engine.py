@@ -42,7 +42,7 @@ import numpy as np
 from socrates_ray.data.tokenize import Encoder
 from socrates_ray.infer.engine import (
     GREEDY_BELOW, PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P, ContextOverflow, OptionIds, ScoreError, completion,
-    encode_prefixes, unknown_adapter,
+    encode_prefixes, top_count, unknown_adapter,
 )
 from socrates_ray.infer.adapter_check import check_adapter
 from socrates_ray.infer.precision import engine_precision
@@ -299,7 +299,7 @@ class VllmEngine:
     # --- sampling -------------------------------------------------------------------------------
     def generate(
         self, prefixes: Sequence[str], n: int = 1, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool = False,
+        max_new_tokens: int = PAPER_MAX_NEW_TOKENS, adapter: str | None = None, logprobs: bool | int = False,
     ) -> list[list[dict[str, Any]]]:
         """Sample n continuations of each already-templated prefix text (TransformersEngine.generate's
         contract). Seeded per prefix: the same prefix, engine seed and settings give the same samples."""
@@ -310,10 +310,11 @@ class VllmEngine:
         eot = self.encoder.eot_ids[0]
         encoded = encode_prefixes(self.tokenizer, prefixes, max_new_tokens, self.context)
         greedy = temperature < GREEDY_BELOW
+        top = top_count(logprobs)
         params = [
             SamplingParams(
                 n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, max_tokens=max_new_tokens,
-                stop_token_ids=[eot], ignore_eos=True, logprobs=0 if logprobs else None, detokenize=False,
+                stop_token_ids=[eot], ignore_eos=True, logprobs=top, detokenize=False,
                 seed=prompt_seed(self.settings.seed, p),
             )
             for p in prefixes
@@ -324,6 +325,11 @@ class VllmEngine:
             row = []
             for c in sorted(out.outputs, key=lambda c: c.index):
                 steps = c.logprobs or []
-                row.append(completion(self.tokenizer, eot, list(c.token_ids), (lambda j, t, steps=steps: steps[j][t].logprob) if logprobs else None))
+                row.append(completion(
+                    self.tokenizer, eot, list(c.token_ids), (lambda j, t, steps=steps: steps[j][t].logprob) if top is not None else None,
+                    # vLLM returns the top ones ranked 1..k, plus the drawn token wherever it ranks lower
+                    (lambda j, steps=steps: sorted(((t, lp.logprob) for t, lp in steps[j].items() if lp.rank <= top),
+                                                   key=lambda x: -x[1])) if top else None,
+                ))
             results.append(row)
         return results

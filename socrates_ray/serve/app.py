@@ -2,7 +2,10 @@
 
 Routes:
   POST /v1/predict           persona + stimulus (or a full prompt) -> answer distribution and/or samples
-  POST /v1/chat/completions  an OpenAI-compatible subset (the `openai` client works unchanged)
+  POST /v1/predict/batch     many such rows in one request -> their answer distributions
+  POST /v1/chat/completions  OpenAI's chat completions: n, logprobs/top_logprobs (for a survey question, the
+                             first token's top_logprobs are the exact option distribution), stream (SSE)
+  POST /v1/completions       OpenAI's (legacy) completions: text continued as it is, logprobs, stream
   GET  /v1/models            the base model and the adapters that can be named
   GET  /healthz              liveness + batching counters
 
@@ -15,16 +18,15 @@ serve.max_body_bytes (413).
 # No `from __future__ import annotations` here: FastAPI must see the request models as real
 # classes after Serve pickles the deployment (string annotations would not resolve there).
 
+import asyncio
 import hmac
 import os
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from ray import serve
@@ -34,6 +36,7 @@ from socrates_ray.data.prompts import MAX_SCALE_OPTIONS, build_messages, build_p
 from socrates_ray.infer import MAX_DISTRIBUTION_TEMPERATURE, engine_spec, parse_first_integer
 from socrates_ray.infer.adapter_check import AdapterUnusable
 from socrates_ray.serve.auth import bearer_token
+from socrates_ray.serve.openai_format import chat_chunks, chat_response, completion_chunks, completion_response, option_top, sse
 from socrates_ray.serve.replica import (
     CONTEXT_CODE, AdapterNotFound, BadRequest, DistributionJob, GenerationJob, ModelCore, ReplicaSettings, list_adapters, resolve_adapter,
 )
@@ -80,20 +83,14 @@ class Strict(Text):
     model_config = ConfigDict(extra="forbid")
 
 
-class PredictRequest(Strict):
+class PredictRow(Strict):
+    """One participant and question: what /v1/predict scores, and each row of /v1/predict/batch."""
+
     persona: dict[str, Any] | None = Field(None, description="Demographic fields (SocSci210 names).")
     stimulus: str | None = Field(None, min_length=1, description="Vignette + question + answer-format sentence.")
     prompt: str | None = Field(None, min_length=1, description="A full prompt instead of persona + stimulus.")
-    adapter: str | None = Field(None, description="Adapter name; null or 'base' = the base model.")
-    mode: Literal["distribution", "sample"] = "distribution"
     options: list[Annotated[int, Field(ge=-MAX_OPTION, le=MAX_OPTION)]] | None = Field(
         None, min_length=1, max_length=MAX_SCALE_OPTIONS, description="Answers to score (default: the scale parsed from the text).")
-    n: int = Field(1, ge=1)
-    # Up to MAX_DISTRIBUTION_TEMPERATURE on an option distribution (what simulate.temperature=auto
-    # may fit); sampling text keeps OpenAI's cap of 2.
-    temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(32, ge=1)
 
     @field_validator("persona")
     @classmethod
@@ -101,6 +98,27 @@ class PredictRequest(Strict):
         if value is not None and (problem := persona_problem(value)) is not None:
             raise ValueError(problem)
         return value
+
+
+MAX_BATCH_ROWS = 1024  # rows of one /v1/predict/batch request (the body limit, serve.max_body_bytes, applies too)
+
+
+class PredictBatchRequest(Strict):
+    rows: list[PredictRow] = Field(min_length=1, max_length=MAX_BATCH_ROWS)
+    adapter: str | None = Field(None, description="Adapter name for every row; null or 'base' = the base model.")
+    temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class PredictRequest(PredictRow):
+    adapter: str | None = Field(None, description="Adapter name; null or 'base' = the base model.")
+    mode: Literal["distribution", "sample"] = "distribution"
+    n: int = Field(1, ge=1)
+    # Up to MAX_DISTRIBUTION_TEMPERATURE on an option distribution (what simulate.temperature=auto
+    # may fit); sampling text keeps OpenAI's cap of 2.
+    temperature: float = Field(1.0, ge=0, le=MAX_DISTRIBUTION_TEMPERATURE)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(32, ge=1)
 
     @field_validator("temperature")
     @classmethod
@@ -116,17 +134,51 @@ class ChatMessage(Strict):
     content: str
 
 
-class ChatRequest(Text):
-    # Unknown OpenAI fields (user, seed, stream=false, ...) are ignored, as OpenAI-compatible servers do.
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap
+
+
+class StreamOptions(Text):
+    include_usage: bool = False
+
+
+class Generation(Text):
+    """What chat and completions requests share. Unknown OpenAI fields (user, seed, ...) are ignored, as
+    OpenAI-compatible servers do."""
+
     model: str = "base"
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1)
-    logprobs: bool = False
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        return self
+
+
+class CompletionRequest(Generation):
+    prompt: str | list[str] = Field(description="Text to continue as it is (no chat template), or a list of texts.")
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Log-probabilities of the chosen tokens and this many alternatives.")
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _texts(cls, value: str | list[str]) -> str | list[str]:
+        if (value == "") or (isinstance(value, list) and (not value or any(p == "" for p in value))):
+            raise ValueError("send a non-empty prompt (a text, or a list of texts)")
+        return value
 
 
 def resident_mib() -> float:
@@ -231,7 +283,9 @@ def build_api(replica: "SocratesModel") -> FastAPI:
         return await call_next(request)
 
     api.post("/v1/predict")(replica.predict)
+    api.post("/v1/predict/batch")(replica.predict_batch)
     api.post("/v1/chat/completions")(replica.chat)
+    api.post("/v1/completions")(replica.completions)
     api.get("/v1/models")(replica.models)
     api.get("/healthz")(replica.healthz)
     return api
@@ -267,26 +321,35 @@ class SocratesModel:
                              CONTEXT_CODE)
         return prompt_tokens
 
+    def _row_text(self, row: PredictRow) -> tuple[str, Any]:
+        """A row's prompt and the answer scale parsed from its text."""
+        if (row.prompt is None) == (row.stimulus is None):
+            raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
+        prompt = row.prompt if row.prompt is not None else build_prompt(row.persona or {}, row.stimulus or "")
+        return prompt, parse_answer_scale(row.stimulus or prompt)
+
+    def _distribution_job(self, row: PredictRow, adapter: str | None, temperature: float, top_p: float) -> DistributionJob:
+        prompt, scale = self._row_text(row)
+        options = row.options or scale.options
+        if not options:
+            raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
+                             "send 'options' or use mode 'sample' for open-ended amounts")
+        self._fits(self.core.engine.encoder.prefix_text(prompt), 3 * len(options) + 1)
+        return DistributionJob(adapter, prompt, list(options), temperature, top_p)
+
     async def predict(self, req: PredictRequest) -> Any:
         try:
             self._limits(req.n, req.max_tokens if req.mode == "sample" else None)
-            if (req.prompt is None) == (req.stimulus is None):
-                raise BadRequest("send exactly one of 'prompt' (a full prompt) or 'stimulus' (with an optional 'persona')")
-            prompt = req.prompt if req.prompt is not None else build_prompt(req.persona or {}, req.stimulus or "")
-            scale = parse_answer_scale(req.stimulus or prompt)
+            prompt, scale = self._row_text(req)
             async with self.core.using_adapter(req.adapter) as adapter:  # pinned until answered
-                prefix = self.core.engine.encoder.prefix_text(prompt)
                 body: dict[str, Any] = {"adapter": adapter or "base", "mode": req.mode,
                                         "scale": {"kind": scale.kind, "low": scale.low, "high": scale.high}}
                 if req.mode == "distribution":
-                    options = req.options or scale.options
-                    if not options:
-                        raise BadRequest("no bounded answer scale found in the text and no 'options' given; "
-                                         "send 'options' or use mode 'sample' for open-ended amounts", )
-                    self._fits(prefix, 3 * len(options) + 1)
-                    probs = await self.core.submit(DistributionJob(adapter, prompt, options, req.temperature, req.top_p))
-                    body.update(options=list(options), probs=[float(p) for p in probs])
+                    job = self._distribution_job(req, adapter, req.temperature, req.top_p)
+                    probs = await self.core.submit(job)
+                    body.update(options=job.options, probs=[float(p) for p in probs])
                 else:
+                    prefix = self.core.engine.encoder.prefix_text(prompt)
                     self._fits(prefix, req.max_tokens)
                     outs = await self.core.submit(GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, req.max_tokens))
                     answers = [parse_first_integer(o["text"]) for o in outs]
@@ -300,10 +363,35 @@ class SocratesModel:
         except AdapterUnusable as err:
             return error(422, str(err), param="adapter")
 
+    async def predict_batch(self, req: PredictBatchRequest) -> Any:
+        """Many rows' answer distributions in one request, each scored as /v1/predict scores it alone. A
+        row that cannot be scored (no scale, over the context) gets its own error in its place; the
+        request's own mistakes (adapter, fields) are its 4xx."""
+        try:
+            async with self.core.using_adapter(req.adapter) as adapter:
+                results: list[Any] = [None] * len(req.rows)
+                pending: dict[int, DistributionJob] = {}
+                for i, row in enumerate(req.rows):
+                    try:
+                        pending[i] = self._distribution_job(row, adapter, req.temperature, req.top_p)
+                    except BadRequest as err:
+                        results[i] = {"error": {"message": str(err), "code": err.code or 400}}
+                answers = await asyncio.gather(*(self.core.submit(job) for job in pending.values()), return_exceptions=True)
+                for (i, job), answer in zip(pending.items(), answers):
+                    if isinstance(answer, BadRequest):
+                        results[i] = {"error": {"message": str(answer), "code": answer.code or 400}}
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                    else:
+                        results[i] = {"options": job.options, "probs": [float(p) for p in answer]}
+            return {"adapter": adapter or "base", "results": results}
+        except AdapterNotFound as err:
+            return error(404, str(err), "not_found_error", "adapter")
+        except AdapterUnusable as err:
+            return error(422, str(err), param="adapter")
+
     async def chat(self, req: ChatRequest) -> Any:
         try:
-            if req.stream:
-                raise BadRequest("stream=true is not supported; send stream=false")
             max_tokens = req.max_completion_tokens or req.max_tokens or 16
             self._limits(req.n, max_tokens)
             async with self.core.using_adapter(None if req.model in ("base", self.model_name) else req.model) as adapter:
@@ -313,31 +401,64 @@ class SocratesModel:
                     messages = build_messages("", self.system_prompt)[:1] + messages
                 prefix = self.core.engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 prompt_tokens = self._fits(prefix, max_tokens)
+                top = req.top_logprobs or 0
                 outs = await self.core.submit(
-                    GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, max_tokens, req.logprobs)
+                    GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, max_tokens, top if req.logprobs else False)
                 )
+                first_top = await self._answer_distribution(adapter, messages, prefix, top) if req.logprobs and top else None
         except BadRequest as err:
             return error(400, str(err), code=err.code)
         except AdapterNotFound as err:
             return error(404, str(err), "not_found_error", "model")
         except AdapterUnusable as err:
             return error(422, str(err), param="model")
-        choices = []
-        for i, o in enumerate(outs):
-            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": o["text"]},
-                                      "finish_reason": o["finish_reason"], "logprobs": None}
-            if req.logprobs:
-                choice["logprobs"] = {"content": [
-                    {"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode()), "top_logprobs": []}
-                    for t in o["logprobs"]
-                ]}
-            choices.append(choice)
-        completion = sum(o["tokens"] for o in outs)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
-        }
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(sse(chat_chunks(req.model, outs, self.core.engine.tokenizer, prompt_tokens, req.logprobs,
+                                                     include_usage, first_top)), media_type="text/event-stream")
+        return chat_response(req.model, outs, prompt_tokens, req.logprobs, first_top)
+
+    async def _answer_distribution(self, adapter: str | None, messages: list[dict[str, str]], prefix: str,
+                                   k: int) -> list[tuple[str, float]] | None:
+        """The first answer token's top_logprobs as the exact option distribution, where the chat is the
+        question /v1/predict would score: one user turn (after the server's system prompt) holding a bounded
+        answer scale. Otherwise None (the engine's own top tokens stand)."""
+        user = messages[-1]["content"] if messages[-1]["role"] == "user" else None
+        if user is None or self.core.engine.encoder.prefix_text(user) != prefix:
+            return None
+        options = parse_answer_scale(user).options
+        if not options:
+            return None
+        probs = await self.core.submit(DistributionJob(adapter, user, list(options)))
+        return option_top(options, [float(p) for p in probs], k)
+
+    async def completions(self, req: CompletionRequest) -> Any:
+        try:
+            if req.echo or req.suffix is not None:
+                raise BadRequest("echo and suffix are not supported; send the prompt alone")
+            prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+            max_tokens = req.max_tokens or 16
+            self._limits(req.n, max_tokens)
+            if len(prompts) * req.n > self.settings.max_n:
+                raise BadRequest(f"{len(prompts)} prompts x n={req.n} is over the limit of {self.settings.max_n} completions a "
+                                 "request (serve.max_n)")
+            async with self.core.using_adapter(None if req.model in ("base", self.model_name) else req.model) as adapter:
+                prompt_tokens = sum(self._fits(p, max_tokens) for p in prompts)
+                logprobs = req.logprobs if req.logprobs is not None else False
+                outs = await asyncio.gather(*(self.core.submit(
+                    GenerationJob(adapter, p, req.temperature, req.top_p, req.n, max_tokens, logprobs)) for p in prompts))
+        except BadRequest as err:
+            return error(400, str(err), code=err.code)
+        except AdapterNotFound as err:
+            return error(404, str(err), "not_found_error", "model")
+        except AdapterUnusable as err:
+            return error(422, str(err), param="model")
+        tokenizer, with_logprobs = self.core.engine.tokenizer, req.logprobs is not None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(sse(completion_chunks(req.model, outs, prompts, tokenizer, prompt_tokens, with_logprobs,
+                                                           include_usage)), media_type="text/event-stream")
+        return completion_response(req.model, outs, prompts, tokenizer, prompt_tokens, with_logprobs)
 
     async def models(self) -> Any:
         names = ["base"] + [name for name in list_adapters(self.settings.adapters_dir, self.settings.adapters)

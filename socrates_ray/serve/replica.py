@@ -153,7 +153,7 @@ class GenerationJob:
     top_p: float = 1.0
     n: int = 1
     max_tokens: int = 32
-    logprobs: bool = False
+    logprobs: bool | int = False  # True: the chosen tokens' log-probabilities; k: and the k most likely tokens
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def group(self) -> tuple:

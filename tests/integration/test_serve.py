@@ -168,6 +168,116 @@ def test_openai_client_works_unchanged(app) -> None:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
 
 
+def test_a_batch_of_rows_scores_each_as_predict_does_and_a_bad_row_gets_its_own_error(app) -> None:
+    rows = [{"persona": {"age": 20 + 7 * i, "party_id": ["Strong Democrat", "Independent"][i % 2]}, "stimulus": STIMULUS}
+            for i in range(6)]
+    rows.insert(2, {"stimulus": "How much would you pay? Only return an integer representing dollars."})  # no scale
+    rows.insert(4, {"stimulus": "word " * 900 + STIMULUS})  # over the context
+    rows.append({"prompt": "Pick one. Only return an integer from 1 to 3, nothing else.", "options": [1, 2, 3]})
+    r = post("/v1/predict/batch", {"rows": rows, "adapter": "a1", "temperature": 0.8})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(rows) and r.json()["adapter"] == "a1"
+    assert "no bounded answer scale" in results[2]["error"]["message"]
+    assert results[4]["error"]["code"] == "context_length_exceeded"
+    for row, result in zip(rows, results):
+        if "error" in result:
+            continue
+        alone = post("/v1/predict", {**row, "adapter": "a1", "temperature": 0.8}).json()
+        # (rows scored in one padded pass round differently from a row alone where the replica runs in bf16)
+        assert result["options"] == alone["options"] and result["probs"] == pytest.approx(alone["probs"], abs=0.02)
+    assert results[0]["probs"] != pytest.approx(results[1]["probs"], abs=1e-3)  # the persona moves the answer
+    assert post("/v1/predict/batch", {"rows": []}).status_code == 400
+    assert post("/v1/predict/batch", {"rows": rows[:1], "adapter": "missing"}).status_code == 404
+    assert post("/v1/predict/batch", {"rows": [{"stimulus": STIMULUS, "mode": "sample"}]}).status_code == 400  # distributions only
+
+
+def test_openai_client_streams_a_chat_completion_as_it_answers_whole(app) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=URL + "/v1", api_key=TOKEN, max_retries=0)
+    ask = dict(model="a1", messages=[{"role": "user", "content": STIMULUS}], max_tokens=6, temperature=0.0)
+    whole = client.chat.completions.create(**ask)
+    stream = client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}, logprobs=True)
+    chunks = list(stream)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    assert "".join(d.content or "" for d in deltas) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    streamed_logprobs = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert len(streamed_logprobs) == whole.usage.completion_tokens
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    # the raw stream is server-sent events ending in [DONE]
+    raw = requests.post(URL + "/v1/chat/completions", json={**ask, "stream": True}, headers=AUTH, timeout=120, stream=True)
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in raw.iter_lines(decode_unicode=True) if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+
+
+def test_top_logprobs_of_a_survey_answer_hold_the_option_distribution_predict_returns(app) -> None:
+    import math
+
+    from openai import OpenAI
+
+    from socrates_ray.data.prompts import build_prompt
+
+    persona = {"age": 52, "gender": "Male", "party_id": "Strong Republican"}
+    predicted = post("/v1/predict", {"persona": persona, "stimulus": STIMULUS, "adapter": "a2"}).json()
+    client = OpenAI(base_url=URL + "/v1", api_key=TOKEN, max_retries=0)
+    out = client.chat.completions.create(model="a2", messages=[{"role": "user", "content": build_prompt(persona, STIMULUS)}],
+                                         max_tokens=3, logprobs=True, top_logprobs=20)
+    first = out.choices[0].logprobs.content[0].top_logprobs
+    assert sorted(int(t.token) for t in first) == predicted["options"]
+    from_chat = {int(t.token): math.exp(t.logprob) for t in first}
+    assert [from_chat[o] for o in predicted["options"]] == pytest.approx(predicted["probs"], abs=1e-9)
+    assert [t.logprob for t in first] == sorted((t.logprob for t in first), reverse=True)
+    # top_logprobs=3: the three likeliest options
+    three = client.chat.completions.create(model="a2", messages=[{"role": "user", "content": build_prompt(persona, STIMULUS)}],
+                                           max_tokens=1, logprobs=True, top_logprobs=3).choices[0].logprobs.content[0].top_logprobs
+    assert [t.token for t in three] == [t.token for t in first[:3]]
+    # any other chat (here two turns): each token's top_logprobs are the engine's likeliest tokens
+    other = client.chat.completions.create(
+        model="a2", max_tokens=3, logprobs=True, top_logprobs=5,
+        messages=[{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}, {"role": "user", "content": STIMULUS}])
+    for entry in other.choices[0].logprobs.content:
+        values = [t.logprob for t in entry.top_logprobs]
+        assert 1 <= len(values) <= 5 and values == sorted(values, reverse=True) and entry.logprob <= values[0] + 1e-6
+
+
+def test_openai_client_completions_with_logprobs_and_streaming(app) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=URL + "/v1", api_key=TOKEN, max_retries=0)
+    prompts = ["The policy would", "Most people think"]
+    out = client.completions.create(model="a1", prompt=prompts, n=2, max_tokens=4, temperature=0.8, logprobs=3)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for choice in out.choices:
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) <= 4
+        assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)
+        assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[-1] <= lp.text_offset[0] + len(choice.text)
+    assert out.choices[0].logprobs.text_offset[0] == len(prompts[0])
+    assert out.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in out.choices)
+    greedy = dict(model="base", prompt=prompts[0], max_tokens=5, temperature=0.0)
+    whole = client.completions.create(**greedy).choices[0].text
+    assert "".join(c.choices[0].text for c in client.completions.create(**greedy, stream=True) if c.choices) == whole
+
+
+@pytest.mark.parametrize("route, body, fragment", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}, "needs logprobs=true"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ("/v1/completions", {"prompt": "hi", "echo": True}, "not supported"),
+    ("/v1/completions", {"prompt": [1, 2, 3]}, "prompt"),
+    ("/v1/completions", {"prompt": ""}, "non-empty prompt"),
+    ("/v1/completions", {"prompt": ["a"] * 5, "n": 2}, "serve.max_n"),
+    ("/v1/completions", {"prompt": "word " * 900}, "context"),
+    ("/v1/completions", {"prompt": "hi", "model": "missing"}, "unknown adapter"),
+])
+def test_openai_routes_refuse_what_they_cannot_do(app, route, body, fragment) -> None:
+    r = post(route, body)
+    assert 400 <= r.status_code < 500 and fragment in r.json()["error"]["message"], r.text
+
+
 @pytest.mark.parametrize(
     "body, status, fragment",
     [
@@ -264,10 +374,13 @@ def test_random_bodies_and_headers_on_every_route_are_never_a_5xx(app) -> None:
         return kinds[rng.randint(0, 8 if depth < 3 else 5)]()
 
     fields = {"/v1/predict": ["persona", "stimulus", "prompt", "adapter", "mode", "options", "n", "temperature", "top_p", "max_tokens"],
-              "/v1/chat/completions": ["model", "messages", "temperature", "top_p", "max_tokens", "n", "logprobs", "stream"]}
+              "/v1/chat/completions": ["model", "messages", "temperature", "top_p", "max_tokens", "n", "logprobs", "top_logprobs",
+                                       "stream", "stream_options"],
+              "/v1/completions": ["model", "prompt", "max_tokens", "n", "logprobs", "stream", "echo", "temperature"],
+              "/v1/predict/batch": ["rows", "adapter", "temperature", "top_p"]}
     statuses = []
     for i in range(160):
-        route = rng.choice(["/v1/predict", "/v1/chat/completions", "/v1/models", "/healthz"])
+        route = rng.choice(["/v1/predict", "/v1/predict/batch", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz"])
         shape = i % 4
         if shape == 0:
             data = json.dumps(value(), ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
