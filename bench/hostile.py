@@ -113,6 +113,18 @@ HOSTILE: dict[str, tuple[dict, set[int]]] = {
     "adapter of another base (vocab)": ({"json": {"stimulus": STIMULUS, "adapter": "other-base"}}, {422}),
     "chat naming a broken adapter": ({"path": "/v1/chat/completions",
                                       "json": {"model": "rank", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}}, {422}),
+    # issue 43's routes: streaming, top_logprobs, completions, many rows a request
+    "streamed chat over the token limit": ({"path": "/v1/chat/completions", "json": {
+        "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10_000}}, {400}),
+    "top_logprobs without logprobs": ({"path": "/v1/chat/completions", "json": {
+        "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 5}}, {400}),
+    "top_logprobs of 1,000": ({"path": "/v1/chat/completions", "json": {
+        "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 1000}}, {400}),
+    "completions: a prompt of token ids": ({"path": "/v1/completions", "json": {"prompt": [1, 2, 3]}}, {400}),
+    "completions: 5,000 prompts": ({"path": "/v1/completions", "json": {"prompt": ["a"] * 5000}}, {400}),
+    "completions: prompt over the context, streamed": ({"path": "/v1/completions", "json": {"prompt": "word " * 3000, "stream": True}}, {400}),
+    "batch of 2,000 rows": ({"path": "/v1/predict/batch", "json": {"rows": [{"stimulus": "x"}] * 2000}}, {400, 413}),
+    "batch naming a broken adapter": ({"path": "/v1/predict/batch", "json": {"rows": [{"stimulus": STIMULUS}], "adapter": "cut"}}, {422}),
 }
 
 
