@@ -194,6 +194,16 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code or status}})
 
 
+def client_error(err: Exception, param: str) -> JSONResponse:
+    """A route's client mistake as its documented body: a bad request (400), an adapter that does not
+    exist (404) or cannot be used on this base (422); `param` names the field that chose the adapter."""
+    if isinstance(err, AdapterNotFound):
+        return error(404, str(err), "not_found_error", param)
+    if isinstance(err, AdapterUnusable):
+        return error(422, str(err), param=param)
+    return error(400, str(err), code=getattr(err, "code", None))
+
+
 def replica_settings(cfg: Config, model_path: str, adapters: dict[str, str] | None = None) -> ReplicaSettings:
     """The builder: cfg.serve -> what every replica gets; `adapters` (name -> folder) join
     serve.adapters (e.g. a training run's export as 'finetuned'). The bearer token is read here, in
@@ -356,12 +366,8 @@ class SocratesModel:
                     body.update(samples=[o["text"] for o in outs], answers=answers,
                                 unparsable=sum(a is None for a in answers))
             return body
-        except BadRequest as err:
-            return error(400, str(err), code=err.code)
-        except AdapterNotFound as err:
-            return error(404, str(err), "not_found_error", "adapter")
-        except AdapterUnusable as err:
-            return error(422, str(err), param="adapter")
+        except (BadRequest, AdapterNotFound, AdapterUnusable) as err:
+            return client_error(err, "adapter")
 
     async def predict_batch(self, req: PredictBatchRequest) -> Any:
         """Many rows' answer distributions in one request, each scored as /v1/predict scores it alone. A
@@ -385,10 +391,8 @@ class SocratesModel:
                     else:
                         results[i] = {"options": job.options, "probs": [float(p) for p in answer]}
             return {"adapter": adapter or "base", "results": results}
-        except AdapterNotFound as err:
-            return error(404, str(err), "not_found_error", "adapter")
-        except AdapterUnusable as err:
-            return error(422, str(err), param="adapter")
+        except (BadRequest, AdapterNotFound, AdapterUnusable) as err:
+            return client_error(err, "adapter")
 
     async def chat(self, req: ChatRequest) -> Any:
         try:
@@ -406,12 +410,8 @@ class SocratesModel:
                     GenerationJob(adapter, prefix, req.temperature, req.top_p, req.n, max_tokens, top if req.logprobs else False)
                 )
                 first_top = await self._answer_distribution(adapter, messages, prefix, top) if req.logprobs and top else None
-        except BadRequest as err:
-            return error(400, str(err), code=err.code)
-        except AdapterNotFound as err:
-            return error(404, str(err), "not_found_error", "model")
-        except AdapterUnusable as err:
-            return error(422, str(err), param="model")
+        except (BadRequest, AdapterNotFound, AdapterUnusable) as err:
+            return client_error(err, "model")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(sse(chat_chunks(req.model, outs, self.core.engine.tokenizer, prompt_tokens, req.logprobs,
@@ -447,12 +447,8 @@ class SocratesModel:
                 logprobs = req.logprobs if req.logprobs is not None else False
                 outs = await asyncio.gather(*(self.core.submit(
                     GenerationJob(adapter, p, req.temperature, req.top_p, req.n, max_tokens, logprobs)) for p in prompts))
-        except BadRequest as err:
-            return error(400, str(err), code=err.code)
-        except AdapterNotFound as err:
-            return error(404, str(err), "not_found_error", "model")
-        except AdapterUnusable as err:
-            return error(422, str(err), param="model")
+        except (BadRequest, AdapterNotFound, AdapterUnusable) as err:
+            return client_error(err, "model")
         tokenizer, with_logprobs = self.core.engine.tokenizer, req.logprobs is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
