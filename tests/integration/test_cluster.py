@@ -93,7 +93,7 @@ def submit(ray_head: dict, env: dict, *entrypoint: str) -> subprocess.CompletedP
     (what the fixture waits for) can answer before the node's agent registers, and on a loaded
     2-core machine a fresh-clone suite once got "No available agent to submit job, please try again
     later" (HTTP 500) on its first submission."""
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # a loaded machine (installs or a demo beside the suite) brings the agent up late
     while True:
         done = subprocess.run(
             ["ray", "job", "submit", "--address", ray_head["address"], "--runtime-env", "runtime_env.yaml", "--working-dir", ".",
