@@ -87,10 +87,11 @@ def chat_chunks(model: str, outs: Sequence[dict[str, Any]], tokenizer: Any, prom
         yield {**head, "choices": [], "usage": _usage(prompt_tokens, outs)}
 
 
-def completion_logprobs(out: dict[str, Any], tokenizer: Any, start: int = 0) -> dict[str, Any]:
+def completion_logprobs(out: dict[str, Any], tokenizer: Any, start: int = 0, texts: list[str] | None = None) -> dict[str, Any]:
     """The legacy completions "logprobs" object: tokens, token_logprobs, top_logprobs ({token: logprob}
-    per step) and text_offset (where each token starts, counted from the start of the prompt)."""
-    texts = pieces(tokenizer, out["token_ids"])
+    per step) and text_offset (where each token starts, counted from the start of the prompt).
+    `texts`: the completion's pieces when the caller has them already."""
+    texts = pieces(tokenizer, out["token_ids"]) if texts is None else texts
     offsets, at = [], start
     for piece in texts:
         offsets.append(at)
@@ -120,8 +121,9 @@ def completion_chunks(model: str, outs: Sequence[Sequence[dict[str, Any]]], prom
     index = 0
     for p, row in enumerate(outs):
         for o in row:
-            whole = completion_logprobs(o, tokenizer, len(prompts[p])) if logprobs else None
-            for j, piece in enumerate(pieces(tokenizer, o["token_ids"])):
+            texts = pieces(tokenizer, o["token_ids"])
+            whole = completion_logprobs(o, tokenizer, len(prompts[p]), texts) if logprobs else None
+            for j, piece in enumerate(texts):
                 step = {key: [values[j]] for key, values in whole.items()} if whole else None
                 yield {**head, "choices": [{"index": index, "text": piece, "logprobs": step, "finish_reason": None}]}
             yield {**head, "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": o["finish_reason"]}]}

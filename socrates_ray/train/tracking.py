@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,22 +110,18 @@ class MlflowSink:
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(settings["project"])
             run = self.client.create_run(experiment_id, run_name=settings["run_name"])
             ids["mlflow"] = run.info.run_id
-            params = [mlflow.entities.Param(k, json.dumps(v) if not isinstance(v, str) else v)
+            params = [mlflow.entities.Param(k, (v if isinstance(v, str) else json.dumps(v))[:MLFLOW_PARAM_CHARS])
                       for k, v in flatten(settings["config"]).items()]
             for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-                self.client.log_batch(ids["mlflow"], params=[
-                    mlflow.entities.Param(p.key, p.value[:MLFLOW_PARAM_CHARS]) for p in params[start : start + 100]])
+                self.client.log_batch(ids["mlflow"], params=params[start : start + 100])
         else:
             self.client.update_run(ids["mlflow"], status="RUNNING")
         self.run_id = ids["mlflow"]
+        self.metric = mlflow.entities.Metric
 
     def log(self, record: dict[str, Any]) -> None:
-        import time
-
-        import mlflow
-
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, v, now, record["step"]) for k, v in scalars(record).items()])
+        self.client.log_batch(self.run_id, metrics=[self.metric(k, v, now, record["step"]) for k, v in scalars(record).items()])
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED")
