@@ -1,0 +1,241 @@
+"""A fast screen of training recipes for one question: does the model read the persona?
+
+    python bench/persona_screen.py                       # after `make demo`: the demo's recipe, 1,000 steps
+    python bench/persona_screen.py --mode full --lr 1e-3
+    python bench/persona_screen.py --persona-aux 1.0     # + recover each persona field at the answer position
+    python bench/persona_screen.py --persona-last        # diagnostic: the persona block moved after the question
+    python bench/persona_screen.py --marginals           # the truth alone: does a persona field move answers on average?
+    python bench/persona_screen.py data.raw=runs/big/synth data.prepared=runs/big/prepared   # another synth/prepare
+
+One process, no Ray, no DeepSpeed: the demo's base (model.path), its LoRA shape and learning rate, batches
+of 16 of the training split of train.setting, AdamW with warm-up and cosine decay. Every --report steps it
+scores whole cells of three splits (training cells, unseen conditions, unseen studies; bounded scales of
+one-digit options) from the next-token distribution at the answer position and prints, per split:
+
+- persona reading: within each cell, the correlation, pooled over cells, of each participant's predicted
+  mean position (0-1) with their TRUE mean position (the synthetic generator's ground_truth_rows.parquet),
+  both centred on the cell's mean; what report.md calls persona reading, on this screen's rows;
+- spread: the standard deviation of those centred predictions, beside the truth's;
+- cell means: the share of uniform's distance between the cell's mean position and the truth's that
+  the model removes.
+
+--marginals prints, for party and ideology, each value's mean and SD of the true within-cell deviation over
+the training split and stops: a value whose mean is near 0 and whose SD is large moves answers only together
+with the stimulus (an interaction), which gives a model no first-order reason to read it.
+
+It reproduces the order of the full pipeline's figures, not their values: `socrates-ray train` and
+`evaluate` are what a recipe is judged on. --persona-aux adds a training-only linear probe on what the MLP
+of layer --aux-layer (default: the last) reads at the answer position, which must recover every persona
+field's value (hashed into --buckets classes): the attention before that MLP must bring the persona to
+where the answer is predicted, so the MLP can combine it with the stimulus. The probe is thrown away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import zlib
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
+from socrates_ray.data.prepared import load_split_rows
+from socrates_ray.data.prompts import PERSONA_ORDER
+from socrates_ray.data.synthetic_files import ROW_TRUTH_FILE
+from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder
+
+
+def whole_cells(rows: list[dict], limit: int, seed: int) -> list[dict]:
+    """Whole cells (study, condition, task) of bounded one-digit scales, in a seeded order, until `limit` rows."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["scale_low"] is not None and 0 <= r["scale_low"] and r["scale_high"] <= 9:
+            cells.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append(r)
+    keys = sorted(cells)
+    np.random.default_rng(seed).shuffle(keys)
+    out: list[dict] = []
+    for k in keys:
+        if len(out) >= limit:
+            break
+        out.extend(cells[k])
+    return out
+
+
+def persona_last(rows: list[dict]) -> list[dict]:
+    """The persona block moved after the question (a diagnostic layout, not the SocSci210 format)."""
+    for r in rows:
+        head, rest = r["prompt"].split("\n\nRead the question below", 1)
+        r["prompt"] = "Read the question below" + rest + "\n\n" + head
+    return rows
+
+
+def print_marginals(rows: list[dict], truth: dict) -> None:
+    cells: dict[tuple, list[tuple[dict, float]]] = {}
+    for r in rows:
+        t = truth.get((r["study_id"], r["sample_id"]))
+        if t is not None:
+            cells.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append(
+                (r["demographic"], float(np.dot(t, np.linspace(0, 1, len(t))))))
+    for field in ("party_id", "ideology"):
+        by: dict[str, list[float]] = {}
+        for v in cells.values():
+            centre = np.mean([m for _, m in v])
+            for demo, m in v:
+                by.setdefault(str(demo.get(field)), []).append(m - centre)
+        print(f"{field}: value, rows, mean true deviation from the cell's mean position, its SD")
+        for value, d in sorted(by.items()):
+            print(f"  {value:32s} {len(d):6d} {np.mean(d):+.3f} {np.std(d):.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as the CLI takes them (data.prepared=runs/big/prepared)")
+    parser.add_argument("--model", default=None, help="base model folder (default: the config's model.path)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--report", type=int, default=500, help="score the three splits every this many steps")
+    parser.add_argument("--lr", type=float, default=None, help="default: the config's train.lr")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--mode", choices=["lora", "lora_mlp", "full"], default="lora")
+    parser.add_argument("--persona-aux", type=float, default=0.0, help="weight of the persona-recovery probe's loss")
+    parser.add_argument("--aux-layer", type=int, default=-1, help="the probe reads this layer's MLP input (0-based; -1: the last)")
+    parser.add_argument("--buckets", type=int, default=64)
+    parser.add_argument("--persona-last", action="store_true")
+    parser.add_argument("--rows", type=int, default=1500, help="rows scored per split (whole cells)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--marginals", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    model_path = args.model or cfg.model.path
+    lr = args.lr if args.lr is not None else cfg.train.lr
+    layout = persona_last if args.persona_last else (lambda rows: rows)
+    truth_file = os.path.join(cfg.data.raw, ROW_TRUTH_FILE)
+    if not os.path.exists(truth_file):
+        raise SystemExit(f"{truth_file} not found: this screen needs the synthetic world's per-participant truth (run `make demo`)")
+    truth = {(r["study_id"], r["sample_id"]): r["probs"] for r in pq.read_table(truth_file).to_pylist()}
+
+    def split(setting: str, name: str) -> list[dict]:
+        return load_split_rows(cfg.data.prepared, setting, name).to_pylist()
+
+    train = layout(split(cfg.train.setting, "train"))
+    if args.marginals:
+        print_marginals(train, truth)
+        return 0
+    held = "unseen_conditions" if cfg.train.setting == "all_settings" else cfg.train.setting
+    scored = {"training cells": layout(whole_cells(train, args.rows, 1)),
+              "unseen conditions": layout(whole_cells(split(held, "eval"), args.rows, 0)),
+              "unseen studies": layout(whole_cells(split("unseen_studies", "eval"), args.rows, 0))}
+    tok = AutoTokenizer.from_pretrained(model_path)
+    enc = Encoder(tok, DEFAULT_SYSTEM_PROMPT)
+    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    examples = enc.encode([r["prompt"] for r in train], [str(r["response"]) for r in train])
+    fields = [[-100 if r["demographic"].get(k) is None else zlib.crc32(f"{k}={r['demographic'][k]}".encode()) % args.buckets
+               for k in PERSONA_ORDER] for r in train]
+    print(f"{len(train)} training rows; scored: " + ", ".join(f"{k} {len(v)}" for k, v in scored.items()), flush=True)
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if args.mode != "full":
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(cfg.train.lora.target_modules)
+        if args.mode == "lora_mlp":
+            targets += [m for m in ("gate_proj", "up_proj", "down_proj") if m not in targets]
+        model = get_peft_model(model, LoraConfig(r=cfg.train.lora.r, lora_alpha=cfg.train.lora.alpha, lora_dropout=0.0,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    layer = args.aux_layer % model.config.num_hidden_layers
+    seen: dict[str, Any] = {}
+    if args.persona_aux > 0:
+        mlp = next(m for name, m in model.named_modules() if name.endswith(f"layers.{layer}.mlp"))
+        mlp.register_forward_pre_hook(lambda module, inputs: seen.__setitem__("h", inputs[0]))
+    probe = torch.nn.Linear(model.config.hidden_size, len(PERSONA_ORDER) * args.buckets)
+    params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, int(cfg.train.warmup_ratio * args.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+
+    def batchify(items: list[tuple[list[int], list[int]]]) -> tuple:
+        width = max(len(i) for i, _ in items)
+        ids = torch.full((len(items), width), enc.pad_id)
+        labels = torch.full((len(items), width), IGNORE_INDEX)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for j, (i, lab) in enumerate(items):
+            ids[j, : len(i)], labels[j, : len(lab)], mask[j, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+        return ids, labels, mask
+
+    @torch.no_grad()
+    def positions(rows: list[dict]) -> np.ndarray:
+        model.eval()
+        prefixes, out = enc.encode_prompts([r["prompt"] for r in rows]), []
+        for s in range(0, len(rows), 32):
+            ids, _, mask = batchify([(p, p) for p in prefixes[s : s + 32]])
+            logits = model(input_ids=ids, attention_mask=mask).logits[torch.arange(len(ids)), mask.sum(1) - 1][:, digits]
+            for j, r in enumerate(rows[s : s + 32]):
+                lo, hi = r["scale_low"], r["scale_high"]
+                out.append(float(torch.softmax(logits[j, lo : hi + 1], -1).numpy() @ np.linspace(0, 1, hi - lo + 1)))
+        model.train()
+        return np.asarray(out)
+
+    def reading(rows: list[dict], predicted: np.ndarray) -> str:
+        cells: dict[tuple, list[tuple[float, float]]] = {}
+        for r, m in zip(rows, predicted):
+            t = np.asarray(truth[(r["study_id"], r["sample_id"])])
+            cells.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append((m, float(t @ np.linspace(0, 1, len(t)))))
+        p, t, miss, uni = [], [], [], []
+        for v in cells.values():
+            pm, tm = np.array([x for x, _ in v]), np.array([y for _, y in v])
+            p.extend(pm - pm.mean())
+            t.extend(tm - tm.mean())
+            miss.append(abs(pm.mean() - tm.mean()))
+            uni.append(abs(0.5 - tm.mean()))
+        p_, t_ = np.asarray(p), np.asarray(t)
+        corr = float(np.corrcoef(p_, t_)[0, 1]) if p_.std() > 0 else 0.0
+        return f"persona {corr:+.3f}, spread {p_.std():.3f} (truth {t_.std():.3f}), cell means {1 - np.mean(miss) / np.mean(uni):+.2f}"
+
+    rng = np.random.default_rng(args.seed)
+    order, at, t0, answer_loss, probe_loss = rng.permutation(len(examples)), 0, time.time(), 0.0, 0.0
+    for step in range(1, args.steps + 1):
+        if at + args.batch > len(order):
+            order, at = rng.permutation(len(examples)), 0
+        take = order[at : at + args.batch]
+        at += args.batch
+        ids, labels, mask = batchify([examples[i] for i in take])
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        loss = out.loss
+        if args.persona_aux > 0:
+            at_answer = (labels != IGNORE_INDEX).float().argmax(1) - 1  # the position that predicts the answer
+            h = seen["h"][torch.arange(len(take)), at_answer]
+            aux = torch.nn.functional.cross_entropy(probe(h).view(-1, args.buckets), torch.tensor([fields[i] for i in take]).view(-1),
+                                                    ignore_index=-100)
+            loss = loss + args.persona_aux * aux
+            probe_loss += float(aux.detach())
+        answer_loss += float(out.loss.detach())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % args.report == 0 or step == args.steps:
+            n = args.report if step % args.report == 0 else step % args.report
+            aux_text = f", probe loss {probe_loss / n:.3f}" if args.persona_aux > 0 else ""
+            print(f"step {step}: answer loss {answer_loss / n:.4f}{aux_text} ({time.time() - t0:.0f} s)", flush=True)
+            for name, rows in scored.items():
+                print(f"  {name}: {reading(rows, positions(rows))}", flush=True)
+            answer_loss = probe_loss = 0.0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
