@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from socrates_ray.config import DEFAULT_SYSTEM_PROMPT, load_config
+from socrates_ray.config import load_config
 from socrates_ray.data.prepared import load_split_rows
 from socrates_ray.data.prompts import PERSONA_ORDER
 from socrates_ray.data.synthetic_files import ROW_TRUTH_FILE
@@ -105,10 +105,10 @@ def main() -> int:
     parser.add_argument("--persona-aux", type=float, default=0.0, help="weight of the persona-recovery probe's loss")
     parser.add_argument("--aux-layer", type=int, default=-1, help="the probe reads this layer's MLP input (0-based; -1: the last)")
     parser.add_argument("--buckets", type=int, default=64)
-    parser.add_argument("--persona-last", action="store_true")
+    parser.add_argument("--persona-last", action="store_true", help="diagnostic: the persona block after the question")
     parser.add_argument("--rows", type=int, default=1500, help="rows scored per split (whole cells)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--marginals", action="store_true")
+    parser.add_argument("--marginals", action="store_true", help="print how much party and ideology move answers on average, and stop")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import pyarrow.parquet as pq
@@ -134,11 +134,11 @@ def main() -> int:
         print_marginals(train, truth)
         return 0
     held = "unseen_conditions" if cfg.train.setting == "all_settings" else cfg.train.setting
-    scored = {"training cells": layout(whole_cells(train, args.rows, 1)),
+    scored = {"training cells": whole_cells(train, args.rows, 1),  # rows of `train`: already laid out
               "unseen conditions": layout(whole_cells(split(held, "eval"), args.rows, 0)),
               "unseen studies": layout(whole_cells(split("unseen_studies", "eval"), args.rows, 0))}
     tok = AutoTokenizer.from_pretrained(model_path)
-    enc = Encoder(tok, DEFAULT_SYSTEM_PROMPT)
+    enc = Encoder(tok, cfg.prompt.system_prompt)
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     examples = enc.encode([r["prompt"] for r in train], [str(r["response"]) for r in train])
     fields = [[-100 if r["demographic"].get(k) is None else zlib.crc32(f"{k}={r['demographic'][k]}".encode()) % args.buckets
