@@ -46,7 +46,8 @@ import numpy as np
 from socrates_ray.config import load_config
 from socrates_ray.data.prepared import load_split_rows
 from socrates_ray.data.prompts import PERSONA_ORDER
-from socrates_ray.data.synthetic_files import ROW_TRUTH_FILE
+from socrates_ray.eval.metrics import Cell
+from socrates_ray.eval.truth import load_row_truth, load_truth, persona_reading
 from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder
 
 
@@ -111,7 +112,6 @@ def main() -> int:
     parser.add_argument("--marginals", action="store_true", help="print how much party and ideology move answers on average, and stop")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    import pyarrow.parquet as pq
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,10 +121,10 @@ def main() -> int:
     model_path = args.model or cfg.model.path
     lr = args.lr if args.lr is not None else cfg.train.lr
     layout = persona_last if args.persona_last else (lambda rows: rows)
-    truth_file = os.path.join(cfg.data.raw, ROW_TRUTH_FILE)
-    if not os.path.exists(truth_file):
-        raise SystemExit(f"{truth_file} not found: this screen needs the synthetic world's per-participant truth (run `make demo`)")
-    truth = {(r["study_id"], r["sample_id"]): r["probs"] for r in pq.read_table(truth_file).to_pylist()}
+    truth, cell_truth = load_row_truth(cfg.data.raw), load_truth(cfg.data.raw)
+    if not truth or not cell_truth:
+        raise SystemExit(f"{cfg.data.raw} has no ground_truth.parquet / ground_truth_rows.parquet: this screen needs a synthetic "
+                         "world's true distributions (run `make demo`)")
 
     def split(setting: str, name: str) -> list[dict]:
         return load_split_rows(cfg.data.prepared, setting, name).to_pylist()
@@ -176,33 +176,39 @@ def main() -> int:
         return ids, labels, mask
 
     @torch.no_grad()
-    def positions(rows: list[dict]) -> np.ndarray:
+    def option_probs(rows: list[dict]) -> list[list[float]]:
+        """Each row's distribution over its scale's options (one-digit answers: the next token's)."""
         model.eval()
         prefixes, out = enc.encode_prompts([r["prompt"] for r in rows]), []
         for s in range(0, len(rows), 32):
             ids, _, mask = batchify([(p, p) for p in prefixes[s : s + 32]])
             logits = model(input_ids=ids, attention_mask=mask).logits[torch.arange(len(ids)), mask.sum(1) - 1][:, digits]
             for j, r in enumerate(rows[s : s + 32]):
-                lo, hi = r["scale_low"], r["scale_high"]
-                out.append(float(torch.softmax(logits[j, lo : hi + 1], -1).numpy() @ np.linspace(0, 1, hi - lo + 1)))
+                out.append(torch.softmax(logits[j, r["scale_low"] : r["scale_high"] + 1], -1).tolist())
         model.train()
-        return np.asarray(out)
+        return out
 
-    def reading(rows: list[dict], predicted: np.ndarray) -> str:
-        cells: dict[tuple, list[tuple[float, float]]] = {}
-        for r, m in zip(rows, predicted):
-            t = np.asarray(truth[(r["study_id"], r["sample_id"])])
-            cells.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append((m, float(t @ np.linspace(0, 1, len(t)))))
-        p, t, miss, uni = [], [], [], []
-        for v in cells.values():
-            pm, tm = np.array([x for x, _ in v]), np.array([y for _, y in v])
+    def reading(rows: list[dict], probs: list[list[float]]) -> str:
+        """Persona reading as the evaluation computes it (eval/truth.py), the spread of the centred predicted
+        positions beside the truth's, and how close the cells' mean positions come to the truth's."""
+        cells: dict[tuple, list[tuple[dict, list[float]]]] = {}
+        for r, q in zip(rows, probs):
+            cells.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append((r, q))
+        scored, p, t, miss, uni = {}, [], [], [], []
+        for key, members in cells.items():
+            options = list(range(members[0][0]["scale_low"], members[0][0]["scale_high"] + 1))
+            scored[key] = Cell(key, np.asarray([r["response"] for r, _ in members], dtype=np.float64), [None] * len(members),
+                               [options] * len(members), [q for _, q in members], sample_ids=[r["sample_id"] for r, _ in members])
+            x = np.linspace(0, 1, len(options))
+            pm = np.asarray([np.dot(q, x) for _, q in members])
+            tm = np.asarray([np.dot(truth[(r["study_id"], r["sample_id"])], x) for r, _ in members])
             p.extend(pm - pm.mean())
             t.extend(tm - tm.mean())
             miss.append(abs(pm.mean() - tm.mean()))
             uni.append(abs(0.5 - tm.mean()))
-        p_, t_ = np.asarray(p), np.asarray(t)
-        corr = float(np.corrcoef(p_, t_)[0, 1]) if p_.std() > 0 else 0.0
-        return f"persona {corr:+.3f}, spread {p_.std():.3f} (truth {t_.std():.3f}), cell means {1 - np.mean(miss) / np.mean(uni):+.2f}"
+        corr = persona_reading(scored, cell_truth, truth).within_cell_corr
+        return (f"persona {corr:+.3f}, spread {np.std(p):.3f} (truth {np.std(t):.3f}), "
+                f"cell means {1 - np.mean(miss) / np.mean(uni):+.2f}")
 
     rng = np.random.default_rng(args.seed)
     order, at, t0, answer_loss, probe_loss = rng.permutation(len(examples)), 0, time.time(), 0.0, 0.0
@@ -232,7 +238,7 @@ def main() -> int:
             aux_text = f", probe loss {probe_loss / n:.3f}" if args.persona_aux > 0 else ""
             print(f"step {step}: answer loss {answer_loss / n:.4f}{aux_text} ({time.time() - t0:.0f} s)", flush=True)
             for name, rows in scored.items():
-                print(f"  {name}: {reading(rows, positions(rows))}", flush=True)
+                print(f"  {name}: {reading(rows, option_probs(rows))}", flush=True)
             answer_loss = probe_loss = 0.0
     return 0
 

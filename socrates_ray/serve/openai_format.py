@@ -87,11 +87,10 @@ def chat_chunks(model: str, outs: Sequence[dict[str, Any]], tokenizer: Any, prom
         yield {**head, "choices": [], "usage": _usage(prompt_tokens, outs)}
 
 
-def completion_logprobs(out: dict[str, Any], tokenizer: Any, start: int = 0, texts: list[str] | None = None) -> dict[str, Any]:
+def completion_logprobs(out: dict[str, Any], texts: list[str], start: int = 0) -> dict[str, Any]:
     """The legacy completions "logprobs" object: tokens, token_logprobs, top_logprobs ({token: logprob}
-    per step) and text_offset (where each token starts, counted from the start of the prompt).
-    `texts`: the completion's pieces when the caller has them already."""
-    texts = pieces(tokenizer, out["token_ids"]) if texts is None else texts
+    per step) and text_offset (where each token starts, counted from the start of the prompt);
+    `texts`: the completion's pieces()."""
     offsets, at = [], start
     for piece in texts:
         offsets.append(at)
@@ -109,7 +108,7 @@ def completion_response(model: str, outs: Sequence[Sequence[dict[str, Any]]], pr
     for p, row in enumerate(outs):
         for o in row:
             choices.append({"index": len(choices), "text": o["text"], "finish_reason": o["finish_reason"],
-                            "logprobs": completion_logprobs(o, tokenizer, len(prompts[p])) if logprobs else None})
+                            "logprobs": completion_logprobs(o, pieces(tokenizer, o["token_ids"]), len(prompts[p])) if logprobs else None})
     flat = [o for row in outs for o in row]
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": choices, "usage": _usage(prompt_tokens, flat)}
@@ -122,7 +121,7 @@ def completion_chunks(model: str, outs: Sequence[Sequence[dict[str, Any]]], prom
     for p, row in enumerate(outs):
         for o in row:
             texts = pieces(tokenizer, o["token_ids"])
-            whole = completion_logprobs(o, tokenizer, len(prompts[p]), texts) if logprobs else None
+            whole = completion_logprobs(o, texts, len(prompts[p])) if logprobs else None
             for j, piece in enumerate(texts):
                 step = {key: [values[j]] for key, values in whole.items()} if whole else None
                 yield {**head, "choices": [{"index": index, "text": piece, "logprobs": step, "finish_reason": None}]}
