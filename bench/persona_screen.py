@@ -3,6 +3,7 @@
     python bench/persona_screen.py                       # after `make demo`: the demo's recipe, 1,000 steps
     python bench/persona_screen.py --mode full --lr 1e-3
     python bench/persona_screen.py --persona-aux 1.0     # + recover each persona field at the answer position
+    python bench/persona_screen.py --persona-aux 1.0 --aux-until 0.5   # ... with a weight that falls to 0 at mid-run
     python bench/persona_screen.py --persona-last        # diagnostic: the persona block moved after the question
     python bench/persona_screen.py --marginals           # the truth alone: does a persona field move answers on average?
     python bench/persona_screen.py data.raw=runs/big/synth data.prepared=runs/big/prepared   # another synth/prepare
@@ -28,6 +29,8 @@ It reproduces the order of the full pipeline's figures, not their values: `socra
 of layer --aux-layer (default: the last) reads at the answer position, which must recover every persona
 field's value (hashed into --buckets classes): the attention before that MLP must bring the persona to
 where the answer is predicted, so the MLP can combine it with the stimulus. The probe is thrown away.
+--aux-until F lets its weight fall linearly to 0 at F x --steps, as train.persona_probe.until does in
+`socrates-ray train`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import argparse
 import math
 import os
 import time
-import zlib
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,7 +50,7 @@ from socrates_ray.data.prepared import load_split_rows
 from socrates_ray.data.prompts import PERSONA_ORDER
 from socrates_ray.eval.metrics import Cell
 from socrates_ray.eval.truth import load_row_truth, load_truth, persona_reading
-from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder
+from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder, persona_classes
 
 
 def whole_cells(rows: list[dict], limit: int, seed: int) -> list[dict]:
@@ -104,6 +106,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--mode", choices=["lora", "lora_mlp", "full"], default="lora")
     parser.add_argument("--persona-aux", type=float, default=0.0, help="weight of the persona-recovery probe's loss")
+    parser.add_argument("--aux-until", type=float, default=0.0,
+                        help="the probe's weight falls linearly to 0 at this fraction of --steps (0: constant)")
     parser.add_argument("--aux-layer", type=int, default=-1, help="the probe reads this layer's MLP input (0-based; -1: the last)")
     parser.add_argument("--buckets", type=int, default=64)
     parser.add_argument("--persona-last", action="store_true", help="diagnostic: the persona block after the question")
@@ -141,8 +145,7 @@ def main() -> int:
     enc = Encoder(tok, cfg.prompt.system_prompt)
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     examples = enc.encode([r["prompt"] for r in train], [str(r["response"]) for r in train])
-    fields = [[-100 if r["demographic"].get(k) is None else zlib.crc32(f"{k}={r['demographic'][k]}".encode()) % args.buckets
-               for k in PERSONA_ORDER] for r in train]
+    fields = [persona_classes(r["demographic"], args.buckets) for r in train]
     print(f"{len(train)} training rows; scored: " + ", ".join(f"{k} {len(v)}" for k, v in scored.items()), flush=True)
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -225,7 +228,8 @@ def main() -> int:
             h = seen["h"][torch.arange(len(take)), at_answer]
             aux = torch.nn.functional.cross_entropy(probe(h).view(-1, args.buckets), torch.tensor([fields[i] for i in take]).view(-1),
                                                     ignore_index=-100)
-            loss = loss + args.persona_aux * aux
+            weight = args.persona_aux * (1.0 if args.aux_until <= 0 else max(0.0, 1 - step / (args.aux_until * args.steps)))
+            loss = loss + weight * aux
             probe_loss += float(aux.detach())
         answer_loss += float(out.loss.detach())
         loss.backward()

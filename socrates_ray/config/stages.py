@@ -75,6 +75,23 @@ class DpoSection(Section):
     )
 
 
+class PersonaProbeSection(Section):
+    weight: float = Field(
+        0.0, ge=0, description="sft: adds this multiple of a persona probe's loss to the answers' loss (0 = off). The "
+        "probe is a linear layer, used in training only and never exported, that must recover each persona field's "
+        "value from the hidden state at the position that predicts the answer, as the MLP of train.persona_probe.layer "
+        "reads it: attention is rewarded for bringing the persona to where the answer is predicted, where the MLP can "
+        "combine it with the stimulus. Needs the prepared split's demographic column.",
+    )
+    until: float = Field(
+        0.5, gt=0, le=1, description="The probe's weight falls linearly from train.persona_probe.weight at the first "
+        "step to 0 at this share of the run's optimizer steps (1 = to 0 at the last step); the rest of the run fits "
+        "the answers alone.",
+    )
+    layer: int = Field(-1, description="Whose MLP input the probe reads (0-based; negative counts from the last layer).")
+    buckets: int = Field(64, ge=2, description="Classes per persona field: each value is hashed into one of them.")
+
+
 class TrackingSection(Section):
     project: str = Field("socrates_ray", description="The W&B project and the MLflow experiment runs are logged to.")
     wandb_mode: Literal["offline", "online"] = Field(
@@ -99,6 +116,10 @@ class TrainSection(Section):
         0.0, ge=0, description="sft: adds this multiple of the prompt tokens' mean next-token loss to the answers' loss "
         "(the prompt loss weight of hosted fine-tuning APIs; 0 = answers only, the paper's recipe). The eval loss stays "
         "the answers' alone.",
+    )
+    persona_probe: PersonaProbeSection = Field(
+        default_factory=PersonaProbeSection, description="sft: a training-only probe that rewards reading the persona "
+        "at the answer (docs/training.md).",
     )
     finetuning: Literal["lora", "full"] = Field(
         "lora", description="lora = train a peft adapter; full = train every parameter (the paper's recipe)."
@@ -175,6 +196,13 @@ class TrainSection(Section):
         if self.init_adapter is not None and self.finetuning != "lora":
             raise ValueError(f"train.init_adapter continues a LoRA adapter, so train.finetuning must be lora (got "
                              f"{self.finetuning}); unset train.init_adapter or set train.finetuning=lora")
+        return self
+
+    @model_validator(mode="after")
+    def _persona_probe_is_sft(self) -> "TrainSection":
+        if self.persona_probe.weight > 0 and self.method != "sft":
+            raise ValueError(f"train.persona_probe trains with the sft loss, and train.method is {self.method}; set "
+                             "train.persona_probe.weight=0 or train.method=sft")
         return self
 
     @model_validator(mode="after")

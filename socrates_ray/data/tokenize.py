@@ -8,17 +8,22 @@ Packing puts several examples into one fixed-length row (first-fit decreasing wi
 Each token carries the index of its example (`seq_ids`, 0 = padding) and a position that
 restarts at 0 per example; `packed_attention_mask` turns seq_ids into a block-diagonal causal
 mask so packed examples never attend to each other.
+
+Where training reads the persona back at the answer (train.persona_probe), each row also carries
+its examples' persona classes (`persona_classes`), one block of len(PERSONA_ORDER) per example, in
+the order the examples sit in the row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from socrates_ray.data.packing import plan_rows
-from socrates_ray.data.prompts import build_messages
+from socrates_ray.data.prompts import PERSONA_ORDER, build_messages
 
 IGNORE_INDEX = -100
 _SENTINEL = "\u2063SOCRATES_PROMPT\u2063"
@@ -135,6 +140,22 @@ class PortableEncoder:
         return labelled(self._ids([self.head + p + self.tail for p in prompts]), self._ids(answers), self.eot_ids)
 
 
+def persona_classes(demographic: dict[str, Any] | None, buckets: int) -> list[int]:
+    """What the persona probe must recover for one participant: each PERSONA_ORDER field's value as
+    one of `buckets` classes (crc32 of "field=value"; a hash, so no vocabulary of values is needed
+    and an unseen value is just another class), IGNORE_INDEX where the field is empty."""
+    demographic = demographic or {}
+    out = []
+    for key in PERSONA_ORDER:
+        value = demographic.get(key)
+        empty = value is None or (isinstance(value, str) and not value.strip())
+        out.append(IGNORE_INDEX if empty else zlib.crc32(f"{key}={value}".encode()) % buckets)
+    return out
+
+
+NO_PERSONA = np.zeros(0, np.int32)
+
+
 @dataclass
 class Row:
     """One training row before collation: one example (padded layouts) or several (packed)."""
@@ -143,23 +164,29 @@ class Row:
     labels: np.ndarray
     position_ids: np.ndarray
     seq_ids: np.ndarray  # 1..k per example, 0 = padding
+    # persona_classes of examples 1..k, concatenated (empty where no persona probe is trained)
+    persona: np.ndarray = field(default_factory=lambda: NO_PERSONA)
 
     @property
     def num_tokens(self) -> int:
         return int((self.seq_ids > 0).sum())
 
 
-def single_rows(examples: Sequence[tuple[list[int], list[int]]]) -> list[Row]:
-    """One unpadded row per example (the pad layouts pad at collate time)."""
+def single_rows(examples: Sequence[tuple[list[int], list[int]]], persona: Sequence[list[int]] | None = None) -> list[Row]:
+    """One unpadded row per example (the pad layouts pad at collate time); `persona`: each example's
+    persona_classes, or None."""
     rows = []
-    for ids, labels in examples:
+    for j, (ids, labels) in enumerate(examples):
         n = len(ids)
-        rows.append(Row(np.asarray(ids, np.int32), np.asarray(labels, np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.int32)))
+        rows.append(Row(np.asarray(ids, np.int32), np.asarray(labels, np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.int32),
+                        NO_PERSONA if persona is None else np.asarray(persona[j], np.int32)))
     return rows
 
 
-def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int) -> list[Row]:
-    """Several examples per max_length row, as few rows as data.packing.plan_rows finds."""
+def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int,
+              persona: Sequence[list[int]] | None = None) -> list[Row]:
+    """Several examples per max_length row, as few rows as data.packing.plan_rows finds; `persona`:
+    each example's persona_classes, or None."""
     bins = plan_rows([len(ids) for ids, _ in examples], max_length)
     rows = []
     for members in bins:
@@ -176,7 +203,8 @@ def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, 
             positions[at : at + n] = np.arange(n)
             seq[at : at + n] = k
             at += n
-        rows.append(Row(ids, labels, positions, seq))
+        classes = NO_PERSONA if persona is None else np.asarray([c for i in members for c in persona[i]], np.int32)
+        rows.append(Row(ids, labels, positions, seq, classes))
     return rows
 
 
@@ -185,11 +213,13 @@ ROW_COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
 
 def collate_rows(rows: Sequence[Row], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
     """Row objects (from pack_rows / single_rows) -> the (B, L) tensors of `collate`."""
-    return collate({name: [getattr(r, name) for r in rows] for name in ROW_COLUMNS}, pad_id, pad_to)
+    return collate({name: [getattr(r, name) for r in rows] for name in (*ROW_COLUMNS, "persona")}, pad_id, pad_to)
 
 
 def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
-    """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch."""
+    """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch. A
+    `persona` column that any row fills becomes (B, most examples in a row x len(PERSONA_ORDER)),
+    IGNORE_INDEX past each row's own examples."""
     import torch
 
     lengths = [len(x) for x in batch["input_ids"]]
@@ -202,6 +232,12 @@ def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> di
         for r, values in enumerate(batch[name]):
             arr[r, : len(values)] = values
         out[name] = torch.from_numpy(arr)
+    persona = batch.get("persona")
+    if persona is not None and max(len(x) for x in persona) > 0:
+        arr = np.full((len(lengths), max(len(x) for x in persona)), IGNORE_INDEX, np.int64)
+        for r, values in enumerate(persona):
+            arr[r, : len(values)] = values
+        out["persona"] = torch.from_numpy(arr)
     return out
 
 

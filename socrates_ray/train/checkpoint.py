@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from socrates_ray.errors import SocratesError
+from socrates_ray.train.persona_probe import ATTRIBUTE as PROBE_ATTRIBUTE
 
 DS_TAG = "ds"
 STATE_FILE = "state.json"
@@ -98,6 +99,8 @@ def export_model(engine: Any, out: Path, finetuning: str, rank: int, tokenizer: 
                 model.save_pretrained(str(out), safe_serialization=True)
     else:
         state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else model.state_dict()
+        if rank == 0 and state_dict is not None:  # a training-only persona probe is not part of the model
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(f"{PROBE_ATTRIBUTE}.")}
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)

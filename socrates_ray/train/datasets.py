@@ -22,8 +22,13 @@ def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
     return build_ingest_dataset(
         str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
         ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
-        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
+        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None, persona_buckets=persona_buckets(cfg),
     )
+
+
+def persona_buckets(cfg: Config) -> int:
+    """The classes per persona field that training rows carry (train.persona_probe), 0 for none."""
+    return cfg.train.persona_probe.buckets if cfg.train.method == "sft" and cfg.train.persona_probe.weight > 0 else 0
 
 
 def estimate_split_rows(cfg: Config, model_path: str, log: Any) -> int:
@@ -59,7 +64,8 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
         started = time.perf_counter()
         if where[name] == "driver":
             stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
-                                              ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None)
+                                              ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None,
+                                              persona_buckets(cfg))
         else:
             ds = build_split_dataset(cfg, model_path, part)
             # blocks in input order, not in the order the tokenizer actors finish them: the same

@@ -51,12 +51,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, model_engine.device):
                 break
-            loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
+            loss = answer_loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
+            if w.probe is not None:  # train.persona_probe: read back from that forward's hidden states
+                probe_loss = w.probe.loss(batch)
+                loss = answer_loss + w.probe.weight_at(state.step) * probe_loss
+                meter.probe_loss, meter.probe_batches = meter.probe_loss + float(probe_loss.detach()), meter.probe_batches + 1
             model_engine.backward(loss)
             boundary = model_engine.is_gradient_accumulation_boundary()
             model_engine.step()
             state.micro_in_epoch += 1
-            meter.add(float(loss.detach()), batch)
+            meter.add(float(answer_loss.detach()), batch)
             if not boundary:
                 continue
             state.step += 1

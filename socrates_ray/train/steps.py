@@ -59,6 +59,7 @@ class LoopArgs:
     fingerprint: dict[str, Any]  # what a resumed run must share (checkpoint.check_resume)
     dpo: dict[str, float] | None = None  # train.method dpo: beta, sft_weight
     prompt_loss_weight: float = 0.0  # train.prompt_loss_weight (sft)
+    persona_probe: dict[str, Any] | None = None  # train.persona_probe (sft, weight > 0): weight, until, layer, buckets
     # train.report_to and train.tracking, the run's name and its whole config (train.tracking.open_sinks)
     tracking: dict[str, Any] | None = None
 
@@ -193,6 +194,7 @@ class StepMeter:
 
     def reset(self) -> None:
         self.loss = self.labels = self.tokens = self.slots = self.wait = 0.0
+        self.probe_loss = self.probe_batches = 0.0  # train.persona_probe's loss, per micro batch
         self.start = time.perf_counter()
 
     def add(self, loss: float, batch: dict[str, Any]) -> None:
@@ -213,11 +215,13 @@ def step_record(model_engine: Any, rank: int, world: int, meter: StepMeter, stat
     learning rate, tokens/s, non-padding share, step and data-wait time, each rank's peak memory."""
     peak = [0.0] * world
     peak[rank] = peak_rss_mib()
-    loss_sum, label_count, tokens, slots, wait, *peak = all_sum(
-        [meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, *peak], model_engine.device
+    loss_sum, label_count, tokens, slots, wait, probe_loss, probe_batches, *peak = all_sum(
+        [meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, meter.probe_loss, meter.probe_batches, *peak],
+        model_engine.device,
     )
     seconds = time.perf_counter() - meter.start
     state.tokens += int(tokens)
+    probe = {"persona_probe_loss": probe_loss / probe_batches} if probe_batches else {}
     return {
         "step": state.step,
         "epoch": state.epoch,
@@ -229,6 +233,7 @@ def step_record(model_engine: Any, rank: int, world: int, meter: StepMeter, stat
         "data_wait_s": wait / world,
         "tokens": state.tokens,
         "peak_rss_mb_per_rank": [round(m, 1) for m in peak],
+        **probe,
     }
 
 

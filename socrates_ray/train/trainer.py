@@ -26,7 +26,7 @@ from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
 from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
-from socrates_ray.train.datasets import build_split_dataset, estimate_split_rows, materialize_splits
+from socrates_ray.train.datasets import build_split_dataset, estimate_split_rows, materialize_splits, persona_buckets
 from socrates_ray.train.pairs_dataset import materialize_pairs, reference_of
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.steps import LoopArgs
@@ -87,6 +87,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "train.init_adapter": _absolute(t.init_adapter),
         "train.dpo": {**t.dpo.model_dump(), "reference": reference_digest} if t.method == "dpo" else None,
         "train.prompt_loss_weight": t.prompt_loss_weight or None,  # absent (None) at 0: runs from before it resume
+        "train.persona_probe": t.persona_probe.model_dump() if persona_buckets(cfg) else None,  # likewise
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
@@ -216,6 +217,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         run_dir=str(run_folder(cfg)), fingerprint=plan.fingerprint,
         dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
         prompt_loss_weight=t.prompt_loss_weight if t.method == "sft" else 0.0,
+        persona_probe=t.persona_probe.model_dump() if persona_buckets(cfg) else None,
         tracking={"report_to": list(dict.fromkeys(t.report_to)), "project": t.tracking.project, "wandb_mode": t.tracking.wandb_mode,
                   "mlflow_tracking_uri": t.tracking.mlflow_tracking_uri, "run_name": cfg.run.name,
                   "config": cfg.model_dump(mode="json")},

@@ -23,6 +23,7 @@ from socrates_ray.train.checkpoint import (
 )
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
 from socrates_ray.train.model import count_parameters, load_model_for_training
+from socrates_ray.train.persona_probe import PersonaProbe
 from socrates_ray.train.steps import LoopArgs, peak_rss_mib
 
 PROGRESS_FILE = "progress.log"
@@ -120,6 +121,7 @@ class Worker:
     rss_engine: float  # MiB after deepspeed.initialize
     log: "RunLog"
     progress: Path | None  # rank 0's progress.log, which a quiet driver prints
+    probe: PersonaProbe | None = None  # train.persona_probe, attached to the model
 
     def say(self, line: str) -> None:
         """A progress line, from rank 0 only."""
@@ -156,7 +158,8 @@ def start_worker(args: LoopArgs) -> Worker:
         args.model_path, args.finetuning, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets,
         args.lora_rank_pattern, args.ds_config, bf16, args.gradient_checkpointing, args.attention, args.init_adapter,
     )
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(model)  # the model's own: the probe is not part of what is exported
+    probe = PersonaProbe(model, total_steps=args.total_steps, **args.persona_probe) if args.persona_probe else None
     rss_loaded = peak_rss_mib()
     fixed = normalize_cuda_arch_list()
     if fixed and rank == 0:
@@ -167,7 +170,7 @@ def start_worker(args: LoopArgs) -> Worker:
     run_dir = Path(args.run_dir)
     return Worker(args, rank, world, placement, model_engine, keepalive, load_tokenizer(args.model_path),
                   torch.bfloat16 if bf16 else torch.float32, trainable, total, rss_loaded, peak_rss_mib(),
-                  RunLog(run_dir, rank == 0, args.tracking), run_dir / PROGRESS_FILE if rank == 0 else None)
+                  RunLog(run_dir, rank == 0, args.tracking), run_dir / PROGRESS_FILE if rank == 0 else None, probe)
 
 
 def restore(w: Worker) -> tuple[TrainState, Path | None]:
@@ -219,6 +222,7 @@ def progress_line(w: Worker, record: dict[str, Any], last: bool) -> None:
               + (f" eval_loss {record['eval_loss']:.4f}" if "eval_loss" in record else "")
               + (f" preferred {record['preference_accuracy']:.3f}" if "preference_accuracy" in record else "")
               + (f" eval_preferred {record['eval_preference_accuracy']:.3f}" if "eval_preference_accuracy" in record else "")
+              + (f" persona_probe {record['persona_probe_loss']:.3f}" if "persona_probe_loss" in record else "")
               + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s")
 
 

@@ -270,3 +270,18 @@ def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared
     assert all(p.numel() > 0 for p in tuned.parameters())
     losses = [m["loss"] for m in metrics(tmp_path, "full")]
     assert losses[-1] < losses[0]
+
+
+def test_a_persona_probe_trains_beside_the_answers_on_packed_rows_and_stays_out_of_the_adapter(ray_local, tmp_path, prepared, tiny_model):
+    # ZeRO-3 (the probe is partitioned with the model) on packed rows (several examples' persona classes a row)
+    assert train(tmp_path, prepared, tiny_model, "probe", "train.persona_probe.weight=1.0", "train.persona_probe.until=1.0",
+                 "train.zero_stage=3", "ingest.layout=pack", "train.max_steps=6", "train.checkpoint_every=6") == 0
+    logged = metrics(tmp_path, "probe")
+    probe = [m["persona_probe_loss"] for m in logged]
+    assert len(probe) == 6 and probe[0] > 3.0 and probe[-1] < probe[0] - 0.5  # chance: ln 64 = 4.16
+    folder, state = latest_state(tmp_path, "probe")
+    assert state["fingerprint"]["train.persona_probe"]["weight"] == 1.0
+    from safetensors.torch import load_file
+
+    keys = set(load_file(folder / "export" / "adapter_model.safetensors"))
+    assert keys and all("lora_" in k for k in keys)
