@@ -12,7 +12,7 @@ with a per-person effect of SD 0.6 (the unobserved part). Written as a user's da
 shards under data/, no split files (prepare draws them from data.split_seed), no ground truth, no
 synth summary, so `socrates-ray demo` runs on it as it is:
 
-    .venv/bin/python bench/other_world.py runs/other/raw
+    .venv/bin/python scripts/other_world.py runs/other/raw
     socrates-ray demo --config configs/demo.yaml data.raw=runs/other/raw run.name=other \\
         data.prepared=runs/other/prepared model.path=runs/other/tiny-model
 """
