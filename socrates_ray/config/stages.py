@@ -81,7 +81,7 @@ class PersonaProbeSection(Section):
         "probe is a linear layer, used in training only and never exported, that must recover each persona field's "
         "value from the hidden state at the position that predicts the answer, as the MLP of train.persona_probe.layer "
         "reads it: attention is rewarded for bringing the persona to where the answer is predicted, where the MLP can "
-        "combine it with the stimulus. Needs the prepared split's demographic column.",
+        "combine it with the stimulus. Needs the prepared split's demographic column. train.method=dpo ignores it.",
     )
     until: float = Field(
         0.5, gt=0, le=1, description="The probe's weight falls linearly from train.persona_probe.weight at the first "
@@ -196,13 +196,6 @@ class TrainSection(Section):
         if self.init_adapter is not None and self.finetuning != "lora":
             raise ValueError(f"train.init_adapter continues a LoRA adapter, so train.finetuning must be lora (got "
                              f"{self.finetuning}); unset train.init_adapter or set train.finetuning=lora")
-        return self
-
-    @model_validator(mode="after")
-    def _persona_probe_is_sft(self) -> "TrainSection":
-        if self.persona_probe.weight > 0 and self.method != "sft":
-            raise ValueError(f"train.persona_probe trains with the sft loss, and train.method is {self.method}; set "
-                             "train.persona_probe.weight=0 or train.method=sft")
         return self
 
     @model_validator(mode="after")
