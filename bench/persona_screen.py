@@ -110,7 +110,6 @@ def main() -> int:
                         help="the probe's weight falls linearly to 0 at this fraction of --steps (0: constant)")
     parser.add_argument("--aux-layer", type=int, default=-1, help="the probe reads this layer's MLP input (0-based; -1: the last)")
     parser.add_argument("--buckets", type=int, default=64)
-    parser.add_argument("--aux-fields", default=None, help="comma-separated persona fields the probe recovers (default: all)")
     parser.add_argument("--persona-last", action="store_true", help="diagnostic: the persona block after the question")
     parser.add_argument("--rows", type=int, default=1500, help="rows scored per split (whole cells)")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,9 +146,6 @@ def main() -> int:
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     examples = enc.encode([r["prompt"] for r in train], [str(r["response"]) for r in train])
     fields = [persona_classes(r["demographic"], args.buckets) for r in train]
-    if args.aux_fields:
-        chosen = {PERSONA_ORDER.index(f) for f in args.aux_fields.split(",")}
-        fields = [[c if j in chosen else IGNORE_INDEX for j, c in enumerate(f)] for f in fields]
     print(f"{len(train)} training rows; scored: " + ", ".join(f"{k} {len(v)}" for k, v in scored.items()), flush=True)
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
