@@ -220,25 +220,26 @@ def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> di
     """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch. A
     `persona` column that any row fills becomes (B, most examples in a row x len(PERSONA_ORDER)),
     IGNORE_INDEX past each row's own examples."""
-    import torch
-
     lengths = [len(x) for x in batch["input_ids"]]
     width = pad_to or max(lengths)
     if max(lengths) > width:
         raise ValueError(f"collate: a row of {max(lengths)} tokens exceeds pad_to={width}")
-    out = {}
-    for name, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("position_ids", 0), ("seq_ids", 0)):
-        arr = np.full((len(lengths), width), fill, np.int64)
-        for r, values in enumerate(batch[name]):
-            arr[r, : len(values)] = values
-        out[name] = torch.from_numpy(arr)
+    out = {name: padded(batch[name], width, fill)
+           for name, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("position_ids", 0), ("seq_ids", 0))}
     persona = batch.get("persona")
     if persona is not None and max(len(x) for x in persona) > 0:
-        arr = np.full((len(lengths), max(len(x) for x in persona)), IGNORE_INDEX, np.int64)
-        for r, values in enumerate(persona):
-            arr[r, : len(values)] = values
-        out["persona"] = torch.from_numpy(arr)
+        out["persona"] = padded(persona, max(len(x) for x in persona), IGNORE_INDEX)
     return out
+
+
+def padded(columns: Sequence[Any], width: int, fill: int) -> Any:
+    """Variable-length int rows -> one (len(columns), width) int64 tensor, `fill` past each row's end."""
+    import torch
+
+    arr = np.full((len(columns), width), fill, np.int64)
+    for r, values in enumerate(columns):
+        arr[r, : len(values)] = values
+    return torch.from_numpy(arr)
 
 
 def packed_attention_mask(seq_ids: Any, dtype: Any = None) -> Any:

@@ -22,12 +22,14 @@ def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
     return build_ingest_dataset(
         str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
         ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
-        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None, persona_buckets=persona_buckets(cfg),
+        shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
+        persona_buckets=persona_buckets(cfg) if part == "train" else 0,
     )
 
 
 def persona_buckets(cfg: Config) -> int:
-    """The classes per persona field that training rows carry (train.persona_probe), 0 for none."""
+    """The classes per persona field that training rows carry (train.persona_probe), 0 for none.
+    Only the train split carries them: the eval loss has no probe term."""
     return cfg.train.persona_probe.buckets if cfg.train.method == "sft" and cfg.train.persona_probe.weight > 0 else 0
 
 
@@ -65,7 +67,7 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
         if where[name] == "driver":
             stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
                                               ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None,
-                                              persona_buckets(cfg))
+                                              persona_buckets(cfg) if name == "train" else 0)
         else:
             ds = build_split_dataset(cfg, model_path, part)
             # blocks in input order, not in the order the tokenizer actors finish them: the same
