@@ -4,6 +4,7 @@
     python bench/persona_screen.py --mode full --lr 1e-3
     python bench/persona_screen.py --persona-aux 1.0     # + recover each persona field at the answer position
     python bench/persona_screen.py --persona-aux 1.0 --aux-until 0.5   # ... with a weight that falls to 0 at mid-run
+    python bench/persona_screen.py --persona-aux 1.0 --anchor-teacher 3.0   # ... + the regression anchor's soft labels
     python bench/persona_screen.py --persona-last        # diagnostic: the persona block moved after the question
     python bench/persona_screen.py --marginals           # the truth alone: does a persona field move answers on average?
     python bench/persona_screen.py data.raw=runs/big/synth data.prepared=runs/big/prepared   # another synth/prepare
@@ -30,7 +31,10 @@ of layer --aux-layer (default: the last) reads at the answer position, which mus
 field's value (hashed into --buckets classes): the attention before that MLP must bring the persona to
 where the answer is predicted, so the MLP can combine it with the stimulus. The probe is thrown away.
 --aux-until F lets its weight fall linearly to 0 at F x --steps, as train.persona_probe.until does in
-`socrates-ray train`.
+`socrates-ray train`. --anchor-teacher W adds W x the cross-entropy from the regression anchor's
+distribution over each training row's options (fitted on the training split) to the model's at the
+answer position, as train.anchor_teacher does. --stimulus-aux W adds a second probe at the same place
+that must say which words (hashed) the row's stimulus holds.
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1500, help="rows scored per split (whole cells)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--marginals", action="store_true", help="print how much party and ideology move answers on average, and stop")
+    parser.add_argument("--anchor-teacher", type=float, default=0.0,
+                        help="weight of a soft-label term: the regression anchor's distribution for each training row")
+    parser.add_argument("--stimulus-aux", type=float, default=0.0,
+                        help="weight of a second probe at the same place: which words (hashed) the row's stimulus holds")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
@@ -146,6 +154,24 @@ def main() -> int:
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     examples = enc.encode([r["prompt"] for r in train], [str(r["response"]) for r in train])
     fields = [persona_classes(r["demographic"], args.buckets) for r in train]
+    word_bins = 256
+    stimulus_words = []
+    if args.stimulus_aux > 0:
+        import re
+        import zlib
+
+        for r in train:
+            bag = np.zeros(word_bins, np.float32)
+            bag[[zlib.crc32(w.encode()) % word_bins for w in set(re.findall(r"[a-z]+", r["stimuli"].lower()))]] = 1.0
+            stimulus_words.append(bag)
+    teacher: list[list[float] | None] = [None] * len(train)
+    if args.anchor_teacher > 0:
+        from socrates_ray.train.anchor_teacher import fit_teacher
+        from socrates_ray.eval.anchor import option_distributions
+
+        anchor = fit_teacher(cfg.data.prepared, cfg.train.setting, print)
+        teacher = [q if r["scale_low"] is not None and 0 <= r["scale_low"] and r["scale_high"] <= 9 else None
+                   for r, q in zip(train, option_distributions(anchor, train))]  # one-digit scales, as the screen scores
     print(f"{len(train)} training rows; scored: " + ", ".join(f"{k} {len(v)}" for k, v in scored.items()), flush=True)
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -159,11 +185,12 @@ def main() -> int:
                                                  target_modules=targets, task_type="CAUSAL_LM"))
     layer = args.aux_layer % model.config.num_hidden_layers
     seen: dict[str, Any] = {}
-    if args.persona_aux > 0:
+    if args.persona_aux > 0 or args.stimulus_aux > 0:
         mlp = next(m for name, m in model.named_modules() if name.endswith(f"layers.{layer}.mlp"))
         mlp.register_forward_pre_hook(lambda module, inputs: seen.__setitem__("h", inputs[0]))
     probe = torch.nn.Linear(model.config.hidden_size, len(PERSONA_ORDER) * args.buckets)
-    params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
+    word_probe = torch.nn.Linear(model.config.hidden_size, word_bins)
+    params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters()) + list(word_probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, int(cfg.train.warmup_ratio * args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -231,6 +258,19 @@ def main() -> int:
             weight = args.persona_aux * (1.0 if args.aux_until <= 0 else max(0.0, 1 - step / (args.aux_until * args.steps)))
             loss = loss + weight * aux
             probe_loss += float(aux.detach())
+        if args.stimulus_aux > 0:
+            at_answer = (labels != IGNORE_INDEX).float().argmax(1) - 1
+            h = seen["h"][torch.arange(len(take)), at_answer]
+            words = torch.nn.functional.binary_cross_entropy_with_logits(
+                word_probe(h), torch.from_numpy(np.stack([stimulus_words[i] for i in take])))
+            loss = loss + args.stimulus_aux * words
+        if args.anchor_teacher > 0:
+            at_answer = (labels != IGNORE_INDEX).float().argmax(1) - 1
+            logp = torch.log_softmax(out.logits[torch.arange(len(take)), at_answer][:, digits], -1)
+            terms = [-(torch.tensor(teacher[i]) * torch.log_softmax(logp[j, train[i]["scale_low"] : train[i]["scale_high"] + 1], -1)).sum()
+                     for j, i in enumerate(take) if teacher[i] is not None]
+            if terms:
+                loss = loss + args.anchor_teacher * torch.stack(terms).mean()
         answer_loss += float(out.loss.detach())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

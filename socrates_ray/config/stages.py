@@ -92,6 +92,17 @@ class PersonaProbeSection(Section):
     buckets: int = Field(64, ge=2, description="Classes per persona field: each value is hashed into one of them.")
 
 
+class AnchorTeacherSection(Section):
+    weight: float = Field(
+        0.0, ge=0, description="sft: adds this multiple of a soft-label loss to the answers' loss (0 = off). The "
+        "regression anchor that `socrates-ray evaluate` reports (a ridge regression on the persona fields, the stimulus "
+        "words and their products with party, ideology and age) is fitted on train.setting's train split before "
+        "tokenizing; each training row's anchor distribution over its options is the target of the model's "
+        "distribution over the same option tokens at the position that predicts the answer. Rows whose options are "
+        "not one token each get no soft label. train.method=dpo ignores it.",
+    )
+
+
 class TrackingSection(Section):
     project: str = Field("socrates_ray", description="The W&B project and the MLflow experiment runs are logged to.")
     wandb_mode: Literal["offline", "online"] = Field(
@@ -120,6 +131,10 @@ class TrainSection(Section):
     persona_probe: PersonaProbeSection = Field(
         default_factory=PersonaProbeSection, description="sft: a training-only probe that rewards reading the persona "
         "at the answer (docs/training.md).",
+    )
+    anchor_teacher: AnchorTeacherSection = Field(
+        default_factory=AnchorTeacherSection, description="sft: the regression anchor's distribution over each training "
+        "row's options as a soft label beside the answer (docs/training.md).",
     )
     finetuning: Literal["lora", "full"] = Field(
         "lora", description="lora = train a peft adapter; full = train every parameter (the paper's recipe)."
@@ -196,6 +211,16 @@ class TrainSection(Section):
         if self.init_adapter is not None and self.finetuning != "lora":
             raise ValueError(f"train.init_adapter continues a LoRA adapter, so train.finetuning must be lora (got "
                              f"{self.finetuning}); unset train.init_adapter or set train.finetuning=lora")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_reads_answer_logits(self) -> "TrainSection":
+        if self.method == "sft" and self.anchor_teacher.weight > 0 and self.prompt_loss_weight > 0:
+            raise ValueError(
+                f"train.anchor_teacher.weight={self.anchor_teacher.weight:g} and train.prompt_loss_weight="
+                f"{self.prompt_loss_weight:g}: the anchor teacher reads the answers' logits, which the prompt loss's "
+                "forward does not compute apart; set one of them to 0"
+            )
         return self
 
     @model_validator(mode="after")

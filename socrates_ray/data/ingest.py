@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from socrates_ray.data.tokenize import Encoder, PortableEncoder, collate, pack_rows, persona_classes, single_rows
+from socrates_ray.data.tokenize import EXAMPLE_COLUMNS, Encoder, PortableEncoder, collate, pack_rows, persona_classes, single_rows
 from socrates_ray.errors import SocratesError
 from socrates_ray.models import load_tokenizer
 
@@ -31,13 +31,23 @@ ROW_SCHEMA = pa.schema(
         pa.field("num_tokens", pa.int64()),
         pa.field("num_samples", pa.int64()),
         pa.field("persona", pa.list_(pa.int32())),  # persona_classes per example (train.persona_probe), else empty
+        pa.field("teacher_ids", pa.list_(pa.int32())),  # train.anchor_teacher's option ids per example, else empty
+        pa.field("teacher_probs", pa.list_(pa.float32())),  # ... and their probabilities
     ]
 )
 
 
-def read_columns(persona_buckets: int) -> list[str]:
-    """The prepared split's columns that tokenizing reads (the persona too, for the persona probe)."""
-    return ["prompt", "answer", "demographic"] if persona_buckets else ["prompt", "answer"]
+def read_columns(persona_buckets: int, teacher: Any = None) -> list[str]:
+    """The prepared split's columns that tokenizing reads (the persona too, for the persona probe;
+    what the regression anchor reads, for the anchor teacher)."""
+    columns = ["prompt", "answer"]
+    if persona_buckets:
+        columns.append("demographic")
+    if teacher is not None:
+        from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS
+
+        columns += [c for c in TEACHER_COLUMNS if c not in columns]
+    return columns
 
 
 class IngestError(SocratesError, ValueError):
@@ -50,20 +60,26 @@ class TokenizePack:
     portable: Encoder.portable()'s values, checked in the driver: the actor then encodes with the
     `tokenizers` library alone and starts in ~0.3 s instead of ~7 s (transformers' imports).
     persona_buckets > 0: each row also carries its examples' persona_classes (the batch needs a
-    `demographic` column; read_columns)."""
+    `demographic` column; read_columns). teacher (a fitted regression anchor): each row also carries
+    its examples' anchor_teacher.teacher_targets."""
 
     def __init__(self, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
-                 portable: dict[str, Any] | None = None, persona_buckets: int = 0) -> None:
+                 portable: dict[str, Any] | None = None, persona_buckets: int = 0, teacher: Any = None) -> None:
         self.encoder = PortableEncoder(**portable) if portable else Encoder(load_tokenizer(tokenizer_path), system_prompt)
-        self.max_length, self.layout, self.persona_buckets = max_length, layout, persona_buckets
+        self.max_length, self.layout, self.persona_buckets, self.teacher = max_length, layout, persona_buckets, teacher
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         examples = self.encoder.encode(batch["prompt"].to_pylist(), batch["answer"].to_pylist())
         keep = [len(e[0]) <= self.max_length for e in examples]
         fitting = [e for e, k in zip(examples, keep) if k]
-        persona = None
+        extras: dict[str, Any] = {}
         if self.persona_buckets:
-            persona = [persona_classes(d, self.persona_buckets) for d, k in zip(batch["demographic"].to_pylist(), keep) if k]
+            extras["persona"] = [persona_classes(d, self.persona_buckets) for d, k in zip(batch["demographic"].to_pylist(), keep) if k]
+        if self.teacher is not None:
+            from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, teacher_arrays, teacher_targets
+
+            records = [r for r, k in zip(batch.select(list(TEACHER_COLUMNS)).to_pylist(), keep) if k]
+            extras.update(teacher_arrays(teacher_targets(self.teacher, records, self.encoder.encode_answers)))
         if not fitting:
             longest = max(len(e[0]) for e in examples)
             raise IngestError(
@@ -73,9 +89,9 @@ class TokenizePack:
         # Samples longer than max_length are left out here and show up in ingest_stats.measure_ingest's
         # samples_not_in_rows (samples_in comes from the prepared split's row count).
         if self.layout == "pack":
-            rows = pack_rows(fitting, self.max_length, self.encoder.pad_id, persona)
+            rows = pack_rows(fitting, self.max_length, self.encoder.pad_id, extras)
         else:
-            rows = single_rows(fitting, persona)
+            rows = single_rows(fitting, extras)
         return pa.table(
             {
                 "input_ids": [r.input_ids for r in rows],
@@ -84,7 +100,7 @@ class TokenizePack:
                 "seq_ids": [r.seq_ids for r in rows],
                 "num_tokens": [r.num_tokens for r in rows],
                 "num_samples": [int(r.seq_ids.max()) for r in rows],
-                "persona": [r.persona for r in rows],
+                **{name: [getattr(r, name) for r in rows] for name in EXAMPLE_COLUMNS},
             },
             schema=ROW_SCHEMA,
         )
@@ -197,6 +213,7 @@ def build_ingest_dataset(
     cpus_per_task: float,
     shuffle_seed: int | None = None,
     persona_buckets: int = 0,
+    teacher: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of training rows for one prepared split folder.
 
@@ -213,7 +230,7 @@ def build_ingest_dataset(
     # tokenize alone); streaming repartition into packing-window-sized blocks feeds every actor.
     # Progress bars from every split coordinator would flood a training log; progress is ours.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_parquet_v1(split_dir, columns=read_columns(persona_buckets), num_cpus=cpus_per_task)
+    ds = read_parquet_v1(split_dir, columns=read_columns(persona_buckets, teacher), num_cpus=cpus_per_task)
     if shuffle_seed is not None:
         ds = ds.random_shuffle(seed=shuffle_seed, num_cpus=cpus_per_task)
     ds = ds.repartition(target_num_rows_per_block=pack_window)
@@ -226,6 +243,7 @@ def build_ingest_dataset(
             "layout": layout,
             "portable": portable_encoding(split_dir, tokenizer_path, system_prompt),
             "persona_buckets": persona_buckets,
+            "teacher": teacher,
         },
         batch_size=pack_window,
         batch_format="pyarrow",
@@ -235,7 +253,7 @@ def build_ingest_dataset(
 
 
 def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
-                       pack_window: int, shuffle_seed: int | None = None, persona_buckets: int = 0) -> Any:
+                       pack_window: int, shuffle_seed: int | None = None, persona_buckets: int = 0, teacher: Any = None) -> Any:
     """build_ingest_dataset's rows, tokenized and packed in this process (TokenizePack, pack_window
     samples at a time, after a seeded shuffle) and handed to Ray Data as blocks in the object store.
     For small splits: on 2 cores each tokenizer actor spends ~7 s importing transformers before its
@@ -247,10 +265,10 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
 
     fs, groups = _row_groups(split_dir)
     files = sorted({path for path, *_ in groups})
-    table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets)) for path in files])
+    table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher)) for path in files])
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
-    pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout, persona_buckets=persona_buckets)
+    pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout, persona_buckets=persona_buckets, teacher=teacher)
     ray.data.DataContext.get_current().enable_progress_bars = False
     blocks = [pack(table.slice(start, pack_window)) for start in range(0, table.num_rows, pack_window)]
     return ray.data.from_arrow(blocks or [ROW_SCHEMA.empty_table()])

@@ -9,9 +9,10 @@ Each token carries the index of its example (`seq_ids`, 0 = padding) and a posit
 restarts at 0 per example; `packed_attention_mask` turns seq_ids into a block-diagonal causal
 mask so packed examples never attend to each other.
 
-Where training reads the persona back at the answer (train.persona_probe), each row also carries
-its examples' persona classes (`persona_classes`), one block of len(PERSONA_ORDER) per example, in
-the order the examples sit in the row.
+A row may also carry values per example beside its tokens (EXAMPLE_COLUMNS), one fixed-width block
+per example in the order the examples sit in the row: the persona classes that train.persona_probe
+reads back at the answer (`persona_classes`, len(PERSONA_ORDER) per example), and the option token
+ids and probabilities of train.anchor_teacher.
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ class Encoder:
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer([self.prefix_text(p) for p in prompts], add_special_tokens=False)["input_ids"]
 
+    def encode_answers(self, answers: Sequence[str]) -> list[list[int]]:
+        """The token ids of answer texts, as `encode` labels them (before the end-of-turn token)."""
+        return self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+
     def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         """(input_ids, labels) per example: prompt tokens unlabelled, answer + end-of-turn labelled."""
-        return labelled(self.encode_prompts(prompts), self.tokenizer(list(answers), add_special_tokens=False)["input_ids"],
-                        self.eot_ids)
+        return labelled(self.encode_prompts(prompts), self.encode_answers(answers), self.eot_ids)
 
     def portable(self, tokenizer_file: str, probes: Sequence[tuple[str, str]] = ()) -> dict[str, Any] | None:
         """This encoder as plain values for PortableEncoder, which needs only the `tokenizers` library
@@ -136,8 +140,11 @@ class PortableEncoder:
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_answers(self, answers: Sequence[str]) -> list[list[int]]:
+        return self._ids(answers)
+
     def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        return labelled(self._ids([self.head + p + self.tail for p in prompts]), self._ids(answers), self.eot_ids)
+        return labelled(self._ids([self.head + p + self.tail for p in prompts]), self.encode_answers(answers), self.eot_ids)
 
 
 def persona_classes(demographic: dict[str, Any] | None, buckets: int) -> list[int]:
@@ -153,7 +160,17 @@ def persona_classes(demographic: dict[str, Any] | None, buckets: int) -> list[in
     return out
 
 
-NO_PERSONA = np.zeros(0, np.int32)
+# name -> (dtype, the fill past a row's own examples when rows are collated)
+EXAMPLE_COLUMNS: dict[str, tuple[Any, float]] = {
+    "persona": (np.int32, IGNORE_INDEX),  # train.persona_probe
+    "teacher_ids": (np.int32, IGNORE_INDEX),  # train.anchor_teacher
+    "teacher_probs": (np.float32, 0.0),
+}
+Extras = dict[str, Sequence[Sequence[Any]]]  # EXAMPLE_COLUMNS name -> one block per example
+
+
+def _empty(name: str) -> np.ndarray:
+    return np.zeros(0, EXAMPLE_COLUMNS[name][0])
 
 
 @dataclass
@@ -164,29 +181,37 @@ class Row:
     labels: np.ndarray
     position_ids: np.ndarray
     seq_ids: np.ndarray  # 1..k per example, 0 = padding
-    # persona_classes of examples 1..k, concatenated (empty where no persona probe is trained)
-    persona: np.ndarray = field(default_factory=lambda: NO_PERSONA)
+    # EXAMPLE_COLUMNS of examples 1..k, each concatenated (empty where the run does not train on it)
+    persona: np.ndarray = field(default_factory=lambda: _empty("persona"))
+    teacher_ids: np.ndarray = field(default_factory=lambda: _empty("teacher_ids"))
+    teacher_probs: np.ndarray = field(default_factory=lambda: _empty("teacher_probs"))
 
     @property
     def num_tokens(self) -> int:
         return int((self.seq_ids > 0).sum())
 
 
-def single_rows(examples: Sequence[tuple[list[int], list[int]]], persona: Sequence[list[int]] | None = None) -> list[Row]:
-    """One unpadded row per example (the pad layouts pad at collate time); `persona`: each example's
-    persona_classes, or None."""
+def _example_values(extras: Extras | None, members: Sequence[int]) -> dict[str, np.ndarray]:
+    """The EXAMPLE_COLUMNS of the examples `members`, each concatenated in that order."""
+    return {name: np.concatenate([np.asarray(values[i], EXAMPLE_COLUMNS[name][0]) for i in members])
+            if members else _empty(name) for name, values in (extras or {}).items()}
+
+
+def single_rows(examples: Sequence[tuple[list[int], list[int]]], extras: Extras | None = None) -> list[Row]:
+    """One unpadded row per example (the pad layouts pad at collate time); `extras`: EXAMPLE_COLUMNS
+    name -> one block per example (persona_classes, ...), or None."""
     rows = []
     for j, (ids, labels) in enumerate(examples):
         n = len(ids)
         rows.append(Row(np.asarray(ids, np.int32), np.asarray(labels, np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.int32),
-                        NO_PERSONA if persona is None else np.asarray(persona[j], np.int32)))
+                        **_example_values(extras, [j])))
     return rows
 
 
 def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int,
-              persona: Sequence[list[int]] | None = None) -> list[Row]:
-    """Several examples per max_length row, as few rows as data.packing.plan_rows finds; `persona`:
-    each example's persona_classes, or None."""
+              extras: Extras | None = None) -> list[Row]:
+    """Several examples per max_length row, as few rows as data.packing.plan_rows finds; `extras`:
+    EXAMPLE_COLUMNS name -> one block per example, or None."""
     bins = plan_rows([len(ids) for ids, _ in examples], max_length)
     rows = []
     for members in bins:
@@ -203,8 +228,7 @@ def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, 
             positions[at : at + n] = np.arange(n)
             seq[at : at + n] = k
             at += n
-        classes = NO_PERSONA if persona is None else np.asarray([c for i in members for c in persona[i]], np.int32)
-        rows.append(Row(ids, labels, positions, seq, classes))
+        rows.append(Row(ids, labels, positions, seq, **_example_values(extras, members)))
     return rows
 
 
@@ -213,30 +237,31 @@ ROW_COLUMNS = ("input_ids", "labels", "position_ids", "seq_ids")
 
 def collate_rows(rows: Sequence[Row], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
     """Row objects (from pack_rows / single_rows) -> the (B, L) tensors of `collate`."""
-    return collate({name: [getattr(r, name) for r in rows] for name in (*ROW_COLUMNS, "persona")}, pad_id, pad_to)
+    return collate({name: [getattr(r, name) for r in rows] for name in (*ROW_COLUMNS, *EXAMPLE_COLUMNS)}, pad_id, pad_to)
 
 
 def collate(batch: dict[str, Any], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
-    """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch. A
-    `persona` column that any row fills becomes (B, most examples in a row x len(PERSONA_ORDER)),
-    IGNORE_INDEX past each row's own examples."""
+    """Columns of rows -> (B, L) torch tensors; L = pad_to, else the longest row in the batch. An
+    EXAMPLE_COLUMNS column that any row fills becomes (B, the longest row's blocks), its fill past
+    each row's own examples."""
     lengths = [len(x) for x in batch["input_ids"]]
     width = pad_to or max(lengths)
     if max(lengths) > width:
         raise ValueError(f"collate: a row of {max(lengths)} tokens exceeds pad_to={width}")
     out = {name: padded(batch[name], width, fill)
            for name, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("position_ids", 0), ("seq_ids", 0))}
-    persona = batch.get("persona")
-    if persona is not None and max(len(x) for x in persona) > 0:
-        out["persona"] = padded(persona, max(len(x) for x in persona), IGNORE_INDEX)
+    for name, (dtype, fill) in EXAMPLE_COLUMNS.items():
+        values = batch.get(name)
+        if values is not None and max(len(x) for x in values) > 0:
+            out[name] = padded(values, max(len(x) for x in values), fill, np.float32 if dtype == np.float32 else np.int64)
     return out
 
 
-def padded(columns: Sequence[Any], width: int, fill: int) -> Any:
-    """Variable-length int rows -> one (len(columns), width) int64 tensor, `fill` past each row's end."""
+def padded(columns: Sequence[Any], width: int, fill: float, dtype: Any = np.int64) -> Any:
+    """Variable-length rows -> one (len(columns), width) tensor of `dtype`, `fill` past each row's end."""
     import torch
 
-    arr = np.full((len(columns), width), fill, np.int64)
+    arr = np.full((len(columns), width), fill, dtype)
     for r, values in enumerate(columns):
         arr[r, : len(values)] = values
     return torch.from_numpy(arr)

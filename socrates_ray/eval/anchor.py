@@ -194,20 +194,27 @@ def fit_anchor(train: pa.Table, val: pa.Table) -> Anchor:
     return Anchor(parts[0], parts[1], model, alpha, spread, open_answers, age_mean, age_sd, mse, nll)
 
 
+def option_distributions(anchor: Anchor, records: list[dict[str, Any]]) -> list[np.ndarray | None]:
+    """Per row (needs stimuli, demographic, scale_low, scale_high): the anchor's distribution over
+    the options scale_low..scale_high, or None for an open-ended answer."""
+    parts = (anchor.vectorizer, anchor.words, anchor.age_mean, anchor.age_sd)
+    bounded = [i for i, r in enumerate(records) if _bounded(r)]
+    means = anchor.model.predict(_design(parts, [records[i] for i in bounded])) if bounded else []
+    out: list[np.ndarray | None] = [None] * len(records)
+    for i, m in zip(bounded, means):
+        out[i] = option_probs(float(m), anchor.spread, records[i]["scale_high"] - records[i]["scale_low"] + 1)
+    return out
+
+
 def predict_anchor(anchor: Anchor, rows: pa.Table) -> pa.Table:
     """A prediction table for `rows` (simulate.py's shape): per participant the options of their
     scale with the anchor's distribution, and one answer drawn from it (seeded by the row key)."""
     records = rows.to_pylist()
-    parts = (anchor.vectorizer, anchor.words, anchor.age_mean, anchor.age_sd)
-    bounded = [i for i, r in enumerate(records) if _bounded(r)]
-    means = anchor.model.predict(_design(parts, [records[i] for i in bounded])) if bounded else []
-    mean_of = dict(zip(bounded, means))
     predictions, options, probs = [], [], []
-    for i, r in enumerate(records):
+    for r, p in zip(records, option_distributions(anchor, records)):
         rng = np.random.default_rng(zlib.crc32(f"{r['study_id']}/{r['sample_id']}".encode()))
-        if i in mean_of:
+        if p is not None:
             opts = list(range(r["scale_low"], r["scale_high"] + 1))
-            p = option_probs(float(mean_of[i]), anchor.spread, len(opts))
             options.append(opts)
             probs.append(p.tolist())
             predictions.append(int(opts[int(rng.choice(len(opts), p=p))]))

@@ -16,15 +16,30 @@ from socrates_ray.data.ingest import build_ingest_dataset, estimate_rows, split_
 from socrates_ray.data.ingest_stats import format_ingest, ingest_figures
 
 
-def build_split_dataset(cfg: Config, model_path: str, part: str) -> Any:
-    """The ingest Dataset of train.setting's `part` ("train" is shuffled when ingest.shuffle)."""
+def build_split_dataset(cfg: Config, model_path: str, part: str, teacher: Any = None) -> Any:
+    """The ingest Dataset of train.setting's `part` ("train" is shuffled when ingest.shuffle, and
+    carries the persona classes and `teacher`'s targets where the run trains on them)."""
     ing = cfg.ingest
     return build_ingest_dataset(
         str(Path(cfg.data.prepared) / cfg.train.setting / part), model_path, cfg.prompt.system_prompt, ing.max_length,
         ing.layout, ing.pack_window, ing.tokenize_actors, ing.cpus_per_task,
         shuffle_seed=cfg.run.seed if part == "train" and ing.shuffle else None,
-        persona_buckets=persona_buckets(cfg) if part == "train" else 0,
+        persona_buckets=persona_buckets(cfg) if part == "train" else 0, teacher=teacher if part == "train" else None,
     )
+
+
+def anchor_teacher_weight(cfg: Config) -> float:
+    """train.anchor_teacher.weight where the run trains on it (sft), else 0."""
+    return cfg.train.anchor_teacher.weight if cfg.train.method == "sft" else 0.0
+
+
+def training_teacher(cfg: Config, log: Any) -> Any:
+    """train.anchor_teacher's regression anchor, fitted on train.setting's train split; None when off."""
+    if not anchor_teacher_weight(cfg):
+        return None
+    from socrates_ray.train.anchor_teacher import fit_teacher
+
+    return fit_teacher(cfg.data.prepared, cfg.train.setting, log)
 
 
 def persona_buckets(cfg: Config) -> int:
@@ -49,13 +64,14 @@ def tokenized_where(cfg: Config, samples: int) -> str:
     return "driver" if samples < cfg.ingest.tokenize_in_driver_below else "actors"
 
 
-def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int, out_dir: Path, log: Any) -> tuple[dict[str, Any], str]:
+def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int, out_dir: Path, log: Any,
+                       teacher: Any = None) -> tuple[dict[str, Any], str]:
     """Tokenize the train and eval splits once into the object store: the row count, the ingest
     figures and every epoch read these blocks. Small splits are tokenized in the driver, larger ones
     by the tokenizer actor pool (ingest.tokenize_in_driver_below); the second value says which did
     the train split. The ingest figures (padding, steps per worker, samples left out) come from
     batching the stored train rows as the workers will, and go to out_dir/ingest_stats.json, so no
-    separate `socrates-ray ingest` pass is needed."""
+    separate `socrates-ray ingest` pass is needed. `teacher`: train.anchor_teacher's fitted anchor, or None."""
     ing = cfg.ingest
     stored, where, seconds = {}, {}, {}
     parts = {"train": "train", "eval": eval_part}
@@ -67,9 +83,10 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
         if where[name] == "driver":
             stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
                                               ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None,
-                                              persona_buckets(cfg) if name == "train" else 0)
+                                              persona_buckets(cfg) if name == "train" else 0,
+                                              teacher if name == "train" else None)
         else:
-            ds = build_split_dataset(cfg, model_path, part)
+            ds = build_split_dataset(cfg, model_path, part, teacher)
             # blocks in input order, not in the order the tokenizer actors finish them: the same
             # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps
             ds.context.execution_options.preserve_order = True

@@ -29,19 +29,6 @@ class PersonaProbeError(SocratesError, ValueError):
     """The model has no layer the probe can read."""
 
 
-def answer_positions(labels: Any) -> tuple[Any, Any, Any]:
-    """(row, position, example index within the row) of each example's answer-predicting position:
-    the last prompt token, whose logits score the first answer token. Every example has one run of
-    label tokens (answer + end of turn), and packed examples sit in the row in order."""
-    import torch
-
-    starts = (labels[:, 1:] != IGNORE_INDEX) & (labels[:, :-1] == IGNORE_INDEX)
-    rows, positions = starts.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=labels.shape[0])
-    first = torch.cumsum(counts, 0) - counts
-    return rows, positions, torch.arange(len(rows), device=labels.device) - first[rows]
-
-
 class PersonaProbe:
     """Attach with `PersonaProbe(model, ...)` before deepspeed.initialize; after each forward of the
     model, `loss(batch)` is the probe's cross-entropy over the batch's persona fields and
@@ -79,6 +66,8 @@ class PersonaProbe:
         """Mean cross-entropy of the persona classes at each example's answer-predicting position, from
         the hidden states the model's last forward passed to the probed MLP."""
         import torch.nn.functional as F
+
+        from socrates_ray.train.steps import answer_positions  # steps -> checkpoint -> this module's ATTRIBUTE
 
         hidden, self._seen = self._seen, None
         if hidden is None or "persona" not in batch:

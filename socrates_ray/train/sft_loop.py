@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from socrates_ray.data.ingest import collate_fn_for
+from socrates_ray.train.anchor_teacher import answer_and_teacher_loss
 from socrates_ray.train.steps import LoopArgs, StepMeter, all_have_batch, eval_loss_of, forward_loss, step_record
 from socrates_ray.train.worker import Cadence, announce, progress_line, restore, start_worker
 
@@ -51,11 +52,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, model_engine.device):
                 break
-            loss = answer_loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
+            if args.anchor_teacher > 0:  # train.anchor_teacher: soft labels read from the same forward's logits
+                answer_loss, taught = answer_and_teacher_loss(model_engine, batch, w.dtype, args.attention)
+                loss = answer_loss + args.anchor_teacher * taught
+                meter.add_aux("anchor_teacher_loss", float(taught.detach()))
+            else:
+                loss = answer_loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
             if w.probe is not None:  # train.persona_probe: read back from that forward's hidden states
                 probe_loss = w.probe.loss(batch)
-                loss = answer_loss + w.probe.weight_at(state.step) * probe_loss
-                meter.probe_loss, meter.probe_batches = meter.probe_loss + float(probe_loss.detach()), meter.probe_batches + 1
+                loss = loss + w.probe.weight_at(state.step) * probe_loss
+                meter.add_aux("persona_probe_loss", float(probe_loss.detach()))
             model_engine.backward(loss)
             boundary = model_engine.is_gradient_accumulation_boundary()
             model_engine.step()

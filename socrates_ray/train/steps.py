@@ -60,8 +60,22 @@ class LoopArgs:
     dpo: dict[str, float] | None = None  # train.method dpo: beta, sft_weight
     prompt_loss_weight: float = 0.0  # train.prompt_loss_weight (sft)
     persona_probe: dict[str, Any] | None = None  # train.persona_probe (sft, weight > 0): weight, until, layer, buckets
+    anchor_teacher: float = 0.0  # train.anchor_teacher.weight (sft)
     # train.report_to and train.tracking, the run's name and its whole config (train.tracking.open_sinks)
     tracking: dict[str, Any] | None = None
+
+
+def answer_positions(labels: Any) -> tuple[Any, Any, Any]:
+    """(row, position, example index within the row) of each example's answer-predicting position:
+    the last prompt token, whose logits score the first answer token. Every example has one run of
+    label tokens (answer + end of turn), and packed examples sit in the row in order."""
+    import torch
+
+    starts = (labels[:, 1:] != IGNORE_INDEX) & (labels[:, :-1] == IGNORE_INDEX)
+    rows, positions = starts.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=labels.shape[0])
+    first = torch.cumsum(counts, 0) - counts
+    return rows, positions, torch.arange(len(rows), device=labels.device) - first[rows]
 
 
 def label_positions(labels: Any) -> Any:
@@ -185,6 +199,9 @@ def eval_loss_of(model_engine: Any, shard: Any, collate_fn: Any, micro: int, max
     return loss_sum / count if count else float("nan")
 
 
+AUX_LOSSES = ("persona_probe_loss", "anchor_teacher_loss")  # terms beside the answers' loss (train.persona_probe, train.anchor_teacher)
+
+
 class StepMeter:
     """What one optimizer step trained (label-weighted loss, tokens, padding, data wait) and how
     long it took; reset after each step's bookkeeping, so eval and checkpoint time never count."""
@@ -194,8 +211,13 @@ class StepMeter:
 
     def reset(self) -> None:
         self.loss = self.labels = self.tokens = self.slots = self.wait = 0.0
-        self.probe_loss = self.probe_batches = 0.0  # train.persona_probe's loss, per micro batch
+        self.aux = {name: [0.0, 0] for name in AUX_LOSSES}  # name -> [sum over micro batches, micro batches]
         self.start = time.perf_counter()
+
+    def add_aux(self, name: str, value: float) -> None:
+        """One micro batch's value of an AUX_LOSSES term (a mean over micro batches in the record)."""
+        self.aux[name][0] += value
+        self.aux[name][1] += 1
 
     def add(self, loss: float, batch: dict[str, Any]) -> None:
         labels = int((batch["labels"] != IGNORE_INDEX).sum())
@@ -215,13 +237,13 @@ def step_record(model_engine: Any, rank: int, world: int, meter: StepMeter, stat
     learning rate, tokens/s, non-padding share, step and data-wait time, each rank's peak memory."""
     peak = [0.0] * world
     peak[rank] = peak_rss_mib()
-    loss_sum, label_count, tokens, slots, wait, probe_loss, probe_batches, *peak = all_sum(
-        [meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, meter.probe_loss, meter.probe_batches, *peak],
-        model_engine.device,
-    )
+    aux = [v for name in AUX_LOSSES for v in meter.aux[name]]
+    summed = all_sum([meter.loss, meter.labels, meter.tokens, meter.slots, meter.wait, *aux, *peak], model_engine.device)
+    loss_sum, label_count, tokens, slots, wait = summed[:5]
+    aux, peak = summed[5 : 5 + len(aux)], summed[5 + len(aux) :]
     seconds = time.perf_counter() - meter.start
     state.tokens += int(tokens)
-    probe = {"persona_probe_loss": probe_loss / probe_batches} if probe_batches else {}
+    extra = {name: aux[2 * i] / aux[2 * i + 1] for i, name in enumerate(AUX_LOSSES) if aux[2 * i + 1]}
     return {
         "step": state.step,
         "epoch": state.epoch,
@@ -233,7 +255,7 @@ def step_record(model_engine: Any, rank: int, world: int, meter: StepMeter, stat
         "data_wait_s": wait / world,
         "tokens": state.tokens,
         "peak_rss_mb_per_rank": [round(m, 1) for m in peak],
-        **probe,
+        **extra,
     }
 
 

@@ -26,7 +26,8 @@ from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
 from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
-from socrates_ray.train.datasets import build_split_dataset, estimate_split_rows, materialize_splits, persona_buckets
+from socrates_ray.train.datasets import (anchor_teacher_weight, build_split_dataset, estimate_split_rows, materialize_splits,
+                                        persona_buckets, training_teacher)
 from socrates_ray.train.pairs_dataset import materialize_pairs, reference_of
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.steps import LoopArgs
@@ -88,6 +89,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "train.dpo": {**t.dpo.model_dump(), "reference": reference_digest} if t.method == "dpo" else None,
         "train.prompt_loss_weight": t.prompt_loss_weight or None,  # absent (None) at 0: runs from before it resume
         "train.persona_probe": t.persona_probe.model_dump() if persona_buckets(cfg) else None,  # likewise
+        "train.anchor_teacher": t.anchor_teacher.model_dump() if anchor_teacher_weight(cfg) else None,  # likewise
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
@@ -160,10 +162,12 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
         rows, estimated, tokenized = datasets["train"].count(), False, "driver"
         reference = folder_digest(reference_of(cfg, model_path))
     elif ing.materialize:
-        datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, run_folder(cfg), log)
+        teacher = training_teacher(cfg, log)
+        datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, run_folder(cfg), log, teacher)
         rows, estimated = datasets["train"].count(), False
     else:
-        datasets = {"train": build_split_dataset(cfg, model_path, "train"), "eval": build_split_dataset(cfg, model_path, eval_part)}
+        datasets = {"train": build_split_dataset(cfg, model_path, "train", training_teacher(cfg, log)),
+                    "eval": build_split_dataset(cfg, model_path, eval_part)}
         # Streamed: the workers' stream is the only tokenizing pass (on SocSci210 a counting pass
         # would tokenize 2.9M prompts on the driver before step 1). The schedule is planned from a
         # sample; each epoch still runs until the shards end, so no row is left out.
@@ -218,6 +222,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
         prompt_loss_weight=t.prompt_loss_weight if t.method == "sft" else 0.0,
         persona_probe=t.persona_probe.model_dump() if persona_buckets(cfg) else None,
+        anchor_teacher=anchor_teacher_weight(cfg),
         tracking={"report_to": list(dict.fromkeys(t.report_to)), "project": t.tracking.project, "wandb_mode": t.tracking.wandb_mode,
                   "mlflow_tracking_uri": t.tracking.mlflow_tracking_uri, "run_name": cfg.run.name,
                   "config": cfg.model_dump(mode="json")},

@@ -223,6 +223,7 @@ def progress_line(w: Worker, record: dict[str, Any], last: bool) -> None:
               + (f" preferred {record['preference_accuracy']:.3f}" if "preference_accuracy" in record else "")
               + (f" eval_preferred {record['eval_preference_accuracy']:.3f}" if "eval_preference_accuracy" in record else "")
               + (f" persona_probe {record['persona_probe_loss']:.3f}" if "persona_probe_loss" in record else "")
+              + (f" anchor_teacher {record['anchor_teacher_loss']:.3f}" if "anchor_teacher_loss" in record else "")
               + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s")
 
 

@@ -7,7 +7,8 @@ import torch
 
 from socrates_ray.data.prompts import PERSONA_ORDER
 from socrates_ray.data.tokenize import IGNORE_INDEX, collate_rows, pack_rows, persona_classes, single_rows
-from socrates_ray.train.persona_probe import PersonaProbe, PersonaProbeError, answer_positions
+from socrates_ray.train.persona_probe import PersonaProbe, PersonaProbeError
+from socrates_ray.train.steps import answer_positions
 
 F = len(PERSONA_ORDER)
 
@@ -31,7 +32,7 @@ def examples(lengths):
 def test_packed_rows_carry_each_examples_classes_to_its_answer_position():
     lengths = [9, 5, 7, 4, 6]
     classes = [[i] * F for i in range(len(lengths))]  # example i's fields are all class i
-    rows = pack_rows(examples(lengths), 16, 0, classes)
+    rows = pack_rows(examples(lengths), 16, 0, {"persona": classes})
     batch = collate_rows(rows, 0)
     b, t, k = answer_positions(batch["labels"])
     targets = batch["persona"].view(len(rows), -1, F)[b, k]
@@ -78,7 +79,7 @@ def test_the_probe_loss_reaches_attention_and_falls_when_the_persona_is_in_the_p
         cls = rng.integers(0, 4, 8)
         ids = [[10 + int(c)] + rng.integers(20, 50, 7).tolist() + [3, 2] for c in cls]
         rows = single_rows([(i, [IGNORE_INDEX] * 8 + i[8:]) for i in ids],
-                           [[int(c)] + [IGNORE_INDEX] * (F - 1) for c in cls])
+                           {"persona": [[int(c)] + [IGNORE_INDEX] * (F - 1) for c in cls]})
         return collate_rows(rows, 0)
 
     first = batch()
