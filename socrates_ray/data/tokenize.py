@@ -267,6 +267,19 @@ def padded(columns: Sequence[Any], width: int, fill: float, dtype: Any = np.int6
     return torch.from_numpy(arr)
 
 
+def answer_positions(labels: Any) -> tuple[Any, Any, Any]:
+    """(row, position, example index within the row) of each example's answer-predicting position:
+    the last prompt token, whose logits score the first answer token. Every example has one run of
+    label tokens (answer + end of turn), and packed examples sit in the row in order."""
+    import torch
+
+    starts = (labels[:, 1:] != IGNORE_INDEX) & (labels[:, :-1] == IGNORE_INDEX)
+    rows, positions = starts.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=labels.shape[0])
+    first = torch.cumsum(counts, 0) - counts
+    return rows, positions, torch.arange(len(rows), device=labels.device) - first[rows]
+
+
 def packed_attention_mask(seq_ids: Any, dtype: Any = None) -> Any:
     """(B, L) example indices -> (B, 1, L, L) additive mask: causal within an example, blocked
     across examples and on padding. Padding rows attend to themselves only, so no row is all -inf

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from socrates_ray.data.tokenize import IGNORE_INDEX
+from socrates_ray.data.tokenize import IGNORE_INDEX, answer_positions
 
 TEACHER_WIDTH = 12  # options carried per example; a longer scale gets no teacher
 TEACHER_COLUMNS = ("stimuli", "demographic", "scale_low", "scale_high")  # what the anchor reads of a prepared row
@@ -77,8 +77,6 @@ def teacher_loss(logits: Any, keep: Any, batch: dict[str, Any]) -> Any:
     at the columns `keep` (steps.label_positions). Examples without a teacher are left out; a batch
     with none gives a zero that still reaches every parameter."""
     import torch
-
-    from socrates_ray.train.steps import answer_positions
 
     labels = batch["labels"].to(logits.device)
     rows, positions, example = answer_positions(labels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from socrates_ray.data.prompts import PERSONA_ORDER
-from socrates_ray.data.tokenize import IGNORE_INDEX
+from socrates_ray.data.tokenize import IGNORE_INDEX, answer_positions
 from socrates_ray.errors import SocratesError
 
 ATTRIBUTE = "persona_probe"  # the probe's name on the model (and its state_dict prefix)
@@ -66,8 +66,6 @@ class PersonaProbe:
         """Mean cross-entropy of the persona classes at each example's answer-predicting position, from
         the hidden states the model's last forward passed to the probed MLP."""
         import torch.nn.functional as F
-
-        from socrates_ray.train.steps import answer_positions  # steps -> checkpoint -> this module's ATTRIBUTE
 
         hidden, self._seen = self._seen, None
         if hidden is None or "persona" not in batch:

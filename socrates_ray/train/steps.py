@@ -65,19 +65,6 @@ class LoopArgs:
     tracking: dict[str, Any] | None = None
 
 
-def answer_positions(labels: Any) -> tuple[Any, Any, Any]:
-    """(row, position, example index within the row) of each example's answer-predicting position:
-    the last prompt token, whose logits score the first answer token. Every example has one run of
-    label tokens (answer + end of turn), and packed examples sit in the row in order."""
-    import torch
-
-    starts = (labels[:, 1:] != IGNORE_INDEX) & (labels[:, :-1] == IGNORE_INDEX)
-    rows, positions = starts.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=labels.shape[0])
-    first = torch.cumsum(counts, 0) - counts
-    return rows, positions, torch.arange(len(rows), device=labels.device) - first[rows]
-
-
 def label_positions(labels: Any) -> Any:
     """Sequence positions whose logits predict a label token in some row: t where labels[:, t + 1]
     is set (a causal LM's logits at t score token t + 1). For SocSci210 rows that is the answer and

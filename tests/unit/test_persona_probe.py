@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from socrates_ray.data.prompts import PERSONA_ORDER
-from socrates_ray.data.tokenize import IGNORE_INDEX, collate_rows, pack_rows, persona_classes, single_rows
+from socrates_ray.data.tokenize import IGNORE_INDEX, answer_positions, collate_rows, pack_rows, persona_classes, single_rows
 from socrates_ray.train.persona_probe import PersonaProbe, PersonaProbeError
-from socrates_ray.train.steps import answer_positions
 
 F = len(PERSONA_ORDER)
 
