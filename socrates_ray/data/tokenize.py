@@ -194,7 +194,7 @@ class Row:
 def _example_values(extras: Extras | None, members: Sequence[int]) -> dict[str, np.ndarray]:
     """The EXAMPLE_COLUMNS of the examples `members`, each concatenated in that order."""
     return {name: np.concatenate([np.asarray(values[i], EXAMPLE_COLUMNS[name][0]) for i in members])
-            if members else _empty(name) for name, values in (extras or {}).items()}
+            for name, values in (extras or {}).items()}
 
 
 def single_rows(examples: Sequence[tuple[list[int], list[int]]], extras: Extras | None = None) -> list[Row]:

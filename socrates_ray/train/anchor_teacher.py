@@ -94,13 +94,10 @@ def teacher_loss(logits: Any, keep: Any, batch: dict[str, Any]) -> Any:
 
 def answer_and_teacher_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str) -> tuple[Any, Any]:
     """(the answers' mean loss as steps.forward_loss computes it, teacher_loss) from one forward."""
-    import torch.nn.functional as F
-
-    from socrates_ray.train.steps import label_logits, label_positions
+    from socrates_ray.train.steps import label_cross_entropy, label_logits, label_positions
 
     logits, targets = label_logits(model_engine, batch, dtype, attention)
-    answer = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    return answer, teacher_loss(logits, label_positions(batch["labels"]), batch)
+    return label_cross_entropy(logits, targets), teacher_loss(logits, label_positions(batch["labels"]), batch)
 
 
 def teacher_arrays(pairs: Sequence[tuple[list[int], list[float]]]) -> dict[str, list[np.ndarray]]:

@@ -104,11 +104,15 @@ def label_logits(model: Any, batch: dict[str, Any], dtype: Any, attention: str =
 def forward_loss(model_engine: Any, batch: dict[str, Any], dtype: Any, attention: str = "dense", prompt_weight: float = 0.0) -> Any:
     """Mean loss over the batch's label tokens (label_logits' forward). prompt_weight > 0 adds that
     multiple of the mean loss over the prompt tokens (train.prompt_loss_weight; prompt_lm_loss)."""
-    import torch.nn.functional as F
-
     if prompt_weight > 0:
         return prompt_lm_loss(model_engine, batch, dtype, attention, prompt_weight)
-    logits, targets = label_logits(model_engine, batch, dtype, attention)
+    return label_cross_entropy(*label_logits(model_engine, batch, dtype, attention))
+
+
+def label_cross_entropy(logits: Any, targets: Any) -> Any:
+    """Mean cross-entropy of label_logits' (logits, targets) over the label tokens."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
