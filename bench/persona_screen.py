@@ -5,6 +5,7 @@
     python bench/persona_screen.py --persona-aux 1.0     # + recover each persona field at the answer position
     python bench/persona_screen.py --persona-aux 1.0 --aux-until 0.5   # ... with a weight that falls to 0 at mid-run
     python bench/persona_screen.py --persona-aux 1.0 --anchor-teacher 3.0   # ... + the regression anchor's soft labels
+    python bench/persona_screen.py --persona-aux 1.0 --anchor-teacher 3.0 --pairs 120   # ... + the within-cell contrast
     python bench/persona_screen.py --persona-last        # diagnostic: the persona block moved after the question
     python bench/persona_screen.py --marginals           # the truth alone: does a persona field move answers on average?
     python bench/persona_screen.py data.raw=runs/big/synth data.prepared=runs/big/prepared   # another synth/prepare
@@ -33,7 +34,10 @@ where the answer is predicted, so the MLP can combine it with the stimulus. The 
 --aux-until F lets its weight fall linearly to 0 at F x --steps, as train.persona_probe.until does in
 `socrates-ray train`. --anchor-teacher W adds W x the cross-entropy from the regression anchor's
 distribution over each training row's options (fitted on the training split) to the model's at the
-answer position, as train.anchor_teacher does. --stimulus-aux W adds a second probe at the same place
+answer position, as train.anchor_teacher does. --pairs W draws each batch as pairs of rows of one cell
+and adds W x anchor_teacher.within_cell_contrast of the expected answer positions against the anchor's
+(--pair-target teacher, the anchor fitted as --anchor-teacher fits it; train.anchor_teacher.contrast) or against the answers' own
+positions (--pair-target answer). --stimulus-aux W adds a second probe at the same place
 that must say which words (hashed) the row's stimulus holds.
 """
 
@@ -55,6 +59,7 @@ from socrates_ray.data.prompts import PERSONA_ORDER
 from socrates_ray.eval.metrics import Cell
 from socrates_ray.eval.truth import load_row_truth, load_truth, persona_reading
 from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder, persona_classes
+from socrates_ray.train.anchor_teacher import within_cell_contrast
 
 
 def whole_cells(rows: list[dict], limit: int, seed: int) -> list[dict]:
@@ -122,6 +127,10 @@ def main() -> int:
                         help="weight of a soft-label term: the regression anchor's distribution for each training row")
     parser.add_argument("--stimulus-aux", type=float, default=0.0,
                         help="weight of a second probe at the same place: which words (hashed) the row's stimulus holds")
+    parser.add_argument("--pairs", type=float, default=0.0,
+                        help="weight of the within-cell contrast (train.anchor_teacher.contrast): batches of same-cell pairs, "
+                             "each one's expected position minus its cell's mean must match the target's (--pair-target)")
+    parser.add_argument("--pair-target", choices=["teacher", "answer"], default="teacher")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
@@ -165,7 +174,7 @@ def main() -> int:
             bag[[zlib.crc32(w.encode()) % word_bins for w in set(re.findall(r"[a-z]+", r["stimuli"].lower()))]] = 1.0
             stimulus_words.append(bag)
     teacher: list[list[float] | None] = [None] * len(train)
-    if args.anchor_teacher > 0:
+    if args.anchor_teacher > 0 or (args.pairs > 0 and args.pair_target == "teacher"):
         from socrates_ray.train.anchor_teacher import fit_teacher
         from socrates_ray.eval.anchor import option_distributions
 
@@ -240,6 +249,23 @@ def main() -> int:
         return (f"persona {corr:+.3f}, spread {np.std(p):.3f} (truth {np.std(t):.3f}), "
                 f"cell means {1 - np.mean(miss) / np.mean(uni):+.2f}")
 
+    one_digit = [r["scale_low"] is not None and 0 <= r["scale_low"] and r["scale_high"] <= 9 and r["scale_high"] > r["scale_low"]
+                 for r in train]
+    members: dict[tuple, list[int]] = {}
+    for i, r in enumerate(train):
+        if one_digit[i] and (args.pair_target == "answer" or teacher[i] is not None):
+            members.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append(i)
+    pairable = np.asarray([i for m in members.values() if len(m) > 1 for i in m])
+    cell_of = {i: k for k, m in members.items() for i in m}
+    pair_cell = {i: n for n, m in enumerate(members.values()) for i in m}
+
+    def position_target(i: int) -> float:
+        r = train[i]
+        x = np.linspace(0, 1, r["scale_high"] - r["scale_low"] + 1)
+        if args.pair_target == "teacher":
+            return float(np.dot(teacher[i], x))
+        return float(x[int(r["response"]) - r["scale_low"]]) if r["scale_low"] <= int(r["response"]) <= r["scale_high"] else float("nan")
+
     rng = np.random.default_rng(args.seed)
     order, at, t0, answer_loss, probe_loss = rng.permutation(len(examples)), 0, time.time(), 0.0, 0.0
     for step in range(1, args.steps + 1):
@@ -247,6 +273,10 @@ def main() -> int:
             order, at = rng.permutation(len(examples)), 0
         take = order[at : at + args.batch]
         at += args.batch
+        if args.pairs > 0:  # half the batch drawn from pairable rows, each with a partner from its own cell
+            first = rng.choice(pairable, args.batch // 2, replace=False)
+            second = [rng.choice([j for j in members[cell_of[i]] if j != i]) for i in first]
+            take = np.asarray([x for ab in zip(first, second) for x in ab])
         ids, labels, mask = batchify([examples[i] for i in take])
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
         loss = out.loss
@@ -271,6 +301,17 @@ def main() -> int:
                      for j, i in enumerate(take) if teacher[i] is not None]
             if terms:
                 loss = loss + args.anchor_teacher * torch.stack(terms).mean()
+        if args.pairs > 0:
+            at_answer = (labels != IGNORE_INDEX).float().argmax(1) - 1
+            logits = out.logits[torch.arange(len(take)), at_answer][:, digits]
+            expected = torch.stack([
+                (torch.softmax(logits[j, train[i]["scale_low"] : train[i]["scale_high"] + 1], -1)
+                 * torch.linspace(0, 1, train[i]["scale_high"] - train[i]["scale_low"] + 1)).sum() for j, i in enumerate(take)])
+            target = torch.tensor([position_target(i) for i in take], dtype=torch.float32)
+            ok = ~torch.isnan(target)  # an answer outside its scale (a refusal code) has no position
+            contrast = within_cell_contrast(expected[ok], target[ok], torch.tensor([pair_cell[i] for i in take])[ok])
+            if contrast is not None:
+                loss = loss + args.pairs * contrast
         answer_loss += float(out.loss.detach())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -101,6 +101,20 @@ class AnchorTeacherSection(Section):
         "distribution over the same option tokens at the position that predicts the answer. Rows whose options are "
         "not one token each get no soft label. train.method=dpo ignores it.",
     )
+    contrast: float = Field(
+        0.0, ge=0, description="sft: adds this multiple of a within-cell contrast to the loss (0 = off; fits the "
+        "anchor even where weight is 0). The soft label mostly teaches the stimulus; the contrast teaches how the "
+        "persona moves the answer: training rows are shuffled in pairs from the same cell (study, condition, task), "
+        "and in each micro-batch every example's expected answer position (0 to 1 across its options) minus its "
+        "cell's mean must match the anchor's, in squared error. Pairs are arranged where the train split is "
+        "tokenized in the driver (ingest.materialize, a split under ingest.tokenize_in_driver_below); elsewhere the "
+        "run says so and the term reads only the cells a micro-batch happens to share.",
+    )
+
+    @property
+    def fitted(self) -> bool:
+        """Whether training needs the anchor fitted (either term on)."""
+        return self.weight > 0 or self.contrast > 0
 
 
 class TrackingSection(Section):
@@ -215,11 +229,12 @@ class TrainSection(Section):
 
     @model_validator(mode="after")
     def _teacher_reads_answer_logits(self) -> "TrainSection":
-        if self.method == "sft" and self.anchor_teacher.weight > 0 and self.prompt_loss_weight > 0:
+        if self.method == "sft" and self.anchor_teacher.fitted and self.prompt_loss_weight > 0:
+            teacher = self.anchor_teacher
             raise ValueError(
-                f"train.anchor_teacher.weight={self.anchor_teacher.weight:g} and train.prompt_loss_weight="
-                f"{self.prompt_loss_weight:g}: the anchor teacher reads the answers' logits, which the prompt loss's "
-                "forward does not compute apart; set one of them to 0"
+                f"train.anchor_teacher (weight={teacher.weight:g}, contrast={teacher.contrast:g}) and "
+                f"train.prompt_loss_weight={self.prompt_loss_weight:g}: the anchor teacher reads the answers' logits, which "
+                "the prompt loss's forward does not compute apart; set train.prompt_loss_weight=0 or both teacher terms to 0"
             )
         return self
 

@@ -33,6 +33,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("persona", pa.list_(pa.int32())),  # persona_classes per example (train.persona_probe), else empty
         pa.field("teacher_ids", pa.list_(pa.int32())),  # train.anchor_teacher's option ids per example, else empty
         pa.field("teacher_probs", pa.list_(pa.float32())),  # ... and their probabilities
+        pa.field("teacher_cell", pa.list_(pa.int32())),  # ... and each example's cell (anchor_teacher.cell_keys)
     ]
 )
 
@@ -76,10 +77,10 @@ class TokenizePack:
         if self.persona_buckets:
             extras["persona"] = [persona_classes(d, self.persona_buckets) for d, k in zip(batch["demographic"].to_pylist(), keep) if k]
         if self.teacher is not None:
-            from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, teacher_arrays, teacher_targets
+            from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, teacher_arrays, teacher_targets
 
             records = [r for r, k in zip(batch.select(list(TEACHER_COLUMNS)).to_pylist(), keep) if k]
-            extras.update(teacher_arrays(teacher_targets(self.teacher, records, self.encoder.encode_answers)))
+            extras.update(teacher_arrays(teacher_targets(self.teacher, records, self.encoder.encode_answers), cell_keys(records)))
         if not fitting:
             longest = max(len(e[0]) for e in examples)
             raise IngestError(
@@ -253,9 +254,12 @@ def build_ingest_dataset(
 
 
 def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
-                       pack_window: int, shuffle_seed: int | None = None, persona_buckets: int = 0, teacher: Any = None) -> Any:
+                       pack_window: int, shuffle_seed: int | None = None, persona_buckets: int = 0, teacher: Any = None,
+                       paired: bool = False) -> Any:
     """build_ingest_dataset's rows, tokenized and packed in this process (TokenizePack, pack_window
     samples at a time, after a seeded shuffle) and handed to Ray Data as blocks in the object store.
+    paired (train.anchor_teacher.contrast, with a teacher): the shuffle puts the rows of each cell
+    two by two (anchor_teacher.paired_order).
     For small splits: on 2 cores each tokenizer actor spends ~7 s importing transformers before its
     first row (the 20k-answer demo's 8,356 training samples: 16.4 s in the pool, 4.0 s here); the
     40k demo's 15,244 training and 1,073 validation samples (~300-token prompts) take ~9-11 s here."""
@@ -266,7 +270,12 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
     fs, groups = _row_groups(split_dir)
     files = sorted({path for path, *_ in groups})
     table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher)) for path in files])
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and paired and teacher is not None:
+        from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
+
+        keys = cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist())
+        table = table.take(pa.array(paired_order(keys, shuffle_seed)))
+    elif shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout, persona_buckets=persona_buckets, teacher=teacher)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -165,6 +165,7 @@ EXAMPLE_COLUMNS: dict[str, tuple[Any, float]] = {
     "persona": (np.int32, IGNORE_INDEX),  # train.persona_probe
     "teacher_ids": (np.int32, IGNORE_INDEX),  # train.anchor_teacher
     "teacher_probs": (np.float32, 0.0),
+    "teacher_cell": (np.int32, -1),  # the example's cell key (train.anchor_teacher.contrast)
 }
 Extras = dict[str, Sequence[Sequence[Any]]]  # EXAMPLE_COLUMNS name -> one block per example
 
@@ -185,6 +186,7 @@ class Row:
     persona: np.ndarray = field(default_factory=lambda: _empty("persona"))
     teacher_ids: np.ndarray = field(default_factory=lambda: _empty("teacher_ids"))
     teacher_probs: np.ndarray = field(default_factory=lambda: _empty("teacher_probs"))
+    teacher_cell: np.ndarray = field(default_factory=lambda: _empty("teacher_cell"))
 
     @property
     def num_tokens(self) -> int:

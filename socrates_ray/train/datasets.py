@@ -28,14 +28,28 @@ def build_split_dataset(cfg: Config, model_path: str, part: str, teacher: Any = 
     )
 
 
-def anchor_teacher_weight(cfg: Config) -> float:
-    """train.anchor_teacher.weight where the run trains on it (sft), else 0."""
-    return cfg.train.anchor_teacher.weight if cfg.train.method == "sft" else 0.0
+def anchor_teacher_weights(cfg: Config) -> tuple[float, float]:
+    """train.anchor_teacher's (weight, contrast) where the run trains on them (sft), else zeros."""
+    teacher = cfg.train.anchor_teacher
+    return (teacher.weight, teacher.contrast) if cfg.train.method == "sft" else (0.0, 0.0)
+
+
+def paired_cells(cfg: Config) -> bool:
+    """Whether the train split is shuffled in same-cell pairs (train.anchor_teacher.contrast)."""
+    return anchor_teacher_weights(cfg)[1] > 0 and cfg.ingest.shuffle
+
+
+def warn_unpaired(cfg: Config, log: Any, why: str) -> None:
+    """Say so where train.anchor_teacher.contrast is on but the train split cannot be shuffled in pairs."""
+    if paired_cells(cfg):
+        log(f"train: WARNING {why}, whose shuffle does not keep a cell's rows in pairs: train.anchor_teacher.contrast "
+            "reads only the cells a micro-batch happens to share; pair them with ingest.materialize=true and "
+            "ingest.tokenize_in_driver_below above the train split's sample count")
 
 
 def training_teacher(cfg: Config, log: Any) -> Any:
     """train.anchor_teacher's regression anchor, fitted on train.setting's train split; None when off."""
-    if not anchor_teacher_weight(cfg):
+    if not any(anchor_teacher_weights(cfg)):
         return None
     from socrates_ray.train.anchor_teacher import fit_teacher
 
@@ -84,8 +98,10 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
             stored[name] = tokenize_in_driver(split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout,
                                               ing.pack_window, cfg.run.seed if name == "train" and ing.shuffle else None,
                                               persona_buckets(cfg) if name == "train" else 0,
-                                              teacher if name == "train" else None)
+                                              teacher if name == "train" else None, paired=name == "train" and paired_cells(cfg))
         else:
+            if name == "train":
+                warn_unpaired(cfg, log, f"the train split ({split_samples(split_dir):,} samples) is tokenized by the actor pool")
             ds = build_split_dataset(cfg, model_path, part, teacher)
             # blocks in input order, not in the order the tokenizer actors finish them: the same
             # run twice (and a resumed run skipping what it trained) sees the same rows in the same steps

@@ -52,10 +52,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.wait += time.perf_counter() - t0
             if not all_have_batch(batch, model_engine.device):
                 break
-            if args.anchor_teacher > 0:  # train.anchor_teacher: soft labels read from the same forward's logits
-                answer_loss, taught = answer_and_teacher_loss(model_engine, batch, w.dtype, args.attention)
+            if args.anchor_teacher > 0 or args.anchor_contrast > 0:  # train.anchor_teacher: read from the same forward's logits
+                answer_loss, taught, contrast = answer_and_teacher_loss(model_engine, batch, w.dtype, args.attention,
+                                                                        contrast=args.anchor_contrast > 0)
                 loss = answer_loss + args.anchor_teacher * taught
                 meter.add_aux("anchor_teacher_loss", float(taught.detach()))
+                if contrast is not None:
+                    loss = loss + args.anchor_contrast * contrast
+                    meter.add_aux("anchor_contrast_loss", float(contrast.detach()))
             else:
                 loss = answer_loss = forward_loss(model_engine, batch, w.dtype, args.attention, args.prompt_loss_weight)
             if w.probe is not None:  # train.persona_probe: read back from that forward's hidden states

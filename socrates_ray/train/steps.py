@@ -61,6 +61,7 @@ class LoopArgs:
     prompt_loss_weight: float = 0.0  # train.prompt_loss_weight (sft)
     persona_probe: dict[str, Any] | None = None  # train.persona_probe (sft, weight > 0): weight, until, layer, buckets
     anchor_teacher: float = 0.0  # train.anchor_teacher.weight (sft)
+    anchor_contrast: float = 0.0  # train.anchor_teacher.contrast (sft)
     # train.report_to and train.tracking, the run's name and its whole config (train.tracking.open_sinks)
     tracking: dict[str, Any] | None = None
 
@@ -190,7 +191,8 @@ def eval_loss_of(model_engine: Any, shard: Any, collate_fn: Any, micro: int, max
     return loss_sum / count if count else float("nan")
 
 
-AUX_LOSSES = ("persona_probe_loss", "anchor_teacher_loss")  # terms beside the answers' loss (train.persona_probe, train.anchor_teacher)
+# terms beside the answers' loss (train.persona_probe, train.anchor_teacher's weight and contrast)
+AUX_LOSSES = ("persona_probe_loss", "anchor_teacher_loss", "anchor_contrast_loss")
 
 
 class StepMeter:

@@ -26,8 +26,8 @@ from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
 from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
-from socrates_ray.train.datasets import (anchor_teacher_weight, build_split_dataset, estimate_split_rows, materialize_splits,
-                                        persona_buckets, training_teacher)
+from socrates_ray.train.datasets import (anchor_teacher_weights, build_split_dataset, estimate_split_rows, materialize_splits,
+                                        persona_buckets, training_teacher, warn_unpaired)
 from socrates_ray.train.pairs_dataset import materialize_pairs, reference_of
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.steps import LoopArgs
@@ -89,7 +89,9 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "train.dpo": {**t.dpo.model_dump(), "reference": reference_digest} if t.method == "dpo" else None,
         "train.prompt_loss_weight": t.prompt_loss_weight or None,  # absent (None) at 0: runs from before it resume
         "train.persona_probe": t.persona_probe.model_dump() if persona_buckets(cfg) else None,  # likewise
-        "train.anchor_teacher": t.anchor_teacher.model_dump() if anchor_teacher_weight(cfg) else None,  # likewise
+        # likewise, and its contrast absent at 0
+        "train.anchor_teacher": {k: v for k, v in t.anchor_teacher.model_dump().items() if k != "contrast" or v}
+        if any(anchor_teacher_weights(cfg)) else None,
         "train.lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
                        "rank_pattern": lora.rank_pattern} if t.finetuning == "lora" else None,
     }
@@ -166,6 +168,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
         datasets, tokenized = materialize_splits(cfg, model_path, eval_part, pad_id, run_folder(cfg), log, teacher)
         rows, estimated = datasets["train"].count(), False
     else:
+        warn_unpaired(cfg, log, "the train split is streamed (ingest.materialize=false) through the actor pool")
         datasets = {"train": build_split_dataset(cfg, model_path, "train", training_teacher(cfg, log)),
                     "eval": build_split_dataset(cfg, model_path, eval_part)}
         # Streamed: the workers' stream is the only tokenizing pass (on SocSci210 a counting pass
@@ -222,7 +225,8 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         dpo={"beta": t.dpo.beta, "sft_weight": t.dpo.sft_weight} if t.method == "dpo" else None,
         prompt_loss_weight=t.prompt_loss_weight if t.method == "sft" else 0.0,
         persona_probe=t.persona_probe.model_dump() if persona_buckets(cfg) else None,
-        anchor_teacher=anchor_teacher_weight(cfg),
+        anchor_teacher=anchor_teacher_weights(cfg)[0],
+        anchor_contrast=anchor_teacher_weights(cfg)[1],
         tracking={"report_to": list(dict.fromkeys(t.report_to)), "project": t.tracking.project, "wandb_mode": t.tracking.wandb_mode,
                   "mlflow_tracking_uri": t.tracking.mlflow_tracking_uri, "run_name": cfg.run.name,
                   "config": cfg.model_dump(mode="json")},

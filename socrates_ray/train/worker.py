@@ -24,7 +24,7 @@ from socrates_ray.train.checkpoint import (
 from socrates_ray.train.deepspeed import normalize_cuda_arch_list, skip_inference_comm_op
 from socrates_ray.train.model import count_parameters, load_model_for_training
 from socrates_ray.train.persona_probe import PersonaProbe
-from socrates_ray.train.steps import LoopArgs, peak_rss_mib
+from socrates_ray.train.steps import AUX_LOSSES, LoopArgs, peak_rss_mib
 
 PROGRESS_FILE = "progress.log"
 
@@ -222,8 +222,7 @@ def progress_line(w: Worker, record: dict[str, Any], last: bool) -> None:
               + (f" eval_loss {record['eval_loss']:.4f}" if "eval_loss" in record else "")
               + (f" preferred {record['preference_accuracy']:.3f}" if "preference_accuracy" in record else "")
               + (f" eval_preferred {record['eval_preference_accuracy']:.3f}" if "eval_preference_accuracy" in record else "")
-              + (f" persona_probe {record['persona_probe_loss']:.3f}" if "persona_probe_loss" in record else "")
-              + (f" anchor_teacher {record['anchor_teacher_loss']:.3f}" if "anchor_teacher_loss" in record else "")
+              + "".join(f" {name.removesuffix('_loss')} {record[name]:.3f}" for name in AUX_LOSSES if name in record)
               + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s wait {record['data_wait_s']:.2f}s")
 
 

@@ -93,3 +93,20 @@ def test_a_small_split_tokenized_in_the_driver_holds_what_the_actor_pool_makes(r
     assert rows != [list(r["input_ids"]) for r in tokenize_in_driver(*args, shuffle_seed=1).take_all()]
     with pytest.raises(IngestError, match=r"ingest.max_length=40: every sample"):
         tokenize_in_driver(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 40, "pack", 128)
+
+
+def test_the_contrasts_shuffle_keeps_a_cells_rows_in_pairs_through_tokenizing(ray_local, prepared, tiny_model):
+    """train.anchor_teacher.contrast: the driver's seeded shuffle puts each cell's rows two by two, and
+    the rows carry each example's cell, so micro-batches of even size hold same-cell pairs."""
+    from socrates_ray.train.anchor_teacher import fit_teacher
+
+    split = str(prepared / "unseen_studies" / "train")
+    teacher = fit_teacher(str(prepared), "unseen_studies", lambda *_: None)
+    args = (split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pad_longest", 128)
+
+    def shared(paired):
+        cells = [r["teacher_cell"][0] for r in tokenize_in_driver(*args, shuffle_seed=0, teacher=teacher, paired=paired).take_all()]
+        assert len(cells) == split_samples(split) and min(cells) >= 0
+        return sum(a == b for a, b in zip(cells[::2], cells[1::2])) / (len(cells) // 2)
+
+    assert shared(True) > 0.9 and shared(False) < 0.1  # 0.97 and 0.01 on this split

@@ -32,7 +32,7 @@ def train(tmp_path, prepared, tiny_model, name, *overrides):
         # fp32 wherever the machine could do bf16: these tests compare stages and exports number for number
         "train.precision=fp32",
         # the answers alone unless a test asks for the demo's persona probe and anchor teacher
-        "train.persona_probe.weight=0", "train.anchor_teacher.weight=0",
+        "train.persona_probe.weight=0", "train.anchor_teacher.weight=0", "train.anchor_teacher.contrast=0",
         *overrides,
     ]
     return main(args)
@@ -279,17 +279,21 @@ def test_a_persona_probe_and_an_anchor_teacher_train_beside_the_answers_on_packe
     # ZeRO-3 (the probe is partitioned with the model) on packed rows (several examples' persona classes and soft
     # labels a row), tokenized by the actor pool (the fitted anchor travels to each tokenizer actor)
     assert train(tmp_path, prepared, tiny_model, "probe", "train.persona_probe.weight=1.0", "train.persona_probe.until=1.0",
-                 "train.anchor_teacher.weight=2.0", "ingest.tokenize_in_driver_below=0",
+                 "train.anchor_teacher.weight=2.0", "train.anchor_teacher.contrast=20.0", "ingest.tokenize_in_driver_below=0",
                  "train.zero_stage=3", "ingest.layout=pack", "train.max_steps=6", "train.checkpoint_every=6") == 0
-    assert "anchor teacher fitted on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "anchor teacher fitted on" in out
+    # the pool's shuffle cannot pair a cell's rows: the run says so, and the contrast reads what cells rows share
+    assert "WARNING the train split" in out and "train.anchor_teacher.contrast reads only the cells" in out
     logged = metrics(tmp_path, "probe")
+    assert len([m["anchor_contrast_loss"] for m in logged if m["anchor_contrast_loss"] >= 0]) == 6
     probe = [m["persona_probe_loss"] for m in logged]
     assert len(probe) == 6 and probe[0] > 3.0 and probe[-1] < probe[0] - 0.5  # chance: ln 64 = 4.16
     taught = [m["anchor_teacher_loss"] for m in logged]
     assert len(taught) == 6 and taught[-1] < taught[0] and all(0 < t < 10 for t in taught), taught
     folder, state = latest_state(tmp_path, "probe")
     assert state["fingerprint"]["train.persona_probe"]["weight"] == 1.0
-    assert state["fingerprint"]["train.anchor_teacher"]["weight"] == 2.0
+    assert state["fingerprint"]["train.anchor_teacher"] == {"weight": 2.0, "contrast": 20.0}
     from safetensors.torch import load_file
 
     keys = set(load_file(folder / "export" / "adapter_model.safetensors"))

@@ -154,6 +154,21 @@ def test_a_packed_run_records_its_packer_and_one_packed_by_another_is_refused(tm
         check_resume(before, packed, "demo")
 
 
+def test_the_anchor_teachers_contrast_joins_the_fingerprint_only_when_on(tmp_path) -> None:
+    """A run checkpointed before train.anchor_teacher.contrast existed resumes (the key is absent at
+    0); turning the contrast on mid-run reorders the rows and is refused."""
+    from socrates_ray.config import load_config
+    from socrates_ray.train.trainer import run_fingerprint
+
+    off = run_fingerprint(load_config("configs/demo.yaml", []), "m", 100, 10, False)
+    on = run_fingerprint(load_config("configs/demo.yaml", ["train.anchor_teacher.contrast=120"]), "m", 100, 10, False)
+    assert off["train.anchor_teacher"] == {"weight": 3.0} and on["train.anchor_teacher"] == {"weight": 3.0, "contrast": 120.0}
+    before = saved(tmp_path / "checkpoint_000004", 4, off)
+    check_resume(before, off, "demo")
+    with pytest.raises(ResumeError, match=r"train.anchor_teacher"):
+        check_resume(before, on, "demo")
+
+
 def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before_and_said_why(tmp_path) -> None:
     """A crash during a checkpoint copy leaves files cut short (0 bytes, or half an optimizer file)
     under the right names: the manifests written last tell, and a resume takes the newest whole one."""
