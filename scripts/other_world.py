@@ -9,12 +9,16 @@ yes/no vote; a participant's answer follows an ordered logit of
     frame push + the policy's partisan lean x (party + ideology) + the policy's age slope x age + noise
 
 with a per-person effect of SD 0.6 (the unobserved part). Written as a user's dataset would be: Parquet
-shards under data/, no split files (prepare draws them from data.split_seed), no ground truth, no
-synth summary, so `socrates-ray demo` runs on it as it is:
+shards under data/, no split files (prepare draws them from data.split_seed), no ground truth (unless
+--truth), no synth summary, so `socrates-ray demo` runs on it as it is:
 
     .venv/bin/python scripts/other_world.py runs/other/raw
     socrates-ray demo --config configs/demo.yaml data.raw=runs/other/raw run.name=other \\
         data.prepared=runs/other/prepared model.path=runs/other/tiny-model
+
+--truth also writes the true distributions the synthetic generator writes (ground_truth.parquet per
+cell, ground_truth_rows.parquet per participant), so `evaluate` scores the distance to the truth and
+persona reading here too. The answers are the same with or without it.
 """
 
 from __future__ import annotations
@@ -89,9 +93,11 @@ def ordered_logit(u: np.ndarray, k: int) -> np.ndarray:
     return np.diff(np.concatenate([np.zeros((len(u), 1)), cdf, np.ones((len(u), 1))], axis=1), axis=1)
 
 
-def write(out: Path, studies: int, per_study: int, seed: int) -> int:
+def write(out: Path, studies: int, per_study: int, seed: int, truth: bool = False) -> int:
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
+    row_truth: dict[str, list] = {"study_id": [], "sample_id": [], "probs": []}
+    cells: dict[tuple[str, int, int], tuple[list[int], list[np.ndarray]]] = {}
     for s in range(studies):
         policy, lean, age_slope = POLICIES[s % len(POLICIES)]
         frames = [FRAMES[0], *[FRAMES[i] for i in rng.choice(np.arange(1, len(FRAMES)), size=2, replace=False)]]
@@ -115,12 +121,24 @@ def write(out: Path, studies: int, per_study: int, seed: int) -> int:
                 columns["prompt"].append(build_prompt(demo[i], stimulus))
                 columns["reasoning"].append("")
                 columns["response"].append(int(low + rng.choice(high - low + 1, p=probs)))
+                row_truth["study_id"].append(f"pol{s:02d}")
+                row_truth["sample_id"].append(sample_id)
+                row_truth["probs"].append(probs.tolist())
+                cells.setdefault((f"pol{s:02d}", int(condition[i]), t), (list(range(low, high + 1)), []))[1].append(probs)
                 sample_id += 1
     table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in RAW_SCHEMA}, schema=RAW_SCHEMA)
     (out / "data").mkdir(parents=True, exist_ok=True)
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), out / "data" / "train-00000-of-00002.parquet")
     pq.write_table(table.slice(half), out / "data" / "train-00001-of-00002.parquet")
+    if truth:
+        from socrates_ray.data.synthetic_files import ROW_TRUTH_FILE, ROW_TRUTH_SCHEMA
+
+        pq.write_table(pa.table(row_truth, schema=ROW_TRUTH_SCHEMA), out / ROW_TRUTH_FILE)
+        pq.write_table(pa.Table.from_pylist([
+            {"study_id": study, "condition_num": c, "task_num": t, "options": options,
+             "probs": np.mean(p, axis=0).tolist(), "participants": len(p)}
+            for (study, c, t), (options, p) in sorted(cells.items())]), out / "ground_truth.parquet")
     return table.num_rows
 
 
@@ -130,5 +148,6 @@ if __name__ == "__main__":
     p.add_argument("--studies", type=int, default=24)
     p.add_argument("--per-study", type=int, default=300, help="participants a study (each answers 3 tasks)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", action="store_true", help="also write the true distributions (per cell and per participant)")
     a = p.parse_args()
-    print(f"wrote {write(a.out, a.studies, a.per_study, a.seed):,} rows to {a.out}/data")
+    print(f"wrote {write(a.out, a.studies, a.per_study, a.seed, a.truth):,} rows to {a.out}/data")

@@ -169,3 +169,33 @@ def test_the_demo_runs_on_a_users_dataset_as_it_is(tmp_path, synth_dir, capsys):
     fresh = tmp_path / "fresh"
     cfg = load_config(None, [f"data.raw={fresh}", "synth.studies=4", "synth.rows=400", "synth.rows_per_shard=1000"])
     assert synth_unless_given(cfg)["rows"] > 0 and foreign_parquet(fresh) == [] and (fresh / "synth_summary.json").exists()
+
+
+def test_the_second_worlds_truth_leaves_its_answers_alone_and_pools_to_each_cell(tmp_path):
+    """scripts/other_world.py --truth: the same answers, and per-participant distributions whose mean
+    is the cell's, so evaluate can score persona reading on a world data/synthetic.py did not write."""
+    import importlib.util
+    from pathlib import Path
+
+    from socrates_ray.eval.truth import load_row_truth, load_truth
+
+    spec = importlib.util.spec_from_file_location("other_world", Path(__file__).parents[2] / "scripts" / "other_world.py")
+    world = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(world)
+    world.write(tmp_path / "plain", 3, 40, 0)
+    rows = world.write(tmp_path / "truth", 3, 40, 0, truth=True)
+    assert _digest(tmp_path / "plain") == _digest(tmp_path / "truth")
+    assert not (tmp_path / "plain" / "ground_truth.parquet").exists()
+    people, cells = load_row_truth(str(tmp_path / "truth")), load_truth(str(tmp_path / "truth"))
+    data = pq.read_table(tmp_path / "truth" / "data").to_pylist()
+    assert len(people) == rows == len(data)
+    members: dict = {}
+    for r in data:
+        p = people[(r["study_id"], r["sample_id"])]
+        options, _ = cells[(r["study_id"], r["condition_num"], r["task_num"])]
+        assert len(p) == len(options) and abs(sum(p) - 1) < 1e-9 and r["response"] in options
+        members.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append(p)
+    for key, ps in members.items():
+        assert np.allclose(np.mean(ps, axis=0), cells[key][1])
+    spread = [np.std([np.dot(p, np.arange(len(p))) for p in ps]) for ps in members.values()]
+    assert min(spread) > 0.01 and np.median(spread) > 0.3  # the persona moves each participant's distribution
