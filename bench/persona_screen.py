@@ -255,9 +255,9 @@ def main() -> int:
     for i, r in enumerate(train):
         if one_digit[i] and (args.pair_target == "answer" or teacher[i] is not None):
             members.setdefault((r["study_id"], r["condition_num"], r["task_num"]), []).append(i)
-    pairable = np.asarray([i for m in members.values() if len(m) > 1 for i in m])
-    cell_of = {i: k for k, m in members.items() for i in m}
-    pair_cell = {i: n for n, m in enumerate(members.values()) for i in m}
+    cells = list(members.values())
+    pairable = np.asarray([i for m in cells if len(m) > 1 for i in m])
+    cell_of = {i: n for n, m in enumerate(cells) for i in m}  # row -> its cell's index in `cells`
 
     def position_target(i: int) -> float:
         r = train[i]
@@ -273,9 +273,9 @@ def main() -> int:
             order, at = rng.permutation(len(examples)), 0
         take = order[at : at + args.batch]
         at += args.batch
-        if args.pairs > 0:  # half the batch drawn from pairable rows, each with a partner from its own cell
+        if args.pairs > 0:  # the batch as pairs: half drawn from pairable rows, each with a partner from its own cell
             first = rng.choice(pairable, args.batch // 2, replace=False)
-            second = [rng.choice([j for j in members[cell_of[i]] if j != i]) for i in first]
+            second = [rng.choice([j for j in cells[cell_of[i]] if j != i]) for i in first]
             take = np.asarray([x for ab in zip(first, second) for x in ab])
         ids, labels, mask = batchify([examples[i] for i in take])
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
@@ -309,7 +309,7 @@ def main() -> int:
                  * torch.linspace(0, 1, train[i]["scale_high"] - train[i]["scale_low"] + 1)).sum() for j, i in enumerate(take)])
             target = torch.tensor([position_target(i) for i in take], dtype=torch.float32)
             ok = ~torch.isnan(target)  # an answer outside its scale (a refusal code) has no position
-            contrast = within_cell_contrast(expected[ok], target[ok], torch.tensor([pair_cell[i] for i in take])[ok])
+            contrast = within_cell_contrast(expected[ok], target[ok], torch.tensor([cell_of[i] for i in take])[ok])
             if contrast is not None:
                 loss = loss + args.pairs * contrast
         answer_loss += float(out.loss.detach())

@@ -270,13 +270,14 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
     fs, groups = _row_groups(split_dir)
     files = sorted({path for path, *_ in groups})
     table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher)) for path in files])
-    if shuffle_seed is not None and paired and teacher is not None:
-        from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
+    if shuffle_seed is not None:
+        if paired and teacher is not None:  # the teacher's columns name each row's cell
+            from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
 
-        keys = cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist())
-        table = table.take(pa.array(paired_order(keys, shuffle_seed)))
-    elif shuffle_seed is not None:
-        table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
+            order = paired_order(cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist()), shuffle_seed)
+        else:
+            order = np.random.default_rng(shuffle_seed).permutation(table.num_rows)
+        table = table.take(pa.array(order))
     pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout, persona_buckets=persona_buckets, teacher=teacher)
     ray.data.DataContext.get_current().enable_progress_bars = False
     blocks = [pack(table.slice(start, pack_window)) for start in range(0, table.num_rows, pack_window)]
