@@ -38,8 +38,8 @@ def results_table(results: EvaluationResult) -> str:
     lines = [
         "| setting | cells | uniform | base | finetuned | anchor | floor (resampling) | floor (true dist.) | finetuned vs base "
         "| gap closed: finetuned / anchor | uniform's distance to the truth removed: finetuned / anchor "
-        "| persona reading: finetuned / anchor | cell spread: finetuned / human |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| persona reading: finetuned / anchor | persona spread: finetuned / anchor / truth | cell spread: finetuned / human |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, r in results.settings.items():
         b, models, versus = r.baselines, r.models, r.comparison.finetuned_vs_base
@@ -48,13 +48,16 @@ def results_table(results: EvaluationResult) -> str:
         gaps = " / ".join(_fmt_gap(r.comparison.gap_closed(n)) for n in ("finetuned", "anchor"))
         removed = " / ".join(f"{models[n].vs_truth.removed:.2f}" if n in models and models[n].vs_truth else "-" for n in ("finetuned", "anchor"))
         persona = " / ".join(_fmt_corr(models[n].persona_reading if n in models else None) for n in ("finetuned", "anchor"))
+        readings = {n: models[n].vs_truth.persona if n in models and models[n].vs_truth else None for n in ("finetuned", "anchor")}
+        true_spread = next((p.true_spread for p in readings.values() if p is not None), None)
+        persona_spread = " / ".join(_fmt(p.spread if p else None) for p in readings.values()) + f" / {_fmt(true_spread)}"
         main = models.get("finetuned", models.get("base"))
         spread = main.cell_spread if main else None
         lines.append(
             f"| {setting} | {main.cells if main else '-'} | {_fmt(b.uniform.wasserstein)} | "
             f"{_fmt(w.get('base'))} | {_fmt(w.get('finetuned'))} | {_fmt(w.get('anchor'))} | "
             f"{_fmt(b.floor.wasserstein)} | {_fmt(b.true_floor.wasserstein if b.true_floor else None)} | "
-            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {persona} | "
+            f"{'-' if rel is None else f'{rel:+.1%}'} | {gaps} | {removed} | {persona} | {persona_spread} | "
             f"{_fmt(spread.predicted if spread else None)} / {_fmt(spread.human if spread else None)} |"
         )
     return "\n".join(lines)
@@ -277,6 +280,10 @@ def write_report(results: EvaluationResult, folder: Path, predictions: dict[str,
         "the correlation, pooled over cells, of each participant's predicted mean answer (as a position on the scale) with "
         "their true mean, both centred on the cell. 0 = one prediction per stimulus whatever the persona; 1 = participants "
         "ordered as the truth orders them. A model can match the pooled distributions while reading no persona.",
+        "- *persona spread* (synthetic data only): the standard deviation of those centred mean positions (0-1 scale), the "
+        "model's and the truth's. A model can order participants rightly and still move them too little. The truth's "
+        "includes each participant's unobserved effect, which no reading of the persona recovers, so even a perfect "
+        "reader stays below it; the anchor's is the reference a regression reaches.",
     ]
     report = folder / "report.md"
     report.write_text("\n".join(lines) + "\n")

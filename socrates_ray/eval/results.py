@@ -23,10 +23,14 @@ class CellSpread:
 
 @dataclass
 class PersonaReading:
-    """Synthetic data: the within-cell correlation of predicted with true per-participant means."""
+    """Synthetic data: the within-cell correlation of predicted with true per-participant means, and
+    how far participants of one cell spread apart in each (the standard deviation of the centred mean
+    positions, 0-1 scale): a model can order participants rightly while moving them too little."""
 
     within_cell_corr: float | None
     rows: int
+    spread: float | None = None
+    true_spread: float | None = None
 
 
 @dataclass

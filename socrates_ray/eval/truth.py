@@ -90,7 +90,8 @@ def persona_reading(cells: dict[CellKey, Cell], truth: Truth, rows: RowTruth) ->
     """Does the model read the persona? Within each cell (one stimulus) participants differ only by
     persona; the correlation, pooled over cells, of each participant's predicted mean position on the
     scale with their TRUE mean position, both centred on their cell's mean. 0: persona ignored (one
-    distribution per stimulus); 1: every participant ordered as the truth orders them."""
+    distribution per stimulus); 1: every participant ordered as the truth orders them. Beside it, the
+    standard deviation of those centred positions, the model's and the truth's."""
     predicted, true = [], []
     for key, cell in cells.items():
         if key not in truth or cell.probs is None or len(cell.probs) < 2:
@@ -108,9 +109,10 @@ def persona_reading(cells: dict[CellKey, Cell], truth: Truth, rows: RowTruth) ->
         true.extend(t - t.mean())
     if len(predicted) < 2:
         return PersonaReading(None, len(predicted))
-    if np.std(predicted) == 0 or np.std(true) == 0:  # one prediction per stimulus: nothing about the persona read
-        return PersonaReading(0.0, len(predicted))
-    return PersonaReading(float(np.corrcoef(predicted, true)[0, 1]), len(predicted))
+    spread, true_spread = float(np.std(predicted)), float(np.std(true))
+    if spread == 0 or true_spread == 0:  # one prediction per stimulus: nothing about the persona read
+        return PersonaReading(0.0, len(predicted), spread, true_spread)
+    return PersonaReading(float(np.corrcoef(predicted, true)[0, 1]), len(predicted), spread, true_spread)
 
 
 def truth_distance(

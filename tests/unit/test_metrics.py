@@ -203,6 +203,12 @@ def test_per_participant_truth_removes_persona_sampling_and_measures_persona_rea
     assert blind.removed == pytest.approx(1.0) and blind.persona.within_cell_corr == 0.0
     backwards = truth_distance(scored(rep, dem), cell_truth, people)
     assert backwards.persona.within_cell_corr == pytest.approx(-1.0)
+    # persona spread: the truth puts the two 0.6 of the scale apart (0.8 vs 0.2, sd 0.3); a model that orders
+    # them rightly but moves them half as far reads them perfectly and spreads them half as much
+    assert knows.persona.spread == pytest.approx(0.3) and knows.persona.true_spread == pytest.approx(0.3)
+    timid = truth_distance(scored([0.25, 0.2, 0.55], [0.55, 0.2, 0.25]), cell_truth, people).persona
+    assert timid.within_cell_corr == pytest.approx(1.0) and timid.spread == pytest.approx(0.15)
+    assert blind.persona.spread == 0.0 and blind.persona.true_spread == pytest.approx(0.3)
     # a dataset synthesized before per-participant truth existed: the cell's truth, no persona figure
     assert truth_distance(scored(dem, rep), cell_truth, None).persona is None
 
