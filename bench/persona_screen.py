@@ -37,7 +37,8 @@ distribution over each training row's options (fitted on the training split) to 
 answer position, as train.anchor_teacher does. --pairs W draws each batch as pairs of rows of one cell
 and adds W x anchor_teacher.within_cell_contrast of the expected answer positions against the anchor's
 (--pair-target teacher, the anchor fitted as --anchor-teacher fits it; train.anchor_teacher.contrast) or against the answers' own
-positions (--pair-target answer). --stimulus-aux W adds a second probe at the same place
+positions (--pair-target answer); fresh pairs every step, or with --fixed-pairs one pairing replayed in
+one order every pass, as `socrates-ray train` does. --stimulus-aux W adds a second probe at the same place
 that must say which words (hashed) the row's stimulus holds.
 """
 
@@ -127,6 +128,9 @@ def main() -> int:
                         help="weight of a soft-label term: the regression anchor's distribution for each training row")
     parser.add_argument("--stimulus-aux", type=float, default=0.0,
                         help="weight of a second probe at the same place: which words (hashed) the row's stimulus holds")
+    parser.add_argument("--fixed-pairs", action="store_true",
+                        help="with --pairs: pair each cell's rows once and replay those pairs in one order every pass, as the "
+                             "training pipeline's driver shuffle does (default: fresh pairs every step)")
     parser.add_argument("--pairs", type=float, default=0.0,
                         help="weight of the within-cell contrast (train.anchor_teacher.contrast): batches of same-cell pairs, "
                              "each one's expected position minus its cell's mean must match the target's (--pair-target)")
@@ -268,12 +272,25 @@ def main() -> int:
 
     rng = np.random.default_rng(args.seed)
     order, at, t0, answer_loss, probe_loss = rng.permutation(len(examples)), 0, time.time(), 0.0, 0.0
+    fixed: list[list[int]] = []  # --fixed-pairs: one pairing of each cell's rows, replayed in one order
+    if args.fixed_pairs:
+        pair_rng = np.random.default_rng(args.seed + 1)
+        for m in cells:
+            m = [int(i) for i in pair_rng.permutation(m)]
+            fixed += [m[j : j + 2] for j in range(0, len(m) - 1, 2)]
+        fixed = [fixed[k] for k in pair_rng.permutation(len(fixed))]
+    pair_at = 0
     for step in range(1, args.steps + 1):
         if at + args.batch > len(order):
             order, at = rng.permutation(len(examples)), 0
         take = order[at : at + args.batch]
         at += args.batch
-        if args.pairs > 0:  # the batch as pairs: half drawn from pairable rows, each with a partner from its own cell
+        if args.pairs > 0 and args.fixed_pairs:
+            if pair_at + args.batch // 2 > len(fixed):
+                pair_at = 0
+            take = np.asarray([i for pair in fixed[pair_at : pair_at + args.batch // 2] for i in pair])
+            pair_at += args.batch // 2
+        elif args.pairs > 0:  # the batch as pairs: half drawn from pairable rows, each with a partner from its own cell
             first = rng.choice(pairable, args.batch // 2, replace=False)
             second = [rng.choice([j for j in cells[cell_of[i]] if j != i]) for i in first]
             take = np.asarray([x for ab in zip(first, second) for x in ab])
