@@ -97,9 +97,9 @@ def party_score(demographic: dict[str, Any] | None) -> float | None:
     return (3 - PARTY.index(value)) / 3 if value in PARTY else None
 
 
-def diagnose(rows: list[dict[str, Any]], setting: str, prepared: str, truth: dict, row_truth: dict,
+def diagnose(rows: list[dict[str, Any]], ranges: dict, truth: dict, row_truth: dict,
              frames: dict[tuple[str, int, int], str]) -> dict[str, Any]:
-    cells = group_cells(rows, [], cell_ranges(prepared, setting, "eval"))
+    cells = group_cells(rows, [], ranges)
     m = scores(cells, truth, row_truth)
     party = {row_key(r): party_score(r.get("demographic")) for r in rows}
     model_means, true_means = [], []
@@ -225,8 +225,9 @@ def main() -> int:
                 a, b, temperature = stack
                 named.append(("stacked", combine([runs[0], reg], [a * temperature, b], geometric=True)))
         figures[setting] = {}
+        ranges = cell_ranges(prepared, setting, "eval")  # each cell's human range, whatever was scored
         for name, rows in named:
-            figures[setting][name] = diagnose(rows, setting, prepared, truth, row_truth, frames)
+            figures[setting][name] = diagnose(rows, ranges, truth, row_truth, frames)
             print_diagnosis(name, figures[setting][name])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

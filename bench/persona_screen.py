@@ -60,7 +60,7 @@ from socrates_ray.data.prompts import PERSONA_ORDER
 from socrates_ray.eval.metrics import Cell
 from socrates_ray.eval.truth import load_row_truth, load_truth, persona_reading
 from socrates_ray.data.tokenize import IGNORE_INDEX, Encoder, persona_classes
-from socrates_ray.train.anchor_teacher import within_cell_contrast
+from socrates_ray.train.anchor_teacher import paired_order, within_cell_contrast
 
 
 def whole_cells(rows: list[dict], limit: int, seed: int) -> list[dict]:
@@ -129,8 +129,8 @@ def main() -> int:
     parser.add_argument("--stimulus-aux", type=float, default=0.0,
                         help="weight of a second probe at the same place: which words (hashed) the row's stimulus holds")
     parser.add_argument("--fixed-pairs", action="store_true",
-                        help="with --pairs: pair each cell's rows once and replay those pairs in one order every pass, as the "
-                             "training pipeline's driver shuffle does (default: fresh pairs every step)")
+                        help="with --pairs: pair the rows once with the training pipeline's own pairing (anchor_teacher.paired_order) "
+                             "and replay them in that order every pass (default: fresh pairs every step)")
     parser.add_argument("--pairs", type=float, default=0.0,
                         help="weight of the within-cell contrast (train.anchor_teacher.contrast): batches of same-cell pairs, "
                              "each one's expected position minus its cell's mean must match the target's (--pair-target)")
@@ -272,13 +272,10 @@ def main() -> int:
 
     rng = np.random.default_rng(args.seed)
     order, at, t0, answer_loss, probe_loss = rng.permutation(len(examples)), 0, time.time(), 0.0, 0.0
-    fixed: list[list[int]] = []  # --fixed-pairs: one pairing of each cell's rows, replayed in one order
+    fixed = np.zeros(0, dtype=np.int64)  # --fixed-pairs: the pipeline's pairing of the rows, replayed in one order
     if args.fixed_pairs:
-        pair_rng = np.random.default_rng(args.seed + 1)
-        for m in cells:
-            m = [int(i) for i in pair_rng.permutation(m)]
-            fixed += [m[j : j + 2] for j in range(0, len(m) - 1, 2)]
-        fixed = [fixed[k] for k in pair_rng.permutation(len(fixed))]
+        rows = np.asarray([i for m in cells for i in m])
+        fixed = rows[paired_order([cell_of[i] for i in rows], args.seed + 1)]
     pair_at = 0
     for step in range(1, args.steps + 1):
         if at + args.batch > len(order):
@@ -286,10 +283,10 @@ def main() -> int:
         take = order[at : at + args.batch]
         at += args.batch
         if args.pairs > 0 and args.fixed_pairs:
-            if pair_at + args.batch // 2 > len(fixed):
+            if pair_at + args.batch > len(fixed):
                 pair_at = 0
-            take = np.asarray([i for pair in fixed[pair_at : pair_at + args.batch // 2] for i in pair])
-            pair_at += args.batch // 2
+            take = fixed[pair_at : pair_at + args.batch]
+            pair_at += args.batch
         elif args.pairs > 0:  # the batch as pairs: half drawn from pairable rows, each with a partner from its own cell
             first = rng.choice(pairable, args.batch // 2, replace=False)
             second = [rng.choice([j for j in cells[cell_of[i]] if j != i]) for i in first]
