@@ -253,13 +253,22 @@ def build_ingest_dataset(
     )
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of a run's `epoch` (0-based): `seed` itself for the first epoch, and for each
+    later one a seed derived from (seed, epoch), so every epoch of a materialized split reads its rows
+    (and a contrast run its pairs) in an order of its own, the same order again on a resume."""
+    import numpy as np
+
+    return seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, max_length: int, layout: str,
                        pack_window: int, shuffle_seed: int | None = None, persona_buckets: int = 0, teacher: Any = None,
-                       paired: bool = False) -> Any:
+                       paired: bool = False, epoch: int = 0) -> Any:
     """build_ingest_dataset's rows, tokenized and packed in this process (TokenizePack, pack_window
     samples at a time, after a seeded shuffle) and handed to Ray Data as blocks in the object store.
     paired (train.anchor_teacher.contrast, with a teacher): the shuffle puts the rows of each cell
-    two by two (anchor_teacher.paired_order).
+    two by two (anchor_teacher.paired_order). epoch: shuffle with epoch_seed(shuffle_seed, epoch).
     For small splits: on 2 cores each tokenizer actor spends ~7 s importing transformers before its
     first row (the 20k-answer demo's 8,356 training samples: 16.4 s in the pool, 4.0 s here); the
     40k demo's 15,244 training and 1,073 validation samples (~300-token prompts) take ~9-11 s here."""
@@ -271,12 +280,13 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
     files = sorted({path for path, *_ in groups})
     table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher)) for path in files])
     if shuffle_seed is not None:
+        seed = epoch_seed(shuffle_seed, epoch)
         if paired and teacher is not None:  # the teacher's columns name each row's cell
             from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
 
-            order = paired_order(cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist()), shuffle_seed)
+            order = paired_order(cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist()), seed)
         else:
-            order = np.random.default_rng(shuffle_seed).permutation(table.num_rows)
+            order = np.random.default_rng(seed).permutation(table.num_rows)
         table = table.take(pa.array(order))
     pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout, persona_buckets=persona_buckets, teacher=teacher)
     ray.data.DataContext.get_current().enable_progress_bars = False

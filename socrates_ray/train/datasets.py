@@ -2,7 +2,13 @@
 (tokenized beside the workers) or materialized once into the object store.
 
     datasets, tokenized = materialize_splits(cfg, model_path, "val", pad_id, print)   # ingest.materialize
+    datasets |= later_epochs(cfg, model_path, datasets["train"], tokenized, epochs, print, teacher)
     datasets = {"train": build_split_dataset(cfg, model_path, "train"), ...}           # streamed
+
+A materialized train split is one set of blocks; read again it would give the next epoch the first
+epoch's batches in the same order (and a contrast run the same pairs). later_epochs stores each
+later epoch's own seeded order beside it as "train_1", "train_2", ... (epoch_dataset_name); the
+loop reads epoch e from epoch_dataset_name(e).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from socrates_ray.config import Config
-from socrates_ray.data.ingest import build_ingest_dataset, estimate_rows, split_samples, tokenize_in_driver
+from socrates_ray.data.ingest import build_ingest_dataset, epoch_seed, estimate_rows, split_samples, tokenize_in_driver
 from socrates_ray.data.ingest_stats import format_ingest, ingest_figures
 
 
@@ -117,3 +123,44 @@ def materialize_splits(cfg: Config, model_path: str, eval_part: str, pad_id: int
                            pad_id, out_dir, seconds=seconds["train"])
     log(format_ingest(stats, ing.layout))
     return stored, where["train"]
+
+
+def epoch_dataset_name(epoch: int, orders: int = 1) -> str:
+    """The dataset a loop reads epoch `epoch` (0-based) from: "train" for the first, "train_<e>" for
+    each later epoch that later_epochs stored (`orders` of them in all; past them the last repeats)."""
+    e = min(epoch, orders - 1)
+    return "train" if e <= 0 else f"train_{e}"
+
+
+def epochs_reached(micro_per_epoch: int, total_steps: int, grad_accum: int) -> int:
+    """How many epochs (a last partial one included) a run of total_steps optimizer steps starts."""
+    return max(1, -(-total_steps * grad_accum // micro_per_epoch)) if micro_per_epoch else 1
+
+
+def later_epochs(cfg: Config, model_path: str, first: Any, tokenized: str, epochs: int, log: Any,
+                 teacher: Any = None) -> dict[str, Any]:
+    """For a materialized, shuffled train split: epochs 2..`epochs` each in an order of its own,
+    seeded by (run.seed, epoch) (ingest.epoch_seed), as {epoch_dataset_name(e): Dataset}.
+    Tokenized in the driver: the split is shuffled (in same-cell pairs for train.anchor_teacher.contrast)
+    and tokenized again, an epoch's rows stored beside the first's (what the object store holds grows
+    by one train split an epoch). Tokenized by the actor pool: the first epoch's stored rows, shuffled
+    again as the epoch reads them (Ray Data's seeded random_shuffle; nothing is tokenized again).
+    Empty when the run has one epoch or no shuffle."""
+    ing = cfg.ingest
+    if epochs <= 1 or not ing.shuffle:
+        return {}
+    started = time.perf_counter()
+    out: dict[str, Any] = {}
+    split_dir = str(Path(cfg.data.prepared) / cfg.train.setting / "train")
+    for e in range(1, epochs):
+        if tokenized == "driver":
+            out[epoch_dataset_name(e, epochs)] = tokenize_in_driver(
+                split_dir, model_path, cfg.prompt.system_prompt, ing.max_length, ing.layout, ing.pack_window, cfg.run.seed,
+                persona_buckets(cfg), teacher, paired=paired_cells(cfg), epoch=e)
+        else:
+            out[epoch_dataset_name(e, epochs)] = first.random_shuffle(seed=epoch_seed(cfg.run.seed, e), num_cpus=ing.cpus_per_task)
+    how = ("shuffled and tokenized again in the driver" if tokenized == "driver"
+           else "the stored rows shuffled again as the epoch reads them")
+    which = "epoch 2 reads" if epochs == 2 else f"epochs 2-{epochs} each read"
+    log(f"train: {which} the train split in an order of its own ({how}, {time.perf_counter() - started:.1f}s)")
+    return out

@@ -16,6 +16,7 @@ from typing import Any
 
 from socrates_ray.data.ingest import collate_fn_for
 from socrates_ray.train.anchor_teacher import answer_and_teacher_loss
+from socrates_ray.train.datasets import epoch_dataset_name
 from socrates_ray.train.steps import LoopArgs, StepMeter, all_have_batch, eval_loss_of, forward_loss, step_record
 from socrates_ray.train.worker import Cadence, announce, progress_line, restore, start_worker
 
@@ -30,7 +31,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     announce(w, state, resume_from)
     model_engine = w.model_engine
     collate_fn = collate_fn_for(args.pad_id, args.layout, args.max_length)
-    train_shard, eval_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
+    eval_shard = ray.train.get_dataset_shard("eval")
     micro = args.ds_config["train_micro_batch_size_per_gpu"]
     cadence = Cadence(w, state, resumed=resume_from is not None)
 
@@ -40,6 +41,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     meter = StepMeter()
     latest_eval = float("nan")
     while state.step < args.total_steps:
+        train_shard = ray.train.get_dataset_shard(epoch_dataset_name(state.epoch, args.epoch_orders))  # this epoch's order
         batches = iter(train_shard.iter_torch_batches(batch_size=micro, collate_fn=collate_fn, drop_last=True))
         for _ in range(state.micro_in_epoch):  # resume mid-epoch: skip what was already trained
             next(batches, None)

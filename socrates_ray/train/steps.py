@@ -64,6 +64,8 @@ class LoopArgs:
     anchor_contrast: float = 0.0  # train.anchor_teacher.contrast (sft)
     # train.report_to and train.tracking, the run's name and its whole config (train.tracking.open_sinks)
     tracking: dict[str, Any] | None = None
+    # epochs that read the train split in an order of their own (datasets.later_epochs, epoch_dataset_name)
+    epoch_orders: int = 1
 
 
 def label_positions(labels: Any) -> Any:

@@ -26,8 +26,8 @@ from socrates_ray.locks import folder_lock
 from socrates_ray.models import folder_digest, load_tokenizer
 from socrates_ray.train import dpo_loop, sft_loop
 from socrates_ray.train.checkpoint import TrainState, check_resume, is_complete, newest_checkpoint_any
-from socrates_ray.train.datasets import (anchor_teacher_weights, build_split_dataset, estimate_split_rows, materialize_splits,
-                                        persona_buckets, training_teacher, warn_unpaired)
+from socrates_ray.train.datasets import (anchor_teacher_weights, build_split_dataset, epochs_reached, estimate_split_rows,
+                                        later_epochs, materialize_splits, persona_buckets, training_teacher, warn_unpaired)
 from socrates_ray.train.pairs_dataset import materialize_pairs, reference_of
 from socrates_ray.train.deepspeed import build_ds_config, lora_persistence_threshold
 from socrates_ray.train.steps import LoopArgs
@@ -68,19 +68,20 @@ def check_training_splits(cfg: Config) -> None:
 
 
 def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, bf16: bool, tokenized: str = "actors",
-                    reference_digest: str | None = None) -> dict[str, Any]:
+                    reference_digest: str | None = None, epoch_orders: int = 1) -> dict[str, Any]:
     """What defines a run's data stream and optimizer schedule: a resumed run must find the same
     (checkpoint.check_resume). Keys are the config paths a user would change, or for what the run
     derives, the plain names checkpoint.DERIVED describes. `tokenized`: "driver" or "actors" (the
     driver shuffles with numpy and reads with pyarrow; the actor pool's order follows Ray Data's
-    seeded shuffle of the blocks its Parquet reader makes)."""
+    seeded shuffle of the blocks its Parquet reader makes). `epoch_orders`: the epochs that read the
+    split in an order of their own (datasets.later_epochs); absent at 1, so runs from before resume."""
     t, ing, lora = cfg.train, cfg.ingest, cfg.train.lora
     return {
         "data.prepared": cfg.data.prepared, "train.setting": t.setting, "training_rows": rows, "model.path": model_path,
         "prompt.system_prompt": cfg.prompt.system_prompt, "ingest.layout": ing.layout, "ingest.max_length": ing.max_length,
         "ingest.pack_window": ing.pack_window, "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed, "tokenized_in": tokenized,
         "parquet_reader": PARQUET_READER if tokenized == "actors" else "pyarrow",
-        "packer": PACKER if ing.layout == "pack" else None,
+        "packer": PACKER if ing.layout == "pack" else None, "epoch_orders": epoch_orders if epoch_orders > 1 else None,
         "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
         "optimizer_steps": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.method": t.method,
@@ -134,6 +135,7 @@ class RunPlan:
     fingerprint: dict[str, Any]  # what a resume must find unchanged (run_fingerprint)
     finished: Path | None  # a complete checkpoint at the last step: nothing is left to train
     estimated: bool = False  # rows (and so micro_per_epoch) from a tokenized sample (streamed ingest)
+    epoch_orders: int = 1  # epochs with an order of their own: datasets "train", "train_1", ... (datasets.later_epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +160,7 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
     pad_id = Encoder(load_tokenizer(model_path), cfg.prompt.system_prompt).pad_id
     tokenized = "actors"
     bf16 = resolve_precision(t.precision, t.use_gpu) == "bf16"
-    reference = None
+    reference = teacher = None
     if t.method == "dpo":  # pairs, scored by the reference policy, always materialized (train/pairs_dataset.py)
         datasets, _ = materialize_pairs(cfg, model_path, eval_part, bf16, log)
         rows, estimated, tokenized = datasets["train"].count(), False, "driver"
@@ -181,13 +183,17 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
             f"train: {rows} training rows give no full optimizer step with {ing.num_workers} workers x micro batch "
             f"{ing.micro_batch_size} x accumulation {t.grad_accum}; use more data or smaller batches"
         )
-    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized, reference)
+    orders = 1
+    if ing.materialize and t.method == "sft":  # each later epoch its own order, not a replay of the first's batches
+        orders = epochs_reached(micro_per_epoch, total, t.grad_accum) if ing.shuffle else 1
+        datasets |= later_epochs(cfg, model_path, datasets["train"], tokenized, orders, log, teacher)
+    fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized, reference, orders)
     finished = None
     if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
         check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued
         if TrainState.load(last).step >= total and is_complete(last, ing.num_workers):
             finished = last
-    return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished, estimated)
+    return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished, estimated, orders)
 
 
 def deepspeed_config_for(cfg: Config, plan: RunPlan, model_path: str) -> dict[str, Any]:
@@ -218,6 +224,7 @@ def loop_args_for(cfg: Config, plan: RunPlan, model_path: str, ds_config: dict[s
         # the data: how each worker's shard is collated, and how much of it an epoch and the run take
         pad_id=plan.pad_id, layout=ing.layout,
         max_length=ing.max_length, micro_per_epoch=None if plan.estimated else plan.micro_per_epoch, total_steps=plan.total_steps,
+        epoch_orders=plan.epoch_orders,
         # the cadence of metrics, eval loss, checkpoints and preemption checks (optimizer steps)
         log_every=t.log_every, eval_every=t.eval_every, eval_batches=t.eval_batches,
         checkpoint_every=t.checkpoint_every, preemption_check_every=t.preemption_check_every,

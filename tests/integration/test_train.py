@@ -20,8 +20,11 @@ def prepared(train_prepared):
 
 
 def train(tmp_path, prepared, tiny_model, name, *overrides):
-    args = [
-        "train", "--config", "configs/demo.yaml",
+    return main(["train", "--config", "configs/demo.yaml", *train_overrides(tmp_path, prepared, tiny_model, name, *overrides)])
+
+
+def train_overrides(tmp_path, prepared, tiny_model, name, *overrides):
+    return [
         f"run.name={name}", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
         f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
         "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
@@ -35,7 +38,6 @@ def train(tmp_path, prepared, tiny_model, name, *overrides):
         "train.persona_probe.weight=0", "train.anchor_teacher.weight=0", "train.anchor_teacher.contrast=0",
         *overrides,
     ]
-    return main(args)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +300,44 @@ def test_a_persona_probe_and_an_anchor_teacher_train_beside_the_answers_on_packe
 
     keys = set(load_file(folder / "export" / "adapter_model.safetensors"))
     assert keys and all("lora_" in k for k in keys)
+
+
+def test_each_epoch_reads_the_materialized_split_in_an_order_of_its_own_and_a_replan_repeats_it(ray_local, tmp_path, prepared, tiny_model):
+    """A materialized split read again would replay the first epoch's batches (and a contrast run's
+    pairs) in the same order: every later epoch gets a seeded order of its own, the same on a resume
+    (plan_run again), recorded in the fingerprint. Tokenized in the driver: rows reshuffled (in fresh
+    same-cell pairs for the contrast); by the actor pool: the stored rows shuffled again."""
+    from socrates_ray.config import load_config
+    from socrates_ray.train.trainer import plan_run
+
+    def plan(*overrides):
+        lines = []
+        cfg = load_config("configs/demo.yaml", train_overrides(tmp_path, prepared, tiny_model, "orders", "train.max_steps=null", *overrides))
+        return plan_run(cfg, str(tiny_model), log=lines.append), "\n".join(lines)
+
+    def examples(ds):
+        return [(tuple(r["input_ids"]), int(r["teacher_cell"][0])) for r in ds.take_all()]
+
+    contrast = ("train.epochs=3", "train.anchor_teacher.weight=1.0", "train.anchor_teacher.contrast=10.0")
+    first, said = plan(*contrast)
+    assert first.epoch_orders == 3 and first.fingerprint["epoch_orders"] == 3 and "epochs 2-3 each read the train split" in said
+    assert set(first.datasets) == {"train", "train_1", "train_2", "eval"}
+    epochs = [examples(first.datasets[name]) for name in ("train", "train_1", "train_2")]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2])  # the same examples ...
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]  # ... each epoch in its own order
+    pairs = []
+    for rows in epochs:
+        cells = [cell for _, cell in rows]
+        assert sum(a == b for a, b in zip(cells[::2], cells[1::2])) > 0.9 * (len(cells) // 2)  # still same-cell pairs
+        pairs.append({frozenset((rows[i][0], rows[i + 1][0])) for i in range(0, len(rows) - 1, 2)})
+    assert len(pairs[0] & pairs[1]) < 0.2 * len(pairs[0])  # fresh pairs, not the first epoch's again
+    again, _ = plan(*contrast)  # a resumed run plans again: the same orders
+    assert [examples(again.datasets[name]) for name in ("train", "train_1", "train_2")] == epochs
+
+    one, said = plan("train.max_steps=2")  # a run inside one epoch stores nothing more, as before
+    assert one.epoch_orders == 1 and one.fingerprint["epoch_orders"] is None and set(one.datasets) == {"train", "eval"}
+
+    pool, said = plan("train.epochs=2", "ingest.tokenize_in_driver_below=0")
+    assert set(pool.datasets) == {"train", "train_1", "eval"} and "stored rows shuffled again" in said
+    stored = [[tuple(r["input_ids"]) for r in pool.datasets[name].take_all()] for name in ("train", "train_1")]
+    assert sorted(stored[0]) == sorted(stored[1]) and stored[0] != stored[1]
