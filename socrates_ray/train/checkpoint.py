@@ -182,7 +182,11 @@ DERIVED = {
     "packer": "which examples share a row under ingest.layout pack",
     "optimizer_steps": "train.epochs, train.max_steps",
     "precision": "train.precision",
+    "epoch_orders": "train.epochs, train.max_steps: each epoch after the first reads the split in an order of its own",
 }
+# Keys a checkpoint made before they existed lacks. Its run read the first epoch as runs do now, so it
+# resumes unchanged while it is still in that epoch or has no step left to train.
+FIRST_EPOCH_ONLY = ("epoch_orders",)
 
 
 class ResumeError(SocratesError, RuntimeError):
@@ -200,7 +204,12 @@ def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> No
     The position a run resumes at is a count of micro batches into an epoch: under another micro
     batch size, worker count, split, layout, seed or step count that count points somewhere else,
     and training would go on silently at the wrong place (or fail later inside DeepSpeed)."""
-    changes = fingerprint_changes(TrainState.load(checkpoint).fingerprint, current)
+    state = TrainState.load(checkpoint)
+    changes = fingerprint_changes(state.fingerprint, current)
+    if state.epoch == 0 or state.step >= (current.get("optimizer_steps") or 0):
+        for key in FIRST_EPOCH_ONLY:
+            if key in changes and changes[key][0] is None and key not in state.fingerprint:
+                del changes[key]
     if not changes:
         return
     what = "; ".join(f"{k}{f' ({DERIVED[k]})' if k in DERIVED else ''}: {old!r} -> {new!r}" for k, (old, new) in changes.items())

@@ -41,6 +41,23 @@ def test_other_settings_are_refused_naming_each_change(tmp_path) -> None:
     assert "run.name=demo" in message and "optimizer_steps" not in message
 
 
+def test_a_checkpoint_from_before_epoch_orders_resumes_in_its_first_epoch_or_finished_and_not_past_it(tmp_path) -> None:
+    """Later epochs' own orders are recorded as epoch_orders; a checkpoint made before lacks the key. Its
+    first epoch was read as now, and a finished run trains nothing more: those resume (a finished one
+    says so); one that had started a later epoch replayed the first's order, and is refused."""
+    now = FINGERPRINT | {"epoch_orders": 2}
+    check_resume(saved(tmp_path / "first" / "checkpoint_000040", 40, FINGERPRINT), now, "run")
+    finished = saved(tmp_path / "done" / "checkpoint_000100", 100, FINGERPRINT)
+    TrainState(step=100, epoch=1, micro_in_epoch=10, fingerprint=FINGERPRINT).save(finished)
+    check_resume(finished, now, "run")
+    later = saved(tmp_path / "later" / "checkpoint_000060", 60, FINGERPRINT)
+    TrainState(step=60, epoch=1, micro_in_epoch=10, fingerprint=FINGERPRINT).save(later)
+    with pytest.raises(ResumeError, match="epoch_orders .*: None -> 2"):
+        check_resume(later, now, "run")
+    with pytest.raises(ResumeError, match="epoch_orders .*: 2 -> 3"):  # a recorded count is never waived
+        check_resume(saved(tmp_path / "recorded" / "checkpoint_000040", 40, now), FINGERPRINT | {"epoch_orders": 3}, "run")
+
+
 def test_a_checkpoint_without_a_fingerprint_is_not_trusted(tmp_path) -> None:
     folder = saved(tmp_path / "checkpoint_000002", 2, None)
     assert TrainState.load(folder).fingerprint == {}
