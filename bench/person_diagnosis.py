@@ -4,6 +4,7 @@
     python bench/person_diagnosis.py runs/R-s0/eval-all runs/R-s1/eval-all   # ... and the runs' ensemble
     python bench/person_diagnosis.py runs/R/eval-all --anchor                 # ... beside the regression anchor
     python bench/person_diagnosis.py runs/R/eval-all --anchor --stack         # ... and the two combined
+    python bench/person_diagnosis.py runs/R/eval-all --fit-check              # ... and the training cells it fit
 
 It reads each run's predictions.parquet (`socrates-ray evaluate ... simulate.max_per_cell=null` scores
 every answer) and the synthetic world's truth (ground_truth.parquet, ground_truth_rows.parquet), and
@@ -25,7 +26,10 @@ prints, per held-out setting:
 - with --anchor, the same for the regression anchor (fitted here on train.setting's train split, as
   `evaluate` fits it), and with --stack the product of the first run's and the anchor's distributions,
   p ~ p_model^a x p_anchor^b, with (a, b) fitted on the first run's validation rows
-  (calibration/finetuned/predictions.parquet, at temperature 1) by negative log-likelihood.
+  (calibration/finetuned/predictions.parquet, at temperature 1) by negative log-likelihood;
+- with --fit-check, the same for the cells of the training split the evaluation's fit check scored
+  (fit_check/finetuned/predictions.parquet; the runs only): a model that moves people little even
+  there cannot carry the person to new cells.
 
 The figures explain the evaluation's; they do not replace it.
 """
@@ -54,6 +58,9 @@ from socrates_ray.eval.truth import load_row_truth, load_truth, people_truth
 
 SETTINGS = ("unseen_studies", "unseen_conditions")
 Key = tuple[str, int]
+
+
+FIT_CHECK = "fit_check"  # evaluate's fit check: a few cells of train.setting's train split
 
 
 def read_predictions(folder: str | Path, setting: str) -> list[dict[str, Any]]:
@@ -190,6 +197,7 @@ def main() -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--anchor", action="store_true", help="also diagnose the regression anchor")
     parser.add_argument("--stack", action="store_true", help="also the first run x the anchor (needs --anchor)")
+    parser.add_argument("--fit-check", action="store_true", help="also the training cells of the evaluation's fit check")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("overrides", nargs="*", default=[], help="config overrides (data.raw=..., data.prepared=...)")
     args, extra = parser.parse_known_args()
@@ -210,13 +218,14 @@ def main() -> int:
         anchor = fit_anchor(load_split_rows(prepared, trained_on, "train"), val_or_train(prepared, trained_on))
     stack = fit_stack(args.eval_dirs[0], anchor, prepared, trained_on) if args.stack and anchor is not None else None
     figures: dict[str, dict[str, Any]] = {}
-    for setting in SETTINGS:
-        print(setting)
+    for setting in SETTINGS + ((FIT_CHECK,) if args.fit_check else ()):
+        print(setting if setting != FIT_CHECK else f"{FIT_CHECK} (cells of {trained_on}/train)")
         runs = [read_predictions(d, setting) for d in args.eval_dirs]
         named = [(Path(d).parent.name or d, run) for d, run in zip(args.eval_dirs, runs)]
-        if len(runs) > 1:
+        # (each run's fit check may have drawn other cells: an ensemble only of runs that scored the same rows)
+        if len(runs) > 1 and len({frozenset(map(row_key, run)) for run in runs}) == 1:
             named.append(("ensemble", combine(runs, [1 / len(runs)] * len(runs), geometric=False)))
-        if anchor is not None:
+        if anchor is not None and setting != FIT_CHECK:
             from socrates_ray.eval.anchor import predict_anchor
 
             reg = predict_anchor(anchor, load_split_rows(prepared, setting, "eval")).to_pylist()
@@ -225,7 +234,8 @@ def main() -> int:
                 a, b, temperature = stack
                 named.append(("stacked", combine([runs[0], reg], [a * temperature, b], geometric=True)))
         figures[setting] = {}
-        ranges = cell_ranges(prepared, setting, "eval")  # each cell's human range, whatever was scored
+        # each cell's human range, whatever was scored
+        ranges = cell_ranges(prepared, trained_on, "train") if setting == FIT_CHECK else cell_ranges(prepared, setting, "eval")
         for name, rows in named:
             figures[setting][name] = diagnose(rows, ranges, truth, row_truth, frames)
             print_diagnosis(name, figures[setting][name])
