@@ -208,7 +208,7 @@ def check_resume(checkpoint: Path, current: dict[str, Any], run_name: str) -> No
     changes = fingerprint_changes(state.fingerprint, current)
     if state.epoch == 0 or state.step >= (current.get("optimizer_steps") or 0):
         for key in FIRST_EPOCH_ONLY:
-            if key in changes and changes[key][0] is None and key not in state.fingerprint:
+            if key in changes and key not in state.fingerprint:
                 del changes[key]
     if not changes:
         return

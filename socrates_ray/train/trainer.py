@@ -186,13 +186,14 @@ def plan_run(cfg: Config, model_path: str, log: Any = print) -> RunPlan:
     orders = 1
     if ing.materialize and t.method == "sft":  # each later epoch its own order, not a replay of the first's batches
         orders = epochs_reached(micro_per_epoch, total, t.grad_accum) if ing.shuffle else 1
-        datasets |= later_epochs(cfg, model_path, datasets["train"], tokenized, orders, log, teacher)
     fingerprint = run_fingerprint(cfg, model_path, rows, total, bf16, tokenized, reference, orders)
     finished = None
     if (last := newest_checkpoint_any(run_folder(cfg))) is not None:
         check_resume(last, fingerprint, cfg.run.name)  # refused, never silently continued
         if TrainState.load(last).step >= total and is_complete(last, ing.num_workers):
             finished = last
+    if orders > 1 and finished is None:  # built only once the run is known to train (a refused or finished run needs none)
+        datasets |= later_epochs(cfg, model_path, datasets["train"], tokenized, orders, log, teacher)
     return RunPlan(datasets, rows, micro_per_epoch, total, bf16, pad_id, fingerprint, finished, estimated, orders)
 
 
