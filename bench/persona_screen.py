@@ -1,6 +1,6 @@
 """A fast screen of training recipes for one question: does the model read the persona?
 
-    python bench/persona_screen.py                       # after `make demo`: the demo's recipe, 1,000 steps
+    python bench/persona_screen.py                       # after `make demo`: the demo's base and steps, answers only
     python bench/persona_screen.py --mode full --lr 1e-3
     python bench/persona_screen.py --persona-aux 1.0     # + recover each persona field at the answer position
     python bench/persona_screen.py --persona-aux 1.0 --aux-until 0.5   # ... with a weight that falls to 0 at mid-run
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="config overrides, as the CLI takes them (data.prepared=runs/big/prepared)")
     parser.add_argument("--model", default=None, help="base model folder (default: the config's model.path)")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's train.max_steps")
     parser.add_argument("--report", type=int, default=500, help="score the three splits every this many steps")
     parser.add_argument("--lr", type=float, default=None, help="default: the config's train.lr")
     parser.add_argument("--batch", type=int, default=16)
@@ -143,6 +143,7 @@ def main() -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
+    args.steps = args.steps or cfg.train.max_steps or 1000
     model_path = args.model or cfg.model.path
     lr = args.lr if args.lr is not None else cfg.train.lr
     layout = persona_last if args.persona_last else (lambda rows: rows)

@@ -1,6 +1,6 @@
 """Exact scoring with the options under a dense tree mask vs on cached prompts (TransformersEngine.tree).
 
-    python bench/scorer_tree.py --adapter runs/demo/checkpoint_001000/export   # after `make demo`
+    python bench/scorer_tree.py --adapter runs/demo/checkpoint_000750/export   # after `make demo`
 
 The same participants of an eval split are scored with `tree="mask"` (one row per prompt holding every
 option, a dense (B, 1, L, L) mask) and `tree="cache"` (the prompts alone, causal with no mask, then each

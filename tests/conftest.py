@@ -46,9 +46,23 @@ def train_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# The tests' tiny model: 2 layers 128 wide, cheaper to train and score on 2 cores than the default shape
+# (model.tiny's defaults, the demo's), and enough to show what the tests check. A command given
+# model.path={tiny_model} also names this shape (the tiny_shape fixture's overrides): a tiny model folder
+# refuses a config of another shape.
+TEST_SHAPE = {"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "tokenizer_corpus_rows": 600}
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelSection(tokenizer_corpus_rows=600), seed=0)
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelSection(**TEST_SHAPE), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_shape() -> list[str]:
+    """The overrides naming tiny_model's shape, for every command given model.path={tiny_model}."""
+    return [f"model.tiny.{key}={value}" for key, value in TEST_SHAPE.items()]
 
 
 def _make_adapter(model: Path, out: Path, seed: int, r: int = 4, target_modules: tuple[str, ...] = ("q_proj", "v_proj", "lm_head")) -> Path:

@@ -2,7 +2,7 @@
 
     spec = engine_spec(cfg.model)                        # the builder: model.engine and its options, plain
     engine = load_engine(spec, model_path, system_prompt, device="cpu", precision="fp32")
-    engine.load_adapter("finetuned", "runs/demo/checkpoint_001000/export")
+    engine.load_adapter("finetuned", "runs/demo/checkpoint_000750/export")
     probs = distributions(engine, prompts, options, "finetuned", temperature=0.9)
     answers = sample_answers(engine, prompts, n=1)        # the paper's sampling protocol
 

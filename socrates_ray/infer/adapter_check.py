@@ -1,6 +1,6 @@
 """Is this LoRA adapter folder usable on this base model? Checked before a load touches the model.
 
-    problem = adapter_problem("runs/demo/checkpoint_001000/export", base_shapes("runs/tiny-model"))
+    problem = adapter_problem("runs/demo/checkpoint_000750/export", base_shapes("runs/tiny-model"))
     check_adapter("finetuned", folder, "runs/tiny-model")   # raises AdapterUnusable(problem)
 
 Every engine calls `check_adapter` before it loads an adapter, so serve, simulate, evaluate, screen

@@ -41,7 +41,7 @@ def test_bf16_gpu_scoring_agrees_with_fp32_cpu(tiny_model):
         assert abs(b.sum() - 1) < 1e-4 and np.abs(a - b).max() < 0.05
 
 
-def test_ray_train_one_gpu_worker_bf16(tmp_path, synth_dir, tiny_model):
+def test_ray_train_one_gpu_worker_bf16(tmp_path, synth_dir, tiny_model, tiny_shape):
     from socrates_ray.cli import main
     from socrates_ray.config import load_config
     from socrates_ray.data.prepare import prepare_options, run_prepare
@@ -50,7 +50,7 @@ def test_ray_train_one_gpu_worker_bf16(tmp_path, synth_dir, tiny_model):
     run_prepare(prepare_options(load_config(None, [f"data.raw={synth_dir}", f"data.prepared={prepared}", "data.parallelism=1", "data.settings=[unseen_studies]"])), log=lambda *_: None)
     assert main([
         "train", "--config", "configs/demo.yaml", "run.name=gpu", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
-        f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
+        f"data.prepared={prepared}", f"model.path={tiny_model}", *tiny_shape,
         "train.setting=unseen_studies", "train.use_gpu=true", "ingest.num_workers=1", "train.max_steps=4",
         "train.checkpoint_every=2", "train.zero_stage=3", "train.lora.target_modules=all-linear",
     ]) == 0

@@ -37,12 +37,12 @@ def prepared(train_prepared):
     return train_prepared
 
 
-def train_overrides(storage: Path, prepared: Path, tiny_model: Path, name: str, steps: int) -> list[str]:
+def train_overrides(storage: Path, prepared: Path, tiny_model: Path, shape: list[str], name: str, steps: int) -> list[str]:
     """Absolute paths only: on a cluster, data, model and runs live on shared storage."""
     return [
         f"run.name={name}", f"run.output_dir={storage}", f"train.storage_path={storage}",
         f"data.prepared={prepared}", f"model.path={tiny_model}",
-        "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
+        *shape, "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
         "ingest.max_length=512", "ingest.pack_window=256", "ingest.micro_batch_size=2", f"train.max_steps={steps}",
         "train.eval_every=1000", "train.eval_batches=1", "train.warmup_ratio=0.0",
     ]
@@ -105,7 +105,7 @@ def submit(ray_head: dict, env: dict, *entrypoint: str) -> subprocess.CompletedP
         time.sleep(3)
 
 
-def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, tiny_model):
+def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, tiny_model, tiny_shape):
     # Without the cluster's token the job server refuses the submission.
     wrong = {**ray_head["env"], "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     refused = submit(ray_head, wrong, "python", "-c", "print('should not run')")
@@ -123,7 +123,7 @@ def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, 
 
     # the documented cluster form: python -m socrates_ray <command> (no console script needed on the nodes)
     done = submit(ray_head, ray_head["env"], "python", "-m", "socrates_ray", "train", "--config", "configs/demo.yaml",
-                  *train_overrides(tmp_path, prepared, tiny_model, "job", steps=3), "train.checkpoint_every=2",
+                  *train_overrides(tmp_path, prepared, tiny_model, tiny_shape, "job", steps=3), "train.checkpoint_every=2",
                   # packed rows (~3 examples each) through the per-example attention path; every other
                   # training test runs the dense mask
                   "ingest.layout=pack", "ingest.max_length=1024", "ingest.micro_batch_size=1", "train.attention=segments")
@@ -138,7 +138,7 @@ def test_ray_job_submit_finetunes_with_token_auth(ray_head, tmp_path, prepared, 
 # --- two nodes, one removed -------------------------------------------------------------------
 
 
-def test_two_node_training_survives_losing_a_node(tmp_path, prepared, tiny_model):
+def test_two_node_training_survives_losing_a_node(tmp_path, prepared, tiny_model, tiny_shape):
     from ray.cluster_utils import Cluster
 
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
@@ -149,7 +149,7 @@ def test_two_node_training_survives_losing_a_node(tmp_path, prepared, tiny_model
     try:
         driver = subprocess.Popen(
             [sys.executable, "-m", "socrates_ray.cli", "train", "--config", "configs/demo.yaml",
-             *train_overrides(tmp_path, prepared, tiny_model, name, steps),
+             *train_overrides(tmp_path, prepared, tiny_model, tiny_shape, name, steps),
              "train.checkpoint_every=4", "train.placement_strategy=SPREAD", "train.max_failures=2",
              # streamed: materialized blocks on the lost node could not be rebuilt (ingest.materialize's description)
              "ingest.materialize=false"],

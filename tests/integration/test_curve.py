@@ -18,10 +18,10 @@ def people(folder) -> set[tuple[str, int]]:
     return set(zip(table["study_id"].to_pylist(), table["participant"].to_pylist()))
 
 
-def test_the_learning_curve_scores_every_share_on_the_same_held_out_people(ray_local, synth_dir, tiny_model, tmp_path, capsys):
+def test_the_learning_curve_scores_every_share_on_the_same_held_out_people(ray_local, synth_dir, tiny_model, tiny_shape, tmp_path, capsys):
     overrides = [
         f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}", "run.name=lc", f"data.raw={synth_dir}",
-        f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600", "data.parallelism=1",
+        f"model.path={tiny_model}", *tiny_shape, "data.parallelism=1",
         "curve.fractions=[0.2, 0.5]", "train.max_steps=3", "train.eval_every=1000", "train.checkpoint_every=1000",
         "ingest.max_length=1024", "simulate.max_per_cell=4", "simulate.calibration_rows=40", "simulate.replicas=1",
     ]

@@ -10,7 +10,7 @@ from socrates_ray.cli import main
 pytestmark = pytest.mark.ray
 
 
-def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_path, tiny_model, capsys):
+def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_path, tiny_model, tiny_shape, capsys):
     overrides = [
         f"run.output_dir={tmp_path}",
         f"train.storage_path={tmp_path}",
@@ -20,7 +20,7 @@ def test_demo_runs_the_whole_flow_and_serves_what_it_evaluated(ray_local, tmp_pa
         "synth.studies=8",
         "synth.rows_per_shard=600",
         f"model.path={tiny_model}",
-        "model.tiny.tokenizer_corpus_rows=600",
+        *tiny_shape,
         "ingest.max_length=1024",
         "train.max_steps=6",
         "train.eval_every=3",

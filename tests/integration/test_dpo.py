@@ -28,10 +28,10 @@ def sft_adapter(model, out):
     return out
 
 
-def dpo(tmp_path, prepared, tiny_model, adapter, name, *overrides):
+def dpo(tmp_path, prepared, tiny_model, shape, adapter, name, *overrides):
     return main([
         "train", "--config", "configs/demo.yaml", f"run.name={name}", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
-        f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600", "train.setting=unseen_studies",
+        f"data.prepared={prepared}", f"model.path={tiny_model}", *shape, "train.setting=unseen_studies",
         "train.method=dpo", f"train.init_adapter={adapter}", "train.dpo.beta=0.5", "ingest.max_length=1024", "ingest.micro_batch_size=4",
         "train.max_steps=16", "train.warmup_ratio=0.0", "train.lr=5.0e-3", "train.eval_every=8", "train.eval_batches=8",
         "train.checkpoint_every=8", "train.precision=fp32", *overrides,
@@ -42,12 +42,12 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_dpo_trains_under_zero2_and_zero3_and_prefers_the_participants_answers(ray_local, train_prepared, tiny_model, tmp_path, capsys):
+def test_dpo_trains_under_zero2_and_zero3_and_prefers_the_participants_answers(ray_local, train_prepared, tiny_model, tiny_shape, tmp_path, capsys):
     adapter = sft_adapter(tiny_model, tmp_path / "sft")
-    assert dpo(tmp_path, train_prepared, tiny_model, adapter, "d2", "train.zero_stage=2") == 0
+    assert dpo(tmp_path, train_prepared, tiny_model, tiny_shape, adapter, "d2", "train.zero_stage=2") == 0
     out = capsys.readouterr().out
     assert "dpo pairs of unseen_studies/train" in out and "reference log-probabilities" in out
-    assert dpo(tmp_path, train_prepared, tiny_model, adapter, "d3", "train.zero_stage=3", "train.zero3_persistence_threshold=0") == 0
+    assert dpo(tmp_path, train_prepared, tiny_model, tiny_shape, adapter, "d3", "train.zero_stage=3", "train.zero3_persistence_threshold=0") == 0
     d2, d3 = metrics(tmp_path / "d2"), metrics(tmp_path / "d3")
     assert [m["step"] for m in d2] == list(range(1, 17)) == [m["step"] for m in d3]
     # the policy starts as the reference: log 2; then it learns to prefer the participant's own answer
@@ -74,5 +74,5 @@ def test_dpo_trains_under_zero2_and_zero3_and_prefers_the_participants_answers(r
     assert (logits["dpo"] - logits["sft"]).abs().max() > 1e-4
 
     # resuming under another beta is refused, naming it
-    assert dpo(tmp_path, train_prepared, tiny_model, adapter, "d2", "train.zero_stage=2", "train.dpo.beta=0.2", "train.max_steps=20") != 0
+    assert dpo(tmp_path, train_prepared, tiny_model, tiny_shape, adapter, "d2", "train.zero_stage=2", "train.dpo.beta=0.2", "train.max_steps=20") != 0
     assert "train.dpo" in capsys.readouterr().err

@@ -39,11 +39,11 @@ def people(table) -> set[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def setup(ray_local, synth_dir, tiny_model, tmp_path_factory):
+def setup(ray_local, synth_dir, tiny_model, tiny_shape, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pilot")
     overrides = [
         f"run.output_dir={tmp}", f"train.storage_path={tmp}", "run.name=pl", f"data.raw={synth_dir}", f"data.prepared={tmp / 'prepared'}",
-        "data.settings=[unseen_studies]", "train.setting=unseen_studies", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
+        "data.settings=[unseen_studies]", "train.setting=unseen_studies", f"model.path={tiny_model}", *tiny_shape,
         "data.parallelism=1",
         f"evaluate.adapter_path={general_adapter(tiny_model, tmp / 'general')}", f"serve.adapters_dir={tmp / 'adapters'}",
         "pilot.epochs=2", "ingest.max_length=1024", "simulate.temperature=1.0",

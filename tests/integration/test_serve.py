@@ -424,7 +424,7 @@ def test_concurrent_requests_are_batched(app) -> None:
     assert after["engine"] in ("transformers", "vllm")
 
 
-def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapters, tiny_model, tmp_path) -> None:
+def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapters, tiny_model, tiny_shape, tmp_path) -> None:
     """`screen` with simulate.backend=http: the Serve app scores the rows, adapters by the names it
     knows them by; the predictions are the app's own /v1/predict answers for the same prompts."""
     import pyarrow.parquet as pq
@@ -437,7 +437,7 @@ def test_a_screening_through_the_endpoint_scores_what_the_app_answers(app, adapt
             "outcomes": [{"name": "fair", "question": STIMULUS}], "models": ["base", "a1"],
             "adapters": {"a1": str(adapters / "a1")}, "analysis": {"bootstrap": 100}}
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["screen", "--experiment", str(tmp_path / "served.yaml"), f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600", f"run.output_dir={tmp_path}",
+    assert main(["screen", "--experiment", str(tmp_path / "served.yaml"), f"model.path={tiny_model}", *tiny_shape, f"run.output_dir={tmp_path}",
                  "simulate.backend=http", f"simulate.endpoint={URL}", "simulate.temperature=1.0",
                  "serve.auth_token_env=SOCRATES_TEST_TOKEN"]) == 0
     folder = tmp_path / "demo" / "screen" / "served"

@@ -19,14 +19,20 @@ def prepared(train_prepared):
     return train_prepared
 
 
-def train(tmp_path, prepared, tiny_model, name, *overrides):
-    return main(["train", "--config", "configs/demo.yaml", *train_overrides(tmp_path, prepared, tiny_model, name, *overrides)])
+@pytest.fixture(scope="module")
+def model(tiny_model, tiny_shape):
+    """model.path and the shape its tiny model was built with: what every training here is given."""
+    return [f"model.path={tiny_model}", *tiny_shape]
 
 
-def train_overrides(tmp_path, prepared, tiny_model, name, *overrides):
+def train(tmp_path, prepared, model, name, *overrides):
+    return main(["train", "--config", "configs/demo.yaml", *train_overrides(tmp_path, prepared, model, name, *overrides)])
+
+
+def train_overrides(tmp_path, prepared, model, name, *overrides):
     return [
         f"run.name={name}", f"run.output_dir={tmp_path}", f"train.storage_path={tmp_path}",
-        f"data.prepared={prepared}", f"model.path={tiny_model}", "model.tiny.tokenizer_corpus_rows=600",
+        f"data.prepared={prepared}", *model,
         "train.setting=unseen_studies", "train.lora.target_modules=all-linear",
         # the test's own LoRA, independent of the demo's tuning (no dropout: stages must agree exactly)
         "train.lora.r=16", "train.lora.alpha=32", "train.lora.dropout=0.0",
@@ -106,12 +112,12 @@ def latest_state(tmp_path, name):
     return folders[-1], json.loads((folders[-1] / "state.json").read_text())
 
 
-def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, tiny_model):
+def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, model, tiny_model):
     tmp_path = runs
-    assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
+    assert train(tmp_path, prepared, model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
     # ZeRO-3 with every weight partitioned (norms too) and gradient checkpointing: LoRA's frozen weights
     # are gathered again in each recompute (what raised CheckpointError before DeepSpeed 0.19.8)
-    assert train(tmp_path, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0",
+    assert train(tmp_path, prepared, model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0",
                  "train.gradient_checkpointing=true") == 0
     z2, z3 = metrics(tmp_path, "z2"), metrics(tmp_path, "z3")
     assert [m["step"] for m in z2] == list(range(1, 9)) == [m["step"] for m in z3]
@@ -132,12 +138,12 @@ def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, t
     assert [p.name for p in sorted((tmp_path / "z2").glob("checkpoint_0*"))] == ["checkpoint_000006", "checkpoint_000008"]
 
 
-def test_packed_rows_train_the_same_through_per_example_attention_as_through_the_dense_mask(ray_local, tmp_path, prepared, tiny_model):
+def test_packed_rows_train_the_same_through_per_example_attention_as_through_the_dense_mask(ray_local, tmp_path, prepared, model, tiny_model):
     """2 workers on packed rows (~3 examples each): train.attention=segments (no mask, one causal call
     per example) converges step for step like the dense (B, 1, L, L) mask it replaces."""
     packed = ("ingest.layout=pack", "ingest.micro_batch_size=1", "train.checkpoint_every=8")
-    assert train(tmp_path, prepared, tiny_model, "dense", *packed, "train.attention=dense") == 0
-    assert train(tmp_path, prepared, tiny_model, "segments", *packed, "train.attention=segments") == 0
+    assert train(tmp_path, prepared, model, "dense", *packed, "train.attention=dense") == 0
+    assert train(tmp_path, prepared, model, "segments", *packed, "train.attention=segments") == 0
     dense, segments = metrics(tmp_path, "dense"), metrics(tmp_path, "segments")
     assert [m["step"] for m in dense] == list(range(1, 9)) == [m["step"] for m in segments]
     assert dense[-1]["loss"] < dense[0]["loss"] - 0.3
@@ -161,9 +167,9 @@ PROBE = textwrap.dedent(
 )
 
 
-def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_local, runs, tmp_path, prepared, tiny_model):
+def test_zero3_adapter_reloads_in_a_fresh_process_with_the_trained_logits(ray_local, runs, tmp_path, prepared, model, tiny_model):
     if not (runs / "z3").exists():
-        assert train(runs, prepared, tiny_model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0", "train.max_steps=4") == 0
+        assert train(runs, prepared, model, "z3", "train.zero_stage=3", "train.zero3_persistence_threshold=0", "train.max_steps=4") == 0
     folder, state = latest_state(runs, "z3")
     from safetensors.torch import load_file
 
@@ -216,7 +222,7 @@ def loop_with_kills(config: dict) -> None:
     sft_loop.train_loop_per_worker(config)
 
 
-def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(ray_local, runs, prepared, tiny_model, capsys, monkeypatch):
+def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(ray_local, runs, prepared, model, tiny_model, capsys, monkeypatch):
     """One run for both recoveries (each Ray Train start costs ~40 s here): rank 1 exits hard at
     step 5 and Ray Train restores the run from checkpoint 4 (train.max_failures=1); rank 0 exits at
     step 7, one failure too many, so the command fails for good; the same command again resumes at
@@ -230,18 +236,18 @@ def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(r
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.setattr(trainer, "loop_for", lambda method: loop_with_kills)
     retry = ("train.max_failures=1",)
-    assert train(tmp_path, prepared, tiny_model, "again", *retry) == 2  # failed for good: exit 2
+    assert train(tmp_path, prepared, model, "again", *retry) == 2  # failed for good: exit 2
     assert (tmp_path / "again" / "fault_fired_step5_rank1").exists() and (tmp_path / "again" / "fault_fired_step7_rank0").exists()
     # steps 1-5, crash, restore checkpoint 4, steps 5-7, crash again: only steps past a checkpoint trained twice
     assert [m["step"] for m in metrics(tmp_path, "again")] == [1, 2, 3, 4, 5, 5, 6, 7]
     assert latest_state(tmp_path, "again")[1]["step"] == 6
     monkeypatch.undo()
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert train(tmp_path, prepared, tiny_model, "again", *retry) == 0  # same command: resumes at step 6
+    assert train(tmp_path, prepared, model, "again", *retry) == 0  # same command: resumes at step 6
     resumed = metrics(tmp_path, "again")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 5, 6, 7, 7, 8]
     if not (tmp_path / "z2" / "metrics.jsonl").exists():  # run alone: the uninterrupted run to compare with
-        assert train(tmp_path, prepared, tiny_model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
+        assert train(tmp_path, prepared, model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
     uninterrupted = {m["step"]: m["loss"] for m in metrics(tmp_path, "z2")}
     for m in resumed:  # the same data position, weights, optimizer and schedule after each restore
         assert m["loss"] == pytest.approx(uninterrupted[m["step"]], abs=1e-4), m["step"]
@@ -249,19 +255,19 @@ def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(r
     # elsewhere in the data. Such a re-run is refused before any worker starts, and says what changed.
     recorded = (tmp_path / "again" / "config.yaml").read_text()
     capsys.readouterr()
-    assert train(tmp_path, prepared, tiny_model, "again", *retry, "ingest.micro_batch_size=4") == 2
+    assert train(tmp_path, prepared, model, "again", *retry, "ingest.micro_batch_size=4") == 2
     err = capsys.readouterr().err
     assert "ingest.micro_batch_size: 2 -> 4" in err and "new run.name" in err
     assert (tmp_path / "again" / "config.yaml").read_text() == recorded  # the run's record is untouched
     capsys.readouterr()
-    assert train(tmp_path, prepared, tiny_model, "again", *retry) == 0  # the old settings: finished, nothing to redo
+    assert train(tmp_path, prepared, model, "again", *retry) == 0  # the old settings: finished, nothing to redo
     assert "already finished" in capsys.readouterr().out  # and no worker started for it
     assert len(metrics(tmp_path, "again")) == 10
     assert latest_state(tmp_path, "again")[1]["step"] == 8
 
 
-def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared, tiny_model):
-    assert train(tmp_path, prepared, tiny_model, "full", "train.finetuning=full", "train.zero_stage=3",
+def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared, model, tiny_model):
+    assert train(tmp_path, prepared, model, "full", "train.finetuning=full", "train.zero_stage=3",
                  "train.zero3_persistence_threshold=0", "train.max_steps=4", "train.lr=1.0e-3") == 0
     from transformers import AutoModelForCausalLM
 
@@ -277,10 +283,10 @@ def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared
 
 
 def test_a_persona_probe_and_an_anchor_teacher_train_beside_the_answers_on_packed_rows_and_stay_out_of_the_adapter(
-        ray_local, tmp_path, prepared, tiny_model, capsys):
+        ray_local, tmp_path, prepared, model, tiny_model, capsys):
     # ZeRO-3 (the probe is partitioned with the model) on packed rows (several examples' persona classes and soft
     # labels a row), tokenized by the actor pool (the fitted anchor travels to each tokenizer actor)
-    assert train(tmp_path, prepared, tiny_model, "probe", "train.persona_probe.weight=1.0", "train.persona_probe.until=1.0",
+    assert train(tmp_path, prepared, model, "probe", "train.persona_probe.weight=1.0", "train.persona_probe.until=1.0",
                  "train.anchor_teacher.weight=2.0", "train.anchor_teacher.contrast=20.0", "ingest.tokenize_in_driver_below=0",
                  "train.zero_stage=3", "ingest.layout=pack", "train.max_steps=6", "train.checkpoint_every=6") == 0
     out = capsys.readouterr().out
@@ -302,7 +308,7 @@ def test_a_persona_probe_and_an_anchor_teacher_train_beside_the_answers_on_packe
     assert keys and all("lora_" in k for k in keys)
 
 
-def test_each_epoch_reads_the_materialized_split_in_an_order_of_its_own_and_a_replan_repeats_it(ray_local, tmp_path, prepared, tiny_model):
+def test_each_epoch_reads_the_materialized_split_in_an_order_of_its_own_and_a_replan_repeats_it(ray_local, tmp_path, prepared, model, tiny_model):
     """A materialized split read again would replay the first epoch's batches (and a contrast run's
     pairs) in the same order: every later epoch gets a seeded order of its own, the same on a resume
     (plan_run again), recorded in the fingerprint. Tokenized in the driver: rows reshuffled (in fresh
@@ -312,7 +318,7 @@ def test_each_epoch_reads_the_materialized_split_in_an_order_of_its_own_and_a_re
 
     def plan(*overrides):
         lines = []
-        cfg = load_config("configs/demo.yaml", train_overrides(tmp_path, prepared, tiny_model, "orders", "train.max_steps=null", *overrides))
+        cfg = load_config("configs/demo.yaml", train_overrides(tmp_path, prepared, model, "orders", "train.max_steps=null", *overrides))
         return plan_run(cfg, str(tiny_model), log=lines.append), "\n".join(lines)
 
     def examples(ds):
