@@ -52,7 +52,7 @@ def test_config_show_prints_the_resolved_yaml(capsys):
     assert main(["config", "show", "--config", "configs/demo.yaml", "run.name=2025-12-01", "train.max_steps=7"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["run"]["name"] == "2025-12-01" and shown["train"]["max_steps"] == 7
-    assert load_config(None, []).model_validate(shown).train.lora.r == 128  # the demo's own value, resolved
+    assert load_config(None, []).model_validate(shown).train.lora.r == 96  # the demo's own value, resolved
     with pytest.raises(SystemExit):
         main(["config", "bogus"])
 
