@@ -112,7 +112,7 @@ def latest_state(tmp_path, name):
     return folders[-1], json.loads((folders[-1] / "state.json").read_text())
 
 
-def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, model, tiny_model):
+def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, model):
     tmp_path = runs
     assert train(tmp_path, prepared, model, "z2", "train.zero_stage=2", "train.report_to=[tensorboard,wandb,mlflow]") == 0
     # ZeRO-3 with every weight partitioned (norms too) and gradient checkpointing: LoRA's frozen weights
@@ -138,7 +138,7 @@ def test_zero2_and_zero3_lora_losses_fall_and_agree(ray_local, runs, prepared, m
     assert [p.name for p in sorted((tmp_path / "z2").glob("checkpoint_0*"))] == ["checkpoint_000006", "checkpoint_000008"]
 
 
-def test_packed_rows_train_the_same_through_per_example_attention_as_through_the_dense_mask(ray_local, tmp_path, prepared, model, tiny_model):
+def test_packed_rows_train_the_same_through_per_example_attention_as_through_the_dense_mask(ray_local, tmp_path, prepared, model):
     """2 workers on packed rows (~3 examples each): train.attention=segments (no mask, one causal call
     per example) converges step for step like the dense (B, 1, L, L) mask it replaces."""
     packed = ("ingest.layout=pack", "ingest.micro_batch_size=1", "train.checkpoint_every=8")
@@ -222,7 +222,7 @@ def loop_with_kills(config: dict) -> None:
     sft_loop.train_loop_per_worker(config)
 
 
-def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(ray_local, runs, prepared, model, tiny_model, capsys, monkeypatch):
+def test_a_killed_worker_is_restored_and_a_failed_run_resumes_where_it_stopped(ray_local, runs, prepared, model, capsys, monkeypatch):
     """One run for both recoveries (each Ray Train start costs ~40 s here): rank 1 exits hard at
     step 5 and Ray Train restores the run from checkpoint 4 (train.max_failures=1); rank 0 exits at
     step 7, one failure too many, so the command fails for good; the same command again resumes at
@@ -283,7 +283,7 @@ def test_full_finetuning_exports_an_ordinary_model(ray_local, tmp_path, prepared
 
 
 def test_a_persona_probe_and_an_anchor_teacher_train_beside_the_answers_on_packed_rows_and_stay_out_of_the_adapter(
-        ray_local, tmp_path, prepared, model, tiny_model, capsys):
+        ray_local, tmp_path, prepared, model, capsys):
     # ZeRO-3 (the probe is partitioned with the model) on packed rows (several examples' persona classes and soft
     # labels a row), tokenized by the actor pool (the fitted anchor travels to each tokenizer actor)
     assert train(tmp_path, prepared, model, "probe", "train.persona_probe.weight=1.0", "train.persona_probe.until=1.0",
