@@ -187,6 +187,21 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shared_prefix_fits_training(self) -> "Config":
+        if self.ingest.layout != "shared_prefix":
+            return self
+        if self.train.attention == "varlen":
+            raise ValueError("ingest.layout=shared_prefix with train.attention=varlen: a flash varlen sequence attends to "
+                             "itself only, so an example could not read its shared prefix; use train.attention=segments "
+                             "(or dense), or another ingest.layout")
+        if self.train.method == "sft" and self.train.anchor_teacher.contrast > 0:
+            raise ValueError(f"ingest.layout=shared_prefix with train.anchor_teacher.contrast="
+                             f"{self.train.anchor_teacher.contrast:g}: the contrast needs rows shuffled in pairs from the "
+                             "same cell, and this layout shuffles whole participants; set the contrast to 0 or use "
+                             "ingest.layout pack or pad_longest")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name

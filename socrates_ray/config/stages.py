@@ -14,11 +14,15 @@ class IngestSection(Section):
     max_length: int = Field(
         1024, ge=32, description="Tokens per training row; samples longer than this are dropped and counted."
     )
-    layout: Literal["pack", "pad_longest", "pad_max_length"] = Field(
+    layout: Literal["pack", "pad_longest", "pad_max_length", "shared_prefix"] = Field(
         "pack",
         description="pack = several samples per fixed-length row (no cross-attention); "
         "pad_longest = one sample per row padded to the longest in the batch; "
-        "pad_max_length = one sample per row padded to max_length.",
+        "pad_max_length = one sample per row padded to max_length; "
+        "shared_prefix = a participant's samples in one row behind the prompt tokens they share (system prompt, "
+        "persona, instruction) written once, each sample reading that prefix and itself: the same losses for fewer "
+        "tokens where participants answer several questions; rows are padded to the longest in the batch, and the "
+        "shuffle moves whole participants (docs/training.md, \"Shared prefixes\").",
     )
     pack_window: int = Field(
         2048, ge=8, description="Samples buffered per packing decision (data/packing.py); larger windows pack tighter."

@@ -18,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from socrates_ray.data.tokenize import EXAMPLE_COLUMNS, Encoder, PortableEncoder, collate, pack_rows, persona_classes, single_rows
+from socrates_ray.data.tokenize import (EXAMPLE_COLUMNS, Encoder, PortableEncoder, collate, pack_rows, persona_classes,
+                                       shared_prefix_rows, single_rows)
 from socrates_ray.errors import SocratesError
 from socrates_ray.models import load_tokenizer
 
@@ -38,10 +39,16 @@ ROW_SCHEMA = pa.schema(
 )
 
 
-def read_columns(persona_buckets: int, teacher: Any = None) -> list[str]:
+SHARED_PREFIX = "shared_prefix"  # the ingest.layout whose rows hold a participant's examples behind one prefix
+PARTICIPANT_COLUMNS = ("study_id", "participant")  # who answered: the examples that may share a prefix
+
+
+def read_columns(persona_buckets: int, teacher: Any = None, layout: str = "pack") -> list[str]:
     """The prepared split's columns that tokenizing reads (the persona too, for the persona probe;
-    what the regression anchor reads, for the anchor teacher)."""
+    what the regression anchor reads, for the anchor teacher; who answered, for layout shared_prefix)."""
     columns = ["prompt", "answer"]
+    if layout == SHARED_PREFIX:
+        columns += list(PARTICIPANT_COLUMNS)
     if persona_buckets:
         columns.append("demographic")
     if teacher is not None:
@@ -56,7 +63,9 @@ class IngestError(SocratesError, ValueError):
 
 
 class TokenizePack:
-    """Ray Data UDF: a batch of (prompt, answer) rows -> training rows (packed or one per sample).
+    """Ray Data UDF: a batch of (prompt, answer) rows -> training rows (packed, one per sample, or a
+    participant's consecutive samples behind their shared prefix: layout shared_prefix, which reads
+    PARTICIPANT_COLUMNS and expects a participant's rows next to each other; participant_order).
 
     portable: Encoder.portable()'s values, checked in the driver: the actor then encodes with the
     `tokenizers` library alone and starts in ~0.3 s instead of ~7 s (transformers' imports).
@@ -91,6 +100,9 @@ class TokenizePack:
         # samples_not_in_rows (samples_in comes from the prepared split's row count).
         if self.layout == "pack":
             rows = pack_rows(fitting, self.max_length, self.encoder.pad_id, extras)
+        elif self.layout == SHARED_PREFIX:
+            who = zip(*(batch[c].to_pylist() for c in PARTICIPANT_COLUMNS))
+            rows = shared_prefix_rows(fitting, [w for w, k in zip(who, keep) if k], self.max_length, extras)
         else:
             rows = single_rows(fitting, extras)
         return pa.table(
@@ -154,12 +166,16 @@ def estimate_rows(split_dir: str, tokenizer_path: str, system_prompt: str, max_l
         if sampled >= sample_size:
             break
         path, group, n = groups[i]
-        tables.append(pq.ParquetFile(fs.open(path, "rb")).read_row_group(group, columns=["prompt", "answer"]))
+        tables.append(pq.ParquetFile(fs.open(path, "rb")).read_row_group(group, columns=read_columns(0, None, layout)))
         sampled += n
     if not sampled:
         return RowEstimate(samples=samples, sampled=0, rows=0)
     table = pa.concat_tables(tables)
-    table = table.take(pa.array(rng.permutation(table.num_rows)[:sample_size]))
+    if layout == SHARED_PREFIX:  # whole participants, as the run reads them
+        order = participant_order(list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS))), int(rng.integers(2**31)))
+        table = table.take(pa.array(order[:sample_size]))
+    else:
+        table = table.take(pa.array(rng.permutation(table.num_rows)[:sample_size]))
     pack = TokenizePack(tokenizer_path, system_prompt, max_length, layout)
     rows = sum(pack(table.slice(start, pack_window)).num_rows for start in range(0, table.num_rows, pack_window))
     return RowEstimate(samples=samples, sampled=table.num_rows, rows=round(samples * rows / table.num_rows))
@@ -203,6 +219,27 @@ def read_parquet_v1(path: str, **kwargs: Any) -> Any:
         context.use_datasource_v2 = chosen
 
 
+def participant_order(participants: list[tuple[Any, ...]], seed: int) -> Any:
+    """A seeded shuffle that keeps each participant's rows together (layout shared_prefix): the
+    participants in a random order, each one's rows in their original order."""
+    import numpy as np
+
+    ids: dict[tuple[Any, ...], int] = {}
+    group = np.array([ids.setdefault(p, len(ids)) for p in participants], dtype=np.int64)
+    rank = np.random.default_rng(seed).permutation(len(ids))
+    return np.lexsort((np.arange(len(participants)), rank[group])) if len(participants) else np.zeros(0, np.int64)
+
+
+def participant_rank(batch: pa.Table, seed: int) -> pa.Table:
+    """Ray Data batch function: each row's participant's place in a seeded shuffle (a hash of seed and
+    participant) as a `_rank` column to sort by, so one participant's rows sort next to each other."""
+    import zlib
+
+    who = zip(*(batch[c].to_pylist() for c in PARTICIPANT_COLUMNS))
+    rank = [zlib.crc32(f"{seed}/{s}/{p}".encode()) for s, p in who]
+    return batch.append_column("_rank", pa.array(rank, pa.int64()))
+
+
 def build_ingest_dataset(
     split_dir: str,
     tokenizer_path: str,
@@ -231,8 +268,11 @@ def build_ingest_dataset(
     # tokenize alone); streaming repartition into packing-window-sized blocks feeds every actor.
     # Progress bars from every split coordinator would flood a training log; progress is ours.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_parquet_v1(split_dir, columns=read_columns(persona_buckets, teacher), num_cpus=cpus_per_task)
-    if shuffle_seed is not None:
+    ds = read_parquet_v1(split_dir, columns=read_columns(persona_buckets, teacher, layout), num_cpus=cpus_per_task)
+    if shuffle_seed is not None and layout == SHARED_PREFIX:  # participants shuffled, each one's rows together
+        ds = ds.map_batches(participant_rank, fn_kwargs={"seed": shuffle_seed}, batch_format="pyarrow", num_cpus=cpus_per_task)
+        ds = ds.sort(["_rank", *PARTICIPANT_COLUMNS])
+    elif shuffle_seed is not None:
         ds = ds.random_shuffle(seed=shuffle_seed, num_cpus=cpus_per_task)
     ds = ds.repartition(target_num_rows_per_block=pack_window)
     return ds.map_batches(
@@ -278,10 +318,12 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
 
     fs, groups = _row_groups(split_dir)
     files = sorted({path for path, *_ in groups})
-    table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher)) for path in files])
+    table = pa.concat_tables([pq.read_table(fs.open(path, "rb"), columns=read_columns(persona_buckets, teacher, layout)) for path in files])
     if shuffle_seed is not None:
         seed = epoch_seed(shuffle_seed, epoch)
-        if paired and teacher is not None:  # the teacher's columns name each row's cell
+        if layout == SHARED_PREFIX:
+            order = participant_order(list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS))), seed)
+        elif paired and teacher is not None:  # the teacher's columns name each row's cell
             from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
 
             order = paired_order(cell_keys(table.select(list(TEACHER_COLUMNS)).to_pylist()), seed)
@@ -306,4 +348,4 @@ def collate_fn_for(pad_id: int, layout: str, max_length: int) -> Any:
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
             return collate(batch, self.pad_id, self.pad_to)
 
-    return Collate(pad_id, max_length if layout in ("pack", "pad_max_length") else None)
+    return Collate(pad_id, max_length if layout in ("pack", "pad_max_length") else None)  # shared_prefix: to the longest

@@ -35,7 +35,7 @@ def consume(iterator: Any, micro_batch_size: int, collate_fn: Any, tally: Worker
         tally.rows += seq.shape[0]
         tally.batches += 1
         tally.slots += seq.numel()
-        tally.tokens += int((seq > 0).sum())
+        tally.tokens += int((seq != 0).sum())
         tally.samples += int(seq.max(dim=1).values.sum())
         tally.label_tokens += int((batch["labels"] != -100).sum())
 

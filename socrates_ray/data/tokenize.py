@@ -9,6 +9,13 @@ Each token carries the index of its example (`seq_ids`, 0 = padding) and a posit
 restarts at 0 per example; `packed_attention_mask` turns seq_ids into a block-diagonal causal
 mask so packed examples never attend to each other.
 
+Shared prefixes (`shared_prefix_rows`, ingest.layout shared_prefix): a participant's examples
+begin with the same tokens (system prompt, persona, instruction), so a row holds those tokens once
+(seq_ids -g, positions 0..p-1) followed by each example's own tokens (seq_ids k > 0, positions
+p, p+1, ...), and each example reads the prefix before it and itself, causally. Every example sees
+exactly the tokens and positions it would see alone, so its logits are the unshared example's,
+for fewer tokens.
+
 A row may also carry values per example beside its tokens (EXAMPLE_COLUMNS), one fixed-width block
 per example in the order the examples sit in the row: the persona classes that train.persona_probe
 reads back at the answer (`persona_classes`, len(PERSONA_ORDER) per example), and the option token
@@ -190,7 +197,7 @@ class Row:
 
     @property
     def num_tokens(self) -> int:
-        return int((self.seq_ids > 0).sum())
+        return int((self.seq_ids != 0).sum())
 
 
 def _example_values(extras: Extras | None, members: Sequence[int]) -> dict[str, np.ndarray]:
@@ -231,6 +238,94 @@ def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, 
             seq[at : at + n] = k
             at += n
         rows.append(Row(ids, labels, positions, seq, **_example_values(extras, members)))
+    return rows
+
+
+def prompt_length(labels: Sequence[int]) -> int:
+    """The unlabelled tokens an example starts with (its prompt)."""
+    n = 0
+    for label in labels:
+        if label != IGNORE_INDEX:
+            break
+        n += 1
+    return n
+
+
+def common_prefix(examples: Sequence[tuple[list[int], list[int]]]) -> int:
+    """How many leading tokens examples can share: their longest common run of input ids, stopping one
+    token before the shortest prompt ends, so every example keeps its own last prompt token (the position
+    that predicts its answer) and nothing labelled is shared. 0 for a single example."""
+    if len(examples) < 2:
+        return 0
+    limit = min(prompt_length(labels) for _, labels in examples) - 1
+    first = examples[0][0]
+    n = 0
+    while n < limit and all(ids[n] == first[n] for ids, _ in examples[1:]):
+        n += 1
+    return max(n, 0)
+
+
+def runs_of(keys: Sequence[Any]) -> list[list[int]]:
+    """Indices of consecutive equal keys, run by run."""
+    runs: list[list[int]] = []
+    for i, key in enumerate(keys):
+        if runs and keys[runs[-1][0]] == key:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def shared_prefix_rows(examples: Sequence[tuple[list[int], list[int]]], keys: Sequence[Any], max_length: int,
+                       extras: Extras | None = None) -> list[Row]:
+    """Rows in which the consecutive examples of one key (a participant) share their common_prefix:
+    the prefix once (seq_ids -g, positions from 0), then each example's remaining tokens (seq_ids k > 0,
+    positions continuing after the prefix). A run too long for one row is cut into chunks that each
+    repeat the prefix; chunks are then packed into rows of at most max_length tokens (plan_rows), not
+    padded (collate pads a batch to its longest row). Within a row, chunks without a prefix come first:
+    an example reads the nearest prefix before it, so none may sit after another chunk's prefix."""
+    chunks: list[tuple[int, list[int]]] = []  # (prefix length, example indices)
+    for run in runs_of(keys):
+        p = common_prefix([examples[i] for i in run])
+        chunk: list[int] = []
+        used = p
+        for i in run:
+            n = len(examples[i][0]) - p
+            if chunk and used + n > max_length:
+                chunks.append((p, chunk))
+                chunk, used = [], p
+            chunk.append(i)
+            used += n
+        chunks.append((p, chunk))
+    lengths = [p + sum(len(examples[i][0]) - p for i in members) for p, members in chunks]
+    rows = []
+    for members_of_row in plan_rows(lengths, max_length):
+        members_of_row = sorted(members_of_row, key=lambda j: (chunks[j][0] > 0, j))
+        width = sum(lengths[j] for j in members_of_row)
+        ids = np.zeros(width, np.int32)
+        labels = np.full(width, IGNORE_INDEX, np.int32)
+        positions = np.zeros(width, np.int32)
+        seq = np.zeros(width, np.int32)
+        at, k, group, order = 0, 0, 0, []
+        for j in members_of_row:
+            p, members = chunks[j]
+            if p:
+                group += 1
+                ids[at : at + p] = examples[members[0]][0][:p]
+                positions[at : at + p] = np.arange(p)
+                seq[at : at + p] = -group
+                at += p
+            for i in members:
+                ex_ids, ex_labels = examples[i]
+                n = len(ex_ids) - p
+                k += 1
+                ids[at : at + n] = ex_ids[p:]
+                labels[at : at + n] = ex_labels[p:]
+                positions[at : at + n] = np.arange(p, p + n)
+                seq[at : at + n] = k
+                at += n
+                order.append(i)
+        rows.append(Row(ids, labels, positions, seq, **_example_values(extras, order)))
     return rows
 
 
@@ -282,17 +377,32 @@ def answer_positions(labels: Any) -> tuple[Any, Any, Any]:
     return rows, positions, torch.arange(len(rows), device=labels.device) - first[rows]
 
 
+def shared_prefix_of(seq_ids: Any) -> Any:
+    """(B, L) seq_ids -> (B, L): for each example token, the id (< 0) of the shared prefix it also
+    reads, the nearest prefix run before it; 0 for prefix and padding tokens and where no prefix
+    precedes (shared_prefix_rows puts prefix-less examples first in a row)."""
+    import torch
+
+    positions = torch.arange(seq_ids.shape[1], device=seq_ids.device).expand_as(seq_ids)
+    last = torch.where(seq_ids < 0, positions, torch.full_like(positions, -1)).cummax(dim=1).values
+    prefix = torch.gather(seq_ids, 1, last.clamp(min=0))
+    return torch.where((last >= 0) & (seq_ids > 0), prefix, torch.zeros_like(seq_ids))
+
+
 def packed_attention_mask(seq_ids: Any, dtype: Any = None) -> Any:
     """(B, L) example indices -> (B, 1, L, L) additive mask: causal within an example, blocked
-    across examples and on padding. Padding rows attend to themselves only, so no row is all -inf
-    (which would give NaN in softmax)."""
+    across examples and on padding; an example also reads its shared prefix (shared_prefix_of).
+    Padding rows attend to themselves only, so no row is all -inf (which would give NaN in softmax)."""
     import torch
 
     dtype = dtype or torch.float32
     same = seq_ids[:, :, None] == seq_ids[:, None, :]
+    if bool((seq_ids < 0).any()):
+        prefix = shared_prefix_of(seq_ids)[:, :, None]
+        same = same | ((prefix != 0) & (prefix == seq_ids[:, None, :]))
     length = seq_ids.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=seq_ids.device).tril()
-    allowed = same & causal & (seq_ids[:, :, None] > 0)
+    allowed = same & causal & (seq_ids[:, :, None] != 0)
     return additive_mask(allowed, dtype)
 
 

@@ -6,7 +6,8 @@ it; its cost grows with L^2 whatever the examples' lengths. `segment_attention` 
 `scaled_dot_product_attention(is_causal=True)` on each example's own slice instead, so the cost is
 the sum of the examples' squares (at 2048 tokens holding ~290-token examples: about 1/7), every
 call takes SDPA's causal fast path on CPU and GPU, and no mask is materialised. Padding
-positions get zeros (no label reads them).
+positions get zeros (no label reads them). An example after a shared prefix (ingest.layout
+shared_prefix) attends to the prefix and then to itself causally, with a mask of its own size.
 
 Selected with `train.attention: segments`; registered with transformers' AttentionInterface under
 ATTENTION_NAME, so `from_pretrained(attn_implementation=ATTENTION_NAME)` plugs it into Qwen2/Llama.
@@ -27,8 +28,11 @@ ATTENTION_NAME = "socrates_segments"
 VARLEN_NAME = "socrates_varlen"
 
 
-def row_segments(seq_ids: Any) -> list[list[tuple[int, int]]]:
-    """(B, L) example ids (0 = padding) -> per row, the [start, end) of each example, in order."""
+def row_segments(seq_ids: Any) -> list[list[tuple[int, int, int, int]]]:
+    """(B, L) example ids (0 = padding) -> per row, each run of equal ids in order as (start, end,
+    prefix_start, prefix_end): [start, end) the run, [prefix_start, prefix_end) the shared prefix it
+    also reads (an example after a prefix run of ingest.layout shared_prefix; data/tokenize.py),
+    empty (prefix_start == prefix_end) for prefix runs and examples without one."""
     import torch
 
     out = []
@@ -36,14 +40,22 @@ def row_segments(seq_ids: Any) -> list[list[tuple[int, int]]]:
         values, counts = torch.unique_consecutive(ids, return_counts=True)
         ends = counts.cumsum(0).tolist()
         starts = [0, *ends[:-1]]
-        out.append([(s, e) for s, e, v in zip(starts, ends, values.tolist()) if v > 0])
+        row, prefix = [], None
+        for s, e, v in zip(starts, ends, values.tolist()):
+            if v < 0:
+                prefix = (s, e)
+                row.append((s, e, s, s))
+            elif v > 0:
+                row.append((s, e, *(prefix or (s, s))))
+        out.append(row)
     return out
 
 
 def segment_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                      scaling: float | None = None, packed_segments: list[list[tuple[int, int]]] | None = None,
+                      scaling: float | None = None, packed_segments: list[list[tuple[int, int, int, int]]] | None = None,
                       **kwargs: Any) -> tuple[Any, None]:
     """transformers attention function: query (B, Hq, L, D), key/value (B, Hkv, L, D) -> (B, L, Hq, D)."""
+    import torch
     import torch.nn.functional as F
 
     if packed_segments is None:
@@ -53,11 +65,16 @@ def segment_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     gqa = key.shape[1] != heads
     p = dropout if module.training else 0.0
     for b, segments in enumerate(packed_segments):
-        for start, end in segments:
-            o = F.scaled_dot_product_attention(
-                query[b : b + 1, :, start:end], key[b : b + 1, :, start:end], value[b : b + 1, :, start:end],
-                dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa,
-            )
+        for start, end, prefix_start, prefix_end in segments:
+            q, k, v = (t[b : b + 1, :, start:end] for t in (query, key, value))
+            if prefix_end > prefix_start:  # the shared prefix, whole, then this example causally
+                shared = prefix_end - prefix_start
+                k, v = (torch.cat([t[b : b + 1, :, prefix_start:prefix_end], own], dim=2) for t, own in ((key, k), (value, v)))
+                mask = torch.ones(end - start, shared + end - start, dtype=torch.bool, device=query.device)
+                mask[:, shared:] = torch.ones(end - start, end - start, dtype=torch.bool, device=query.device).tril()
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scaling, enable_gqa=gqa)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
             out[b, start:end] = o[0].transpose(0, 1)
     return out, None
 
@@ -70,6 +87,9 @@ def varlen_arguments(seq_ids: Any, device: Any = None) -> dict[str, Any]:
     import torch
 
     ids = seq_ids.cpu()
+    if bool((ids < 0).any()):
+        raise ValueError("train.attention=varlen cannot read a shared prefix (ingest.layout shared_prefix): each flash "
+                         "varlen sequence sees only itself; use train.attention=segments or dense with that layout")
     rows, length = ids.shape
     flat = ids.reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)

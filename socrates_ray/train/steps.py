@@ -136,7 +136,7 @@ def prompt_lm_loss(model: Any, batch: dict[str, Any], dtype: Any, attention: str
         mask = {"attention_mask": packed_attention_mask(seq, dtype)}
     logits = model(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False, **mask).logits[:, :-1].float()
     answer = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-    in_prompt = (labels[:, 1:] == IGNORE_INDEX) & (seq[:, 1:] == seq[:, :-1]) & (seq[:, 1:] > 0)
+    in_prompt = (labels[:, 1:] == IGNORE_INDEX) & (seq[:, 1:] == seq[:, :-1]) & (seq[:, 1:] != 0)
     prompt_targets = ids[:, 1:].masked_fill(~in_prompt, IGNORE_INDEX)
     prompt = F.cross_entropy(logits.flatten(0, 1), prompt_targets.flatten(), ignore_index=IGNORE_INDEX)
     return answer + weight * prompt
@@ -218,7 +218,7 @@ class StepMeter:
         labels = int((batch["labels"] != IGNORE_INDEX).sum())
         self.loss += loss * labels
         self.labels += labels
-        self.tokens += int((batch["seq_ids"] > 0).sum())
+        self.tokens += int((batch["seq_ids"] != 0).sum())
         self.slots += batch["seq_ids"].numel()
 
 

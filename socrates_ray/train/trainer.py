@@ -81,7 +81,7 @@ def run_fingerprint(cfg: Config, model_path: str, rows: int, total_steps: int, b
         "prompt.system_prompt": cfg.prompt.system_prompt, "ingest.layout": ing.layout, "ingest.max_length": ing.max_length,
         "ingest.pack_window": ing.pack_window, "ingest.shuffle": ing.shuffle, "run.seed": cfg.run.seed, "tokenized_in": tokenized,
         "parquet_reader": PARQUET_READER if tokenized == "actors" else "pyarrow",
-        "packer": PACKER if ing.layout == "pack" else None, "epoch_orders": epoch_orders if epoch_orders > 1 else None,
+        "packer": PACKER if ing.layout in ("pack", "shared_prefix") else None, "epoch_orders": epoch_orders if epoch_orders > 1 else None,
         "ingest.micro_batch_size": ing.micro_batch_size, "ingest.num_workers": ing.num_workers, "train.grad_accum": t.grad_accum,
         "optimizer_steps": total_steps, "train.lr": t.lr, "train.warmup_ratio": t.warmup_ratio,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.method": t.method,
@@ -291,7 +291,7 @@ def _run_training(cfg: Config, model_path: str, log: Any) -> TrainingOutcome:
         return TrainingOutcome(str(plan.finished), run_folder(cfg))
     ds_config = deepspeed_config_for(cfg, plan, model_path)
     log(
-        f"train: {'about ' if plan.estimated else ''}{plan.rows:,} {'packed ' if ing.layout == 'pack' else ''}rows -> "
+        f"train: {'about ' if plan.estimated else ''}{plan.rows:,} {'packed ' if ing.layout == 'pack' else 'shared-prefix ' if ing.layout == 'shared_prefix' else ''}rows -> "
         f"{plan.micro_per_epoch:,} micro batches per worker per epoch, "
         f"{plan.total_steps} optimizer steps; global batch {ds_config['train_batch_size']} rows = micro "
         f"{ing.micro_batch_size} x accumulation {t.grad_accum} x {ing.num_workers} workers"

@@ -110,3 +110,38 @@ def test_the_contrasts_shuffle_keeps_a_cells_rows_in_pairs_through_tokenizing(ra
         return sum(a == b for a, b in zip(cells[::2], cells[1::2])) / (len(cells) // 2)
 
     assert shared(True) > 0.9 and shared(False) < 0.1  # 0.97 and 0.01 on this split
+
+
+def _whole_samples(ds):
+    """Each sample's token ids with its shared prefix put back (ingest.layout shared_prefix), sorted."""
+    out = []
+    for row in ds.take_all():
+        seq, ids = list(row["seq_ids"]), list(row["input_ids"])
+        prefix: list[int] = []
+        for k in sorted(set(seq), key=seq.index):
+            own = [i for i, s in zip(ids, seq) if s == k]
+            if k < 0:
+                prefix = own
+            elif k > 0:
+                out.append(tuple(prefix + own))
+    return sorted(out)
+
+
+def test_shared_prefixes_hold_every_sample_in_fewer_tokens_streamed_and_in_the_driver(ray_local, prepared, tiny_model):
+    """ingest.layout shared_prefix: streamed (participants shuffled by a seeded hash, then sorted) and
+    tokenized in the driver (a seeded permutation of participants), the rows hold every sample of the
+    split once, prefix put back, in fewer tokens than one sample a row; the row estimate predicts the stream."""
+    split = str(prepared / "unseen_studies" / "train")
+    args = (split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "shared_prefix", 128)
+    alone = _samples(tokenize_in_driver(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "pad_longest", 128, shuffle_seed=0))
+    streamed = build_ingest_dataset(*args, 2, 0.25, shuffle_seed=0).materialize()
+    driver = tokenize_in_driver(*args, shuffle_seed=0)
+    for ds in (streamed, driver):
+        assert _whole_samples(ds) == alone
+        assert sum(r["num_tokens"] for r in ds.take_all()) < 0.9 * sum(len(s) for s in alone)
+        assert sum(r["num_samples"] for r in ds.take_all()) == len(alone)
+    n = split_samples(split)
+    est = estimate_rows(split, str(tiny_model), DEFAULT_SYSTEM_PROMPT, 1024, "shared_prefix", 128, seed=0, sample_size=n)
+    assert abs(est.rows - streamed.count()) <= 0.05 * streamed.count()
+    stats = measure_ingest(streamed, 2, 2, collate_fn_for(0, "shared_prefix", 1024), n)
+    assert stats["samples_per_row"] > 2

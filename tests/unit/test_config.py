@@ -85,7 +85,7 @@ def test_help_comes_from_field_descriptions(capsys):
     text = schema_help()
     assert "data.raw" in text and "fsspec URL" in text
     # choices are spelled out, not `Literal`
-    assert "ingest.layout" in text and "pack | pad_longest | pad_max_length = pack" in text and "Literal" not in text
+    assert "ingest.layout" in text and "pack | pad_longest | pad_max_length | shared_prefix = pack" in text and "Literal" not in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prepare", "--help"])
     prepare_help = capsys.readouterr().out
