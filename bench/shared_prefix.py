@@ -110,7 +110,7 @@ def main() -> None:
             loss = forward_loss(engine, b, torch.float32, attention)
             loss.backward()
             model.zero_grad()
-            losses.append((float(loss), int((b["labels"] != -100).sum())))
+            losses.append((float(loss.detach()), int((b["labels"] != -100).sum())))
         seconds = time.perf_counter() - start
         mean_loss = sum(l * n for l, n in losses) / sum(n for _, n in losses)
         results.append((name, len(rows), tokens, slots, seconds, mean_loss))
