@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pyarrow.dataset as pads
 
 from socrates_ray.config import DEFAULT_SYSTEM_PROMPT
-from socrates_ray.data.ingest import PARTICIPANT_COLUMNS, participant_order
+from socrates_ray.data.ingest import PARTICIPANT_COLUMNS, participant_order, participants
 from socrates_ray.data.tokenize import Encoder, collate_rows, shared_prefix_rows, single_rows
 from socrates_ray.models import load_tokenizer
 
@@ -67,7 +67,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     table = pads.dataset(args.split).to_table(columns=["prompt", "answer", *PARTICIPANT_COLUMNS])
-    who = list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS)))
+    who = participants(table)
     order = participant_order(who, seed=0)
     table = table.take(order)
     who = [who[i] for i in order]

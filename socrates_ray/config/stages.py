@@ -22,7 +22,7 @@ class IngestSection(Section):
         "shared_prefix = a participant's samples in one row behind the prompt tokens they share (system prompt, "
         "persona, instruction) written once, each sample reading that prefix and itself: the same losses for fewer "
         "tokens where participants answer several questions; rows are padded to the longest in the batch, and the "
-        "shuffle moves whole participants (docs/training.md, \"Shared prefixes\").",
+        "shuffle moves whole participants (docs/data.md, \"Shared prefixes\").",
     )
     pack_window: int = Field(
         2048, ge=8, description="Samples buffered per packing decision (data/packing.py); larger windows pack tighter."

@@ -43,6 +43,11 @@ SHARED_PREFIX = "shared_prefix"  # the ingest.layout whose rows hold a participa
 PARTICIPANT_COLUMNS = ("study_id", "participant")  # who answered: the examples that may share a prefix
 
 
+def participants(table: pa.Table) -> list[tuple[Any, ...]]:
+    """Who answered each row of a table holding PARTICIPANT_COLUMNS, as (study_id, participant)."""
+    return list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS)))
+
+
 def read_columns(persona_buckets: int, teacher: Any = None, layout: str = "pack") -> list[str]:
     """The prepared split's columns that tokenizing reads (the persona too, for the persona probe;
     what the regression anchor reads, for the anchor teacher; who answered, for layout shared_prefix)."""
@@ -101,8 +106,7 @@ class TokenizePack:
         if self.layout == "pack":
             rows = pack_rows(fitting, self.max_length, self.encoder.pad_id, extras)
         elif self.layout == SHARED_PREFIX:
-            who = zip(*(batch[c].to_pylist() for c in PARTICIPANT_COLUMNS))
-            rows = shared_prefix_rows(fitting, [w for w, k in zip(who, keep) if k], self.max_length, extras)
+            rows = shared_prefix_rows(fitting, [w for w, k in zip(participants(batch), keep) if k], self.max_length, extras)
         else:
             rows = single_rows(fitting, extras)
         return pa.table(
@@ -172,7 +176,7 @@ def estimate_rows(split_dir: str, tokenizer_path: str, system_prompt: str, max_l
         return RowEstimate(samples=samples, sampled=0, rows=0)
     table = pa.concat_tables(tables)
     if layout == SHARED_PREFIX:  # whole participants, as the run reads them
-        order = participant_order(list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS))), int(rng.integers(2**31)))
+        order = participant_order(participants(table), int(rng.integers(2**31)))
         table = table.take(pa.array(order[:sample_size]))
     else:
         table = table.take(pa.array(rng.permutation(table.num_rows)[:sample_size]))
@@ -235,8 +239,7 @@ def participant_rank(batch: pa.Table, seed: int) -> pa.Table:
     participant) as a `_rank` column to sort by, so one participant's rows sort next to each other."""
     import zlib
 
-    who = zip(*(batch[c].to_pylist() for c in PARTICIPANT_COLUMNS))
-    rank = [zlib.crc32(f"{seed}/{s}/{p}".encode()) for s, p in who]
+    rank = [zlib.crc32(f"{seed}/{s}/{p}".encode()) for s, p in participants(batch)]
     return batch.append_column("_rank", pa.array(rank, pa.int64()))
 
 
@@ -322,7 +325,7 @@ def tokenize_in_driver(split_dir: str, tokenizer_path: str, system_prompt: str, 
     if shuffle_seed is not None:
         seed = epoch_seed(shuffle_seed, epoch)
         if layout == SHARED_PREFIX:
-            order = participant_order(list(zip(*(table[c].to_pylist() for c in PARTICIPANT_COLUMNS))), seed)
+            order = participant_order(participants(table), seed)
         elif paired and teacher is not None:  # the teacher's columns name each row's cell
             from socrates_ray.train.anchor_teacher import TEACHER_COLUMNS, cell_keys, paired_order
 

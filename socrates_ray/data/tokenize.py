@@ -262,7 +262,7 @@ def common_prefix(examples: Sequence[tuple[list[int], list[int]]]) -> int:
     n = 0
     while n < limit and all(ids[n] == first[n] for ids, _ in examples[1:]):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def runs_of(keys: Sequence[Any]) -> list[list[int]]:
