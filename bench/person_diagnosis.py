@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from socrates_ray.config import load_config
-from socrates_ray.data.prepared import cell_ranges, load_split_rows, val_or_train
+from socrates_ray.data.prepared import cell_ranges, load_split_rows, read_split, val_or_train
 from socrates_ray.data.synthetic_vocab import PARTY
 from socrates_ray.eval.job import scores
 from socrates_ray.eval.metrics import group_cells
@@ -73,6 +73,22 @@ def read_predictions(folder: str | Path, setting: str) -> list[dict[str, Any]]:
 
 def row_key(r: dict[str, Any]) -> Key:
     return (r["study_id"], int(r["sample_id"]))
+
+
+SAME_ROW = ("participant", "condition_num", "task_num", "response")  # what a prediction row must share with its prepared row
+
+
+def check_world(folder: str | Path, setting: str, rows: list[dict[str, Any]], prepared: str, setting_read: str, split: str) -> None:
+    """Refuse predictions made on another world: each scored row must be the prepared split's row of
+    the same (study_id, sample_id). Two synth worlds share study ids and sample ids, so without this a
+    run of one world is diagnosed against the other's truth, and every figure comes out wrong."""
+    table = read_split(prepared, setting_read, split, ["study_id", "sample_id", *SAME_ROW])
+    known = {row_key(r): tuple(r[c] for c in SAME_ROW) for r in table.to_pylist()}
+    wrong = sum(known.get(row_key(r)) != tuple(r[c] for c in SAME_ROW) for r in rows)
+    if wrong:
+        raise SystemExit(f"person_diagnosis: {wrong:,} of {len(rows):,} rows of {Path(folder) / setting} are not the rows of "
+                         f"{prepared}/{setting_read}/{split} they name (expected the same participant, condition, task and "
+                         "answer); pass the run's own world: data.raw=<its synth folder> data.prepared=<its prepared folder>")
 
 
 def combine(runs: list[list[dict[str, Any]]], weights: list[float], geometric: bool) -> list[dict[str, Any]]:
@@ -221,6 +237,8 @@ def main() -> int:
     for setting in SETTINGS + ((FIT_CHECK,) if args.fit_check else ()):
         print(setting if setting != FIT_CHECK else f"{FIT_CHECK} (cells of {trained_on}/train)")
         runs = [read_predictions(d, setting) for d in args.eval_dirs]
+        for d, run in zip(args.eval_dirs, runs):
+            check_world(d, setting, run, prepared, *((trained_on, "train") if setting == FIT_CHECK else (setting, "eval")))
         named = [(Path(d).parent.name or d, run) for d, run in zip(args.eval_dirs, runs)]
         # (each run's fit check may have drawn other cells: an ensemble only of runs that scored the same rows)
         if len(runs) > 1 and len({frozenset(map(row_key, run)) for run in runs}) == 1:
